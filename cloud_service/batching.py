@@ -1,0 +1,169 @@
+"""Dynamic batching (Triton-style): requests for the same key are run together.
+
+A batch closes when it holds ``max_batch_size`` items or when its oldest request has waited
+``max_delay_s``. Model runs are serialized on one executor thread. If a batched run fails, its requests
+are retried one by one, so one bad request never fails its neighbours. The queue is bounded: a full
+queue refuses new requests with 503 and ``Retry-After`` instead of growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from shared.errors import ServiceUnavailable
+
+__all__ = ["BatchStats", "DynamicBatcher"]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    batch_size: int
+    """Items (images) in the model run this request was part of."""
+    queue_ms: float
+    compute_ms: float
+
+
+@dataclass
+class _Item(Generic[In, Out]):
+    key: str
+    value: In
+    size: int
+    future: asyncio.Future[tuple[Out, BatchStats]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Groups submitted items by key and runs ``run(key, values) -> outputs`` on ``executor``.
+
+    ``run`` must return exactly one output per value, in order.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[str, Sequence[In]], Sequence[Out]],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1 and max_delay_s >= 0")
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._pending: deque[_Item[In, Out]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(ServiceUnavailable("the service is shutting down"))
+        self._pending.clear()
+
+    async def submit(self, key: str, value: In, size: int = 1) -> tuple[Out, BatchStats]:
+        if size > self.max_batch_size:
+            raise ValueError(f"an item of {size} exceeds max_batch_size {self.max_batch_size}")
+        if len(self._pending) >= self.max_queue:
+            raise ServiceUnavailable(f"the batch queue is full ({self.max_queue} requests)", retry_after=1)
+        item: _Item[In, Out] = _Item(key, value, size, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._wakeup.set()
+        return await item.future
+
+    def _ready_size(self, key: str) -> int:
+        return sum(i.size for i in self._pending if i.key == key and not i.future.done())
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            first = self._pending[0]
+            if first.future.done():  # cancelled by its client
+                self._pending.popleft()
+                continue
+            deadline = first.enqueued + self.max_delay_s
+            while self._ready_size(first.key) < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+            await self._execute(self._take(first.key))
+
+    def _take(self, key: str) -> list[_Item[In, Out]]:
+        batch: list[_Item[In, Out]] = []
+        total = 0
+        keep: deque[_Item[In, Out]] = deque()
+        for item in self._pending:
+            if item.future.done():
+                continue
+            if item.key == key and total + item.size <= self.max_batch_size:
+                batch.append(item)
+                total += item.size
+            else:
+                keep.append(item)
+        self._pending = keep
+        return batch
+
+    async def _execute(self, batch: list[_Item[In, Out]]) -> None:
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, batch[0].key, [i.value for i in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"batched run returned {len(outputs)} outputs for {len(batch)} requests")
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc=exc)
+                return
+            # NOTE: find the culprit: each request runs alone, so only the failing ones fail.
+            for item in batch:
+                await self._execute([item])
+            return
+        compute_ms = (time.perf_counter() - started) * 1000
+        size = sum(i.size for i in batch)
+        for item, output in zip(batch, outputs, strict=True):
+            stats = BatchStats(size, (started - item.enqueued) * 1000, compute_ms)
+            _settle(item, result=(output, stats))
+
+
+def _settle(
+    item: _Item[In, Out], *, result: tuple[Out, BatchStats] | None = None, exc: Exception | None = None
+) -> None:
+    if item.future.done():
+        return
+    if exc is not None:
+        item.future.set_exception(exc)
+    elif result is not None:
+        item.future.set_result(result)

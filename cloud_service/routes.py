@@ -1,0 +1,127 @@
+"""The cloud's HTTP routes."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from shared.errors import ServiceUnavailable, UnsupportedMediaType
+from shared.http import media_type, read_limited_body, server_timing, versions
+from shared.metrics import metrics_response
+from shared.protocol import encode_logits
+from shared.wire import MEDIA_TYPE
+
+if TYPE_CHECKING:
+    from cloud_service.app import CloudState
+
+__all__ = ["router"]
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", tags=["inference"])
+ops = APIRouter(tags=["operations"])
+_ACCEPTED_BODIES = (MEDIA_TYPE, "application/octet-stream")
+
+
+def _state(request: Request) -> CloudState:
+    state = getattr(request.app.state, "cloud", None)
+    if state is None:
+        raise ServiceUnavailable("the model is still loading")
+    return state  # type: ignore[no-any-return]
+
+
+StateDep = Annotated["CloudState", Depends(_state)]
+
+
+@v1.post(
+    "/tail",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Logits: a wire payload (kind 'logits'), or JSON with `Accept: application/json`.",
+            "content": {MEDIA_TYPE: {}, "application/json": {}},
+        }
+    },
+    openapi_extra={
+        "requestBody": {"required": True, "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def run_tail(request: Request, state: StateDep) -> Response:
+    """Run the tail for the cut a wire payload names and return the logits."""
+    if state.draining:
+        raise ServiceUnavailable("the service is shutting down", retry_after=1)
+    if media_type(request) not in _ACCEPTED_BODIES:
+        raise UnsupportedMediaType(f"send the wire payload as {MEDIA_TYPE}, not {media_type(request) or 'nothing'!r}")
+    body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes)
+    state.metrics.payload_bytes.labels("received").observe(len(body))
+    started = time.perf_counter()
+    tail_input = await run_in_threadpool(state.model.decode, body)
+    decode_ms = (time.perf_counter() - started) * 1000
+    logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
+    state.metrics.compute.labels("tail").observe(stats.compute_ms / 1000)
+    timings = {"decode": decode_ms, "queue": stats.queue_ms, "tail": stats.compute_ms}
+    request.state.log_fields = {"cut": tail_input.cut, "bytes": len(body), "batch": stats.batch_size}
+    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(stats.batch_size)}
+    loaded = state.model.loaded
+    if "application/json" in request.headers.get("accept", ""):
+        content: dict[str, Any] = {
+            "model": loaded.name,
+            "weights_digest": loaded.digest,
+            "cut": tail_input.cut,
+            "logits": logits.tolist(),
+            "batch_size": stats.batch_size,
+            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+        }
+        return JSONResponse(content, headers=headers)
+    data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
+    return Response(data, media_type=MEDIA_TYPE, headers=headers)
+
+
+@v1.get("/info")
+async def info(state: StateDep) -> dict[str, Any]:
+    """What this cloud serves: model, weights digest, device, limits and versions."""
+    loaded = state.model.loaded
+    settings = state.settings
+    return {
+        "service": "cloud",
+        "model": loaded.name,
+        "weights": loaded.weights_kind,
+        "weights_digest": loaded.digest,
+        "device": settings.device,
+        "num_classes": state.model.num_classes,
+        "cuts": len(state.model.graph.cuts),
+        "batching": {
+            "max_batch_size": settings.max_batch_size,
+            "max_delay_ms": settings.max_delay_ms,
+            "max_queue": settings.max_queue,
+        },
+        "max_payload_bytes": state.model.wire_limits.max_payload_bytes,
+        "versions": versions(),
+    }
+
+
+@ops.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@ops.get("/readyz")
+async def readyz(state: StateDep) -> dict[str, str]:
+    """The model is loaded and the service accepts work."""
+    if state.draining:
+        raise ServiceUnavailable("the service is shutting down")
+    return {"status": "ready", "model": state.model.loaded.name, "weights_digest": state.model.loaded.digest}
+
+
+@ops.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics."""
+    return metrics_response(state.metrics)
+
+
+router.include_router(v1)
+router.include_router(ops)

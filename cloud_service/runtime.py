@@ -1,0 +1,107 @@
+"""The cloud's model: decodes any cut's payload, builds (and caches) that cut's tail, runs batches."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from shared.errors import MalformedPayload, ModelMismatch, UnprocessableContent
+from shared.models import LoadedModel
+from shared.preprocessing import ImageLimits
+from shared.protocol import expected_for_cut, expected_images, images_from_payload
+from shared.splitting import INPUT_CUT, ModelGraph
+from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
+
+__all__ = ["CloudModel", "TailInput"]
+
+
+@dataclass(frozen=True)
+class TailInput:
+    """A validated request for the tail: the cut and its input tensors (batch-first)."""
+
+    cut: str
+    tensors: tuple[torch.Tensor, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+
+class CloudModel:
+    """One loaded model serving every cut of itself."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        device: str = "cpu",
+        wire_limits: WireLimits | None = None,
+        image_limits: ImageLimits | None = None,
+        tail_cache_size: int = 32,
+    ) -> None:
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.wire_limits = wire_limits or WireLimits()
+        self.image_limits = image_limits or ImageLimits()
+        self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        loaded.module.to(self.device)
+        self.expected: dict[str, list[ExpectedTensor]] = {
+            cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
+        }
+        self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        self._tails: OrderedDict[str, fx.GraphModule] = OrderedDict()
+        self._tail_cache_size = tail_cache_size
+        self._lock = threading.Lock()
+
+    def tail(self, cut: str) -> fx.GraphModule:
+        with self._lock:
+            if cut in self._tails:
+                self._tails.move_to_end(cut)
+                return self._tails[cut]
+            _, tail = self.graph.split(cut)
+            self._tails[cut] = tail
+            while len(self._tails) > self._tail_cache_size:
+                self._tails.popitem(last=False)
+            return tail
+
+    def decode(self, body: bytes) -> TailInput:
+        """Validate a request body (activations of any cut, or images for ``input``)."""
+        metadata, _ = read_header(body, self.wire_limits)
+        kind = metadata.get("kind")
+        common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": self.wire_limits}
+        if kind == "image":
+            expected = expected_images(metadata.get("codec", ""), self.loaded.preprocessor.crop_size)
+            payload = decode_payload(body, kind="image", expected=expected, **common)  # type: ignore[arg-type]
+            images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
+            return TailInput(INPUT_CUT, (images,))
+        if kind == "activations":
+            if metadata.get("cut") == INPUT_CUT:
+                raise ModelMismatch("cut 'input' carries images (kind 'image'), not activations")
+            payload = decode_payload(body, kind="activations", expected=self.expected, **common)  # type: ignore[arg-type]
+            return TailInput(payload.cut, payload.tensors)
+        raise MalformedPayload(f"payload kind {kind!r} is not accepted here; send 'activations' or 'image'")
+
+    def run(self, cut: str, requests: Sequence[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+        """Run the tail of ``cut`` once over several requests; one logits tensor per request (on CPU)."""
+        tail = self.tail(cut)
+        sizes = [int(r[0].shape[0]) for r in requests]
+        merged = [torch.cat(parts) if len(requests) > 1 else parts[0] for parts in zip(*requests, strict=True)]
+        inputs = [self._to_device(t) for t in merged]
+        with torch.inference_mode():
+            try:
+                output = tail(*inputs)
+            except RuntimeError as exc:
+                raise UnprocessableContent(f"the tail of cut {cut!r} cannot run on this input: {exc}") from exc
+        if not isinstance(output, torch.Tensor) or output.shape[0] != sum(sizes):
+            raise UnprocessableContent(f"the tail of cut {cut!r} did not return one row of logits per image")
+        return list(torch.split(output.float().cpu(), sizes))
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor

@@ -1,0 +1,20 @@
+"""Cloud service settings (``SPLITINFER_`` environment variables or ``splitinfer cloud`` flags)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.config import ServiceSettings
+
+__all__ = ["CloudSettings"]
+
+
+class CloudSettings(ServiceSettings):
+    port: int = Field(8001, ge=0, le=65535, description="Port to listen on.")
+    max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for others to join its batch.")
+    max_queue: int = Field(512, ge=1, description="Requests waiting for the model before 503 + Retry-After.")
+    max_payload_mib_per_image: int = Field(
+        4, ge=1, description="Payload size limit per image in the batch (the total limit scales with it)."
+    )
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel limit of images shipped at cut 'input'.")
+    tail_cache_size: int = Field(32, ge=1, description="Built tails kept (one per cut requested).")

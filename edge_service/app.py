@@ -1,0 +1,102 @@
+"""The edge service: ``create_app(settings)`` builds it; the model and the cloud client live in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import torch
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from edge_service.cloud_client import CloudClient
+from edge_service.routes import router
+from edge_service.runtime import EdgeModel
+from edge_service.settings import EdgeSettings
+from shared.metrics import ServiceMetrics, install_request_middleware
+from shared.models import load_model
+from shared.preprocessing import ImageLimits
+from shared.problems import install_problem_handlers
+
+__all__ = ["EdgeState", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EdgeState:
+    settings: EdgeSettings
+    model: EdgeModel
+    cloud: CloudClient
+    executor: ThreadPoolExecutor
+    metrics: ServiceMetrics
+    draining: bool = False
+
+
+def _load(settings: EdgeSettings) -> EdgeModel:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
+    codec = settings.resolved_codec(settings.cut)
+    model = EdgeModel(
+        loaded,
+        settings.cut,
+        codec,
+        ImageLimits(
+            max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
+        ),
+    )
+    logger.info(
+        "edge serving %s (%s weights %s), cut %s, codec %s, cloud %s",
+        loaded.name,
+        loaded.weights_kind,
+        loaded.short_digest,
+        model.cut.name,
+        codec,
+        settings.cloud_url,
+    )
+    return model
+
+
+def create_app(
+    settings: EdgeSettings | None = None, *, cloud_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """Build the edge app. With no settings, they are read from ``SPLITINFER_*`` variables.
+
+    ``cloud_transport`` replaces the network under the cloud client (tests use ``httpx.MockTransport``).
+    """
+    settings = settings or EdgeSettings()
+    metrics = ServiceMetrics("edge")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model = await run_in_threadpool(_load, settings)
+        metrics.set_info(model.loaded.name, model.loaded.digest, model.cut.name, model.codec)
+        cloud = CloudClient(
+            settings.cloud_url,
+            connect_timeout_s=settings.connect_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            transport=cloud_transport,
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
+            app.state.edge = EdgeState(settings, model, cloud, executor, metrics)
+            try:
+                yield
+            finally:
+                app.state.edge.draining = True
+                await cloud.aclose()
+
+    app = FastAPI(
+        title="split-inference edge",
+        summary="Classifies images: runs the head of a split model here and the tail in the cloud.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    install_request_middleware(app, metrics)
+    app.include_router(router)
+    return app

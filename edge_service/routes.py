@@ -1,0 +1,267 @@
+"""The edge's HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import torch
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
+from shared.errors import (
+    BadGateway,
+    CloudTimeout,
+    CloudUnavailable,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    SplitInferError,
+    UnprocessableContent,
+    UnsupportedMediaType,
+)
+from shared.http import media_type, read_limited_body, server_timing, versions
+from shared.metrics import metrics_response
+
+if TYPE_CHECKING:
+    from edge_service.app import EdgeState
+    from edge_service.runtime import Prepared
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", tags=["inference"])
+ops = APIRouter(tags=["operations"])
+
+_IMAGE_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {"image": {"type": "string", "format": "binary"}},
+            "required": ["image"],
+        }
+    },
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}
+_BATCH_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "required": ["images"],
+        }
+    }
+}
+_RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
+
+
+def _state(request: Request) -> EdgeState:
+    state = getattr(request.app.state, "edge", None)
+    if state is None:
+        raise ServiceUnavailable("the model is still loading")
+    return state  # type: ignore[no-any-return]
+
+
+StateDep = Annotated["EdgeState", Depends(_state)]
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
+WithLogits = Annotated[bool, Query(description="Include every logit in the response.")]
+
+
+async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ...]) -> list[bytes]:
+    body = await read_limited_body(request, state.settings.max_upload_bytes)
+    kind = media_type(request)
+    if kind.startswith("image/"):
+        return [body]
+    if kind != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"send the image as multipart field {fields[0]!r} or as a raw body with an image/* content type, "
+            f"not {kind or 'no content type'!r}"
+        )
+    # NOTE: the body is already read (and bounded); Request.form() parses the cached copy.
+    request._body = body
+    limit = state.settings.max_batch_size
+    try:
+        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+    except Exception as exc:  # starlette raises MultiPartException / HTTPException on malformed bodies
+        raise UnprocessableContent(f"the multipart body cannot be parsed: {exc}") from exc
+    try:
+        uploads = [item for name in fields for item in form.getlist(name) if isinstance(item, UploadFile)]
+        if not uploads:
+            sent = sorted(set(form.keys()))
+            raise UnprocessableContent(
+                f"no file in multipart field {' or '.join(repr(f) for f in fields)}; fields sent: {sent}"
+            )
+        if len(uploads) > limit:
+            raise PayloadTooLarge(f"{len(uploads)} images exceed the batch limit of {limit}")
+        return [await upload.read() for upload in uploads]
+    finally:
+        await form.close()
+
+
+def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bool) -> list[ImageResult]:
+    probabilities = torch.softmax(logits, dim=1)
+    k = min(top_k, logits.shape[1])
+    values, indices = probabilities.topk(k, dim=1)
+    results = []
+    for row in range(logits.shape[0]):
+        predictions = [
+            Prediction(index=int(i), label=state.model.loaded.label(int(i)), probability=float(p))
+            for p, i in zip(values[row], indices[row], strict=True)
+        ]
+        results.append(ImageResult(predictions=predictions, logits=logits[row].tolist() if with_logits else None))
+    return results
+
+
+async def _classify(request: Request, state: EdgeState, blobs: list[bytes]) -> tuple[torch.Tensor, dict[str, Any]]:
+    settings, model = state.settings, state.model
+    if state.draining:
+        raise ServiceUnavailable("the service is shutting down", retry_after=1)
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    deadline = started + settings.request_timeout_s
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs)
+    except TimeoutError as exc:
+        raise CloudTimeout(f"the edge could not finish its part within {settings.request_timeout_s} s") from exc
+    timings = prepared.timings_ms
+    state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
+    completed_on: Literal["cloud", "edge"] = "cloud"
+    if model.runs_everything:
+        logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
+        completed_on = "edge"
+    else:
+        state.metrics.payload_bytes.labels("sent").observe(len(prepared.payload))
+        try:
+            reply = await state.cloud.run_tail(
+                prepared.payload,
+                request_id=request.state.request_id,
+                deadline_s=max(0.001, deadline - time.perf_counter()),
+            )
+            timings["cloud_round_trip"] = reply.round_trip_ms
+            if "tail" in reply.server_timing:
+                timings["cloud_tail"] = reply.server_timing["tail"]
+            logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
+        except _RECOVERABLE as exc:
+            if settings.fallback != "local":
+                raise
+            logger.warning("cloud failed (%s: %s); finishing on the edge", type(exc).__name__, exc.detail)
+            logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
+            completed_on = "edge"
+    timings["total"] = (time.perf_counter() - started) * 1000
+    request.state.log_fields = {
+        "cut": model.cut.name,
+        "codec": model.codec,
+        "bytes": len(prepared.payload),
+        "images": len(blobs),
+        "completed_on": completed_on,
+        **{f"{k}_ms": f"{v:.1f}" for k, v in timings.items()},
+    }
+    common = {
+        "model": model.loaded.name,
+        "weights": model.loaded.weights_kind,
+        "weights_digest": model.loaded.digest,
+        "cut": model.cut.name,
+        "codec": model.codec,
+        "payload_bytes": len(prepared.payload) if completed_on == "cloud" or not model.runs_everything else 0,
+        "completed_on": completed_on,
+        "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return logits, common
+
+
+@v1.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    response_model_exclude_none=True,
+    openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
+)
+async def classify(
+    request: Request, response: Response, state: StateDep, top_k: TopK = 5, logits: WithLogits = False
+) -> ClassifyResponse:
+    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
+    blobs = await _read_images(request, state, ("image",))
+    if len(blobs) != 1:
+        raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
+    output, common = await _classify(request, state, blobs)
+    response.headers["Server-Timing"] = server_timing(common["timings_ms"])
+    result = _results(output, state, top_k, logits)[0]
+    return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
+
+
+@v1.post(
+    "/classify/batch",
+    response_model=BatchClassifyResponse,
+    response_model_exclude_none=True,
+    openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
+)
+async def classify_batch(
+    request: Request, response: Response, state: StateDep, top_k: TopK = 5, logits: WithLogits = False
+) -> BatchClassifyResponse:
+    """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
+    blobs = await _read_images(request, state, ("images", "image"))
+    output, common = await _classify(request, state, blobs)
+    response.headers["Server-Timing"] = server_timing(common["timings_ms"])
+    return BatchClassifyResponse(**common, results=_results(output, state, top_k, logits))
+
+
+@v1.get("/info")
+async def info(state: StateDep) -> dict[str, Any]:
+    """What this edge serves: model, weights, cut, codec, cloud and versions."""
+    model, settings = state.model, state.settings
+    return {
+        "service": "edge",
+        "model": model.loaded.name,
+        "weights": model.loaded.weights_kind,
+        "weights_digest": model.loaded.digest,
+        "device": settings.device,
+        "cut": model.cut.to_json(),
+        "codec": model.codec,
+        "cloud_url": settings.cloud_url,
+        "fallback": settings.fallback,
+        "preprocessing": model.loaded.preprocessor.to_json(),
+        "versions": versions(),
+    }
+
+
+@ops.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@ops.get("/readyz")
+async def readyz(state: StateDep) -> dict[str, Any]:
+    """The model is loaded and the cloud is reachable and serves the same model and weights."""
+    if state.draining:
+        raise ServiceUnavailable("the service is shutting down")
+    loaded = state.model.loaded
+    if state.model.runs_everything:
+        return {"status": "ready", "cloud": "not needed (cut 'output')"}
+    try:
+        cloud = await state.cloud.info()
+    except SplitInferError as exc:
+        if state.settings.fallback == "local":
+            return {"status": "ready", "cloud": f"unreachable, falling back to local: {exc.detail}"}
+        raise ServiceUnavailable(f"cloud not ready: {exc.detail}") from exc
+    if cloud.get("model") != loaded.name or cloud.get("weights_digest") != loaded.digest:
+        raise ServiceUnavailable(
+            f"model mismatch: the cloud serves {cloud.get('model')!r} with weights {cloud.get('weights_digest')!r}; "
+            f"this edge has {loaded.name!r} with weights {loaded.digest!r}"
+        )
+    return {"status": "ready", "cloud": "ok", "model": loaded.name, "weights_digest": loaded.digest}
+
+
+@ops.get("/metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics."""
+    return metrics_response(state.metrics)
+
+
+router.include_router(v1)
+router.include_router(ops)

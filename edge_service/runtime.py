@@ -1,0 +1,122 @@
+"""The edge's model: decodes and preprocesses images, runs the head, encodes the payload.
+
+Every method here is blocking (torch, PIL) and is called off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from shared.errors import BadGateway, SplitInferError
+from shared.models import LoadedModel
+from shared.preprocessing import ImageLimits, decode_image
+from shared.protocol import encode_activations, encode_images, expected_logits
+from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
+from shared.wire import WireLimits, decode_payload
+
+__all__ = ["EdgeModel", "Prepared"]
+
+
+@dataclass
+class Prepared:
+    """The images of one request on their way through the edge."""
+
+    raw: list[bytes]
+    images: list[Image.Image] = field(default_factory=list)
+    head_outputs: tuple[torch.Tensor, ...] = ()
+    payload: bytes = b""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class _Stopwatch:
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + (time.perf_counter() - self.start) * 1000
+
+
+class EdgeModel:
+    """The head (and, for ``output`` or fallback, the tail) of one model at one cut."""
+
+    def __init__(self, loaded: LoadedModel, cut: str, codec: str, image_limits: ImageLimits) -> None:
+        self.loaded = loaded
+        self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        self.cut: Cut = self.graph.cut(cut)
+        self.codec = codec
+        self.image_limits = image_limits
+        self.head, self.tail = self.graph.split(self.cut)
+        self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+
+    @property
+    def runs_everything(self) -> bool:
+        return self.cut.name == OUTPUT_CUT
+
+    def prepare(self, raw: Sequence[bytes]) -> Prepared:
+        """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
+        prepared = Prepared(list(raw))
+        timings = prepared.timings_ms
+        with _Stopwatch(timings, "decode"):
+            prepared.images = [decode_image(blob, self.image_limits) for blob in raw]
+        if self.cut.name == INPUT_CUT:
+            with _Stopwatch(timings, "encode"):
+                prepared.payload = encode_images(
+                    prepared.raw,
+                    prepared.images,
+                    self.loaded.preprocessor,
+                    model=self.loaded.name,
+                    weights=self.loaded.digest,
+                    codec=self.codec,
+                )
+            return prepared
+        with _Stopwatch(timings, "preprocess"):
+            batch = self.loaded.preprocessor.batch(prepared.images)
+        with _Stopwatch(timings, "head"), torch.inference_mode():
+            prepared.head_outputs = tuple(self.head(batch))
+        if not self.runs_everything:
+            with _Stopwatch(timings, "encode"):
+                prepared.payload = encode_activations(
+                    prepared.head_outputs,
+                    self.cut,
+                    model=self.loaded.name,
+                    weights=self.loaded.digest,
+                    codec=self.codec,
+                )
+        return prepared
+
+    def finish_locally(self, prepared: Prepared) -> torch.Tensor:
+        """Run the tail on the edge (cut ``output``, or the fallback when the cloud fails)."""
+        with _Stopwatch(prepared.timings_ms, "tail"), torch.inference_mode():
+            if self.runs_everything:
+                return prepared.head_outputs[0].float()
+            inputs = prepared.head_outputs
+            if self.cut.name == INPUT_CUT:
+                inputs = (self.loaded.preprocessor.batch(prepared.images),)
+            output: torch.Tensor = self.tail(*inputs)
+            return output.float()
+
+    def decode_logits(self, body: bytes, batch_size: int) -> torch.Tensor:
+        """The cloud's reply; anything wrong with it is the cloud's fault (502)."""
+        try:
+            payload = decode_payload(
+                body,
+                kind="logits",
+                model=self.loaded.name,
+                weights=self.loaded.digest,
+                expected=expected_logits(self.num_classes),
+                limits=WireLimits.for_batch(max(batch_size, 1)),
+            )
+        except SplitInferError as exc:
+            raise BadGateway(f"the cloud's reply is not usable: {exc.detail}") from exc
+        logits = payload.tensors[0]
+        if logits.shape[0] != batch_size:
+            raise BadGateway(f"the cloud returned {logits.shape[0]} rows of logits for {batch_size} images")
+        return logits

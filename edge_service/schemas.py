@@ -1,0 +1,42 @@
+"""The edge's response bodies (they also document the API in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["BatchClassifyResponse", "ClassifyResponse", "ImageResult", "Prediction"]
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="Class index.")
+    label: str = Field(description="Class name from the weights' metadata.")
+    probability: float = Field(description="Softmax probability.")
+
+
+class ImageResult(BaseModel):
+    predictions: list[Prediction] = Field(description="Top-k classes, most probable first.")
+    logits: list[float] | None = Field(None, description="All logits, when asked for with `logits=true`.")
+
+
+class _Common(BaseModel):
+    model: str
+    weights: str = Field(description="pretrained, random or file.")
+    weights_digest: str
+    cut: str
+    codec: str
+    payload_bytes: int = Field(description="Bytes sent to the cloud (0 when the edge did everything).")
+    completed_on: Literal["cloud", "edge"]
+    timings_ms: dict[str, float] = Field(
+        description="decode, preprocess, head, encode, cloud_round_trip, cloud_tail (as the cloud reports it), "
+        "tail (when run on the edge), total."
+    )
+
+
+class ClassifyResponse(_Common, ImageResult):
+    pass
+
+
+class BatchClassifyResponse(_Common):
+    results: list[ImageResult] = Field(description="One result per image, in the order sent.")

@@ -1,0 +1,61 @@
+"""Edge service settings (``SPLITINFER_`` environment variables or ``splitinfer edge`` flags)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
+from shared.config import ServiceSettings
+from shared.errors import UnsupportedMediaType
+
+__all__ = ["EdgeSettings"]
+
+
+class EdgeSettings(ServiceSettings):
+    cut: str = Field("layer3", description="Where to split: a cut name (see `splitinfer cuts`), input or output.")
+    codec: str | None = Field(
+        None,
+        description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd); for cut 'input': image, png, "
+        "jpeg or uint8. Default: fp16, or image for cut 'input'.",
+    )
+    cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of calls to the cloud.")
+    read_timeout_s: float = Field(15.0, gt=0, description="Read timeout of calls to the cloud.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a whole classify request.")
+    fallback: Literal["none", "local"] = Field(
+        "none", description="When the cloud fails: none (503/504) or local (the edge runs the tail itself)."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
+    image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parse_codec_name(value, ACTIVATION_CODECS + IMAGE_CODECS)
+        except UnsupportedMediaType as exc:
+            raise ValueError(exc.detail) from exc
+        return value
+
+    def resolved_codec(self, cut: str) -> str:
+        """The codec for ``cut``, checking that it fits (image codecs for ``input``, tensor codecs otherwise)."""
+        if cut == "input":
+            codec = self.codec or "image"
+            allowed = IMAGE_CODECS
+        else:
+            codec = self.codec or "fp16"
+            allowed = ACTIVATION_CODECS
+        try:
+            parse_codec_name(codec, allowed)
+        except UnsupportedMediaType as exc:
+            raise ValueError(f"codec {codec!r} does not fit cut {cut!r}: {exc.detail}") from exc
+        return codec
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())

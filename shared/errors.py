@@ -1,0 +1,126 @@
+"""Typed domain errors shared by the library and both services.
+
+Every error carries the HTTP status it maps to, so a service renders it once
+(see :mod:`shared.problems`) and the library stays free of web concerns::
+
+    SplitInferError                     500  base class
+    ├── BadRequest                      400  request is malformed
+    │   └── MalformedPayload            400  wire payload cannot be parsed
+    ├── Unauthorized                    401  missing or wrong bearer token
+    ├── ModelMismatch                   409  payload for another model, weights or cut
+    ├── PayloadTooLarge                 413  body, tensor or image over a limit
+    ├── UnsupportedMediaType            415  content type, image format, codec or dtype
+    ├── UnprocessableContent            422  well-formed but unusable
+    │   ├── InvalidTensor               422  shape, element count or values wrong
+    │   └── InvalidImage                422  undecodable, truncated or empty image
+    ├── BadGateway                      502  the cloud answered with something unusable
+    ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
+    │   └── CloudUnavailable            503  the cloud cannot be reached
+    └── CloudTimeout                    504  the cloud did not answer in time
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadGateway",
+    "BadRequest",
+    "CloudTimeout",
+    "CloudUnavailable",
+    "InvalidImage",
+    "InvalidTensor",
+    "MalformedPayload",
+    "ModelMismatch",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "SplitInferError",
+    "Unauthorized",
+    "UnprocessableContent",
+    "UnsupportedMediaType",
+]
+
+
+class SplitInferError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+    slug: str = "internal-error"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BadRequest(SplitInferError):
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+
+class MalformedPayload(BadRequest):
+    title = "Malformed wire payload"
+    slug = "malformed-payload"
+
+
+class Unauthorized(SplitInferError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class ModelMismatch(SplitInferError):
+    status = 409
+    title = "Model mismatch"
+    slug = "model-mismatch"
+
+
+class PayloadTooLarge(SplitInferError):
+    status = 413
+    title = "Payload too large"
+    slug = "payload-too-large"
+
+
+class UnsupportedMediaType(SplitInferError):
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
+class UnprocessableContent(SplitInferError):
+    status = 422
+    title = "Unprocessable content"
+    slug = "unprocessable-content"
+
+
+class InvalidTensor(UnprocessableContent):
+    title = "Invalid tensor"
+    slug = "invalid-tensor"
+
+
+class InvalidImage(UnprocessableContent):
+    title = "Invalid image"
+    slug = "invalid-image"
+
+
+class BadGateway(SplitInferError):
+    status = 502
+    title = "Bad gateway"
+    slug = "bad-gateway"
+
+
+class ServiceUnavailable(SplitInferError):
+    status = 503
+    title = "Service unavailable"
+    slug = "service-unavailable"
+
+
+class CloudUnavailable(ServiceUnavailable):
+    title = "Cloud unavailable"
+    slug = "cloud-unavailable"
+
+
+class CloudTimeout(SplitInferError):
+    status = 504
+    title = "Cloud timeout"
+    slug = "cloud-timeout"

@@ -1,0 +1,113 @@
+"""Prometheus metrics and the per-request middleware both services use (one registry per app)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response"]
+
+logger = logging.getLogger("splitinfer.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BYTES_BUCKETS = tuple(float(2**k) for k in range(8, 28, 2))
+
+
+class ServiceMetrics:
+    """The metrics of one service instance, in their own registry (no global state)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"service": service}
+        self.requests = Counter(
+            "splitinfer_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "splitinfer_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.payload_bytes = Histogram(
+            "splitinfer_payload_bytes",
+            "Wire payload sizes: 'sent' to or 'received' from the peer.",
+            ["direction"],
+            buckets=_BYTES_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "splitinfer_compute_seconds",
+            "Model compute time by stage (head, tail, full).",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "splitinfer_batch_size",
+            "Images per model execution.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.info = Gauge(
+            "splitinfer_info",
+            "Constant 1, labelled with what this instance serves.",
+            ["service", "model", "weights", "cut", "codec"],
+            registry=self.registry,
+        )
+        self._service = labels["service"]
+
+    def set_info(self, model: str, weights: str, cut: str = "", codec: str = "") -> None:
+        self.info.clear()
+        self.info.labels(self._service, model, weights, cut, codec).set(1)
+
+
+def metrics_response(metrics: ServiceMetrics) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def request_id_of(request: Request) -> str:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def install_request_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Request ids, per-route metrics and one structured access-log line per request."""
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = request_id_of(request)
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.latency.labels(route).observe(elapsed)
+            fields = getattr(request.state, "log_fields", {})
+            logger.info(
+                "request_id=%s method=%s route=%s status=%d ms=%.1f %s",
+                request_id,
+                request.method,
+                route,
+                status,
+                elapsed * 1000,
+                " ".join(f"{k}={v}" for k, v in fields.items()),
+            )

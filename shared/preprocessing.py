@@ -1,0 +1,123 @@
+"""Image decoding with limits, and the model's own evaluation transform split in two halves.
+
+torchvision's ``ImageClassification`` transform resizes and center-crops the PIL image, then converts
+it to a normalized float tensor. :class:`ImagePreprocessor` exposes the two halves separately so the
+edge can ship the cropped image (``png``/``jpeg``/``uint8`` codecs of the ``input`` cut) and the cloud
+can finish it, with results equal to running the whole transform in one place.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from shared.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+__all__ = ["DEFAULT_FORMATS", "ImageLimits", "ImagePreprocessor", "decode_image"]
+
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image received from the network may be."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode untrusted image bytes into an RGB PIL image, refusing bombs and unknown formats."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"the image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    with warnings.catch_warnings():
+        # NOTE: PIL warns (DecompressionBombWarning) before our own, stricter pixel check runs.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+        except UnidentifiedImageError as exc:
+            raise UnsupportedMediaType(f"not an image in an accepted format ({', '.join(limits.formats)})") from exc
+        except Image.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from exc
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise InvalidImage(f"the image is {width}x{height} pixels")
+        if width * height > limits.max_pixels:
+            raise PayloadTooLarge(
+                f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+            )
+        try:
+            image.load()
+            return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"the {image.format} image cannot be decoded: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """The parameters of torchvision's ``ImageClassification`` transform, applied in two steps."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+    antialias: bool = True
+
+    @classmethod
+    def from_transform(cls, transform: Any | None) -> ImagePreprocessor:
+        """From a torchvision ``weights.transforms()`` object (``None``: the ImageNet defaults)."""
+        if transform is None:
+            return cls()
+        return cls(
+            crop_size=int(_first(transform.crop_size)),
+            resize_size=int(_first(transform.resize_size)),
+            mean=tuple(float(m) for m in transform.mean),
+            std=tuple(float(s) for s in transform.std),
+            interpolation=transform.interpolation,
+            antialias=bool(transform.antialias),
+        )
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        """Resize and center-crop (the part of the transform that works on the PIL image)."""
+        resized = F.resize(image, [self.resize_size], interpolation=self.interpolation, antialias=self.antialias)
+        cropped: Image.Image = F.center_crop(resized, [self.crop_size])
+        return cropped
+
+    def finish(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A cropped image (PIL, or a ``uint8`` CHW tensor) to the normalized float CHW tensor."""
+        tensor = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+        tensor = F.convert_image_dtype(tensor, torch.float)
+        normalized: torch.Tensor = F.normalize(tensor, mean=list(self.mean), std=list(self.std))
+        return normalized
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.crop(image))
+
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self(image) for image in images])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "crop_size": self.crop_size,
+            "resize_size": self.resize_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation.value,
+            "antialias": self.antialias,
+        }
+
+
+def _first(value: int | Sequence[int]) -> int:
+    return value if isinstance(value, int) else value[0]

@@ -1,0 +1,133 @@
+"""What edge and cloud send each other, built on :mod:`shared.wire`: activations, images and logits."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import functional as F
+
+from shared.codecs import IMAGE_CODECS, parse_codec_name
+from shared.errors import InvalidImage, InvalidTensor
+from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_image
+from shared.splitting import INPUT_CUT, Cut
+from shared.wire import BATCH, ExpectedTensor, Payload, WireLimits, encode_payload
+
+__all__ = [
+    "JPEG_QUALITY",
+    "LOGITS_CUT",
+    "encode_activations",
+    "encode_images",
+    "encode_logits",
+    "expected_for_cut",
+    "expected_images",
+    "expected_logits",
+    "images_from_payload",
+]
+
+JPEG_QUALITY = 90
+LOGITS_CUT = "logits"
+
+
+def expected_for_cut(cut: Cut) -> list[ExpectedTensor]:
+    """The activations that cross ``cut``; a leading dimension of 1 at trace time is the batch."""
+    return [
+        ExpectedTensor(t.name, t.dtype, (BATCH, *t.shape[1:]) if t.shape and t.shape[0] == 1 else t.shape)
+        for t in cut.tensors
+    ]
+
+
+def expected_images(codec: str, crop_size: int) -> list[ExpectedTensor]:
+    base, _ = parse_codec_name(codec, IMAGE_CODECS)
+    if base == "uint8":
+        return [ExpectedTensor("pixels", torch.uint8, (BATCH, 3, crop_size, crop_size))]
+    return [
+        ExpectedTensor("image_sizes", torch.int64, (BATCH,)),
+        ExpectedTensor("image_bytes", torch.uint8, (None,)),
+    ]
+
+
+def expected_logits(num_classes: int) -> list[ExpectedTensor]:
+    return [ExpectedTensor("logits", torch.float32, (BATCH, num_classes))]
+
+
+def encode_activations(tensors: Sequence[torch.Tensor], cut: Cut, *, model: str, weights: str, codec: str) -> bytes:
+    if len(tensors) != len(cut.tensors):
+        raise ValueError(f"cut {cut.name!r} ships {len(cut.tensors)} tensors, got {len(tensors)}")
+    named = {spec.name: tensor for spec, tensor in zip(cut.tensors, tensors, strict=True)}
+    return encode_payload(named, kind="activations", model=model, weights=weights, cut=cut.name, codec=codec)
+
+
+def encode_logits(logits: torch.Tensor, *, model: str, weights: str, cut: str) -> bytes:
+    return encode_payload(
+        {"logits": logits.float()}, kind="logits", model=model, weights=weights, cut=cut, codec="fp32"
+    )
+
+
+def _encode_picture(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def encode_images(
+    raw: Sequence[bytes],
+    images: Sequence[Image.Image],
+    preprocessor: ImagePreprocessor,
+    *,
+    model: str,
+    weights: str,
+    codec: str,
+) -> bytes:
+    """The ``input`` cut: ship the images as received (``image``), or cropped as PNG, JPEG or raw pixels."""
+    base, _ = parse_codec_name(codec, IMAGE_CODECS)
+    tensors: dict[str, torch.Tensor]
+    if base == "uint8":
+        tensors = {"pixels": torch.stack([F.pil_to_tensor(preprocessor.crop(image)) for image in images])}
+    else:
+        if base == "image":
+            blobs = list(raw)
+        else:
+            blobs = [_encode_picture(preprocessor.crop(image), base.upper()) for image in images]
+        tensors = {
+            "image_sizes": torch.tensor([len(b) for b in blobs], dtype=torch.int64),
+            "image_bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+            if any(blobs)
+            else torch.empty(0, dtype=torch.uint8),
+        }
+    return encode_payload(tensors, kind="image", model=model, weights=weights, cut=INPUT_CUT, codec=codec)
+
+
+def images_from_payload(
+    payload: Payload, preprocessor: ImagePreprocessor, limits: ImageLimits, wire_limits: WireLimits
+) -> torch.Tensor:
+    """Decode an ``image`` payload into the model's normalized input batch."""
+    base, _ = parse_codec_name(payload.codec, IMAGE_CODECS)
+    if base == "uint8":
+        return torch.stack([preprocessor.finish(pixels) for pixels in payload.tensors[0]])
+    sizes, blob = payload.tensors
+    if sizes.numel() > wire_limits.max_batch:
+        raise InvalidTensor(f"{sizes.numel()} images exceed the batch limit {wire_limits.max_batch}")
+    if bool((sizes < 0).any()) or int(sizes.sum()) != blob.numel():
+        raise InvalidTensor(f"image sizes {sizes.tolist()} do not add up to the {blob.numel()} bytes sent")
+    data = blob.numpy().tobytes()
+    batch = []
+    offset = 0
+    for size in sizes.tolist():
+        image = decode_image(data[offset : offset + size], limits)
+        offset += size
+        if base == "image":
+            batch.append(preprocessor(image))
+        else:
+            if image.size != (preprocessor.crop_size, preprocessor.crop_size):
+                raise InvalidImage(
+                    f"a {base} image of the input cut must be {preprocessor.crop_size}x{preprocessor.crop_size}; "
+                    f"got {image.size[0]}x{image.size[1]}"
+                )
+            batch.append(preprocessor.finish(image))
+    return torch.stack(batch)

@@ -1,0 +1,437 @@
+"""The wire format: a safetensors container with a self-describing, validated header.
+
+Layout (safetensors, https://huggingface.co/docs/safetensors): an 8-byte little-endian header length
+``N``, ``N`` bytes of JSON, then the raw tensor bytes. ``__metadata__`` (a string-to-string map)
+carries:
+
+==============  ==========================================================================
+key             value
+==============  ==========================================================================
+``format``      ``splitinfer``
+``version``     protocol version, ``1``
+``kind``        ``activations`` (edge -> cloud), ``image`` (edge -> cloud, cut ``input``)
+                or ``logits`` (cloud -> edge)
+``model``       model name (``resnet18`` or ``package.module:factory``)
+``weights``     weights digest, ``sha256:<hex>``
+``cut``         cut name (``layer3``, ``input``...)
+``codec``       codec name (``fp16``, ``int8+zstd``...; see :mod:`shared.codecs`)
+``tensors``     JSON list of the *logical* tensors: ``{"name", "dtype", "shape"}`` each,
+                in the order the tail takes them, with their original dtype and shape
+==============  ==========================================================================
+
+Each logical tensor ``T`` is stored as the components its codec defines: ``T`` itself, plus
+``T.scale`` and ``T.zero_point`` for ``int8``. With ``+zstd`` each component is instead stored as a
+1-D ``U8`` tensor holding one zstd frame (with its content size) of the component's raw
+little-endian bytes in C order; its dtype and shape follow from the logical tensor and the codec.
+
+Nothing received is ever unpickled. :func:`decode_payload` checks sizes, header, dtypes, shapes,
+byte counts and declared decompressed sizes against what the receiver expects *before* it
+allocates, then checks that floating-point values are finite.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeGuard
+
+import safetensors.torch
+import torch
+import zstandard
+
+from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, TensorCodec, parse_codec_name
+from shared.errors import (
+    InvalidTensor,
+    MalformedPayload,
+    ModelMismatch,
+    PayloadTooLarge,
+    SplitInferError,
+    UnsupportedMediaType,
+)
+
+__all__ = [
+    "BATCH",
+    "MEDIA_TYPE",
+    "PROTOCOL_VERSION",
+    "ExpectedTensor",
+    "Payload",
+    "PayloadKind",
+    "WireLimits",
+    "decode_payload",
+    "encode_payload",
+    "read_header",
+]
+
+MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
+PROTOCOL_VERSION = "1"
+FORMAT = "splitinfer"
+BATCH = "B"
+"""Marks the batch dimension in an :class:`ExpectedTensor` shape."""
+
+PayloadKind = Literal["activations", "image", "logits"]
+_KINDS = ("activations", "image", "logits")
+_ZSTD_LEVEL = 3
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+_NAMES = {str(dtype).removeprefix("torch."): dtype for dtype in _DTYPES.values()}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Bounds on what a receiver accepts."""
+
+    max_batch: int = 32
+    max_payload_bytes: int = 4 * 1024 * 1024 * 32
+    """Whole payload, as received."""
+    max_decoded_bytes: int = 16 * 1024 * 1024 * 32
+    """Sum of the raw (decompressed) component sizes."""
+    max_header_bytes: int = 64 * 1024
+
+    @classmethod
+    def for_batch(cls, max_batch: int, mib_per_item: int = 4) -> WireLimits:
+        return cls(
+            max_batch=max_batch,
+            max_payload_bytes=mib_per_item * 1024 * 1024 * max_batch,
+            max_decoded_bytes=4 * mib_per_item * 1024 * 1024 * max_batch,
+        )
+
+
+@dataclass(frozen=True)
+class ExpectedTensor:
+    """What the receiver expects of one logical tensor. ``BATCH`` marks the batch dimension,
+    ``None`` a free dimension (bounded by the size limits)."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int | str | None, ...]
+
+    def describe(self) -> str:
+        dims = ", ".join("*" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {_dtype_name(self.dtype)}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A decoded payload: its header fields and logical tensors (in header order)."""
+
+    kind: PayloadKind
+    model: str
+    weights: str
+    cut: str
+    codec: str
+    tensors: tuple[torch.Tensor, ...]
+    names: tuple[str, ...]
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tensors[0].shape[0]) if self.tensors and self.tensors[0].dim() else 0
+
+
+def encode_payload(
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    kind: PayloadKind,
+    model: str,
+    weights: str,
+    cut: str,
+    codec: str,
+    extra: Mapping[str, str] | None = None,
+) -> bytes:
+    """Encode named logical tensors (in the order the receiver takes them) into wire bytes."""
+    base, use_zstd = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
+    tensor_codec = TensorCodec(base if kind != "image" else "fp32")
+    stored: dict[str, torch.Tensor] = {}
+    described: list[dict[str, Any]] = []
+    compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True) if use_zstd else None
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().cpu()
+        if tensor.dtype not in _CODES:
+            raise UnsupportedMediaType(f"tensor {name!r} has dtype {tensor.dtype}, which the wire cannot carry")
+        described.append({"name": name, "dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape)})
+        for suffix, part in tensor_codec.encode(tensor).items():
+            part = part.contiguous()
+            if compressor is not None:
+                raw = part.reshape(-1).view(torch.uint8).numpy().tobytes() if part.numel() else b""
+                part = torch.frombuffer(bytearray(compressor.compress(raw)), dtype=torch.uint8)
+            stored[name + suffix] = part
+    metadata = {
+        "format": FORMAT,
+        "version": PROTOCOL_VERSION,
+        "kind": kind,
+        "model": model,
+        "weights": weights,
+        "cut": cut,
+        "codec": codec,
+        "tensors": json.dumps(described, separators=(",", ":")),
+        **(extra or {}),
+    }
+    return safetensors.torch.save(stored, metadata=metadata)
+
+
+def read_header(data: bytes, limits: WireLimits) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Parse and bound-check the safetensors header: ``(metadata, entries)``."""
+    if len(data) > limits.max_payload_bytes:
+        raise PayloadTooLarge(f"payload is {len(data)} bytes; the limit is {limits.max_payload_bytes}")
+    if len(data) < 8:
+        raise MalformedPayload(f"payload is {len(data)} bytes; a safetensors container needs at least 8")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > limits.max_header_bytes:
+        raise PayloadTooLarge(f"header declares {header_len} bytes; the limit is {limits.max_header_bytes}")
+    if 8 + header_len > len(data):
+        raise MalformedPayload(f"header declares {header_len} bytes but only {len(data) - 8} follow")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedPayload(f"header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MalformedPayload("header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise MalformedPayload("header has no __metadata__ string map")
+    body = len(data) - 8 - header_len
+    entries: dict[str, dict[str, Any]] = {}
+    for name, entry in header.items():
+        entries[name] = _check_entry(name, entry, body)
+    return metadata, entries
+
+
+def _check_entry(name: str, entry: Any, body: int) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise MalformedPayload(f"header entry {name!r} is not an object")
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if code not in _DTYPES:
+        raise UnsupportedMediaType(f"tensor {name!r} has dtype {code!r}; accepted: {', '.join(_DTYPES)}")
+    if not _is_int_list(shape) or any(d < 0 for d in shape):
+        raise MalformedPayload(f"tensor {name!r} has shape {shape!r}; expected a list of non-negative ints")
+    if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1] <= body:
+        raise MalformedPayload(f"tensor {name!r} has data_offsets {offsets!r} outside the {body}-byte body")
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * _DTYPES[code].itemsize
+    if nbytes != offsets[1] - offsets[0]:
+        raise InvalidTensor(
+            f"tensor {name!r}: {code}{shape} needs {nbytes} bytes but {offsets[1] - offsets[0]} are stored"
+        )
+    return {"dtype": _DTYPES[code], "shape": tuple(shape), "nbytes": nbytes}
+
+
+def _is_int_list(value: Any) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise MalformedPayload(f"metadata 'tensors' is not JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise MalformedPayload("metadata 'tensors' is not a list")
+    parsed = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise MalformedPayload("metadata 'tensors' entries need a name, dtype and shape")
+        dtype = _NAMES.get(item.get("dtype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise UnsupportedMediaType(f"tensor {item['name']!r} has unknown dtype {item.get('dtype')!r}")
+        shape = item.get("shape")
+        if not _is_int_list(shape) or any(d < 0 for d in shape):
+            raise MalformedPayload(f"tensor {item['name']!r} has shape {shape!r}")
+        parsed.append((item["name"], dtype, tuple(shape)))
+    return parsed
+
+
+def _check_expected(
+    declared: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    expected: Sequence[ExpectedTensor],
+    limits: WireLimits,
+) -> None:
+    got = [name for name, _, _ in declared]
+    want = [e.name for e in expected]
+    if got != want:
+        raise InvalidTensor(f"payload carries tensors {got}; this cut expects {want}")
+    batch: int | None = None
+    for (name, dtype, shape), exp in zip(declared, expected, strict=True):
+        if dtype != exp.dtype:
+            raise InvalidTensor(f"tensor {name!r} is {_dtype_name(dtype)}; expected {exp.describe()}")
+        if len(shape) != len(exp.shape):
+            raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
+        for size, want_size in zip(shape, exp.shape, strict=True):
+            if want_size == BATCH:
+                if batch is None:
+                    batch = size
+                if size != batch:
+                    raise InvalidTensor(f"tensor {name!r} has batch {size}; other tensors have batch {batch}")
+            elif want_size is not None and size != want_size:
+                raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
+    if batch is not None and not 1 <= batch <= limits.max_batch:
+        raise PayloadTooLarge(f"batch size {batch} is outside 1..{limits.max_batch}")
+
+
+def decode_payload(
+    data: bytes,
+    *,
+    kind: PayloadKind,
+    model: str,
+    weights: str,
+    expected: Mapping[str, Sequence[ExpectedTensor]] | Sequence[ExpectedTensor],
+    limits: WireLimits = WireLimits(),
+) -> Payload:
+    """Validate and decode untrusted wire bytes.
+
+    ``expected`` is the list of tensors the receiver expects, or a map from cut name to that list
+    (the cloud, which accepts every cut of its model). Raises only :class:`SplitInferError` subclasses.
+    """
+    try:
+        return _decode(data, kind, model, weights, expected, limits)
+    except SplitInferError:
+        raise
+    except (ValueError, RuntimeError, TypeError, KeyError, zstandard.ZstdError) as exc:
+        # NOTE: a last line of defence; the checks above should have refused the payload already.
+        raise MalformedPayload(f"payload could not be decoded: {exc}") from exc
+
+
+def _decode(
+    data: bytes,
+    kind: PayloadKind,
+    model: str,
+    weights: str,
+    expected: Mapping[str, Sequence[ExpectedTensor]] | Sequence[ExpectedTensor],
+    limits: WireLimits,
+) -> Payload:
+    metadata, entries = read_header(data, limits)
+    if metadata.get("format") != FORMAT:
+        raise UnsupportedMediaType(f"payload format is {metadata.get('format')!r}; expected {FORMAT!r}")
+    if metadata.get("version") != PROTOCOL_VERSION:
+        raise UnsupportedMediaType(
+            f"protocol version {metadata.get('version')!r} is not supported; this side speaks {PROTOCOL_VERSION!r}"
+        )
+    if metadata.get("kind") != kind:
+        raise MalformedPayload(f"payload kind is {metadata.get('kind')!r}; expected {kind!r}")
+    if metadata.get("model") != model:
+        raise ModelMismatch(f"payload is for model {metadata.get('model')!r}; this side serves {model!r}")
+    if metadata.get("weights") != weights:
+        raise ModelMismatch(
+            f"payload is for weights {metadata.get('weights')!r}; this side has {model!r} with weights {weights!r}"
+        )
+    cut = metadata.get("cut", "")
+    codec = metadata.get("codec", "")
+    if isinstance(expected, Mapping):
+        if cut not in expected:
+            raise ModelMismatch(f"cut {cut!r} is not a valid cut of {model!r}")
+        expected_tensors = expected[cut]
+    else:
+        expected_tensors = expected
+    base, use_zstd = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
+    declared = _parse_tensor_list(metadata.get("tensors", "[]"))
+    _check_expected(declared, expected_tensors, limits)
+
+    tensor_codec = TensorCodec(base if kind != "image" else "fp32")
+    plan: list[tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]]] = []
+    decoded_bytes = 0
+    wanted: set[str] = set()
+    for name, dtype, shape in declared:
+        parts = tensor_codec.components(dtype, shape)
+        for suffix, (part_dtype, part_shape) in parts.items():
+            entry = entries.get(name + suffix)
+            if entry is None:
+                raise MalformedPayload(f"component {name + suffix!r} of codec {codec!r} is missing")
+            wanted.add(name + suffix)
+            raw_bytes = _numel(part_shape) * part_dtype.itemsize
+            decoded_bytes += raw_bytes
+            if use_zstd:
+                if entry["dtype"] != torch.uint8 or len(entry["shape"]) != 1:
+                    raise MalformedPayload(f"compressed component {name + suffix!r} must be 1-D U8")
+            elif entry["dtype"] != part_dtype or entry["shape"] != part_shape:
+                raise InvalidTensor(
+                    f"component {name + suffix!r} is {_dtype_name(entry['dtype'])}{list(entry['shape'])}; "
+                    f"codec {codec!r} needs {_dtype_name(part_dtype)}{list(part_shape)}"
+                )
+        plan.append((name, parts))
+    unexpected = set(entries) - wanted
+    if unexpected:
+        raise MalformedPayload(f"payload carries unexpected tensors: {sorted(unexpected)}")
+    if decoded_bytes > limits.max_decoded_bytes:
+        raise PayloadTooLarge(f"payload decodes to {decoded_bytes} bytes; the limit is {limits.max_decoded_bytes}")
+
+    try:
+        stored = safetensors.torch.load(data)
+    except Exception as exc:  # SafetensorError is not exported under a stable name
+        raise MalformedPayload(f"safetensors container is invalid: {exc}") from exc
+    decompressor = zstandard.ZstdDecompressor() if use_zstd else None
+    tensors: list[torch.Tensor] = []
+    for (name, parts), (_, dtype, _shape) in zip(plan, declared, strict=True):
+        components: dict[str, torch.Tensor] = {}
+        for suffix, (part_dtype, part_shape) in parts.items():
+            part = stored[name + suffix]
+            if decompressor is not None:
+                part = _decompress(decompressor, name + suffix, part, part_dtype, part_shape)
+            components[suffix] = part
+        tensor = tensor_codec.decode(components, dtype)
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise InvalidTensor(f"tensor {name!r} contains NaN or infinite values")
+        tensors.append(tensor)
+    reserved = {"format", "version", "kind", "model", "weights", "cut", "codec", "tensors"}
+    return Payload(
+        kind=kind,
+        model=model,
+        weights=weights,
+        cut=cut,
+        codec=codec,
+        tensors=tuple(tensors),
+        names=tuple(name for name, _, _ in declared),
+        extra={k: v for k, v in metadata.items() if k not in reserved},
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def _decompress(
+    decompressor: zstandard.ZstdDecompressor,
+    name: str,
+    part: torch.Tensor,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    expected = _numel(shape) * dtype.itemsize
+    frame = part.numpy().tobytes()
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise MalformedPayload(f"component {name!r} is not a zstd frame: {exc}") from exc
+    if declared != expected:
+        raise InvalidTensor(f"component {name!r} declares {declared} decompressed bytes; expected {expected}")
+    try:
+        raw = decompressor.decompress(frame, max_output_size=expected)
+    except zstandard.ZstdError as exc:
+        raise MalformedPayload(f"component {name!r} cannot be decompressed: {exc}") from exc
+    if len(raw) != expected:
+        raise InvalidTensor(f"component {name!r} decompressed to {len(raw)} bytes; expected {expected}")
+    if expected == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)

@@ -1,0 +1,285 @@
+"""``splitinfer``: the project's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from splitinfer.settings_flags import add_settings_flags, settings_from_args
+
+__all__ = ["main"]
+
+EDGE_URL = "http://127.0.0.1:8000"
+CLOUD_URL = "http://127.0.0.1:8001"
+
+
+def _cmd_cuts(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.models import load_model
+    from shared.splitting import ModelGraph
+
+    loaded = load_model(args.model, args.weights)
+    size = args.input_size or loaded.preprocessor.crop_size
+    graph = ModelGraph(loaded.module, (1, 3, size, size))
+    cuts = graph.single_tensor_cuts() if args.single else graph.cuts
+    if args.json:
+        print(json.dumps({"model": args.model, "input_size": size, "cuts": [c.to_json() for c in cuts]}, indent=2))
+        return 0
+    table = Table(
+        title=f"{args.model} ({size}x{size}): {len(graph.cuts)} cuts, {len(graph.single_tensor_cuts())} single-tensor"
+    )
+    for column in ("#", "cut", "tensors alive", "KiB fp32", "head FLOPs"):
+        table.add_column(column, justify="right" if column in ("#", "KiB fp32", "head FLOPs") else "left")
+    for cut in cuts:
+        shapes = " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors)
+        table.add_row(str(cut.index), cut.name, shapes, f"{cut.bytes_fp32 / 1024:.1f}", f"{cut.head_flops_share:.1%}")
+    Console(width=args.width).print(table)
+    return 0
+
+
+def _cmd_codecs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.fidelity import codec_report
+    from shared.models import load_model
+    from shared.samples import encode_image, synthetic_image
+    from shared.splitting import ModelGraph
+
+    loaded = load_model(args.model, args.weights)
+    if args.images:
+        paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+        jpegs = [p.read_bytes() for p in paths]
+    else:
+        jpegs = [encode_image(synthetic_image(seed=seed)) for seed in range(args.count)]
+    if not jpegs:
+        print("no images found", file=sys.stderr)
+        return 2
+    graph = ModelGraph(loaded.module, loaded.input_shape)
+    rows = codec_report(loaded, graph, args.cut, jpegs)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+        return 0
+    cut = graph.cut(args.cut)
+    table = Table(title=f"{args.model} at {cut.name}: {len(jpegs)} images, {cut.bytes_fp32} fp32 bytes/image")
+    headers = ("codec", "bytes/img", "vs fp32", "vs JPEG", "enc ms", "dec ms", "max |err|", "rel L2", "top-1", "top-5")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "codec" else "right")
+    for r in rows:
+        table.add_row(
+            r.codec,
+            f"{r.bytes_per_image:,.0f}",
+            f"{r.ratio_to_fp32:.3f}",
+            f"{r.ratio_to_jpeg:.2f}",
+            f"{r.encode_ms:.2f}",
+            f"{r.decode_ms:.2f}",
+            f"{r.max_abs_error:.2e}",
+            f"{r.relative_l2_error:.2e}",
+            f"{r.top1_agreement:.0%}",
+            f"{r.top5_agreement:.0%}",
+        )
+    Console(width=args.width).print(table)
+    return 0
+
+
+def _cmd_cloud(args: argparse.Namespace) -> int:
+    from cloud_service.app import create_app
+    from cloud_service.settings import CloudSettings
+    from splitinfer.serve import run_service
+
+    settings = settings_from_args(CloudSettings, args)
+    run_service(create_app(settings), settings)
+    return 0
+
+
+def _cmd_edge(args: argparse.Namespace) -> int:
+    from edge_service.app import create_app
+    from edge_service.settings import EdgeSettings
+    from splitinfer.serve import run_service
+
+    settings = settings_from_args(EdgeSettings, args)
+    run_service(create_app(settings), settings)
+    return 0
+
+
+def _pair_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    common = ["--model", args.model, "--weights", args.weights, "--host", "127.0.0.1"]
+    cloud = ["--port", str(args.cloud_port)]
+    edge = ["--port", str(args.edge_port), "--cut", args.cut, "--cloud-url", f"http://127.0.0.1:{args.cloud_port}"]
+    if args.codec:
+        edge += ["--codec", args.codec]
+    return common, cloud, edge
+
+
+def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
+    from splitinfer.serve import configure_logging, start_pair, stop_processes, wait_ready
+
+    configure_logging("info")
+    processes = start_pair(*_pair_args(args))
+    stopping = False
+
+    def stop(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
+        if after_ready is not None:
+            after_ready()
+        print(f"\nedge  http://127.0.0.1:{args.edge_port}  (docs: /docs)\ncloud http://127.0.0.1:{args.cloud_port}")
+        print("Ctrl-C stops both.", flush=True)
+        while not stopping and all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nstopping edge and cloud...", flush=True)
+        stop_processes(processes)
+    failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
+    return 1 if failed and not stopping else 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    return _run_pair(args)
+
+
+def _print_results(results: Sequence[tuple[str, dict[str, Any]]], width: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for name, body in results:
+        table = Table(
+            title=f"{name}: {body['model']} ({body['weights']} weights), cut {body['cut']}, codec {body['codec']}, "
+            f"{body['payload_bytes']} bytes sent, completed on {body['completed_on']}, "
+            f"{body['timings_ms']['total']:.1f} ms"
+        )
+        for column in ("rank", "class", "label", "probability"):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for rank, p in enumerate(body["predictions"], 1):
+            table.add_row(str(rank), str(p["index"]), p["label"], f"{p['probability']:.4f}")
+        Console(width=width).print(table)
+
+
+def _classify_files(edge_url: str, paths: Sequence[Path], top_k: int) -> list[tuple[str, dict[str, Any]]]:
+    import httpx
+
+    results = []
+    with httpx.Client(base_url=edge_url, timeout=60) as client:
+        for path in paths:
+            response = client.post(
+                "/v1/classify", params={"top_k": top_k}, files={"image": (path.name, path.read_bytes())}
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"{path}: {response.status_code} {response.text}")
+            results.append((path.name, response.json()))
+    return results
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    try:
+        results = _classify_files(args.edge_url, [Path(p) for p in args.images], args.top_k)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([body for _, body in results], indent=2))
+    else:
+        _print_results(results, args.width)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from shared.samples import encode_image, synthetic_image
+
+    sample = Path(tempfile.gettempdir()) / "splitinfer-sample.jpg"
+    sample.write_bytes(encode_image(synthetic_image()))
+
+    def classify_sample() -> None:
+        _print_results(_classify_files(f"http://127.0.0.1:{args.edge_port}", [sample], 5))
+        print(
+            "\nTry it yourself:\n"
+            f"  curl -s -F image=@{sample} 'http://127.0.0.1:{args.edge_port}/v1/classify?top_k=3'\n"
+            f"  .venv/bin/splitinfer classify {sample}"
+        )
+
+    return _run_pair(args, classify_sample)
+
+
+def _add_pair_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--weights", default="DEFAULT", help="DEFAULT falls back to seeded random weights offline")
+    parser.add_argument("--cut", default="layer3")
+    parser.add_argument("--codec", default=None)
+    parser.add_argument("--edge-port", type=int, default=8000)
+    parser.add_argument("--cloud-port", type=int, default=8001)
+    parser.add_argument("--ready-timeout", type=float, default=300)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cloud_service.settings import CloudSettings
+    from edge_service.settings import EdgeSettings
+
+    parser = argparse.ArgumentParser(prog="splitinfer", description=__doc__)
+    parser.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cuts = sub.add_parser("cuts", help="list every valid cut of a model")
+    cuts.add_argument("model")
+    cuts.add_argument("--weights", default="none")
+    cuts.add_argument("--input-size", type=int, default=None)
+    cuts.add_argument("--single", action="store_true", help="only cuts across which one tensor is alive")
+    cuts.add_argument("--json", action="store_true")
+    cuts.set_defaults(func=_cmd_cuts)
+
+    codecs = sub.add_parser("codecs", help="payload size, speed and fidelity of every codec at one cut")
+    codecs.add_argument("model")
+    codecs.add_argument("--cut", required=True)
+    codecs.add_argument("--weights", default="none")
+    codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
+    codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
+    codecs.add_argument("--json", action="store_true")
+    codecs.set_defaults(func=_cmd_codecs)
+
+    cloud = sub.add_parser("cloud", help="run the cloud service")
+    add_settings_flags(cloud, CloudSettings)
+    cloud.set_defaults(func=_cmd_cloud)
+
+    edge = sub.add_parser("edge", help="run the edge service")
+    add_settings_flags(edge, EdgeSettings)
+    edge.set_defaults(func=_cmd_edge)
+
+    up = sub.add_parser("up", help="run cloud (:8001) and edge (:8000) on loopback")
+    _add_pair_options(up)
+    up.set_defaults(func=_cmd_up)
+
+    demo = sub.add_parser("demo", help="`up`, classify a sample image, keep serving")
+    _add_pair_options(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    classify = sub.add_parser("classify", help="classify images through a running edge")
+    classify.add_argument("images", nargs="+")
+    classify.add_argument("--edge-url", default=EDGE_URL)
+    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--json", action="store_true")
+    classify.set_defaults(func=_cmd_classify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ValueError as exc:  # bad model, cut, codec or settings: a message, not a traceback
+        print(f"splitinfer: error: {exc}", file=sys.stderr)
+        return 2
+    return code

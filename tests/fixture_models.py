@@ -1,0 +1,26 @@
+"""Small non-torchvision models, loaded by import path in the tests (``tests.fixture_models:tiny_cnn``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """A residual CNN whose forward does work outside child modules (flatten, mean, add)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.block(x) * self.scale)
+        return self.head(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
+
+
+def tiny_cnn() -> nn.Module:
+    return TinyCNN()
