@@ -284,8 +284,10 @@ def _check_expected(
                     raise InvalidTensor(f"tensor {name!r} has batch {size}; other tensors have batch {batch}")
             elif want_size is not None and size != want_size:
                 raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
-    if batch is not None and not 1 <= batch <= limits.max_batch:
-        raise PayloadTooLarge(f"batch size {batch} is outside 1..{limits.max_batch}")
+    if batch is not None and batch < 1:
+        raise InvalidTensor("batch size 0: a payload carries at least one item")
+    if batch is not None and batch > limits.max_batch:
+        raise PayloadTooLarge(f"batch size {batch} exceeds the limit of {limits.max_batch}")
 
 
 def decode_payload(

@@ -1,0 +1,75 @@
+"""Real service processes on free loopback ports, killed with their process group in teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_service(kind: str, args: Sequence[str], log_dir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    log = log_dir / f"{kind}-{port}.log"
+    command = [sys.executable, "-m", "splitinfer", kind, "--host", "127.0.0.1", "--port", str(port), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return Service(kind, port, process, log, list(args))
+
+
+def wait_until(service: Service, path: str = "/readyz", timeout_s: float = 120, status: int = 200) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    last: httpx.Response | None = None
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.output()}")
+        try:
+            last = httpx.get(service.url + path, timeout=5)
+            if last.status_code == status:
+                return last
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(
+        f"{service.name}{path} never answered {status} (last: {last and last.text}):\n{service.output()}"
+    )
