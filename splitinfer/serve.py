@@ -27,6 +27,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # NOTE: httpx logs every request at INFO; our own access log already has one line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:

@@ -1,0 +1,138 @@
+"""The edge app in-process against a faked cloud (httpx.MockTransport): error translation and fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from edge_service import EdgeSettings, create_app
+from shared.models import load_model
+from shared.preprocessing import decode_image
+from shared.protocol import encode_logits
+from shared.samples import encode_image, synthetic_image
+
+Handler = Callable[[httpx.Request], httpx.Response]
+JPEG = encode_image(synthetic_image(seed=3))
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[str, torch.Tensor]:
+    loaded = load_model("resnet18", "none")
+    with torch.no_grad():
+        return loaded.digest, loaded.module(loaded.preprocessor.batch([decode_image(JPEG)]))
+
+
+@pytest.fixture
+def edge() -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def build(handler: Handler, **settings: object) -> TestClient:
+        options: dict[str, object] = {"weights": "none", "cut": "layer3", "read_timeout_s": 1.0}
+        app = create_app(EdgeSettings(**(options | settings)), cloud_transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _refuse(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def _time_out(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("read timed out", request=request)
+
+
+def _classify(client: TestClient) -> httpx.Response:
+    return client.post("/v1/classify?logits=true", files={"image": ("a.jpg", JPEG)})
+
+
+@pytest.mark.parametrize(
+    ("handler", "status", "title"),
+    [
+        (_refuse, 503, "Cloud unavailable"),
+        (_time_out, 504, "Cloud timeout"),
+        (lambda r: httpx.Response(200, content=b"not a payload"), 502, "Bad gateway"),
+        (lambda r: httpx.Response(500, json={"detail": "boom"}), 502, "Bad gateway"),
+        (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 409, "Model mismatch"),
+        (lambda r: httpx.Response(503, json={"detail": "queue full"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
+    ],
+)  # fmt: skip
+def test_cloud_failures_become_problems(
+    edge: Callable[..., TestClient], handler: Handler, status: int, title: str
+) -> None:
+    response = _classify(edge(handler))
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["title"] == title
+
+
+def test_wrong_shape_logits_from_the_cloud_are_a_bad_gateway(
+    edge: Callable[..., TestClient], reference: tuple[str, torch.Tensor]
+) -> None:
+    digest, _ = reference
+    wrong = encode_logits(torch.zeros(1, 10), model="resnet18", weights=digest, cut="layer3")
+    response = _classify(edge(lambda r: httpx.Response(200, content=wrong)))
+    assert response.status_code == 502
+    assert "logits: float32[B, 1000]" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("handler", [_refuse, _time_out, lambda r: httpx.Response(200, content=b"junk")])
+def test_local_fallback_finishes_on_the_edge(
+    edge: Callable[..., TestClient], handler: Handler, reference: tuple[str, torch.Tensor]
+) -> None:
+    _, expected = reference
+    response = _classify(edge(handler, fallback="local"))
+    assert response.status_code == 200
+    assert response.json()["completed_on"] == "edge"
+    assert float((torch.tensor(response.json()["logits"]) - expected[0]).abs().max()) <= 1e-4
+
+
+def test_readiness_reports_an_unreachable_cloud(edge: Callable[..., TestClient]) -> None:
+    response = edge(_refuse).get("/readyz")
+    assert response.status_code == 503
+    assert "cloud not ready" in response.json()["detail"]
+
+
+def test_a_bad_cut_or_codec_refuses_to_start() -> None:
+    with (
+        pytest.raises(ValueError, match="unknown cut 'layer9'"),
+        TestClient(create_app(EdgeSettings(weights="none", cut="layer9"))),
+    ):
+        pass
+    with (
+        pytest.raises(ValueError, match="codec 'png' does not fit cut 'layer3'"),
+        TestClient(create_app(EdgeSettings(weights="none", cut="layer3", codec="png"))),
+    ):
+        pass
+    with pytest.raises(ValueError, match="weights file 'missing.pt' does not exist"):
+        EdgeSettings(weights="missing.pt")
+    with pytest.raises(ValueError, match="unknown codec 'zip'"):
+        EdgeSettings(codec="zip")
+
+
+def test_the_request_id_reaches_the_cloud(edge: Callable[..., TestClient]) -> None:
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-request-id", ""))
+        return httpx.Response(503, json={"detail": "down"})
+
+    response = edge(record).post("/v1/classify", files={"image": ("a.jpg", JPEG)}, headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert seen == ["abc-123"]
+
+
+def test_openapi_documents_the_routes(edge: Callable[..., TestClient]) -> None:
+    schema = edge(_refuse).get("/openapi.json").json()
+    assert {"/v1/classify", "/v1/classify/batch", "/v1/info", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*"} <= set(body)

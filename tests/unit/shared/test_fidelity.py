@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.fidelity import codec_report, default_codecs
+from shared.models import load_model
+from shared.samples import encode_image, synthetic_image
+from shared.splitting import ModelGraph
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> tuple[object, ModelGraph]:
+    loaded = load_model("resnet18", "none")
+    return loaded, ModelGraph(loaded.module, loaded.input_shape)
+
+
+@pytest.mark.parametrize("cut", ["input", "layer4"])
+def test_codec_report_at_resnet18(cut: str, resnet18: tuple[object, ModelGraph]) -> None:
+    loaded, graph = resnet18
+    jpegs = [encode_image(synthetic_image(seed=s)) for s in range(2)]
+    rows = {r.codec: r for r in codec_report(loaded, graph, cut, jpegs, repeats=1)}  # type: ignore[arg-type]
+    assert list(rows) == default_codecs(cut)
+    lossless = ["image", "png", "uint8", "uint8+zstd"] if cut == "input" else ["fp32", "fp32+zstd"]
+    for codec in lossless:
+        assert rows[codec].max_abs_error == 0.0 and rows[codec].top1_agreement == 1.0
+    if cut == "layer4":
+        assert rows["int8+zstd"].bytes_per_image < 0.3 * rows["fp32"].bytes_per_image
+        assert rows["fp16"].relative_l2_error < 1e-3
+    else:
+        assert rows["image"].ratio_to_jpeg == pytest.approx(1.0, abs=0.05)  # plus the container header
