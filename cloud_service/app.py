@@ -46,6 +46,9 @@ def _load(settings: CloudSettings) -> CloudModel:
         wire_limits=WireLimits.for_batch(settings.max_batch_size, settings.max_payload_mib_per_image),
         image_limits=ImageLimits(max_pixels=settings.max_image_pixels),
         tail_cache_size=settings.tail_cache_size,
+        channels_last=settings.channels_last,
+        autocast=settings.autocast,
+        compile_tails=settings.compile,
     )
     logger.info(
         "cloud serving %s (%s weights %s) on %s, %d cuts",

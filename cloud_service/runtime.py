@@ -43,13 +43,21 @@ class CloudModel:
         wire_limits: WireLimits | None = None,
         image_limits: ImageLimits | None = None,
         tail_cache_size: int = 32,
+        channels_last: bool = False,
+        autocast: str = "none",
+        compile_tails: bool = False,
     ) -> None:
         self.loaded = loaded
         self.device = torch.device(device)
         self.wire_limits = wire_limits or WireLimits()
         self.image_limits = image_limits or ImageLimits()
         self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        self.channels_last = channels_last
+        self.autocast = autocast
+        self.compile_tails = compile_tails
         loaded.module.to(self.device)
+        if channels_last:
+            loaded.module.to(memory_format=torch.channels_last)
         self.expected: dict[str, list[ExpectedTensor]] = {
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
@@ -64,6 +72,8 @@ class CloudModel:
                 self._tails.move_to_end(cut)
                 return self._tails[cut]
             _, tail = self.graph.split(cut)
+            if self.compile_tails:
+                tail = torch.compile(tail)  # type: ignore[assignment]
             self._tails[cut] = tail
             while len(self._tails) > self._tail_cache_size:
                 self._tails.popitem(last=False)
@@ -92,7 +102,8 @@ class CloudModel:
         sizes = [int(r[0].shape[0]) for r in requests]
         merged = [torch.cat(parts) if len(requests) > 1 else parts[0] for parts in zip(*requests, strict=True)]
         inputs = [self._to_device(t) for t in merged]
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast == "bf16")
+        with torch.inference_mode(), autocast:
             try:
                 output = tail(*inputs)
             except RuntimeError as exc:
@@ -103,5 +114,8 @@ class CloudModel:
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
+            # NOTE: pinned host memory lets the copy run asynchronously with the host thread.
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.config import ServiceSettings
@@ -18,3 +20,8 @@ class CloudSettings(ServiceSettings):
     )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel limit of images shipped at cut 'input'.")
     tail_cache_size: int = Field(32, ge=1, description="Built tails kept (one per cut requested).")
+    channels_last: bool = Field(False, description="Run 4-D activations and the model in channels_last layout.")
+    autocast: Literal["none", "bf16"] = Field(
+        "none", description="Run the tail under bf16 autocast (faster on GPUs; changes results slightly)."
+    )
+    compile: bool = Field(False, description="torch.compile each tail (slow first request per cut).")

@@ -215,6 +215,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_pair(args, classify_sample)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from splitinfer.bench import bench_images, run_target
+    from splitinfer.loadgen import markdown_table
+
+    if (args.duration is None) == (args.requests is None):
+        args.duration = args.duration or 20.0
+    images = bench_images(args.images, args.count)
+    url = args.url or (CLOUD_URL if args.target == "cloud" else EDGE_URL)
+    result = run_target(
+        args.target,
+        url=url,
+        images=images,
+        concurrency=args.concurrency,
+        duration_s=args.duration if args.requests is None else None,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        name=args.name or f"{args.target} {url if args.target != 'local' else args.model}",
+        model=args.model,
+        weights=args.weights,
+        cut=args.cut,
+        codec=args.codec,
+    )
+    summary = result.summary()
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    Console(width=args.width).print(markdown_table([summary]))
+    return 1 if summary["errors"] else 0
+
+
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--weights", default="DEFAULT", help="DEFAULT falls back to seeded random weights offline")
@@ -265,6 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="`up`, classify a sample image, keep serving")
     _add_pair_options(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="load a running edge or cloud (or the model in-process) and report")
+    bench.add_argument("--target", choices=["edge", "cloud", "local"], default="edge")
+    bench.add_argument("--url", default=None, help=f"default: {EDGE_URL} (edge), {CLOUD_URL} (cloud)")
+    bench.add_argument("--concurrency", type=int, default=1)
+    bench.add_argument("--duration", type=float, default=None, help="seconds (default 20)")
+    bench.add_argument("--requests", type=int, default=None, help="a request count instead of a duration")
+    bench.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured warm-up")
+    bench.add_argument("--images", default=None, help="folder of images (default: 8 generated 640x480 JPEGs)")
+    bench.add_argument("--count", type=int, default=8)
+    bench.add_argument("--model", default="resnet18", help="for --target cloud/local")
+    bench.add_argument("--weights", default="none", help="for --target cloud/local")
+    bench.add_argument("--cut", default="layer3", help="for --target cloud: the payloads' cut")
+    bench.add_argument("--codec", default="fp16", help="for --target cloud: the payloads' codec")
+    bench.add_argument("--name", default=None)
+    bench.add_argument("--json", default=None, help="write the summary to this file")
+    bench.set_defaults(func=_cmd_bench)
 
     classify = sub.add_parser("classify", help="classify images through a running edge")
     classify.add_argument("images", nargs="+")

@@ -17,11 +17,14 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseS
     for name, field in settings_cls.model_fields.items():
         env = ENV_PREFIX + name.upper()
         default = field.default if field.default is not None else "unset"
+        switch = field.annotation is bool
         group.add_argument(
             f"--{name.replace('_', '-')}",
             dest=f"setting_{name}",
             default=argparse.SUPPRESS,
-            metavar=name.upper(),
+            nargs="?" if switch else None,
+            const="true" if switch else None,
+            metavar="BOOL" if switch else name.upper(),
             help=f"{field.description or ''} [{env}; default: {default}]",
         )
 

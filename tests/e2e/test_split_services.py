@@ -14,7 +14,7 @@ import torch
 from shared.models import load_model
 from shared.preprocessing import decode_image
 from shared.samples import encode_image, synthetic_image
-from tests.e2e.processes import Service, start_service, wait_until
+from splitinfer.processes import Service, start_service, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -63,7 +63,7 @@ def _classify(client: TestClient) -> httpx.Response:
         (lambda r: httpx.Response(200, content=b"not a payload"), 502, "Bad gateway"),
         (lambda r: httpx.Response(500, json={"detail": "boom"}), 502, "Bad gateway"),
         (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 409, "Model mismatch"),
-        (lambda r: httpx.Response(503, json={"detail": "queue full"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
+        (lambda r: httpx.Response(503, json={"detail": "x"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
     ],
 )  # fmt: skip
 def test_cloud_failures_become_problems(
@@ -113,7 +113,7 @@ def test_a_bad_cut_or_codec_refuses_to_start() -> None:
         TestClient(create_app(EdgeSettings(weights="none", cut="layer3", codec="png"))),
     ):
         pass
-    with pytest.raises(ValueError, match="weights file 'missing.pt' does not exist"):
+    with pytest.raises(ValueError, match=r"weights file 'missing\.pt' does not exist"):
         EdgeSettings(weights="missing.pt")
     with pytest.raises(ValueError, match="unknown codec 'zip'"):
         EdgeSettings(codec="zip")

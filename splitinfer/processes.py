@@ -1,4 +1,4 @@
-"""Real service processes on free loopback ports, killed with their process group in teardown."""
+"""Service processes on free loopback ports (tests and benchmarks), each in its own process group."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+__all__ = ["Service", "free_port", "rss_kib", "start_service", "wait_until"]
 
 
 def free_port() -> int:
@@ -47,11 +49,26 @@ class Service:
         return self.process.returncode
 
 
-def start_service(kind: str, args: Sequence[str], log_dir: Path, port: int | None = None) -> Service:
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (Linux), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def start_service(
+    kind: str,
+    args: Sequence[str],
+    log_dir: Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """Start ``splitinfer <kind> ARGS`` on 127.0.0.1 (one torch thread unless ``env`` says otherwise)."""
     port = port or free_port()
     log = log_dir / f"{kind}-{port}.log"
     command = [sys.executable, "-m", "splitinfer", kind, "--host", "127.0.0.1", "--port", str(port), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1", **(env or {})}
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return Service(kind, port, process, log, list(args))

@@ -1,0 +1,142 @@
+"""``splitinfer bench``: load against an edge or a cloud, and the in-process baseline, by one harness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import torch
+
+from shared.models import LoadedModel, load_model
+from shared.preprocessing import decode_image
+from shared.protocol import encode_activations, encode_images
+from shared.samples import encode_image, synthetic_image
+from shared.splitting import INPUT_CUT, ModelGraph
+from shared.wire import MEDIA_TYPE
+from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
+
+__all__ = ["bench_images", "cloud_payloads", "cloud_sender", "edge_sender", "local_baseline", "run_target"]
+
+
+def bench_images(folder: str | None = None, count: int = 8) -> list[bytes]:
+    """JPEG/PNG/WebP files from ``folder``, or ``count`` generated 640x480 JPEGs (q=90)."""
+    if folder:
+        suffixes = {".jpg", ".jpeg", ".png", ".webp"}
+        return [p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in suffixes]
+    return [encode_image(synthetic_image(640, 480, seed=seed)) for seed in range(count)]
+
+
+def edge_sender(images: Sequence[bytes], top_k: int = 5) -> Send:
+    async def send(client: httpx.AsyncClient, index: int) -> Outcome:
+        image = images[index % len(images)]
+        response = await client.post(
+            "/v1/classify", params={"top_k": top_k}, files={"image": ("image.jpg", image, "image/jpeg")}
+        )
+        forwarded = int(response.json().get("payload_bytes", 0)) if response.status_code == 200 else 0
+        return response.status_code, len(image), forwarded
+
+    return send
+
+
+def cloud_payloads(loaded: LoadedModel, cut: str, codec: str, images: Sequence[bytes]) -> list[bytes]:
+    """One wire payload per image, as an edge at ``cut`` with ``codec`` would send it."""
+    graph = ModelGraph(loaded.module, loaded.input_shape)
+    resolved = graph.cut(cut)
+    head, _ = graph.split(resolved)
+    payloads = []
+    for blob in images:
+        image = decode_image(blob)
+        common = {"model": loaded.name, "weights": loaded.digest, "codec": codec}
+        if resolved.name == INPUT_CUT:
+            payloads.append(encode_images([blob], [image], loaded.preprocessor, **common))
+            continue
+        with torch.inference_mode():
+            shipped = head(loaded.preprocessor.batch([image]))
+        payloads.append(encode_activations(shipped, resolved, **common))
+    return payloads
+
+
+def cloud_sender(payloads: Sequence[bytes]) -> Send:
+    async def send(client: httpx.AsyncClient, index: int) -> Outcome:
+        payload = payloads[index % len(payloads)]
+        response = await client.post("/v1/tail", content=payload, headers={"Content-Type": MEDIA_TYPE})
+        return response.status_code, len(payload), len(payload)
+
+    return send
+
+
+def local_baseline(
+    loaded: LoadedModel,
+    images: Sequence[bytes],
+    *,
+    duration_s: float | None,
+    requests: int | None,
+    warmup_s: float,
+    name: str = "in-process",
+) -> LoadResult:
+    """Baseline (a): decode + preprocess + full forward in this process, one image at a time."""
+    result = LoadResult(name, 1)
+
+    def one(index: int) -> None:
+        image = decode_image(images[index % len(images)])
+        with torch.inference_mode():
+            loaded.module(loaded.preprocessor.batch([image]))
+
+    warm_until = time.perf_counter() + warmup_s
+    index = 0
+    while time.perf_counter() < warm_until:
+        one(index)
+        index += 1
+    started = time.perf_counter()
+    deadline = started + duration_s if duration_s is not None else float("inf")
+    count = 0
+    while time.perf_counter() < deadline and (requests is None or count < requests):
+        before = time.perf_counter()
+        one(count)
+        result.latencies_ms.append((time.perf_counter() - before) * 1000)
+        count += 1
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def run_target(
+    target: str,
+    *,
+    url: str,
+    images: Sequence[bytes],
+    concurrency: int,
+    duration_s: float | None,
+    requests: int | None,
+    warmup_s: float,
+    name: str,
+    model: str = "resnet18",
+    weights: str = "none",
+    cut: str = "layer3",
+    codec: str = "fp16",
+    progress: bool = True,
+) -> LoadResult:
+    if target == "local":
+        return local_baseline(
+            load_model(model, weights), images, duration_s=duration_s, requests=requests, warmup_s=warmup_s, name=name
+        )
+    if target == "edge":
+        send = edge_sender(images)
+    elif target == "cloud":
+        send = cloud_sender(cloud_payloads(load_model(model, weights), cut, codec, images))
+    else:
+        raise ValueError(f"unknown bench target {target!r}: edge, cloud or local")
+    return asyncio.run(
+        run_load(
+            send,
+            name=name,
+            base_url=url,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            requests=requests,
+            warmup_s=warmup_s,
+            progress=progress,
+        )
+    )
