@@ -33,7 +33,6 @@ class CloudState:
     model: CloudModel
     batcher: DynamicBatcher[tuple[torch.Tensor, ...], torch.Tensor]
     metrics: ServiceMetrics
-    draining: bool = False
 
 
 def _load(settings: CloudSettings) -> CloudModel:
@@ -89,7 +88,7 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
             try:
                 yield
             finally:
-                app.state.cloud.draining = True
+                app.state.draining = True
                 await batcher.stop()
 
     app = FastAPI(
@@ -98,6 +97,8 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.draining = False
+    app.state.token = settings.shared_token()
     install_problem_handlers(app)
     install_request_middleware(app, metrics)
     app.include_router(router)

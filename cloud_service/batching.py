@@ -1,8 +1,10 @@
 """Dynamic batching (Triton-style): requests for the same key are run together.
 
 A batch closes when it holds ``max_batch_size`` items or when its oldest request has waited
-``max_delay_s``. Model runs are serialized on one executor thread. If a batched run fails, its requests
-are retried one by one, so one bad request never fails its neighbours. The queue is bounded: a full
+``max_delay_s``. The wait only happens under load (when the previous run held more than one
+item): a lone request never waits, and under load requests also pile up while the model is busy.
+Model runs are serialized on one executor thread. If a batched run fails, its requests are retried
+one by one, so one bad request never fails its neighbours. The queue is bounded: a full
 queue refuses new requests with 503 and ``Retry-After`` instead of growing.
 """
 
@@ -67,6 +69,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._pending: deque[_Item[In, Out]] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_batch = 1
 
     @property
     def queued(self) -> int:
@@ -109,7 +112,8 @@ class DynamicBatcher(Generic[In, Out]):
             if first.future.done():  # cancelled by its client
                 self._pending.popleft()
                 continue
-            deadline = first.enqueued + self.max_delay_s
+            # NOTE: waiting for company only pays when there is load; a lone request goes straight through.
+            deadline = first.enqueued + (self.max_delay_s if self._last_batch > 1 else 0.0)
             while self._ready_size(first.key) < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -139,6 +143,7 @@ class DynamicBatcher(Generic[In, Out]):
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        self._last_batch = sum(i.size for i in batch)
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, batch[0].key, [i.value for i in batch])
             if len(outputs) != len(batch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from shared.errors import ServiceUnavailable, UnsupportedMediaType
+from shared.errors import ServiceUnavailable, Unauthorized, UnsupportedMediaType
 from shared.http import media_type, read_limited_body, server_timing, versions
 from shared.metrics import metrics_response
 from shared.protocol import encode_logits
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["router"]
 
 router = APIRouter()
-v1 = APIRouter(prefix="/v1", tags=["inference"])
 ops = APIRouter(tags=["operations"])
 _ACCEPTED_BODIES = (MEDIA_TYPE, "application/octet-stream")
 
@@ -34,6 +34,19 @@ def _state(request: Request) -> CloudState:
 
 
 StateDep = Annotated["CloudState", Depends(_state)]
+
+
+def _authorize(request: Request) -> None:
+    """With a token configured, /v1/* needs ``Authorization: Bearer <token>`` (compared in constant time)."""
+    expected = getattr(request.app.state, "token", None)
+    if expected is None:
+        return
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Unauthorized("a valid bearer token is required (Authorization: Bearer <SPLITINFER_TOKEN>)")
+
+
+v1 = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(_authorize)])
 
 
 @v1.post(
@@ -51,8 +64,6 @@ StateDep = Annotated["CloudState", Depends(_state)]
 )
 async def run_tail(request: Request, state: StateDep) -> Response:
     """Run the tail for the cut a wire payload names and return the logits."""
-    if state.draining:
-        raise ServiceUnavailable("the service is shutting down", retry_after=1)
     if media_type(request) not in _ACCEPTED_BODIES:
         raise UnsupportedMediaType(f"send the wire payload as {MEDIA_TYPE}, not {media_type(request) or 'nothing'!r}")
     body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes)
@@ -110,9 +121,9 @@ async def healthz() -> dict[str, str]:
 
 
 @ops.get("/readyz")
-async def readyz(state: StateDep) -> dict[str, str]:
+async def readyz(request: Request, state: StateDep) -> dict[str, str]:
     """The model is loaded and the service accepts work."""
-    if state.draining:
+    if request.app.state.draining:
         raise ServiceUnavailable("the service is shutting down")
     return {"status": "ready", "model": state.model.loaded.name, "weights_digest": state.model.loaded.digest}
 

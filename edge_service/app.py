@@ -13,6 +13,7 @@ import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
 from edge_service.routes import router
 from edge_service.runtime import EdgeModel
@@ -34,7 +35,7 @@ class EdgeState:
     cloud: CloudClient
     executor: ThreadPoolExecutor
     metrics: ServiceMetrics
-    draining: bool = False
+    in_flight: int = 0
 
 
 def _load(settings: EdgeSettings) -> EdgeModel:
@@ -80,6 +81,10 @@ def create_app(
             settings.cloud_url,
             connect_timeout_s=settings.connect_timeout_s,
             read_timeout_s=settings.read_timeout_s,
+            token=settings.shared_token(),
+            ca_bundle=settings.ca_bundle,
+            connect_retries=settings.connect_retries,
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
             transport=cloud_transport,
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
@@ -87,7 +92,7 @@ def create_app(
             try:
                 yield
             finally:
-                app.state.edge.draining = True
+                app.state.draining = True
                 await cloud.aclose()
 
     app = FastAPI(
@@ -96,6 +101,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.draining = False
     install_problem_handlers(app)
     install_request_middleware(app, metrics)
     app.include_router(router)

@@ -118,9 +118,24 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
 
 
 async def _classify(request: Request, state: EdgeState, blobs: list[bytes]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Admit the request (back-pressure: 503 + Retry-After beyond the concurrency limit), then classify."""
+    settings = state.settings
+    if state.in_flight >= settings.max_concurrent_requests:
+        raise ServiceUnavailable(
+            f"{state.in_flight} requests are in progress (the limit is {settings.max_concurrent_requests})",
+            retry_after=1,
+        )
+    state.in_flight += 1
+    try:
+        return await _classify_admitted(request, state, blobs)
+    finally:
+        state.in_flight -= 1
+
+
+async def _classify_admitted(
+    request: Request, state: EdgeState, blobs: list[bytes]
+) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
-    if state.draining:
-        raise ServiceUnavailable("the service is shutting down", retry_after=1)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     deadline = started + settings.request_timeout_s
@@ -224,6 +239,8 @@ async def info(state: StateDep) -> dict[str, Any]:
         "codec": model.codec,
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,
+        "circuit_breaker": state.cloud.breaker.state,
+        "in_flight": state.in_flight,
         "preprocessing": model.loaded.preprocessor.to_json(),
         "versions": versions(),
     }
@@ -236,9 +253,9 @@ async def healthz() -> dict[str, str]:
 
 
 @ops.get("/readyz")
-async def readyz(state: StateDep) -> dict[str, Any]:
+async def readyz(request: Request, state: StateDep) -> dict[str, Any]:
     """The model is loaded and the cloud is reachable and serves the same model and weights."""
-    if state.draining:
+    if request.app.state.draining:
         raise ServiceUnavailable("the service is shutting down")
     loaded = state.model.loaded
     if state.model.runs_everything:

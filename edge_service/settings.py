@@ -27,6 +27,13 @@ class EdgeSettings(ServiceSettings):
     fallback: Literal["none", "local"] = Field(
         "none", description="When the cloud fails: none (503/504) or local (the edge runs the tail itself)."
     )
+    ca_bundle: str | None = Field(None, description="CA bundle (PEM) to verify an HTTPS cloud with.")
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Classify requests in progress before new ones get 503 + Retry-After."
+    )
+    connect_retries: int = Field(2, ge=0, le=10, description="Retries (with jitter) when the cloud refuses to connect.")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive cloud failures that open the circuit breaker.")
+    breaker_reset_s: float = Field(5.0, ge=0, description="Seconds the breaker stays open before one probe.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ENV_PREFIX", "ServiceSettings"]
@@ -30,6 +30,15 @@ class ServiceSettings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one request or model run.")
     log_level: str = Field("info", description="Python log level.")
+    token: SecretStr | None = Field(
+        None, description="Shared bearer token: the cloud requires it on /v1/*, the edge sends it. Never logged."
+    )
+    token_file: Path | None = Field(None, description="A file holding the token (instead of TOKEN).")
+    ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM).")
+    ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
+    drain_s: float = Field(
+        1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
+    )
 
     @field_validator("weights")
     @classmethod
@@ -39,6 +48,27 @@ class ServiceSettings(BaseSettings):
         if not Path(value).is_file():
             raise ValueError(f"weights file {value!r} does not exist (use DEFAULT, none or a state_dict path)")
         return value
+
+    @model_validator(mode="after")
+    def _secrets_and_certificates(self) -> ServiceSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give TOKEN or TOKEN_FILE, not both")
+        if self.token_file is not None and not self.token_file.is_file():
+            raise ValueError(f"token file {str(self.token_file)!r} does not exist")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both SSL_CERTFILE and SSL_KEYFILE")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
+        return self
+
+    def shared_token(self) -> str | None:
+        """The bearer token, from TOKEN or TOKEN_FILE (stripped), or None when auth is off."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip() or None
+        return None
 
     @field_validator("device")
     @classmethod

@@ -6,10 +6,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response"]
 
@@ -77,37 +78,54 @@ def metrics_response(metrics: ServiceMetrics) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def request_id_of(request: Request) -> str:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+def request_id_of(headers: Headers) -> str:
+    incoming = headers.get(REQUEST_ID_HEADER, "")
     return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
-def install_request_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
-    """Request ids, per-route metrics and one structured access-log line per request."""
+class _ObserveRequests:
+    """Pure ASGI middleware (cheaper than ``@app.middleware``): request ids, metrics, one access-log line."""
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request_id_of(request)
-        request.state.request_id = request_id
-        start = time.perf_counter()
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(Headers(scope=scope))
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers[REQUEST_ID_HEADER] = request_id
-            return response
+            await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
-            route = getattr(request.scope.get("route"), "path", "unmatched")
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route).observe(elapsed)
-            fields = getattr(request.state, "log_fields", {})
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            fields = state.get("log_fields", {})
             logger.info(
                 "request_id=%s method=%s route=%s status=%d ms=%.1f %s",
                 request_id,
-                request.method,
+                scope["method"],
                 route,
                 status,
                 elapsed * 1000,
                 " ".join(f"{k}={v}" for k, v in fields.items()),
             )
+
+
+def install_request_middleware(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Request ids (``X-Request-ID``), per-route metrics and one structured access-log line per request."""
+    app.add_middleware(_ObserveRequests, metrics=metrics)

@@ -43,8 +43,10 @@ def problem_response(
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(SplitInferError, exc)  # registered for this type only
-    request.state.error = exc.slug
-    return problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, retry_after=exc.retry_after)
+    response = problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, retry_after=exc.retry_after)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="split-inference"'
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

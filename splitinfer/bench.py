@@ -41,20 +41,23 @@ def edge_sender(images: Sequence[bytes], top_k: int = 5) -> Send:
     return send
 
 
-def cloud_payloads(loaded: LoadedModel, cut: str, codec: str, images: Sequence[bytes]) -> list[bytes]:
-    """One wire payload per image, as an edge at ``cut`` with ``codec`` would send it."""
+def cloud_payloads(
+    loaded: LoadedModel, cut: str, codec: str, images: Sequence[bytes], per_request: int = 1
+) -> list[bytes]:
+    """Wire payloads of ``per_request`` images each, as an edge at ``cut`` with ``codec`` would send them."""
     graph = ModelGraph(loaded.module, loaded.input_shape)
     resolved = graph.cut(cut)
     head, _ = graph.split(resolved)
+    common = {"model": loaded.name, "weights": loaded.digest, "codec": codec}
     payloads = []
-    for blob in images:
-        image = decode_image(blob)
-        common = {"model": loaded.name, "weights": loaded.digest, "codec": codec}
+    for start in range(len(images)):
+        blobs = [images[(start + k) % len(images)] for k in range(per_request)]
+        decoded = [decode_image(blob) for blob in blobs]
         if resolved.name == INPUT_CUT:
-            payloads.append(encode_images([blob], [image], loaded.preprocessor, **common))
+            payloads.append(encode_images(blobs, decoded, loaded.preprocessor, **common))
             continue
         with torch.inference_mode():
-            shipped = head(loaded.preprocessor.batch([image]))
+            shipped = head(loaded.preprocessor.batch(decoded))
         payloads.append(encode_activations(shipped, resolved, **common))
     return payloads
 
@@ -116,6 +119,7 @@ def run_target(
     weights: str = "none",
     cut: str = "layer3",
     codec: str = "fp16",
+    per_request: int = 1,
     progress: bool = True,
 ) -> LoadResult:
     if target == "local":
@@ -125,7 +129,7 @@ def run_target(
     if target == "edge":
         send = edge_sender(images)
     elif target == "cloud":
-        send = cloud_sender(cloud_payloads(load_model(model, weights), cut, codec, images))
+        send = cloud_sender(cloud_payloads(load_model(model, weights), cut, codec, images, per_request))
     else:
         raise ValueError(f"unknown bench target {target!r}: edge, cloud or local")
     return asyncio.run(
@@ -137,6 +141,7 @@ def run_target(
             duration_s=duration_s,
             requests=requests,
             warmup_s=warmup_s,
+            images_per_request=per_request if target == "cloud" else 1,
             progress=progress,
         )
     )

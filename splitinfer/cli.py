@@ -238,6 +238,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         weights=args.weights,
         cut=args.cut,
         codec=args.codec,
+        per_request=args.per_request,
     )
     summary = result.summary()
     if args.json:
@@ -310,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--weights", default="none", help="for --target cloud/local")
     bench.add_argument("--cut", default="layer3", help="for --target cloud: the payloads' cut")
     bench.add_argument("--codec", default="fp16", help="for --target cloud: the payloads' codec")
+    bench.add_argument("--per-request", type=int, default=1, help="for --target cloud: images per payload")
     bench.add_argument("--name", default=None)
     bench.add_argument("--json", default=None, help="write the summary to this file")
     bench.set_defaults(func=_cmd_bench)

@@ -159,6 +159,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
         cells = []
         for key, _ in columns:
             value = row.get(key, "")
-            cells.append(f"{value:,.1f}" if isinstance(value, float) else str(value))
+            if isinstance(value, float):
+                cells.append(f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}")
+            else:
+                cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
