@@ -124,6 +124,9 @@ class CloudClient:
                 await asyncio.sleep(random.uniform(0.05, 0.15) * 2**attempt)
             except httpx.TimeoutException as exc:
                 raise CloudTimeout(f"the cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                # NOTE: the connection dropped mid-request: the cloud died or restarted.
+                raise CloudUnavailable(f"the cloud dropped the connection: {type(exc).__name__}: {exc}") from exc
             except httpx.TransportError as exc:
                 raise BadGateway(f"the connection to the cloud failed: {type(exc).__name__}: {exc}") from exc
         raise CloudUnavailable(f"cannot connect to the cloud at {self.base_url}")

@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -31,6 +33,30 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+class _DrainingServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT: /readyz turns 503 for ``drain_s``, then uvicorn stops accepting and
+    finishes the requests in flight. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        app_state = getattr(self.config.app, "state", None)
+        if self._draining or self.drain_s <= 0 or app_state is None:
+            if app_state is not None:
+                app_state.draining = True
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        app_state.draining = True
+        logger.info("draining: /readyz answers 503 for %.1f s, then in-flight requests finish", self.drain_s)
+        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
+
+
 def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:
     configure_logging(settings.log_level)
     config = uvicorn.Config(
@@ -40,9 +66,11 @@ def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> 
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         **uvicorn_options,
     )
-    uvicorn.Server(config).run()
+    _DrainingServer(config, settings.drain_s).run()
 
 
 def wait_ready(url: str, deadline_s: float, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
