@@ -175,40 +175,50 @@ def batching_section(images: list[bytes], logs: Path, duration: float) -> list[d
     return rows
 
 
-def soak_section(images: list[bytes], logs: Path, duration: float) -> dict[str, Any]:
-    """Edge and cloud under 64 clients; resident memory of both sampled every 5 s."""
-    cloud = start_service("cloud", ["--model", "resnet18", "--weights", "none"], logs, env=THREADS)
+def soak_section(
+    images: list[bytes],
+    logs: Path,
+    *,
+    model: str = "resnet18",
+    cut: str = "layer3",
+    clients: int = 64,
+    duration: float | None = None,
+    requests: int | None = None,
+) -> dict[str, Any]:
+    """Edge and cloud under ``clients`` clients; resident memory of both sampled every 5 s."""
+    common = ["--model", model, "--weights", "none"]
+    cloud = start_service("cloud", common, logs, env=THREADS)
     edge = None
     samples: list[tuple[float, int, int]] = []
     try:
         wait_until(cloud)
-        edge = start_service(
-            "edge",
-            ["--model", "resnet18", "--weights", "none", "--cut", "layer3", "--cloud-url", cloud.url],
-            logs,
-            env=THREADS,
-        )
+        edge = start_service("edge", [*common, "--cut", cut, "--cloud-url", cloud.url], logs, env=THREADS)
         wait_until(edge)
         stop = threading.Event()
         started = time.perf_counter()
 
         def sample() -> None:
             while not stop.wait(5.0):
-                assert edge is not None
-                samples.append((time.perf_counter() - started, rss_kib(edge.process.pid), rss_kib(cloud.process.pid)))
+                if edge is not None:
+                    samples.append(
+                        (time.perf_counter() - started, rss_kib(edge.process.pid), rss_kib(cloud.process.pid))
+                    )
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        row = run(edge_sender(images), edge.url, "soak resnet18 layer3 fp16", 64, duration_s=duration, warmup_s=10.0)
+        limits: dict[str, Any] = {"duration_s": duration} if duration is not None else {"requests": requests}
+        row = run(edge_sender(images), edge.url, f"soak {model} {cut} fp16", clients, warmup_s=10.0, **limits)
         stop.set()
         sampler.join()
     finally:
         if edge is not None:
             edge.stop()
         cloud.stop()
-    after_warmup = next(s for s in samples if s[0] >= 20.0) if any(s[0] >= 20.0 for s in samples) else samples[0]
+    # NOTE: "after warm-up" is the first sample 20 s into the measured run (the 10 s warm-up precedes it).
+    after_warmup = next((s for s in samples if s[0] >= 20.0), samples[0])
     last = samples[-1]
     row |= {
+        "model": model,
         "rss_samples_kib": samples,
         "edge_rss_growth": round(last[1] / after_warmup[1] - 1, 4),
         "cloud_rss_growth": round(last[2] / after_warmup[2] - 1, 4),
@@ -236,7 +246,7 @@ def main() -> None:
     print("dynamic batching at concurrency 32", flush=True)
     results["batching"] = batching_section(images, logs, duration)
     print("soak at concurrency 64", flush=True)
-    results["soak"] = soak_section(images, logs, soak)
+    results["soak"] = soak_section(images, logs, duration=soak)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}; service logs in {logs}")
     print(markdown_table(results["latency"]))

@@ -101,6 +101,28 @@ def cpu_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def soak_section(data: dict[str, Any]) -> list[str]:
+    soak = data["soak"]
+    growth = max(soak["edge_rss_growth"], soak["cloud_rss_growth"])
+    return [
+        "## Reliability soak",
+        "",
+        f"Command: `{data['command']}` ({data['machine']['date']}, same machine). 16 clients send "
+        f"{soak['requests'] + soak['errors']:,} requests through edge and cloud serving "
+        "`tests.fixture_models:tiny_cnn` (a tiny CNN, so the run exercises HTTP, the wire format, batching "
+        "and memory rather than convolutions), cut `block`, `fp16`.",
+        "",
+        f"{soak['requests']:,} succeeded, {soak['errors']} errors, {soak['throughput_img_s']:.1f} req/s, "
+        f"p50 {soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms. Resident memory from 20 s in to the end: "
+        f"edge {soak['edge_rss_mib'][0]} -> {soak['edge_rss_mib'][1]} MiB ({soak['edge_rss_growth']:+.1%}), "
+        f"cloud {soak['cloud_rss_mib'][0]} -> {soak['cloud_rss_mib'][1]} MiB ({soak['cloud_rss_growth']:+.1%}).",
+        "",
+        f"20,000 requests, zero errors, growth under 10%: "
+        f"{_verdict(soak['errors'] == 0 and soak['requests'] >= 20_000 and growth < 0.10)}.",
+        "",
+    ]
+
+
 def gpu_section() -> list[str]:
     path = RESULTS / "gpu.json"
     lines = ["## GPU", ""]
@@ -141,6 +163,9 @@ def main() -> None:
     cpu = RESULTS / "cpu.json"
     if cpu.exists():
         lines += cpu_section(json.loads(cpu.read_text()))
+    soak = RESULTS / "soak.json"
+    if soak.exists():
+        lines += soak_section(json.loads(soak.read_text()))
     lines += gpu_section()
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC}")

@@ -57,8 +57,13 @@ def codec_report(
     jpegs: Sequence[bytes],
     codecs: Sequence[str] | None = None,
     repeats: int = 3,
+    autocast: str = "none",
 ) -> list[CodecRow]:
-    """Measure each codec at ``cut_name`` over ``jpegs`` (the input images, as JPEG bytes)."""
+    """Measure each codec at ``cut_name`` over ``jpegs`` (the input images, as JPEG bytes).
+
+    With ``autocast="bf16"`` the tail runs under bf16 autocast, as the cloud's ``--autocast bf16`` does,
+    so the errors include that change too.
+    """
     cut = graph.cut(cut_name)
     head, tail = graph.split(cut)
     images = [decode_image(blob) for blob in jpegs]
@@ -82,7 +87,8 @@ def codec_report(
                     return images_from_payload(payload, loaded.preprocessor, ImageLimits(), limits)
 
                 inputs, decode_ms = _timed(repeats, decode)
-                logits = tail(inputs).float()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+                    logits = tail(inputs).float()
             else:
                 data, encode_ms = _timed(repeats, lambda c=codec: encode_activations(shipped, cut, codec=c, **common))
                 payload, decode_ms = _timed(
@@ -91,7 +97,8 @@ def codec_report(
                         d, kind="activations", expected=expected_for_cut(cut), limits=limits, **common
                     ),
                 )
-                logits = tail(*payload.tensors).float()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+                    logits = tail(*payload.tensors).float()
             per_image = len(data) / len(jpegs)
             difference = logits - reference
             top5_ref, top5 = reference.topk(5, dim=1).indices, logits.topk(5, dim=1).indices

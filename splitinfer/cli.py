@@ -65,12 +65,13 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         print("no images found", file=sys.stderr)
         return 2
     graph = ModelGraph(loaded.module, loaded.input_shape)
-    rows = codec_report(loaded, graph, args.cut, jpegs)
+    rows = codec_report(loaded, graph, args.cut, jpegs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
     cut = graph.cut(args.cut)
-    table = Table(title=f"{args.model} at {cut.name}: {len(jpegs)} images, {cut.bytes_fp32} fp32 bytes/image")
+    autocast = ", tail under bf16 autocast" if args.autocast == "bf16" else ""
+    table = Table(title=f"{args.model} at {cut.name}: {len(jpegs)} images, {cut.bytes_fp32} fp32 bytes/image{autocast}")
     headers = ("codec", "bytes/img", "vs fp32", "vs JPEG", "enc ms", "dec ms", "max |err|", "rel L2", "top-1", "top-5")
     for header in headers:
         table.add_column(header, justify="left" if header == "codec" else "right")
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     codecs.add_argument("--weights", default="none")
     codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
     codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
+    codecs.add_argument("--autocast", choices=["none", "bf16"], default="none", help="run the tail as the cloud would")
     codecs.add_argument("--json", action="store_true")
     codecs.set_defaults(func=_cmd_codecs)
 

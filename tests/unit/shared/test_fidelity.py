@@ -28,3 +28,12 @@ def test_codec_report_at_resnet18(cut: str, resnet18: tuple[object, ModelGraph])
         assert rows["fp16"].relative_l2_error < 1e-3
     else:
         assert rows["image"].ratio_to_jpeg == pytest.approx(1.0, abs=0.05)  # plus the container header
+
+
+def test_autocast_fidelity_is_reported(resnet18: tuple[object, ModelGraph]) -> None:
+    loaded, graph = resnet18
+    jpegs = [encode_image(synthetic_image(seed=s)) for s in range(2)]
+    (plain,) = codec_report(loaded, graph, "layer3", jpegs, codecs=["fp32"], repeats=1)  # type: ignore[arg-type]
+    (bf16,) = codec_report(loaded, graph, "layer3", jpegs, codecs=["fp32"], repeats=1, autocast="bf16")  # type: ignore[arg-type]
+    assert plain.max_abs_error == 0.0
+    assert 0.0 < bf16.relative_l2_error < 0.05
