@@ -248,6 +248,87 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+    from rich.progress import Progress
+
+    from shared.models import load_model
+    from shared.planning import profile_model
+    from splitinfer.bench import bench_images
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, args.weights)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"profiling {args.model}", total=None)
+        profile = profile_model(
+            loaded,
+            bench_images(args.images, 4),
+            device=args.device,
+            all_cuts=args.all_cuts,
+            repeats=args.repeats,
+            progress=lambda name: bar.update(task, advance=1, description=f"profiling {args.model} at {name}"),
+        )
+    profile.save(args.output)
+    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.planning import Profile, pareto, parse_bandwidth, parse_duration, plan
+
+    edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
+    bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_duration(args.rtt)
+    rows = plan(
+        edge, cloud, bandwidth_bps=bandwidth, rtt_s=rtt, objective=args.objective, max_logit_error=args.max_logit_error
+    )
+    front = {(r.cut, r.codec) for r in pareto(rows)}
+    if args.json:
+        print(json.dumps([r.to_json() | {"pareto": (r.cut, r.codec) in front} for r in rows], indent=2))
+    else:
+        table = Table(title=f"{edge.model}: {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)")
+        for column in ("#", "cut", "codec", "latency ms", "edge ms", "link ms", "cloud ms", "bytes", "rel L2"):
+            table.add_column(column, justify="left" if column in ("cut", "codec") else "right")
+        for rank, r in enumerate(rows[: args.top], 1):
+            star = "*" if (r.cut, r.codec) in front else ""
+            table.add_row(
+                f"{rank}{star}", r.cut, r.codec, f"{r.latency_ms:.1f}", f"{r.edge_ms:.1f}", f"{r.transfer_ms:.1f}",
+                f"{r.cloud_ms:.1f}", f"{r.bytes_per_image:,.0f}", f"{r.relative_l2_error:.1e}",
+            )  # fmt: skip
+        Console(width=args.width).print(table)
+    if args.plot:
+        _plot(rows, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
+    return 0
+
+
+def _plot(rows: Sequence[Any], path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install 'split-inference[plot]'", file=sys.stderr)
+        return
+    order: dict[str, int] = {}
+    for r in sorted(rows, key=lambda r: r.cut):
+        order.setdefault(r.cut, len(order))
+    figure, axes = plt.subplots(figsize=(10, 4))
+    for codec in sorted({r.codec for r in rows}):
+        points = sorted((order[r.cut], r.latency_ms) for r in rows if r.codec == codec)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=codec)
+    axes.set_xticks(range(len(order)), list(order), rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("predicted latency (ms)")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--weights", default="DEFAULT", help="DEFAULT falls back to seeded random weights offline")
@@ -317,6 +398,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--name", default=None)
     bench.add_argument("--json", default=None, help="write the summary to this file")
     bench.set_defaults(func=_cmd_bench)
+
+    profile = sub.add_parser("profile", help="measure head/tail/codec costs of every cut on this machine")
+    profile.add_argument("--model", default="resnet18")
+    profile.add_argument("--weights", default="none")
+    profile.add_argument("--device", default="cpu")
+    profile.add_argument("--threads", type=int, default=None)
+    profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
+    profile.add_argument("--repeats", type=int, default=5)
+    profile.add_argument("--images", default=None)
+    profile.add_argument("-o", "--output", required=True)
+    profile.set_defaults(func=_cmd_profile)
+
+    planner = sub.add_parser("plan", help="predicted latency of every (cut, codec) for a link, best first")
+    planner.add_argument("--edge-profile", required=True)
+    planner.add_argument("--cloud-profile", required=True)
+    planner.add_argument("--bandwidth", required=True, help="uplink rate: 5mbit, 50mbit, 1gbit...")
+    planner.add_argument("--rtt", required=True, help="round-trip time: 30ms, 1ms...")
+    planner.add_argument("--objective", choices=["latency", "edge-time", "bytes"], default="latency")
+    planner.add_argument("--max-logit-error", type=float, default=1e-2, help="relative L2 bound for lossy codecs")
+    planner.add_argument("--top", type=int, default=20)
+    planner.add_argument("--plot", default=None, help="write a PNG of latency by cut (needs matplotlib)")
+    planner.add_argument("--json", action="store_true")
+    planner.set_defaults(func=_cmd_plan)
 
     classify = sub.add_parser("classify", help="classify images through a running edge")
     classify.add_argument("images", nargs="+")

@@ -1,0 +1,268 @@
+"""Measured profiles and the planner: which (cut, codec) is fastest for a given link.
+
+A profile is measured on one machine (the edge or the cloud) by :func:`profile_model`; the planner
+combines the edge's head and encode times with the cloud's decode and tail times and the link's
+transfer time::
+
+    latency = head(edge) + encode(edge) + bytes * 8 / bandwidth + rtt + decode(cloud) + tail(cloud)
+
+Cut ``output`` never touches the link; cut ``input`` ships the image as received (its "decode" is the
+cloud's image decoding and preprocessing).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from shared.models import LoadedModel
+from shared.preprocessing import decode_image
+from shared.protocol import encode_activations, expected_for_cut
+from shared.splitting import INPUT_CUT, OUTPUT_CUT, ModelGraph
+from shared.wire import WireLimits, decode_payload
+
+__all__ = [
+    "CodecProfile",
+    "CutProfile",
+    "PlanRow",
+    "Profile",
+    "pareto",
+    "parse_bandwidth",
+    "parse_duration",
+    "plan",
+    "profile_model",
+]
+
+Objective = Literal["latency", "edge-time", "bytes"]
+PROFILE_CODECS = ("fp32", "fp16", "int8+zstd")
+
+
+@dataclass(frozen=True)
+class CodecProfile:
+    codec: str
+    bytes_per_image: float
+    encode_ms: float
+    decode_ms: float
+    relative_l2_error: float
+
+
+@dataclass(frozen=True)
+class CutProfile:
+    name: str
+    index: int
+    head_ms: float
+    tail_ms: float
+    codecs: tuple[CodecProfile, ...]
+
+
+@dataclass
+class Profile:
+    model: str
+    weights_digest: str
+    device: str
+    threads: int
+    input_size: int
+    machine: dict[str, str]
+    cuts: list[CutProfile] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        data = json.loads(Path(path).read_text())
+        cuts = [
+            CutProfile(
+                name=c["name"],
+                index=c["index"],
+                head_ms=c["head_ms"],
+                tail_ms=c["tail_ms"],
+                codecs=tuple(CodecProfile(**p) for p in c["codecs"]),
+            )
+            for c in data.pop("cuts")
+        ]
+        return cls(**data, cuts=cuts)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def profile_model(
+    loaded: LoadedModel,
+    images: Sequence[bytes],
+    *,
+    device: str = "cpu",
+    all_cuts: bool = False,
+    codecs: Sequence[str] = PROFILE_CODECS,
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> Profile:
+    """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here."""
+    graph = ModelGraph(loaded.module, loaded.input_shape)
+    target = torch.device(device)
+    loaded.module.to(target)
+    decoded = [decode_image(blob) for blob in images[:1]]
+    batch = loaded.preprocessor.batch(decoded).to(target)
+    with torch.inference_mode():
+        reference = loaded.module(batch).float().cpu()
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    machine |= {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    profile = Profile(
+        loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
+    )
+    candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
+    limits = WireLimits.for_batch(1, mib_per_item=64)
+    common = {"model": loaded.name, "weights": loaded.digest}
+    for cut in candidates:
+        if progress is not None:
+            progress(cut.name)
+        head, tail = graph.split(cut)
+        with torch.inference_mode():
+            shipped = tuple(t for t in head(batch))
+            head_ms = _median_ms(partial(head, batch), repeats)
+            tail_ms = _median_ms(partial(tail, *shipped), repeats)
+            measured = []
+            if cut.name == INPUT_CUT:
+                size = float(statistics.fmean(len(b) for b in images))
+                prep_ms = _median_ms(lambda: loaded.preprocessor.batch([decode_image(images[0])]), repeats)
+                measured.append(CodecProfile("image", size, 0.0, prep_ms, 0.0))
+            elif cut.name != OUTPUT_CUT:
+                cpu_shipped = tuple(t.cpu() for t in shipped)
+                for codec in codecs:
+                    data = encode_activations(cpu_shipped, cut, codec=codec, **common)
+                    encode_ms = _median_ms(
+                        partial(encode_activations, cpu_shipped, cut, codec=codec, **common), repeats
+                    )
+                    expected = expected_for_cut(cut)
+
+                    def decode(d: bytes = data, e: Any = expected) -> Any:
+                        return decode_payload(d, kind="activations", expected=e, limits=limits, **common)
+
+                    decode_ms = _median_ms(decode, repeats)
+                    logits = tail(*(t.to(target) for t in decode().tensors)).float().cpu()
+                    error = float((logits - reference).norm() / reference.norm().clamp_min(1e-12))
+                    measured.append(CodecProfile(codec, float(len(data)), encode_ms, decode_ms, error))
+        profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, tuple(measured)))
+    return profile
+
+
+_RATE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(bit|bps|b/s|byte|B)?\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_bandwidth(text: str) -> float:
+    """``20mbit``, ``1gbit``, ``500kbit``, ``5MB`` (bytes) to bits per second."""
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f"cannot read bandwidth {text!r}; write e.g. 20mbit, 1gbit or 500kbit")
+    value, scale, unit = float(match.group(1)), _SCALE[match.group(2).lower()], match.group(3) or "bit"
+    bits = value * scale * (8 if unit in ("byte", "B") else 1)
+    if bits <= 0:
+        raise ValueError(f"bandwidth {text!r} must be positive")
+    return bits
+
+
+def parse_duration(text: str) -> float:
+    """``30ms``, ``0.03s``, ``250us`` to seconds."""
+    match = re.match(r"^\s*([0-9.]+)\s*(us|ms|s)?\s*$", text)
+    if match is None:
+        raise ValueError(f"cannot read duration {text!r}; write e.g. 30ms or 0.03s")
+    return float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1e-3}[match.group(2)]
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    cut: str
+    codec: str
+    latency_ms: float
+    edge_ms: float
+    transfer_ms: float
+    cloud_ms: float
+    bytes_per_image: float
+    relative_l2_error: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(
+    edge: Profile,
+    cloud: Profile,
+    *,
+    bandwidth_bps: float,
+    rtt_s: float,
+    objective: Objective = "latency",
+    max_logit_error: float = 1e-2,
+) -> list[PlanRow]:
+    """Predicted cost of every (cut, codec) pair, best first by ``objective``.
+
+    Lossy codecs are candidates only when their measured relative L2 logit error is within
+    ``max_logit_error``.
+    """
+    if (edge.model, edge.weights_digest) != (cloud.model, cloud.weights_digest):
+        raise ValueError(f"profiles are of different models: {edge.model} vs {cloud.model} (or other weights)")
+    tails = {c.name: c for c in cloud.cuts}
+    rows = []
+    for cut in edge.cuts:
+        remote = tails.get(cut.name)
+        if remote is None:
+            continue
+        if cut.name == OUTPUT_CUT:
+            rows.append(PlanRow(cut.name, "-", cut.head_ms, cut.head_ms, 0.0, 0.0, 0.0, 0.0))
+            continue
+        decode_by_codec = {c.codec: c.decode_ms for c in remote.codecs}
+        for codec in cut.codecs:
+            if codec.relative_l2_error > max_logit_error:
+                continue
+            transfer_ms = codec.bytes_per_image * 8 / bandwidth_bps * 1000 + rtt_s * 1000
+            edge_ms = cut.head_ms + codec.encode_ms
+            cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms
+            rows.append(
+                PlanRow(
+                    cut.name,
+                    codec.codec,
+                    edge_ms + transfer_ms + cloud_ms,
+                    edge_ms,
+                    transfer_ms,
+                    cloud_ms,
+                    codec.bytes_per_image,
+                    codec.relative_l2_error,
+                )
+            )
+    key = {
+        "latency": lambda r: (r.latency_ms, r.bytes_per_image),
+        "edge-time": lambda r: (r.edge_ms, r.latency_ms),
+        "bytes": lambda r: (r.bytes_per_image, r.latency_ms),
+    }[objective]
+    return sorted(rows, key=key)
+
+
+def pareto(rows: Sequence[PlanRow]) -> list[PlanRow]:
+    """The rows no other row beats on latency, bytes and edge compute at once."""
+
+    def dominates(a: PlanRow, b: PlanRow) -> bool:
+        no_worse = a.latency_ms <= b.latency_ms and a.bytes_per_image <= b.bytes_per_image and a.edge_ms <= b.edge_ms
+        better = a.latency_ms < b.latency_ms or a.bytes_per_image < b.bytes_per_image or a.edge_ms < b.edge_ms
+        return no_worse and better
+
+    return [row for row in rows if not any(dominates(other, row) for other in rows)]

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.models import load_model
+from shared.planning import (
+    CodecProfile,
+    CutProfile,
+    Profile,
+    pareto,
+    parse_bandwidth,
+    parse_duration,
+    plan,
+    profile_model,
+)
+from shared.samples import encode_image, synthetic_image
+
+
+def test_parse_link_units() -> None:
+    assert parse_bandwidth("20mbit") == 20e6
+    assert parse_bandwidth("1gbit") == 1e9
+    assert parse_bandwidth("500kbit") == 500e3
+    assert parse_bandwidth("5MB") == 40e6
+    assert parse_duration("30ms") == pytest.approx(0.03)
+    assert parse_duration("0.5s") == 0.5
+    with pytest.raises(ValueError, match="cannot read bandwidth"):
+        parse_bandwidth("fast")
+
+
+def _profile(head: dict[str, float], tail: dict[str, float]) -> Profile:
+    cuts = []
+    for index, name in enumerate(["input", "mid", "output"]):
+        codecs = {
+            "input": (CodecProfile("image", 50_000, 0.0, 5.0, 0.0),),
+            "mid": (CodecProfile("fp32", 400_000, 1.0, 1.0, 0.0), CodecProfile("int8+zstd", 40_000, 3.0, 2.0, 0.5)),
+            "output": (),
+        }[name]
+        cuts.append(CutProfile(name, index, head[name], tail[name], codecs))
+    return Profile("m", "sha256:x", "cpu", 2, 224, {}, cuts)
+
+
+EDGE = _profile({"input": 0.0, "mid": 20.0, "output": 100.0}, {"input": 100.0, "mid": 80.0, "output": 0.0})
+CLOUD = _profile({"input": 0.0, "mid": 2.0, "output": 10.0}, {"input": 10.0, "mid": 8.0, "output": 0.0})
+
+
+def test_plan_arithmetic_and_choice_follow_the_link() -> None:
+    slow = plan(EDGE, CLOUD, bandwidth_bps=1e6, rtt_s=0.05)
+    assert slow[0].cut == "output"  # 1 Mbit/s: shipping anything costs more than computing it all
+    assert slow[0].latency_ms == 100.0
+    fast = plan(EDGE, CLOUD, bandwidth_bps=1e9, rtt_s=0.001)
+    best = fast[0]
+    assert (best.cut, best.codec) == ("input", "image")
+    assert best.latency_ms == pytest.approx(0.0 + 50_000 * 8 / 1e9 * 1000 + 1.0 + 5.0 + 10.0)
+
+
+def test_lossy_codecs_respect_the_fidelity_bound() -> None:
+    strict = plan(EDGE, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=0.01)
+    assert "int8+zstd" not in {r.codec for r in strict}
+    loose = plan(EDGE, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=1.0)
+    assert "int8+zstd" in {r.codec for r in loose}
+    by_bytes = plan(EDGE, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, objective="bytes", max_logit_error=1.0)
+    assert by_bytes[0].cut == "output" and by_bytes[1].codec == "int8+zstd"
+
+
+def test_pareto_front_drops_dominated_rows() -> None:
+    rows = plan(EDGE, CLOUD, bandwidth_bps=20e6, rtt_s=0.03, max_logit_error=1.0)
+    front = pareto(rows)
+    assert ("mid", "fp32") not in {(r.cut, r.codec) for r in front}  # int8+zstd or input beat it
+    assert ("output", "-") in {(r.cut, r.codec) for r in front}  # the fewest bytes
+
+
+def test_profile_a_model_and_round_trip_the_file(tmp_path: Path) -> None:
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    profile = profile_model(loaded, [encode_image(synthetic_image())], repeats=2)
+    names = [c.name for c in profile.cuts]
+    assert names[0] == "input" and names[-1] == "output"
+    middle = next(c for c in profile.cuts if c.name == "stem")
+    assert {p.codec for p in middle.codecs} == {"fp32", "fp16", "int8+zstd"}
+    assert next(p for p in middle.codecs if p.codec == "fp32").relative_l2_error == 0.0
+    path = tmp_path / "profile.json"
+    profile.save(path)
+    assert Profile.load(path) == profile
+    assert plan(profile, profile, bandwidth_bps=1e7, rtt_s=0.01)
