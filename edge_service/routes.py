@@ -183,7 +183,7 @@ async def _classify_admitted(
         "weights_digest": model.loaded.digest,
         "cut": model.cut.name,
         "codec": model.codec,
-        "payload_bytes": len(prepared.payload) if completed_on == "cloud" or not model.runs_everything else 0,
+        "payload_bytes": len(prepared.payload),
         "completed_on": completed_on,
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
