@@ -20,6 +20,7 @@ from edge_service.runtime import EdgeModel
 from edge_service.settings import EdgeSettings
 from shared.metrics import ServiceMetrics, install_request_middleware
 from shared.models import load_model
+from shared.planning import Profile, parse_bandwidth, parse_duration, plan
 from shared.preprocessing import ImageLimits
 from shared.problems import install_problem_handlers
 
@@ -38,18 +39,55 @@ class EdgeState:
     in_flight: int = 0
 
 
+def _choose_cut(settings: EdgeSettings) -> tuple[str, str, dict[str, object]]:
+    """The configured cut and codec, or for ``auto`` the planner's best pair for the assumed link."""
+    if settings.cut != "auto" or settings.edge_profile is None or settings.cloud_profile is None:
+        return settings.cut, settings.resolved_codec(settings.cut), {"mode": "fixed"}
+    edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
+    if edge.model != settings.model:
+        raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
+    rows = plan(
+        edge,
+        cloud,
+        bandwidth_bps=parse_bandwidth(settings.link_bandwidth),
+        rtt_s=parse_duration(settings.link_rtt),
+        max_logit_error=settings.max_logit_error,
+    )
+    if not rows:
+        raise ValueError("the profiles have no cut in common; profile both sides with the same options")
+    best = rows[0]
+    codec = best.codec if best.codec != "-" else settings.resolved_codec(best.cut)
+    logger.info(
+        "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
+        best.cut,
+        codec,
+        best.latency_ms,
+        settings.link_bandwidth,
+        settings.link_rtt,
+    )
+    selection: dict[str, object] = {
+        "mode": "auto",
+        "link_bandwidth": settings.link_bandwidth,
+        "link_rtt": settings.link_rtt,
+        "predicted_latency_ms": round(best.latency_ms, 3),
+        "candidates": len(rows),
+    }
+    return best.cut, codec, selection
+
+
 def _load(settings: EdgeSettings) -> EdgeModel:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
-    codec = settings.resolved_codec(settings.cut)
+    cut, codec, selection = _choose_cut(settings)
     model = EdgeModel(
         loaded,
-        settings.cut,
+        cut,
         codec,
         ImageLimits(
             max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
         ),
+        selection=selection,
     )
     logger.info(
         "edge serving %s (%s weights %s), cut %s, codec %s, cloud %s",

@@ -236,6 +236,7 @@ async def info(state: StateDep) -> dict[str, Any]:
         "weights_digest": model.loaded.digest,
         "device": settings.device,
         "cut": model.cut.to_json(),
+        "cut_selection": model.selection,
         "codec": model.codec,
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,

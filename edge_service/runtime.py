@@ -47,8 +47,16 @@ class _Stopwatch:
 class EdgeModel:
     """The head (and, for ``output`` or fallback, the tail) of one model at one cut."""
 
-    def __init__(self, loaded: LoadedModel, cut: str, codec: str, image_limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cut: str,
+        codec: str,
+        image_limits: ImageLimits,
+        selection: dict[str, object] | None = None,
+    ) -> None:
         self.loaded = loaded
+        self.selection = selection or {"mode": "fixed"}
         self.graph = ModelGraph(loaded.module, loaded.input_shape)
         self.cut: Cut = self.graph.cut(cut)
         self.codec = codec

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
 from shared.config import ServiceSettings
@@ -14,7 +15,16 @@ __all__ = ["EdgeSettings"]
 
 
 class EdgeSettings(ServiceSettings):
-    cut: str = Field("layer3", description="Where to split: a cut name (see `splitinfer cuts`), input or output.")
+    cut: str = Field(
+        "layer3",
+        description="Where to split: a cut name (see `splitinfer cuts`), input, output, or auto (chosen at "
+        "startup by the planner from EDGE_PROFILE, CLOUD_PROFILE, LINK_BANDWIDTH and LINK_RTT).",
+    )
+    edge_profile: Path | None = Field(None, description="`splitinfer profile` output of this edge (cut auto).")
+    cloud_profile: Path | None = Field(None, description="`splitinfer profile` output of the cloud (cut auto).")
+    link_bandwidth: str = Field("20mbit", description="Uplink rate the planner assumes (cut auto).")
+    link_rtt: str = Field("30ms", description="Round-trip time the planner assumes (cut auto).")
+    max_logit_error: float = Field(0.01, ge=0, description="Relative L2 bound for lossy codecs (cut auto).")
     codec: str | None = Field(
         None,
         description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd); for cut 'input': image, png, "
@@ -48,6 +58,19 @@ class EdgeSettings(ServiceSettings):
         except UnsupportedMediaType as exc:
             raise ValueError(exc.detail) from exc
         return value
+
+    @model_validator(mode="after")
+    def _auto_needs_profiles(self) -> EdgeSettings:
+        if self.cut != "auto":
+            return self
+        for name, path in (("EDGE_PROFILE", self.edge_profile), ("CLOUD_PROFILE", self.cloud_profile)):
+            if path is None or not path.is_file():
+                raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({path} is not)")
+        from shared.planning import parse_bandwidth, parse_duration
+
+        parse_bandwidth(self.link_bandwidth)
+        parse_duration(self.link_rtt)
+        return self
 
     def resolved_codec(self, cut: str) -> str:
         """The codec for ``cut``, checking that it fits (image codecs for ``input``, tensor codecs otherwise)."""

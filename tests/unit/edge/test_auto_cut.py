@@ -1,0 +1,63 @@
+"""Edge ``--cut auto``: the planner picks the cut at startup from the two profiles and the assumed link."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from edge_service import EdgeSettings, create_app
+from shared.models import load_model
+from shared.planning import Profile, profile_model
+from shared.samples import encode_image, synthetic_image
+
+TINY = "tests.fixture_models:tiny_cnn"
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("profiles") / "tiny.json"
+    profile_model(load_model(TINY, "none"), [encode_image(synthetic_image())], repeats=2).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weak_edge(profile: Path) -> Path:
+    """The same profile as measured on an edge device 1000x slower than this machine."""
+    measured = Profile.load(profile)
+    measured.cuts = [replace(c, head_ms=c.head_ms * 1000) for c in measured.cuts]
+    path = profile.with_name("weak-edge.json")
+    measured.save(path)
+    return path
+
+
+def _info(edge: Path, cloud: Path, bandwidth: str, rtt: str) -> dict[str, object]:
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="auto", edge_profile=edge, cloud_profile=cloud,
+        link_bandwidth=bandwidth, link_rtt=rtt,
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        info: dict[str, object] = client.get("/v1/info").json()
+    return info
+
+
+def test_a_slow_link_keeps_everything_on_the_edge(profile: Path) -> None:
+    info = _info(profile, profile, "1kbit", "200ms")
+    assert info["cut"]["name"] == "output"  # type: ignore[index]
+    selection = info["cut_selection"]
+    assert selection["mode"] == "auto" and selection["link_bandwidth"] == "1kbit"  # type: ignore[index]
+
+
+def test_a_weak_edge_on_a_fast_link_ships_the_image(profile: Path, weak_edge: Path) -> None:
+    info = _info(weak_edge, profile, "1gbit", "1ms")
+    assert info["cut"]["name"] == "input" and info["codec"] == "image"  # type: ignore[index]
+    assert info["cut_selection"]["predicted_latency_ms"] > 0  # type: ignore[index]
+
+
+def test_auto_needs_both_profiles(profile: Path) -> None:
+    with pytest.raises(ValueError, match="cut 'auto' needs CLOUD_PROFILE"):
+        EdgeSettings(cut="auto", edge_profile=profile)
+    with pytest.raises(ValueError, match="cannot read bandwidth"):
+        EdgeSettings(cut="auto", edge_profile=profile, cloud_profile=profile, link_bandwidth="fast")
