@@ -66,6 +66,9 @@ async def run_tail(request: Request, state: StateDep) -> Response:
     """Run the tail for the cut a wire payload names and return the logits."""
     if media_type(request) not in _ACCEPTED_BODIES:
         raise UnsupportedMediaType(f"send the wire payload as {MEDIA_TYPE}, not {media_type(request) or 'nothing'!r}")
+    # NOTE: the handler starts once the headers are in; recv is the body streaming in, which lets the
+    # edge estimate its uplink bandwidth (and, with total, the round-trip time).
+    arrived = time.perf_counter()
     body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes)
     state.metrics.payload_bytes.labels("received").observe(len(body))
     started = time.perf_counter()
@@ -73,9 +76,13 @@ async def run_tail(request: Request, state: StateDep) -> Response:
     decode_ms = (time.perf_counter() - started) * 1000
     logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
     state.metrics.compute.labels("tail").observe(stats.compute_ms / 1000)
-    timings = {"decode": decode_ms, "queue": stats.queue_ms, "tail": stats.compute_ms}
+    timings = {
+        "recv": (started - arrived) * 1000,
+        "decode": decode_ms,
+        "queue": stats.queue_ms,
+        "tail": stats.compute_ms,
+    }
     request.state.log_fields = {"cut": tail_input.cut, "bytes": len(body), "batch": stats.batch_size}
-    headers = {"Server-Timing": server_timing(timings), "X-Batch-Size": str(stats.batch_size)}
     loaded = state.model.loaded
     if "application/json" in request.headers.get("accept", ""):
         content: dict[str, Any] = {
@@ -86,9 +93,15 @@ async def run_tail(request: Request, state: StateDep) -> Response:
             "batch_size": stats.batch_size,
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         }
-        return JSONResponse(content, headers=headers)
+        timings["total"] = (time.perf_counter() - arrived) * 1000
+        return JSONResponse(content, headers=_tail_headers(timings, stats.batch_size))
     data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
-    return Response(data, media_type=MEDIA_TYPE, headers=headers)
+    timings["total"] = (time.perf_counter() - arrived) * 1000
+    return Response(data, media_type=MEDIA_TYPE, headers=_tail_headers(timings, stats.batch_size))
+
+
+def _tail_headers(timings: dict[str, float], batch_size: int) -> dict[str, str]:
+    return {"Server-Timing": server_timing(timings), "X-Batch-Size": str(batch_size)}
 
 
 @v1.get("/info")

@@ -15,12 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
+from edge_service.cut_selector import CutSelector, SelectorSettings, initial_plan
 from edge_service.routes import router
-from edge_service.runtime import EdgeModel
+from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
 from shared.metrics import ServiceMetrics, install_request_middleware
 from shared.models import load_model
-from shared.planning import Profile, parse_bandwidth, parse_duration, plan
+from shared.planning import Profile, parse_bandwidth, parse_duration
 from shared.preprocessing import ImageLimits
 from shared.problems import install_problem_handlers
 
@@ -36,69 +37,72 @@ class EdgeState:
     cloud: CloudClient
     executor: ThreadPoolExecutor
     metrics: ServiceMetrics
+    selector: CutSelector | None = None
     in_flight: int = 0
 
 
-def _choose_cut(settings: EdgeSettings) -> tuple[str, str, dict[str, object]]:
-    """The configured cut and codec, or for ``auto`` the planner's best pair for the assumed link."""
-    if settings.cut != "auto" or settings.edge_profile is None or settings.cloud_profile is None:
-        return settings.cut, settings.resolved_codec(settings.cut), {"mode": "fixed"}
-    edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
-    if edge.model != settings.model:
-        raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
-    rows = plan(
-        edge,
-        cloud,
+def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
+    return SelectorSettings(
         bandwidth_bps=parse_bandwidth(settings.link_bandwidth),
         rtt_s=parse_duration(settings.link_rtt),
         max_logit_error=settings.max_logit_error,
+        replan_interval_s=settings.replan_interval_s,
+        switch_margin=settings.switch_margin,
+        min_dwell_s=settings.min_dwell_s,
+        probe_interval_s=settings.probe_interval_s,
     )
-    if not rows:
-        raise ValueError("the profiles have no cut in common; profile both sides with the same options")
-    best = rows[0]
-    codec = best.codec if best.codec != "-" else settings.resolved_codec(best.cut)
-    logger.info(
-        "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
-        best.cut,
-        codec,
-        best.latency_ms,
-        settings.link_bandwidth,
-        settings.link_rtt,
-    )
-    selection: dict[str, object] = {
-        "mode": "auto",
-        "link_bandwidth": settings.link_bandwidth,
-        "link_rtt": settings.link_rtt,
-        "predicted_latency_ms": round(best.latency_ms, 3),
-        "candidates": len(rows),
-    }
-    return best.cut, codec, selection
 
 
-def _load(settings: EdgeSettings) -> EdgeModel:
+def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, CutSelector | None]:
+    """The model at its cut; for ``auto``, also the selector that chose the cut and keeps choosing."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
-    cut, codec, selection = _choose_cut(settings)
-    model = EdgeModel(
-        loaded,
-        cut,
-        codec,
-        ImageLimits(
-            max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
-        ),
-        selection=selection,
+    limits = ImageLimits(
+        max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
     )
+    selector = None
+    if settings.cut == "auto" and settings.edge_profile is not None and settings.cloud_profile is not None:
+        edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
+        if edge.model != settings.model:
+            raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
+        first = initial_plan(edge, cloud, _selector_settings(settings))[0]
+        model = EdgeModel(
+            loaded, first.cut, first.codec if first.codec != "-" else settings.resolved_codec(first.cut), limits
+        )
+
+        def switched(route: Route) -> None:
+            metrics.set_info(loaded.name, loaded.digest, route.cut.name, route.codec)
+
+        selector = CutSelector(
+            model,
+            edge,
+            cloud,
+            _selector_settings(settings),
+            codec_for=settings.resolved_codec,
+            registry=metrics.registry,
+            on_switch=switched,
+        )
+        logger.info(
+            "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
+            first.cut,
+            model.codec,
+            first.latency_ms,
+            settings.link_bandwidth,
+            settings.link_rtt,
+        )
+    else:
+        model = EdgeModel(loaded, settings.cut, settings.resolved_codec(settings.cut), limits)
     logger.info(
         "edge serving %s (%s weights %s), cut %s, codec %s, cloud %s",
         loaded.name,
         loaded.weights_kind,
         loaded.short_digest,
         model.cut.name,
-        codec,
+        model.codec,
         settings.cloud_url,
     )
-    return model
+    return model, selector
 
 
 def create_app(
@@ -113,7 +117,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = await run_in_threadpool(_load, settings)
+        model, selector = await run_in_threadpool(_load, settings, metrics)
         metrics.set_info(model.loaded.name, model.loaded.digest, model.cut.name, model.codec)
         cloud = CloudClient(
             settings.cloud_url,
@@ -126,7 +130,7 @@ def create_app(
             transport=cloud_transport,
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
-            app.state.edge = EdgeState(settings, model, cloud, executor, metrics)
+            app.state.edge = EdgeState(settings, model, cloud, executor, metrics, selector)
             try:
                 yield
             finally:

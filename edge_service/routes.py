@@ -28,7 +28,7 @@ from shared.metrics import metrics_response
 
 if TYPE_CHECKING:
     from edge_service.app import EdgeState
-    from edge_service.runtime import Prepared
+    from edge_service.runtime import Prepared, Route
 
 __all__ = ["router"]
 
@@ -70,6 +70,24 @@ def _state(request: Request) -> EdgeState:
 StateDep = Annotated["EdgeState", Depends(_state)]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
 WithLogits = Annotated[bool, Query(description="Include every logit in the response.")]
+CutOverride = Annotated[
+    str | None,
+    Query(description="Split this request at this cut instead of the edge's current one (see /v1/info)."),
+]
+CodecOverride = Annotated[str | None, Query(description="Wire codec for this request (with or without `cut`).")]
+
+
+def _route(state: EdgeState, cut: str | None, codec: str | None) -> Route:
+    """The route for one request: the one asked for, or the current one (for cut auto, maybe a probe)."""
+    model = state.model
+    if cut is None and codec is None:
+        return state.selector.route_for_request() if state.selector is not None else model.route
+    name = cut or model.cut.name
+    try:
+        resolved = model.graph.cut(name).name
+        return model.route_for(resolved, state.settings.resolved_codec(resolved, codec))
+    except ValueError as exc:
+        raise UnprocessableContent(str(exc)) from exc
 
 
 async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ...]) -> list[bytes]:
@@ -117,7 +135,9 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
     return results
 
 
-async def _classify(request: Request, state: EdgeState, blobs: list[bytes]) -> tuple[torch.Tensor, dict[str, Any]]:
+async def _classify(
+    request: Request, state: EdgeState, blobs: list[bytes], route: Route
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Admit the request (back-pressure: 503 + Retry-After beyond the concurrency limit), then classify."""
     settings = state.settings
     if state.in_flight >= settings.max_concurrent_requests:
@@ -127,13 +147,13 @@ async def _classify(request: Request, state: EdgeState, blobs: list[bytes]) -> t
         )
     state.in_flight += 1
     try:
-        return await _classify_admitted(request, state, blobs)
+        return await _classify_admitted(request, state, blobs, route)
     finally:
         state.in_flight -= 1
 
 
 async def _classify_admitted(
-    request: Request, state: EdgeState, blobs: list[bytes]
+    request: Request, state: EdgeState, blobs: list[bytes], route: Route
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
     loop = asyncio.get_running_loop()
@@ -141,13 +161,13 @@ async def _classify_admitted(
     deadline = started + settings.request_timeout_s
     try:
         async with asyncio.timeout(settings.request_timeout_s):
-            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs)
+            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route)
     except TimeoutError as exc:
         raise CloudTimeout(f"the edge could not finish its part within {settings.request_timeout_s} s") from exc
     timings = prepared.timings_ms
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"
-    if model.runs_everything:
+    if route.runs_everything:
         logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
         completed_on = "edge"
     else:
@@ -159,6 +179,8 @@ async def _classify_admitted(
                 deadline_s=max(0.001, deadline - time.perf_counter()),
             )
             timings["cloud_round_trip"] = reply.round_trip_ms
+            if state.selector is not None:
+                state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.server_timing)
             if "tail" in reply.server_timing:
                 timings["cloud_tail"] = reply.server_timing["tail"]
             logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
@@ -170,8 +192,8 @@ async def _classify_admitted(
             completed_on = "edge"
     timings["total"] = (time.perf_counter() - started) * 1000
     request.state.log_fields = {
-        "cut": model.cut.name,
-        "codec": model.codec,
+        "cut": route.cut.name,
+        "codec": route.codec,
         "bytes": len(prepared.payload),
         "images": len(blobs),
         "completed_on": completed_on,
@@ -181,8 +203,8 @@ async def _classify_admitted(
         "model": model.loaded.name,
         "weights": model.loaded.weights_kind,
         "weights_digest": model.loaded.digest,
-        "cut": model.cut.name,
-        "codec": model.codec,
+        "cut": route.cut.name,
+        "codec": route.codec,
         "payload_bytes": len(prepared.payload),
         "completed_on": completed_on,
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
@@ -197,13 +219,20 @@ async def _classify_admitted(
     openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
 )
 async def classify(
-    request: Request, response: Response, state: StateDep, top_k: TopK = 5, logits: WithLogits = False
+    request: Request,
+    response: Response,
+    state: StateDep,
+    top_k: TopK = 5,
+    logits: WithLogits = False,
+    cut: CutOverride = None,
+    codec: CodecOverride = None,
 ) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
+    route = _route(state, cut, codec)
     blobs = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
-    output, common = await _classify(request, state, blobs)
+    output, common = await _classify(request, state, blobs, route)
     response.headers["Server-Timing"] = server_timing(common["timings_ms"])
     result = _results(output, state, top_k, logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
@@ -216,11 +245,18 @@ async def classify(
     openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
 )
 async def classify_batch(
-    request: Request, response: Response, state: StateDep, top_k: TopK = 5, logits: WithLogits = False
+    request: Request,
+    response: Response,
+    state: StateDep,
+    top_k: TopK = 5,
+    logits: WithLogits = False,
+    cut: CutOverride = None,
+    codec: CodecOverride = None,
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
+    route = _route(state, cut, codec)
     blobs = await _read_images(request, state, ("images", "image"))
-    output, common = await _classify(request, state, blobs)
+    output, common = await _classify(request, state, blobs, route)
     response.headers["Server-Timing"] = server_timing(common["timings_ms"])
     return BatchClassifyResponse(**common, results=_results(output, state, top_k, logits))
 
@@ -236,7 +272,7 @@ async def info(state: StateDep) -> dict[str, Any]:
         "weights_digest": model.loaded.digest,
         "device": settings.device,
         "cut": model.cut.to_json(),
-        "cut_selection": model.selection,
+        "cut_selection": state.selector.to_json() if state.selector is not None else {"mode": "fixed"},
         "codec": model.codec,
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,

@@ -5,6 +5,7 @@ Every method here is blocking (torch, PIL) and is called off the event loop.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,21 @@ from shared.protocol import encode_activations, encode_images, expected_logits
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
-__all__ = ["EdgeModel", "Prepared"]
+__all__ = ["EdgeModel", "Prepared", "Route"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way through the edge: a cut, its wire codec and the head and tail built for that cut."""
+
+    cut: Cut
+    codec: str
+    head: torch.nn.Module
+    tail: torch.nn.Module
+
+    @property
+    def runs_everything(self) -> bool:
+        return self.cut.name == OUTPUT_CUT
 
 
 @dataclass
@@ -27,6 +42,7 @@ class Prepared:
     """The images of one request on their way through the edge."""
 
     raw: list[bytes]
+    route: Route
     images: list[Image.Image] = field(default_factory=list)
     head_outputs: tuple[torch.Tensor, ...] = ()
     payload: bytes = b""
@@ -45,7 +61,11 @@ class _Stopwatch:
 
 
 class EdgeModel:
-    """The head (and, for ``output`` or fallback, the tail) of one model at one cut."""
+    """The model split at a current cut (``route``), and at any other cut a request or the planner asks for.
+
+    Each request takes the current route once and keeps it, so switching the cut while serving never
+    mixes two cuts in one request. Splits are built once per cut and kept (they share the parameters).
+    """
 
     def __init__(
         self,
@@ -53,28 +73,44 @@ class EdgeModel:
         cut: str,
         codec: str,
         image_limits: ImageLimits,
-        selection: dict[str, object] | None = None,
     ) -> None:
         self.loaded = loaded
-        self.selection = selection or {"mode": "fixed"}
         self.graph = ModelGraph(loaded.module, loaded.input_shape)
-        self.cut: Cut = self.graph.cut(cut)
-        self.codec = codec
         self.image_limits = image_limits
-        self.head, self.tail = self.graph.split(self.cut)
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self._lock = threading.Lock()
+        self.route: Route = self.route_for(cut, codec)
+
+    @property
+    def cut(self) -> Cut:
+        return self.route.cut
+
+    @property
+    def codec(self) -> str:
+        return self.route.codec
 
     @property
     def runs_everything(self) -> bool:
-        return self.cut.name == OUTPUT_CUT
+        return self.route.runs_everything
 
-    def prepare(self, raw: Sequence[bytes]) -> Prepared:
+    def route_for(self, cut: str, codec: str) -> Route:
+        """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut)."""
+        resolved = self.graph.cut(cut)
+        with self._lock:
+            split = self._splits.get(resolved.name)
+            if split is None:
+                split = self._splits[resolved.name] = self.graph.split(resolved)
+        return Route(resolved, codec, *split)
+
+    def prepare(self, raw: Sequence[bytes], route: Route | None = None) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
-        prepared = Prepared(list(raw))
+        route = route or self.route
+        prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
             prepared.images = [decode_image(blob, self.image_limits) for blob in raw]
-        if self.cut.name == INPUT_CUT:
+        if route.cut.name == INPUT_CUT:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(
                     prepared.raw,
@@ -82,33 +118,34 @@ class EdgeModel:
                     self.loaded.preprocessor,
                     model=self.loaded.name,
                     weights=self.loaded.digest,
-                    codec=self.codec,
+                    codec=route.codec,
                 )
             return prepared
         with _Stopwatch(timings, "preprocess"):
             batch = self.loaded.preprocessor.batch(prepared.images)
         with _Stopwatch(timings, "head"), torch.inference_mode():
-            prepared.head_outputs = tuple(self.head(batch))
-        if not self.runs_everything:
+            prepared.head_outputs = tuple(route.head(batch))
+        if not route.runs_everything:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_activations(
                     prepared.head_outputs,
-                    self.cut,
+                    route.cut,
                     model=self.loaded.name,
                     weights=self.loaded.digest,
-                    codec=self.codec,
+                    codec=route.codec,
                 )
         return prepared
 
     def finish_locally(self, prepared: Prepared) -> torch.Tensor:
         """Run the tail on the edge (cut ``output``, or the fallback when the cloud fails)."""
         with _Stopwatch(prepared.timings_ms, "tail"), torch.inference_mode():
-            if self.runs_everything:
+            route = prepared.route
+            if route.runs_everything:
                 return prepared.head_outputs[0].float()
             inputs = prepared.head_outputs
-            if self.cut.name == INPUT_CUT:
+            if route.cut.name == INPUT_CUT:
                 inputs = (self.loaded.preprocessor.batch(prepared.images),)
-            output: torch.Tensor = self.tail(*inputs)
+            output: torch.Tensor = route.tail(*inputs)
             return output.float()
 
     def decode_logits(self, body: bytes, batch_size: int) -> torch.Tensor:

@@ -17,14 +17,28 @@ __all__ = ["EdgeSettings"]
 class EdgeSettings(ServiceSettings):
     cut: str = Field(
         "layer3",
-        description="Where to split: a cut name (see `splitinfer cuts`), input, output, or auto (chosen at "
-        "startup by the planner from EDGE_PROFILE, CLOUD_PROFILE, LINK_BANDWIDTH and LINK_RTT).",
+        description="Where to split: a cut name (see `splitinfer cuts`), input, output, or auto (chosen by "
+        "the planner from EDGE_PROFILE and CLOUD_PROFILE, first for LINK_BANDWIDTH and LINK_RTT, then for "
+        "the link measured on real requests).",
     )
     edge_profile: Path | None = Field(None, description="`splitinfer profile` output of this edge (cut auto).")
     cloud_profile: Path | None = Field(None, description="`splitinfer profile` output of the cloud (cut auto).")
     link_bandwidth: str = Field("20mbit", description="Uplink rate the planner assumes (cut auto).")
     link_rtt: str = Field("30ms", description="Round-trip time the planner assumes (cut auto).")
     max_logit_error: float = Field(0.01, ge=0, description="Relative L2 bound for lossy codecs (cut auto).")
+    replan_interval_s: float = Field(
+        2.0, ge=0, description="Cut auto: re-plan this often from the link measured on real requests (0: never)."
+    )
+    switch_margin: float = Field(
+        0.1, ge=0, lt=1, description="Cut auto: switch only to a cut predicted this much faster (0.1 = 10%)."
+    )
+    min_dwell_s: float = Field(5.0, ge=0, description="Cut auto: keep a cut at least this long before switching.")
+    probe_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Cut auto: when the current cut cannot measure the link, route one request per interval "
+        "through the best cut that can (0: never).",
+    )
     codec: str | None = Field(
         None,
         description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd); for cut 'input': image, png, "
@@ -72,13 +86,13 @@ class EdgeSettings(ServiceSettings):
         parse_duration(self.link_rtt)
         return self
 
-    def resolved_codec(self, cut: str) -> str:
-        """The codec for ``cut``, checking that it fits (image codecs for ``input``, tensor codecs otherwise)."""
+    def resolved_codec(self, cut: str, codec: str | None = None) -> str:
+        """``codec`` (default: the configured one) for ``cut``, checked to fit (image codecs for ``input``)."""
         if cut == "input":
-            codec = self.codec or "image"
+            codec = codec or self.codec or "image"
             allowed = IMAGE_CODECS
         else:
-            codec = self.codec or "fp16"
+            codec = codec or self.codec or "fp16"
             allowed = ACTIVATION_CODECS
         try:
             parse_codec_name(codec, allowed)

@@ -4,7 +4,9 @@ A profile is measured on one machine (the edge or the cloud) by :func:`profile_m
 combines the edge's head and encode times with the cloud's decode and tail times and the link's
 transfer time::
 
-    latency = head(edge) + encode(edge) + bytes * 8 / bandwidth + rtt + decode(cloud) + tail(cloud)
+    latency = image(edge) + head(edge) + encode(edge) + bytes * 8 / bandwidth + rtt + decode(cloud) + tail(cloud)
+
+where ``image(edge)`` is decoding the received image and (for every cut but ``input``) preprocessing it.
 
 Cut ``output`` never touches the link; cut ``input`` ships the image as received (its "decode" is the
 cloud's image decoding and preprocessing).
@@ -74,6 +76,12 @@ class Profile:
     input_size: int
     machine: dict[str, str]
     cuts: list[CutProfile] = field(default_factory=list)
+    image_decode_ms: float = 0.0  # decoding one received image (every cut decodes it on the edge)
+    preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
+
+    def edge_overhead_ms(self, cut: str) -> float:
+        """What the edge spends on the image before the head runs at ``cut``."""
+        return self.image_decode_ms + (0.0 if cut == INPUT_CUT else self.preprocess_ms)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +138,8 @@ def profile_model(
     profile = Profile(
         loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
     )
+    profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
+    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded), repeats)
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
     limits = WireLimits.for_batch(1, mib_per_item=64)
     common = {"model": loaded.name, "weights": loaded.digest}
@@ -227,15 +237,17 @@ def plan(
         remote = tails.get(cut.name)
         if remote is None:
             continue
+        image_ms = edge.edge_overhead_ms(cut.name)
         if cut.name == OUTPUT_CUT:
-            rows.append(PlanRow(cut.name, "-", cut.head_ms, cut.head_ms, 0.0, 0.0, 0.0, 0.0))
+            edge_ms = image_ms + cut.head_ms
+            rows.append(PlanRow(cut.name, "-", edge_ms, edge_ms, 0.0, 0.0, 0.0, 0.0))
             continue
         decode_by_codec = {c.codec: c.decode_ms for c in remote.codecs}
         for codec in cut.codecs:
             if codec.relative_l2_error > max_logit_error:
                 continue
             transfer_ms = codec.bytes_per_image * 8 / bandwidth_bps * 1000 + rtt_s * 1000
-            edge_ms = cut.head_ms + codec.encode_ms
+            edge_ms = image_ms + cut.head_ms + codec.encode_ms
             cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms
             rows.append(
                 PlanRow(

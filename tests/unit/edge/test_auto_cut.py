@@ -47,7 +47,7 @@ def test_a_slow_link_keeps_everything_on_the_edge(profile: Path) -> None:
     info = _info(profile, profile, "1kbit", "200ms")
     assert info["cut"]["name"] == "output"  # type: ignore[index]
     selection = info["cut_selection"]
-    assert selection["mode"] == "auto" and selection["link_bandwidth"] == "1kbit"  # type: ignore[index]
+    assert selection["mode"] == "auto" and selection["assumed_link"]["bandwidth_bps"] == 1000  # type: ignore[index]
 
 
 def test_a_weak_edge_on_a_fast_link_ships_the_image(profile: Path, weak_edge: Path) -> None:

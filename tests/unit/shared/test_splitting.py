@@ -174,6 +174,7 @@ def test_every_torchvision_model_splits_at_three_cuts(name: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)  # vit_h_14 alone has ~300 cuts of a 632M-parameter model
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_sweep_every_cut_of_every_model(name: str) -> None:
     model, graph, x = _graph(name)

@@ -1,0 +1,187 @@
+"""Cut ``auto`` while serving: re-planning from the estimated link, hysteresis, probes, and the app's wiring."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from edge_service import EdgeSettings, create_app
+from edge_service.cut_selector import CutSelector, SelectorSettings
+from edge_service.runtime import EdgeModel
+from shared.models import LoadedModel, load_model
+from shared.planning import CodecProfile, CutProfile, Profile
+from shared.preprocessing import ImageLimits
+from shared.protocol import encode_logits
+from shared.samples import encode_image, synthetic_image
+
+TINY = "tests.fixture_models:tiny_cnn"
+IMAGE_BYTES = 100_000
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model(TINY, "none")
+
+
+def _profiles(loaded: LoadedModel, input_bytes: float = IMAGE_BYTES) -> tuple[Profile, Profile]:
+    """A slow edge and a fast cloud: ship the image on a fast link, run up to ``mean`` (400 bytes) on a slow one."""
+
+    def side(head: dict[str, float], tail: dict[str, float]) -> Profile:
+        relu_codecs = (CodecProfile("fp16", 200_000, 0.5, 0.5, 1e-4), CodecProfile("int8+zstd", 48_000, 1.0, 1.0, 0.05))
+        cuts = [
+            CutProfile("input", 0, 0.0, tail["input"], (CodecProfile("image", input_bytes, 0.0, 2.0, 0.0),)),
+            CutProfile("relu", 2, head["relu"], tail["relu"], relu_codecs),
+            CutProfile("mean", 5, head["mean"], tail["mean"], (CodecProfile("fp32", 400, 0.1, 0.1, 0.0),)),
+            CutProfile("output", 7, head["output"], 0.0, ()),
+        ]
+        profile = Profile(loaded.name, loaded.digest, "cpu", 1, 64, {}, cuts)
+        profile.image_decode_ms, profile.preprocess_ms = 1.0, 1.0
+        return profile
+
+    tails = {"input": 2.0, "relu": 1.5, "mean": 0.1}
+    return side({"relu": 5.0, "mean": 20.0, "output": 100.0}, tails), side(
+        {"relu": 0.5, "mean": 2.0, "output": 2.5}, tails
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _selector(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelector:
+    edge, cloud = _profiles(loaded)
+    settings = SelectorSettings(bandwidth_bps=1e9, rtt_s=0.001, max_logit_error=0.01, **options)
+    model = EdgeModel(loaded, "output", "fp16", ImageLimits())
+    selector = CutSelector(
+        model, edge, cloud, settings, codec_for=lambda cut: "image" if cut == "input" else "fp16",
+        registry=CollectorRegistry(), clock=clock,
+    )  # fmt: skip
+    model.route = selector.initial_route()
+    return selector
+
+
+def _transfer(selector: CutSelector, clock: Clock, bandwidth_bps: float, rtt_s: float, advance_s: float) -> None:
+    """One cloud call of the current route's size over a link of this rate and RTT."""
+    clock.now += advance_s
+    sent = int(selector.current.bytes_per_image) or IMAGE_BYTES
+    recv_ms = sent * 8 / bandwidth_bps * 1000
+    total_ms = recv_ms + 4
+    selector.observe(sent, total_ms + rtt_s * 1000, {"recv": recv_ms, "total": total_ms})
+
+
+def test_starts_with_the_plan_for_the_assumed_link(loaded: LoadedModel) -> None:
+    selector = _selector(loaded, Clock())
+    assert selector.model.route.cut.name == "input" and selector.model.route.codec == "image"
+    assert selector.to_json()["switches"] == 0
+
+
+def test_a_slower_link_moves_the_cut_once_the_dwell_time_is_over(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _selector(loaded, clock, replan_interval_s=2.0, min_dwell_s=5.0)
+    _transfer(selector, clock, 1e6, 0.05, advance_s=2.5)  # re-planned, but the dwell time is not over
+    assert selector.model.route.cut.name == "input"
+    _transfer(selector, clock, 1e6, 0.05, advance_s=3.0)
+    assert (selector.model.route.cut.name, selector.model.route.codec) == ("mean", "fp32")
+    info = selector.to_json()
+    assert info["switches"] == 1 and info["recent_switches"][0]["to"] == "mean/fp32"  # type: ignore[index]
+    estimated = info["estimated_link"]
+    assert estimated["rtt_ms"] == pytest.approx(50, rel=0.01)  # type: ignore[index]
+    assert estimated["bandwidth_bps"] == pytest.approx(1e6, rel=0.01)  # type: ignore[index]
+    registry = selector.registry
+    assert registry.get_sample_value("splitinfer_cut_switches_total") == 1
+    assert registry.get_sample_value("splitinfer_link_rtt_seconds") == pytest.approx(0.05, rel=0.01)
+
+
+def test_a_link_near_the_crossover_does_not_make_it_flap(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _selector(loaded, clock, replan_interval_s=1.0, min_dwell_s=0.0)
+    # Shipping the image and running up to `mean` cost the same near 47 Mbit/s; within the 10% margin
+    # neither is clearly better, so a link wobbling around it never moves the cut.
+    for step in range(40):
+        _transfer(selector, clock, 44e6 if step % 2 else 50e6, 0.001, advance_s=1.0)
+    assert selector.switch_count == 0
+
+
+def test_a_cut_that_cannot_measure_the_link_probes_it_now_and_then(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _selector(loaded, clock, replan_interval_s=1.0, min_dwell_s=0.0, probe_interval_s=10.0)
+    for _ in range(3):
+        _transfer(selector, clock, 1e6, 0.05, advance_s=1.0)
+    assert selector.current.cut == "mean"  # 400 bytes: too few to time the link with
+    clock.now += 5
+    assert selector.route_for_request().cut.name == "mean"
+    clock.now += 10
+    probe = selector.route_for_request()
+    assert probe.cut.name == "input"  # the best cut whose payload is large enough to time
+    assert selector.route_for_request().cut.name == "mean"  # one probe per interval
+
+
+def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
+    selector = _selector(loaded, Clock())
+    selector.observe(100_000, 50.0, {"tail": 3.0})
+    assert selector.estimator.estimate.rtt_samples == 0
+
+
+# --- the app: estimates and switches from real requests (the cloud faked, the link in its timings) ---
+
+PICTURE = encode_image(synthetic_image(480, 360, seed=5), "PNG")
+
+
+@pytest.fixture
+def auto_edge(loaded: LoadedModel, tmp_path: Path) -> Iterator[TestClient]:
+    edge, cloud = _profiles(loaded, input_bytes=len(PICTURE))
+    edge.save(tmp_path / "edge.json")
+    cloud.save(tmp_path / "cloud.json")
+    logits = encode_logits(torch.zeros(1, 10), model=loaded.name, weights=loaded.digest, cut="input")
+
+    def cloud_tail(request: httpx.Request) -> httpx.Response:
+        # An 8 Mbit/s link with a 10 ms RTT, as the cloud would report it.
+        recv_ms = len(request.content) * 8 / 8e6 * 1000
+        time.sleep((recv_ms + 12) / 1000)
+        timing = f"recv;dur={recv_ms:.3f}, total;dur={recv_ms + 2:.3f}"
+        return httpx.Response(200, content=logits, headers={"Server-Timing": timing})
+
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="auto", edge_profile=tmp_path / "edge.json",
+        cloud_profile=tmp_path / "cloud.json", link_bandwidth="1gbit", link_rtt="1ms",
+        replan_interval_s=0.01, min_dwell_s=0, probe_interval_s=60,
+    )  # fmt: skip
+    with TestClient(create_app(settings, cloud_transport=httpx.MockTransport(cloud_tail))) as client:
+        yield client
+
+
+def test_the_edge_moves_its_cut_when_real_requests_show_a_slower_link(auto_edge: TestClient) -> None:
+    assert auto_edge.get("/v1/info").json()["cut"]["name"] == "input"
+    cuts = []
+    for _ in range(4):
+        response = auto_edge.post("/v1/classify", files={"image": ("a.png", PICTURE)})
+        assert response.status_code == 200, response.text
+        cuts.append(response.json()["cut"])
+    assert cuts[0] == "input" and cuts[-1] == "mean"
+    info = auto_edge.get("/v1/info").json()
+    assert info["cut"]["name"] == "mean" and info["cut_selection"]["switches"] == 1
+    assert info["cut_selection"]["estimated_link"]["bandwidth_bps"] == pytest.approx(8e6, rel=0.01)
+    assert 8 <= info["cut_selection"]["estimated_link"]["rtt_ms"] <= 40
+    metrics = auto_edge.get("/metrics").text
+    assert "splitinfer_cut_switches_total 1.0" in metrics
+    assert 'cut="mean"' in metrics and "splitinfer_link_bandwidth_bits_per_second 8" in metrics
+
+
+def test_a_request_can_pin_its_cut(auto_edge: TestClient) -> None:
+    response = auto_edge.post("/v1/classify?cut=output", files={"image": ("a.png", PICTURE)})
+    assert response.status_code == 200 and response.json()["cut"] == "output"
+    unknown = auto_edge.post("/v1/classify?cut=layer9", files={"image": ("a.png", PICTURE)})
+    assert unknown.status_code == 422 and "layer9" in unknown.json()["detail"]
+    misfit = auto_edge.post("/v1/classify?cut=mean&codec=jpeg", files={"image": ("a.png", PICTURE)})
+    assert misfit.status_code == 422 and "does not fit cut" in misfit.json()["detail"]
