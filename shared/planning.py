@@ -4,9 +4,11 @@ A profile is measured on one machine (the edge or the cloud) by :func:`profile_m
 combines the edge's head and encode times with the cloud's decode and tail times and the link's
 transfer time::
 
-    latency = image(edge) + head(edge) + encode(edge) + bytes * 8 / bandwidth + rtt + decode(cloud) + tail(cloud)
+    latency = image(edge) + head(edge) + encode(edge) + wire_bytes * 8 / bandwidth + rtt + decode(cloud) + tail(cloud)
 
-where ``image(edge)`` is decoding the received image and (for every cut but ``input``) preprocessing it.
+where ``image(edge)`` is decoding the received image and (for every cut but ``input``) preprocessing it,
+and ``wire_bytes`` are the payload and the reply with TCP/IP/Ethernet framing (the link is assumed
+symmetric: the reply comes back at the same rate).
 
 Cut ``output`` never touches the link; cut ``input`` ships the image as received (its "decode" is the
 cloud's image decoding and preprocessing).
@@ -28,14 +30,22 @@ from typing import Any, Literal
 import torch
 
 from shared.models import LoadedModel
-from shared.preprocessing import decode_image
-from shared.protocol import encode_activations, expected_for_cut
-from shared.splitting import INPUT_CUT, OUTPUT_CUT, ModelGraph
+from shared.preprocessing import ImageLimits, decode_image
+from shared.protocol import (
+    encode_activations,
+    encode_images,
+    encode_logits,
+    expected_for_cut,
+    expected_images,
+    images_from_payload,
+)
+from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
 __all__ = [
     "CodecProfile",
     "CutProfile",
+    "FRAMING_OVERHEAD",
     "PlanRow",
     "Profile",
     "pareto",
@@ -47,6 +57,9 @@ __all__ = [
 
 Objective = Literal["latency", "edge-time", "bytes"]
 PROFILE_CODECS = ("fp32", "fp16", "int8+zstd")
+# Bytes on the link per payload byte: TCP/IPv4 (with timestamps) in Ethernet frames carry 1448 bytes
+# of data in 1514 bytes.
+FRAMING_OVERHEAD = 1514 / 1448
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class Profile:
     cuts: list[CutProfile] = field(default_factory=list)
     image_decode_ms: float = 0.0  # decoding one received image (every cut decodes it on the edge)
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
+    reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
 
     def edge_overhead_ms(self, cut: str) -> float:
         """What the edge spends on the image before the head runs at ``cut``."""
@@ -125,55 +139,97 @@ def profile_model(
     repeats: int = 5,
     progress: Callable[[str], None] | None = None,
 ) -> Profile:
-    """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here."""
+    """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
+
+    Times are medians over ``repeats`` runs on the first image; payload sizes and codec errors are
+    means over all ``images`` (compressed sizes depend on the picture).
+    """
     graph = ModelGraph(loaded.module, loaded.input_shape)
     target = torch.device(device)
     loaded.module.to(target)
-    decoded = [decode_image(blob) for blob in images[:1]]
-    batch = loaded.preprocessor.batch(decoded).to(target)
+    decoded = [decode_image(blob) for blob in images]
+    batches = [loaded.preprocessor.batch([image]).to(target) for image in decoded]
+    batch = batches[0]
     with torch.inference_mode():
-        reference = loaded.module(batch).float().cpu()
+        references = [loaded.module(b).float().cpu() for b in batches]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     machine |= {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     profile = Profile(
         loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
     )
     profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
-    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded), repeats)
+    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats)
+    common = {"model": loaded.name, "weights": loaded.digest}
+    profile.reply_bytes = float(len(encode_logits(references[0], cut=OUTPUT_CUT, **common)))
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
     limits = WireLimits.for_batch(1, mib_per_item=64)
-    common = {"model": loaded.name, "weights": loaded.digest}
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
         head, tail = graph.split(cut)
         with torch.inference_mode():
-            shipped = tuple(t for t in head(batch))
             head_ms = _median_ms(partial(head, batch), repeats)
+            shipped_all = [tuple(t.cpu() for t in head(b)) for b in batches]
+            shipped = tuple(t.to(target) for t in shipped_all[0])
             tail_ms = _median_ms(partial(tail, *shipped), repeats)
-            measured = []
             if cut.name == INPUT_CUT:
-                size = float(statistics.fmean(len(b) for b in images))
-                prep_ms = _median_ms(lambda: loaded.preprocessor.batch([decode_image(images[0])]), repeats)
-                measured.append(CodecProfile("image", size, 0.0, prep_ms, 0.0))
-            elif cut.name != OUTPUT_CUT:
-                cpu_shipped = tuple(t.cpu() for t in shipped)
-                for codec in codecs:
-                    data = encode_activations(cpu_shipped, cut, codec=codec, **common)
-                    encode_ms = _median_ms(
-                        partial(encode_activations, cpu_shipped, cut, codec=codec, **common), repeats
-                    )
-                    expected = expected_for_cut(cut)
-
-                    def decode(d: bytes = data, e: Any = expected) -> Any:
-                        return decode_payload(d, kind="activations", expected=e, limits=limits, **common)
-
-                    decode_ms = _median_ms(decode, repeats)
-                    logits = tail(*(t.to(target) for t in decode().tensors)).float().cpu()
-                    error = float((logits - reference).norm() / reference.norm().clamp_min(1e-12))
-                    measured.append(CodecProfile(codec, float(len(data)), encode_ms, decode_ms, error))
+                measured = [_profile_images(loaded, images, decoded, limits, repeats)]
+            elif cut.name == OUTPUT_CUT:
+                measured = []
+            else:
+                measured = [
+                    _profile_codec(codec, cut, shipped_all, tail, target, references, limits, repeats, common)
+                    for codec in codecs
+                ]
         profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, tuple(measured)))
     return profile
+
+
+def _profile_images(
+    loaded: LoadedModel, images: Sequence[bytes], decoded: Sequence[Any], limits: WireLimits, repeats: int
+) -> CodecProfile:
+    """Cut ``input``: the received image shipped as is; "decode" is the cloud's whole path to a batch."""
+    common = {"model": loaded.name, "weights": loaded.digest}
+
+    def encode(index: int = 0) -> bytes:
+        return encode_images([images[index]], [decoded[index]], loaded.preprocessor, codec="image", **common)
+
+    data = encode()
+    expected = expected_images("image", loaded.preprocessor.crop_size)
+
+    def decode() -> torch.Tensor:
+        payload = decode_payload(data, kind="image", expected=expected, limits=limits, **common)
+        return images_from_payload(payload, loaded.preprocessor, ImageLimits(), limits)
+
+    size = statistics.fmean(len(encode(i)) for i in range(len(images)))
+    return CodecProfile("image", float(size), _median_ms(encode, repeats), _median_ms(decode, repeats), 0.0)
+
+
+def _profile_codec(
+    codec: str,
+    cut: Cut,
+    shipped_all: Sequence[tuple[torch.Tensor, ...]],
+    tail: torch.nn.Module,
+    target: torch.device,
+    references: Sequence[torch.Tensor],
+    limits: WireLimits,
+    repeats: int,
+    common: dict[str, str],
+) -> CodecProfile:
+    expected = expected_for_cut(cut)
+    payloads = [encode_activations(shipped, cut, codec=codec, **common) for shipped in shipped_all]
+    encode_ms = _median_ms(partial(encode_activations, shipped_all[0], cut, codec=codec, **common), repeats)
+
+    def decode(data: bytes = payloads[0]) -> Any:
+        return decode_payload(data, kind="activations", expected=expected, limits=limits, **common)
+
+    decode_ms = _median_ms(decode, repeats)
+    errors = []
+    for data, reference in zip(payloads, references, strict=True):
+        logits = tail(*(t.to(target) for t in decode(data).tensors)).float().cpu()
+        errors.append(float((logits - reference).norm() / reference.norm().clamp_min(1e-12)))
+    size = statistics.fmean(len(p) for p in payloads)
+    return CodecProfile(codec, float(size), encode_ms, decode_ms, max(errors))
 
 
 _RATE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(bit|bps|b/s|byte|B)?\s*$", re.IGNORECASE)
@@ -246,7 +302,8 @@ def plan(
         for codec in cut.codecs:
             if codec.relative_l2_error > max_logit_error:
                 continue
-            transfer_ms = codec.bytes_per_image * 8 / bandwidth_bps * 1000 + rtt_s * 1000
+            wire_bytes = (codec.bytes_per_image + cloud.reply_bytes) * FRAMING_OVERHEAD
+            transfer_ms = wire_bytes * 8 / bandwidth_bps * 1000 + rtt_s * 1000
             edge_ms = image_ms + cut.head_ms + codec.encode_ms
             cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms
             rows.append(

@@ -25,7 +25,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseS
             nargs="?" if switch else None,
             const="true" if switch else None,
             metavar="BOOL" if switch else name.upper(),
-            help=f"{field.description or ''} [{env}; default: {default}]",
+            help=f"{field.description or ''} [{env}; default: {default}]".replace("%", "%%"),
         )
 
 

@@ -67,3 +67,13 @@ def test_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
     assert "condition: service_healthy" in result.stdout
     assert result.stdout.count("/readyz") == 2
+
+
+@pytest.mark.parametrize("command", ["cuts", "codecs", "cloud", "edge", "up", "demo", "bench", "profile", "plan"])
+def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from splitinfer.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: splitinfer" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import pytest
 
 from shared.models import load_model
 from shared.planning import (
+    FRAMING_OVERHEAD,
     CodecProfile,
     CutProfile,
     Profile,
@@ -52,7 +53,7 @@ def test_plan_arithmetic_and_choice_follow_the_link() -> None:
     fast = plan(EDGE, CLOUD, bandwidth_bps=1e9, rtt_s=0.001)
     best = fast[0]
     assert (best.cut, best.codec) == ("input", "image")
-    assert best.latency_ms == pytest.approx(0.0 + 50_000 * 8 / 1e9 * 1000 + 1.0 + 5.0 + 10.0)
+    assert best.latency_ms == pytest.approx(0.0 + 50_000 * FRAMING_OVERHEAD * 8 / 1e9 * 1000 + 1.0 + 5.0 + 10.0)
 
 
 def test_lossy_codecs_respect_the_fidelity_bound() -> None:

@@ -1,0 +1,485 @@
+"""Emulated-link benchmark: the edge and the cloud in two network namespaces, a shaped link between them.
+
+    sudo .venv/bin/python bench/netlink.py            # about 25 minutes on 2 cores
+    sudo .venv/bin/python bench/netlink.py --quick    # a smoke run
+    .venv/bin/python bench/report.py                  # docs/benchmarks.md from bench/results/*.json
+
+Needs root, ``ip`` and ``tc`` (iproute2), ``nsenter`` and the cgroup-v1 ``cpu`` controller. It creates
+
+* namespaces ``si-edge`` and ``si-cloud`` joined by the veth pair ``si-e0``/``si-c0`` (10.231.0.1/.2);
+  the rate of each direction is shaped with ``tc tbf``;
+* a delaying TCP relay (bench/delay_relay.py) in ``si-edge`` between the edge and the link, adding
+  half the RTT in each direction (this kernel has no ``netem``);
+* the cgroup ``cpu/si-edge`` capping the edge (its profile included) at ``--edge-cpu`` of one core,
+  so that the edge is a weaker machine than the cloud, as edge devices are;
+
+and removes all of them afterwards. Per model it measures both profiles, starts a cloud (in
+``si-cloud``) and an edge with ``--cut auto`` (in ``si-edge``), and for each link measures every
+single-tensor cut (with the codec the planner prefers for it on that link) pinned per request, then
+``auto``; finally it lowers the rate during a run and records when the edge moves its cut.
+Results: bench/results/netlink.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GOMP_SPINCOUNT", "0")  # see bench/cpu_suite.py: processes share 2 cores
+
+import argparse
+import io
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from shared.planning import Profile, parse_bandwidth, parse_duration, plan
+from shared.samples import synthetic_image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench/results/netlink.json"
+NS_EDGE, NS_CLOUD = "si-edge", "si-cloud"
+VETH_EDGE, VETH_CLOUD = "si-e0", "si-c0"
+EDGE_IP, CLOUD_IP = "10.231.0.1", "10.231.0.2"
+CGROUP = Path("/sys/fs/cgroup/cpu/si-edge")
+EDGE_PORT, RELAY_PORT, CLOUD_PORT = 8000, 9001, 8001
+MODELS = ("resnet18", "mobilenet_v3_large")
+
+
+@dataclass(frozen=True)
+class Link:
+    rate: str
+    rtt: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.rate} + {self.rtt} RTT"
+
+    @property
+    def bandwidth_bps(self) -> float:
+        return parse_bandwidth(self.rate)
+
+    @property
+    def rtt_s(self) -> float:
+        return parse_duration(self.rtt)
+
+
+LINKS = (Link("1gbit", "1ms"), Link("50mbit", "20ms"), Link("5mbit", "50ms"))
+
+
+def in_netns(netns: str, command: list[str]) -> list[str]:
+    """Run in a namespace's network only (``ip netns exec`` would also hide the cgroup mounts)."""
+    return ["nsenter", f"--net=/var/run/netns/{netns}", *command]
+
+
+def run(*command: str) -> None:
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+# --- the testbed: namespaces, veth, shaping, the edge's cgroup ------------------------------------
+
+
+def setup(edge_cpu: float) -> None:
+    teardown()
+    run("ip", "netns", "add", NS_EDGE)
+    run("ip", "netns", "add", NS_CLOUD)
+    run("ip", "link", "add", VETH_EDGE, "type", "veth", "peer", "name", VETH_CLOUD)
+    for ns, dev, ip in ((NS_EDGE, VETH_EDGE, EDGE_IP), (NS_CLOUD, VETH_CLOUD, CLOUD_IP)):
+        run("ip", "link", "set", dev, "netns", ns)
+        run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+    CGROUP.mkdir(exist_ok=True)
+    period_us = 10_000
+    (CGROUP / "cpu.cfs_period_us").write_text(str(period_us))
+    (CGROUP / "cpu.cfs_quota_us").write_text(str(int(period_us * edge_cpu)))
+
+
+def teardown() -> None:
+    for ns in (NS_EDGE, NS_CLOUD):
+        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
+    if CGROUP.exists():
+        for pid in (CGROUP / "cgroup.procs").read_text().split():
+            subprocess.run(["kill", "-9", pid], check=False)
+        time.sleep(0.5)
+        CGROUP.rmdir()
+
+
+def shape(link: Link, delay_file: Path, change: bool = False) -> None:
+    """Rate both directions with tbf (a burst of 10 ms at the rate); half the RTT each way in the relay."""
+    bits = link.bandwidth_bps
+    burst = max(16_000, int(bits / 8 / 100))
+    for ns, dev in ((NS_EDGE, VETH_EDGE), (NS_CLOUD, VETH_CLOUD)):
+        verb = "change" if change else "replace"
+        run("tc", "-n", ns, "qdisc", verb, "dev", dev, "root", "tbf", "rate", link.rate,
+            "burst", str(burst), "latency", "2s")  # fmt: skip
+    delay_file.write_text(f"{link.rtt_s * 1000 / 2}")
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, command: list[str], *, netns: str | None = None, edge_cgroup: bool = False) -> None:
+        if netns is not None:
+            command = in_netns(netns, command)
+        if edge_cgroup:
+            command = ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh", *command]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1", "SPLITINFER_LOG_LEVEL": "info"}
+        with (self.logs / f"{name}.log").open("ab") as sink:
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+            )
+        self.running.append(process)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.running.clear()
+
+
+def profile(model: str, images: Path, output: Path, *, edge: bool, repeats: int) -> Profile:
+    command = [sys.executable, "-m", "splitinfer", "profile", "--model", model, "--weights", "none",
+               "--threads", "1", "--images", str(images), "--repeats", str(repeats), "-o", str(output)]  # fmt: skip
+    if edge:
+        command = ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh", *command]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return Profile.load(output)
+
+
+def wait_ready(client: httpx.Client, url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} never became ready")
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def photo_like(seed: int, width: int = 1280, height: int = 960) -> bytes:
+    """A camera-sized JPEG with a photo's amount of detail (smooth shapes plus sensor-like noise)."""
+    picture = np.asarray(synthetic_image(width, height, seed), dtype=np.float32)
+    noise = np.random.default_rng(seed).normal(0, 10, picture.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(picture + noise, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class Edge:
+    def __init__(self, images: list[bytes]) -> None:
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{EDGE_PORT}", timeout=180)
+        self.images = images
+        self.sent = 0
+
+    def classify(self, cut: str | None = None, codec: str | None = None) -> tuple[float, httpx.Response]:
+        params = {k: v for k, v in (("cut", cut), ("codec", codec)) if v is not None}
+        image = self.images[self.sent % len(self.images)]
+        self.sent += 1
+        started = time.perf_counter()
+        response = self.client.post(
+            "/v1/classify", params=params, content=image, headers={"Content-Type": "image/jpeg"}
+        )
+        return (time.perf_counter() - started) * 1000, response
+
+    def median_ms(self, requests: int, cut: str | None = None, codec: str | None = None) -> tuple[float, list[str]]:
+        samples, cuts = [], []
+        for _ in range(requests):
+            ms, response = self.classify(cut, codec)
+            response.raise_for_status()
+            samples.append(ms)
+            cuts.append(response.json()["cut"])
+        return statistics.median(samples), cuts
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.client.get("/v1/info").json()
+        return info
+
+
+def per_cut_rows(edge: Profile, cloud: Profile, link: Link) -> list[Any]:
+    """The planner's best codec for every cut on this link, best cut first."""
+    rows, seen = [], set()
+    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s):
+        if row.cut not in seen:
+            seen.add(row.cut)
+            rows.append(row)
+    return rows
+
+
+def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, requests: int) -> dict[str, Any]:
+    rows = per_cut_rows(edge, cloud, link)
+    fixed = []
+    for row in sorted(rows, key=lambda r: edge.cuts.index(next(c for c in edge.cuts if c.name == r.cut))):
+        codec = None if row.codec == "-" else row.codec
+        edge_client.median_ms(1, row.cut, codec)  # warm-up: first use of a route builds its split
+        measured, _ = edge_client.median_ms(requests, row.cut, codec)
+        fixed.append(
+            {
+                "cut": row.cut,
+                "codec": row.codec,
+                "predicted_ms": round(row.latency_ms, 2),
+                "measured_ms": round(measured, 2),
+                "bytes": round(row.bytes_per_image),
+            }
+        )
+        print(f"    {row.cut:>28} {row.codec:>10}  predicted {row.latency_ms:8.1f}  measured {measured:8.1f} ms")
+    # auto: let the edge settle on this link (it learns from every request, the pinned ones above too)
+    settle_until = time.monotonic() + 20
+    while time.monotonic() < settle_until:
+        edge_client.median_ms(1)
+    auto_ms, auto_cuts = edge_client.median_ms(requests)
+    info = edge_client.info()
+    chosen = Counter(auto_cuts).most_common(1)[0][0]
+    print(
+        f"    {'auto':>28} {chosen:>10}  measured {auto_ms:8.1f} ms; estimate {info['cut_selection']['estimated_link']}"
+    )
+    return {
+        "link": link.name,
+        "fixed": fixed,
+        "planned_cut": rows[0].cut,
+        "planned_codec": rows[0].codec,
+        "auto": {
+            "measured_ms": round(auto_ms, 2),
+            "cuts": dict(Counter(auto_cuts)),
+            "codec": info["codec"],
+            "estimated_link": info["cut_selection"]["estimated_link"],
+            "switches": info["cut_selection"]["switches"],
+        },
+    }
+
+
+def switch_experiment(edge_client: Edge, edge: Profile, cloud: Profile, delay_file: Path) -> dict[str, Any]:
+    """Lower the rate mid-run; record when the edge moves its cut and whether any request failed."""
+    low = Link("5mbit", "20ms")
+    low_cut = per_cut_rows(edge, cloud, low)[0].cut
+    start = next(
+        (
+            Link(rate, "20ms")
+            for rate in ("50mbit", "1gbit")
+            if per_cut_rows(edge, cloud, Link(rate, "20ms"))[0].cut != low_cut
+        ),
+        Link("1gbit", "20ms"),
+    )
+    shape(start, delay_file)
+    settle_until = time.monotonic() + 20
+    while time.monotonic() < settle_until:
+        edge_client.median_ms(1)
+    before = edge_client.info()
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+    origin = time.monotonic()
+
+    def load() -> None:
+        client = Edge(edge_client.images)
+        while not stop.is_set():
+            ms, response = client.classify()
+            events.append(
+                {
+                    "t": round(time.monotonic() - origin, 3),
+                    "status": response.status_code,
+                    "ms": round(ms, 1),
+                    "cut": response.json().get("cut") if response.status_code == 200 else None,
+                }
+            )
+
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(10)
+    changed_at = time.monotonic() - origin
+    shape(low, delay_file, change=True)
+    moved_at = None
+    while time.monotonic() - origin < changed_at + 45:
+        info = edge_client.info()
+        if moved_at is None and info["cut_selection"]["switches"] > before["cut_selection"]["switches"]:
+            moved_at = time.monotonic() - origin
+        time.sleep(0.25)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    after = edge_client.info()
+    return {
+        "from_link": start.name,
+        "to_link": low.name,
+        "cut_before": before["cut"]["name"],
+        "codec_before": before["codec"],
+        "cut_after": after["cut"]["name"],
+        "codec_after": after["codec"],
+        "planned_after": low_cut,
+        "rate_lowered_at_s": round(changed_at, 2),
+        "moved_after_s": None if moved_at is None else round(moved_at - changed_at, 2),
+        "requests": len(events),
+        "failed": sum(1 for e in events if e["status"] != 200),
+        "recent_switches": after["cut_selection"]["recent_switches"],
+    }
+
+
+def summarize(models: dict[str, Any]) -> dict[str, Any]:
+    errors, checks = [], []
+    for model, data in models.items():
+        for result in data["links"]:
+            fixed = result["fixed"]
+            errors += [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in fixed]
+            best = min(fixed, key=lambda r: r["measured_ms"])
+            planned = next(r for r in fixed if r["cut"] == result["planned_cut"])
+            extremes = min(r["measured_ms"] for r in fixed if r["cut"] in ("input", "output"))
+            checks.append(
+                {
+                    "model": model,
+                    "link": result["link"],
+                    "planned": f"{planned['cut']}/{planned['codec']}",
+                    "planned_ms": planned["measured_ms"],
+                    "best": f"{best['cut']}/{best['codec']}",
+                    "best_ms": best["measured_ms"],
+                    "planned_vs_best": round(planned["measured_ms"] / best["measured_ms"], 3),
+                    "auto_ms": result["auto"]["measured_ms"],
+                    "better_extreme_ms": extremes,
+                    "auto_vs_extremes": round(result["auto"]["measured_ms"] / extremes, 3),
+                    "median_prediction_error": round(
+                        statistics.median(abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in fixed),
+                        3,
+                    ),
+                }
+            )
+    return {"median_prediction_error": round(statistics.median(errors), 3), "per_link": checks}
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def inside(args: argparse.Namespace) -> None:
+    """The measurement, run inside the si-edge namespace (the edge, the relay and this client live there)."""
+    work = Path(args.work)
+    images_dir = work / "images"
+    images_dir.mkdir(exist_ok=True)
+    images = [photo_like(seed) for seed in range(4)]
+    for i, image in enumerate(images):
+        (images_dir / f"photo-{i}.jpg").write_bytes(image)
+    delay_file = work / "delay_ms"
+    delay_file.write_text("0")
+    links = LINKS
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "edge_cpu": args.edge_cpu,
+        "images": {"count": len(images), "size": "1280x960", "mean_bytes": round(statistics.fmean(map(len, images)))},
+        "requests_per_point": args.requests,
+        "models": {},
+    }
+    processes = Processes(work)
+    for model in args.models:
+        print(f"{model}: profiling the edge (cgroup, {args.edge_cpu:.0%} of a core) and the cloud")
+        edge_profile = profile(model, images_dir, work / f"{model}-edge.json", edge=True, repeats=args.repeats)
+        cloud_profile = profile(model, images_dir, work / f"{model}-cloud.json", edge=False, repeats=args.repeats)
+        python = sys.executable
+        try:
+            processes.start(
+                f"{model}-cloud",
+                [python, "-m", "splitinfer", "cloud", "--model", model, "--weights", "none",
+                 "--host", CLOUD_IP, "--port", str(CLOUD_PORT)],
+                netns=NS_CLOUD,
+            )  # fmt: skip
+            processes.start(
+                f"{model}-relay",
+                [python, str(ROOT / "bench/delay_relay.py"), "--listen", f"127.0.0.1:{RELAY_PORT}",
+                 "--upstream", f"{CLOUD_IP}:{CLOUD_PORT}", "--delay-file", str(delay_file)],
+            )  # fmt: skip
+            processes.start(
+                f"{model}-edge",
+                [python, "-m", "splitinfer", "edge", "--model", model, "--weights", "none", "--host", "127.0.0.1",
+                 "--port", str(EDGE_PORT), "--cut", "auto", "--edge-profile", str(work / f"{model}-edge.json"),
+                 "--cloud-profile", str(work / f"{model}-cloud.json"), "--cloud-url", f"http://127.0.0.1:{RELAY_PORT}",
+                 "--read-timeout-s", "120", "--request-timeout-s", "180"],
+                edge_cgroup=True,
+            )  # fmt: skip
+            shape(links[0], delay_file)
+            client = Edge(images)
+            wait_ready(client.client, "/readyz")
+            per_link = []
+            for link in links:
+                print(f"  {link.name}")
+                shape(link, delay_file)
+                per_link.append(measure_link(client, edge_profile, cloud_profile, link, args.requests))
+            print("  lowering the rate during a run")
+            switch = switch_experiment(client, edge_profile, cloud_profile, delay_file)
+            print(f"    {switch}")
+            results["models"][model] = {
+                "edge_profile": {"machine": edge_profile.machine, "image_decode_ms": edge_profile.image_decode_ms},
+                "links": per_link,
+                "switch": switch,
+            }
+        finally:
+            processes.stop_all()
+    results["summary"] = summarize(results["models"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"], indent=2))
+    print(f"wrote {RESULTS}")
+
+
+@contextmanager
+def testbed(edge_cpu: float) -> Any:
+    setup(edge_cpu)
+    try:
+        yield
+    finally:
+        teardown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="resnet18 only, 3 requests per point")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--requests", type=int, default=7, help="sequential requests per (link, cut)")
+    parser.add_argument("--repeats", type=int, default=5, help="profile repeats per measurement")
+    parser.add_argument("--edge-cpu", type=float, default=0.25, help="the edge's CPU quota, in cores")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.requests, args.repeats = ["resnet18"], 3, 2
+    if args.inside:
+        inside(args)
+        return
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "tc", "nsenter")):
+        sys.exit("bench/netlink.py needs root, iproute2 (ip, tc) and nsenter")
+    work = tempfile.mkdtemp(prefix="si-netlink-")  # kept: the services' logs are there
+    print(f"work directory: {work}")
+    with testbed(args.edge_cpu):
+        command = [sys.executable, str(Path(__file__).resolve()), "--inside", "--work", work,
+                   "--models", *args.models, "--requests", str(args.requests), "--repeats", str(args.repeats),
+                   "--edge-cpu", str(args.edge_cpu)]  # fmt: skip
+        subprocess.run(in_netns(NS_EDGE, command), check=True)
+
+
+if __name__ == "__main__":
+    main()
