@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from cloud_service.batching import DynamicBatcher
+from cloud_service.batching import Batcher, DynamicBatcher
 from cloud_service.routes import router
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
@@ -22,7 +24,12 @@ from shared.preprocessing import ImageLimits
 from shared.problems import install_problem_handlers
 from shared.wire import WireLimits
 
-__all__ = ["CloudState", "create_app"]
+__all__ = ["BatcherFactory", "CloudState", "TailRunner", "create_app", "dynamic_batcher"]
+
+TailRunner = Callable[[str, Sequence[tuple[torch.Tensor, ...]]], Sequence[torch.Tensor]]
+BatcherFactory = Callable[
+    [TailRunner, ThreadPoolExecutor, CloudSettings], Batcher[tuple[torch.Tensor, ...], torch.Tensor]
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +38,9 @@ logger = logging.getLogger(__name__)
 class CloudState:
     settings: CloudSettings
     model: CloudModel
-    batcher: DynamicBatcher[tuple[torch.Tensor, ...], torch.Tensor]
+    batcher: Batcher[tuple[torch.Tensor, ...], torch.Tensor]
     metrics: ServiceMetrics
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def _load(settings: CloudSettings) -> CloudModel:
@@ -60,8 +68,24 @@ def _load(settings: CloudSettings) -> CloudModel:
     return model
 
 
-def create_app(settings: CloudSettings | None = None) -> FastAPI:
-    """Build the cloud app. With no settings, they are read from ``SPLITINFER_*`` variables."""
+def dynamic_batcher(
+    run: TailRunner, executor: ThreadPoolExecutor, settings: CloudSettings
+) -> Batcher[tuple[torch.Tensor, ...], torch.Tensor]:
+    return DynamicBatcher(
+        run,
+        executor,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_delay_ms / 1000,
+        max_queue=settings.max_queue,
+    )
+
+
+def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory = dynamic_batcher) -> FastAPI:
+    """Build the cloud app. With no settings, they are read from ``SPLITINFER_*`` variables.
+
+    ``batcher`` builds what groups requests into model runs: this package's dynamic batcher, or Ray
+    Serve's ``@serve.batch`` (cloud_service.serve).
+    """
     settings = settings or CloudSettings()
     metrics = ServiceMetrics("cloud")
 
@@ -76,20 +100,14 @@ def create_app(settings: CloudSettings | None = None) -> FastAPI:
                 metrics.batch_size.observe(sum(int(o.shape[0]) for o in outputs))
                 return outputs
 
-            batcher: DynamicBatcher[tuple[torch.Tensor, ...], torch.Tensor] = DynamicBatcher(
-                run,
-                executor,
-                max_batch_size=settings.max_batch_size,
-                max_delay_s=settings.max_delay_ms / 1000,
-                max_queue=settings.max_queue,
-            )
-            batcher.start()
-            app.state.cloud = CloudState(settings, model, batcher, metrics)
+            runs = batcher(run, executor, settings)
+            runs.start()
+            app.state.cloud = CloudState(settings, model, runs, metrics)
             try:
                 yield
             finally:
                 app.state.draining = True
-                await batcher.stop()
+                await runs.stop()
 
     app = FastAPI(
         title="split-inference cloud",

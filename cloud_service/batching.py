@@ -17,11 +17,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from shared.errors import ServiceUnavailable
 
-__all__ = ["BatchStats", "DynamicBatcher"]
+__all__ = ["BatchStats", "Batcher", "DynamicBatcher"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -33,6 +33,20 @@ class BatchStats:
     """Items (images) in the model run this request was part of."""
     queue_ms: float
     compute_ms: float
+
+
+In_contra = TypeVar("In_contra", contravariant=True)
+Out_co = TypeVar("Out_co", covariant=True)
+
+
+class Batcher(Protocol[In_contra, Out_co]):
+    """What the cloud's routes need from a batcher (this module's, or Ray Serve's in cloud_service.serve)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, key: str, value: In_contra, size: int = 1) -> tuple[Out_co, BatchStats]: ...
 
 
 @dataclass

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from shared.errors import ServiceUnavailable, Unauthorized, UnsupportedMediaType
-from shared.http import media_type, read_limited_body, server_timing, versions
+from shared.http import SERVED_BY_HEADER, media_type, read_limited_body, server_timing, versions
 from shared.metrics import metrics_response
 from shared.protocol import encode_logits
 from shared.wire import MEDIA_TYPE
@@ -94,14 +94,14 @@ async def run_tail(request: Request, state: StateDep) -> Response:
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         }
         timings["total"] = (time.perf_counter() - arrived) * 1000
-        return JSONResponse(content, headers=_tail_headers(timings, stats.batch_size))
+        return JSONResponse(content, headers=_tail_headers(timings, stats.batch_size, state.instance))
     data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
     timings["total"] = (time.perf_counter() - arrived) * 1000
-    return Response(data, media_type=MEDIA_TYPE, headers=_tail_headers(timings, stats.batch_size))
+    return Response(data, media_type=MEDIA_TYPE, headers=_tail_headers(timings, stats.batch_size, state.instance))
 
 
-def _tail_headers(timings: dict[str, float], batch_size: int) -> dict[str, str]:
-    return {"Server-Timing": server_timing(timings), "X-Batch-Size": str(batch_size)}
+def _tail_headers(timings: dict[str, float], batch_size: int, instance: str) -> dict[str, str]:
+    return {"Server-Timing": server_timing(timings), "X-Batch-Size": str(batch_size), SERVED_BY_HEADER: instance}
 
 
 @v1.get("/info")
@@ -111,6 +111,7 @@ async def info(state: StateDep) -> dict[str, Any]:
     settings = state.settings
     return {
         "service": "cloud",
+        "instance": state.instance,
         "model": loaded.name,
         "weights": loaded.weights_kind,
         "weights_digest": loaded.digest,

@@ -50,6 +50,7 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
         switch_margin=settings.switch_margin,
         min_dwell_s=settings.min_dwell_s,
         probe_interval_s=settings.probe_interval_s,
+        calibrate=settings.calibrate_profiles,
     )
 
 

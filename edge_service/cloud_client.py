@@ -18,6 +18,7 @@ from shared.errors import (
     ModelMismatch,
     SplitInferError,
 )
+from shared.http import SERVED_BY_HEADER
 from shared.metrics import REQUEST_ID_HEADER
 from shared.wire import MEDIA_TYPE
 
@@ -29,6 +30,7 @@ class CloudReply:
     body: bytes
     server_timing: dict[str, float]
     round_trip_ms: float
+    served_by: str | None = None
 
 
 def _parse_server_timing(header: str) -> dict[str, float]:
@@ -110,7 +112,7 @@ class CloudClient:
         self.breaker.record_success()
         round_trip_ms = (loop.time() - started) * 1000
         timing = _parse_server_timing(response.headers.get("server-timing", ""))
-        return CloudReply(response.content, timing, round_trip_ms)
+        return CloudReply(response.content, timing, round_trip_ms, response.headers.get(SERVED_BY_HEADER))
 
     async def _post_with_retries(self, payload: bytes, request_id: str) -> httpx.Response:
         headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE, REQUEST_ID_HEADER: request_id}

@@ -1,10 +1,12 @@
 """``--cut auto`` while serving: estimate the link from real requests, re-plan, switch cut with hysteresis.
 
 The selector starts from the planner's choice for the configured link. Every cloud call feeds the
-:class:`~shared.link_estimation.LinkEstimator`; every ``replan_interval_s`` the plan is recomputed for
-the estimated link, and the edge moves to the best (cut, codec) only when it is predicted at least
-``switch_margin`` faster than the current one and the current one has been in use for ``min_dwell_s``
-(no flapping between two nearly equal cuts).
+:class:`~shared.link_estimation.LinkEstimator`, and every request's measured compute calibrates the
+profiles (a running service is slower than its profile: its own HTTP work competes for the CPU).
+Every ``replan_interval_s`` the plan is recomputed for the estimated link and the calibrated compute,
+and the edge moves to the best (cut, codec) only when it is predicted at least ``switch_margin``
+faster than the current one and the current one has been in use for ``min_dwell_s`` (no flapping
+between two nearly equal cuts).
 
 While the current cut sends nothing the estimate can learn from (``output``, or a payload too small to
 time), one request every ``probe_interval_s`` goes through the best cut that does, so a link that gets
@@ -39,6 +41,7 @@ class SelectorSettings:
     switch_margin: float = 0.1
     min_dwell_s: float = 5.0
     probe_interval_s: float = 10.0
+    calibrate: bool = True
 
 
 def initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> list[PlanRow]:
@@ -54,6 +57,21 @@ def initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> l
     return rows
 
 
+class _Scale:
+    """A smoothed ratio of measured to profiled time (1.0 until measured)."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.value, self.samples, self.smoothing = 1.0, 0, smoothing
+
+    def observe(self, measured_ms: float, profiled_ms: float) -> None:
+        if measured_ms <= 0 or profiled_ms <= 0.5:  # too small to compare reliably
+            return
+        ratio = min(20.0, max(0.05, measured_ms / profiled_ms))
+        a = self.smoothing
+        self.value = ratio if self.samples == 0 else (1 - a) * self.value + a * ratio
+        self.samples += 1
+
+
 class _SelectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.bandwidth = Gauge(
@@ -63,6 +81,12 @@ class _SelectorMetrics:
         self.predicted = Gauge(
             "splitinfer_predicted_latency_seconds",
             "The planner's predicted latency of the current cut on the estimated link.",
+            registry=registry,
+        )
+        self.scale = Gauge(
+            "splitinfer_planner_scale",
+            "Measured / profiled compute time, by side: how much slower than its profile each side runs.",
+            ["side"],
             registry=registry,
         )
         self.switches = Counter("splitinfer_cut_switches", "Times cut auto moved to another cut.", registry=registry)
@@ -97,6 +121,9 @@ class CutSelector:
         self.metrics = _SelectorMetrics(registry)
         self.rows = initial_plan(edge, cloud, settings)
         self.current = self.rows[0]
+        # The profiles' own compute per route (link-independent), to compare real requests with.
+        self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
+        self.edge_scale, self.cloud_scale = _Scale(), _Scale()
         now = clock()
         self.last_plan_at = self.last_switch_at = self.last_sample_at = now
         self.switch_count = 0
@@ -140,6 +167,19 @@ class CutSelector:
             self.last_sample_at = self.clock()
         self.maybe_replan()
 
+    def observe_compute(self, route: Route, timings_ms: dict[str, float], server_timing: dict[str, float]) -> None:
+        """Compare one request's measured compute on each side with what the profiles predicted."""
+        if not self.settings.calibrate:
+            return
+        key = (route.cut.name, "-" if route.runs_everything else route.codec)
+        profiled = self._profiled.get(key)
+        if profiled is None:
+            return
+        edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
+        self.edge_scale.observe(edge_ms, profiled.edge_ms)
+        if "total" in server_timing and "recv" in server_timing:
+            self.cloud_scale.observe(server_timing["total"] - server_timing["recv"], profiled.cloud_ms)
+
     def maybe_replan(self) -> bool:
         """Re-plan for the estimated link if it is time; switch when clearly better. True if it switched."""
         now = self.clock()
@@ -153,6 +193,8 @@ class CutSelector:
             bandwidth_bps=link.bandwidth_bps,
             rtt_s=link.rtt_s,
             max_logit_error=self.settings.max_logit_error,
+            edge_scale=self.edge_scale.value,
+            cloud_scale=self.cloud_scale.value,
         )
         by_key = {_key(row): row for row in self.rows}
         self.current = by_key.get(_key(self.current), self.current)
@@ -198,6 +240,8 @@ class CutSelector:
         self.metrics.bandwidth.set(link.bandwidth_bps)
         self.metrics.rtt.set(link.rtt_s)
         self.metrics.predicted.set(self.current.latency_ms / 1000)
+        self.metrics.scale.labels("edge").set(self.edge_scale.value)
+        self.metrics.scale.labels("cloud").set(self.cloud_scale.value)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -205,6 +249,11 @@ class CutSelector:
             "adaptive": self.settings.replan_interval_s > 0,
             "assumed_link": {"bandwidth_bps": self.settings.bandwidth_bps, "rtt_ms": self.settings.rtt_s * 1000},
             "estimated_link": self.estimator.estimate.to_json(),
+            "calibration": {
+                "edge_scale": round(self.edge_scale.value, 3),
+                "cloud_scale": round(self.cloud_scale.value, 3),
+                "samples": self.edge_scale.samples,
+            },
             "predicted_latency_ms": round(self.current.latency_ms, 3),
             "candidates": len(self.rows),
             "ranking": [

@@ -167,6 +167,8 @@ async def _classify_admitted(
     timings = prepared.timings_ms
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"
+    cloud_instance = None
+    server_timing: dict[str, float] = {}
     if route.runs_everything:
         logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
         completed_on = "edge"
@@ -179,6 +181,7 @@ async def _classify_admitted(
                 deadline_s=max(0.001, deadline - time.perf_counter()),
             )
             timings["cloud_round_trip"] = reply.round_trip_ms
+            cloud_instance, server_timing = reply.served_by, reply.server_timing
             if state.selector is not None:
                 state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.server_timing)
             if "tail" in reply.server_timing:
@@ -191,6 +194,8 @@ async def _classify_admitted(
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     timings["total"] = (time.perf_counter() - started) * 1000
+    if state.selector is not None and completed_on == ("edge" if route.runs_everything else "cloud"):
+        state.selector.observe_compute(route, timings, server_timing)
     request.state.log_fields = {
         "cut": route.cut.name,
         "codec": route.codec,
@@ -207,6 +212,7 @@ async def _classify_admitted(
         "codec": route.codec,
         "payload_bytes": len(prepared.payload),
         "completed_on": completed_on,
+        "cloud_instance": cloud_instance if completed_on == "cloud" else None,
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
     return logits, common

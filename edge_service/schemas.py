@@ -28,6 +28,7 @@ class _Common(BaseModel):
     codec: str
     payload_bytes: int = Field(description="Bytes sent to the cloud (0 when the edge did everything).")
     completed_on: Literal["cloud", "edge"]
+    cloud_instance: str | None = Field(None, description="The cloud instance (host:pid) that ran the tail.")
     timings_ms: dict[str, float] = Field(
         description="decode, preprocess, head, encode, cloud_round_trip, cloud_tail (as the cloud reports it), "
         "tail (when run on the edge), total."

@@ -39,6 +39,9 @@ class EdgeSettings(ServiceSettings):
         description="Cut auto: when the current cut cannot measure the link, route one request per interval "
         "through the best cut that can (0: never).",
     )
+    calibrate_profiles: bool = Field(
+        True, description="Cut auto: scale each side's profiled compute by what real requests measure."
+    )
     codec: str | None = Field(
         None,
         description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd); for cut 'input': image, png, "

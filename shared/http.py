@@ -11,7 +11,10 @@ from fastapi import Request
 from shared.errors import BadRequest, PayloadTooLarge
 from shared.wire import PROTOCOL_VERSION
 
-__all__ = ["media_type", "read_limited_body", "server_timing", "versions"]
+__all__ = ["SERVED_BY_HEADER", "media_type", "read_limited_body", "server_timing", "versions"]
+
+SERVED_BY_HEADER = "X-Served-By"
+"""Names the cloud instance (host:pid; one per Ray Serve replica) that answered a /v1/tail request."""
 
 
 def media_type(request: Request) -> str:

@@ -127,6 +127,21 @@ def test_a_cut_that_cannot_measure_the_link_probes_it_now_and_then(loaded: Loade
     assert selector.route_for_request().cut.name == "mean"  # one probe per interval
 
 
+def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _selector(loaded, clock, replan_interval_s=1.0, min_dwell_s=0.0)
+    route = selector.model.route_for("relu", "fp16")
+    for _ in range(30):  # the edge runs 3x slower than profiled (7.5 ms), the cloud 2.5x (2 ms)
+        timings = {"decode": 3.0, "preprocess": 3.0, "head": 15.0, "encode": 1.5}
+        selector.observe_compute(route, timings, {"recv": 5.0, "total": 10.0})
+    assert selector.edge_scale.value == pytest.approx(3.0) and selector.cloud_scale.value == pytest.approx(2.5)
+    clock.now += 2
+    selector.maybe_replan()
+    output = next(row for row in selector.rows if row.cut == "output")
+    assert output.latency_ms == pytest.approx(3.0 * (1 + 1 + 100))
+    assert selector.to_json()["calibration"]["edge_scale"] == 3.0  # type: ignore[index]
+
+
 def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
     selector = _selector(loaded, Clock())
     selector.observe(100_000, 50.0, {"tail": 3.0})
@@ -155,7 +170,7 @@ def auto_edge(loaded: LoadedModel, tmp_path: Path) -> Iterator[TestClient]:
     settings = EdgeSettings(
         model=TINY, weights="none", cut="auto", edge_profile=tmp_path / "edge.json",
         cloud_profile=tmp_path / "cloud.json", link_bandwidth="1gbit", link_rtt="1ms",
-        replan_interval_s=0.01, min_dwell_s=0, probe_interval_s=60,
+        replan_interval_s=0.01, min_dwell_s=0, probe_interval_s=60, calibrate_profiles=False,
     )  # fmt: skip
     with TestClient(create_app(settings, cloud_transport=httpx.MockTransport(cloud_tail))) as client:
         yield client

@@ -1,0 +1,144 @@
+"""The cloud tier on Ray Serve: the same app, many replicas behind one endpoint (``pip install split-inference[ray]``).
+
+Each replica runs the plain cloud app (cloud_service.app: the same routes, wire format, validation and
+tail building); only the batching differs: requests are grouped by Ray Serve's ``@serve.batch``,
+sized from the same settings (``max_batch_size`` requests, ``max_delay_ms``). Ray Serve's HTTP proxy
+spreads requests over the replicas and the controller adds and removes replicas by load.
+
+    serve run cloud_service.serve:build_app model=resnet18 num_replicas=2
+    serve deploy deploy/ray-serve.yaml          # a cluster: autoscaling, CPUs/GPUs per replica
+
+Arguments (``serve run`` key=value pairs, or ``args:`` in the config file) are the cloud's settings
+(``model``, ``weights``, ``device``, ``max_batch_size``, ``max_delay_ms``, ...; unset ones come from
+``SPLITINFER_*`` variables) plus the deployment's: ``num_replicas``, or ``min_replicas``,
+``max_replicas`` and ``target_ongoing_requests`` for autoscaling; ``num_cpus`` and ``num_gpus`` per
+replica; ``max_ongoing_requests``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from cloud_service.app import TailRunner, create_app
+from cloud_service.batching import BatchStats
+from cloud_service.settings import CloudSettings
+
+__all__ = ["DEPLOYMENT_NAME", "ServeBatcher", "build_app", "deployment_options"]
+
+DEPLOYMENT_NAME = "splitinfer-cloud"
+_DEPLOYMENT_KEYS = {
+    "num_replicas",
+    "min_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "num_cpus",
+    "num_gpus",
+    "max_ongoing_requests",
+}
+Tensors = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class _Call:
+    key: str
+    value: Tensors
+    size: int
+    enqueued: float
+
+
+class ServeBatcher:
+    """The cloud's batcher on ``@serve.batch``: one model run per cut in each batch Ray Serve forms."""
+
+    def __init__(self, run: TailRunner, executor: ThreadPoolExecutor, settings: CloudSettings) -> None:
+        self._run, self._executor = run, executor
+        self._batched.set_max_batch_size(settings.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(settings.max_delay_ms / 1000)
+
+    def start(self) -> None:
+        """Ray Serve runs the batching loop."""
+
+    async def stop(self) -> None:
+        """Ray Serve drains the replica."""
+
+    async def submit(self, key: str, value: Tensors, size: int = 1) -> tuple[torch.Tensor, BatchStats]:
+        result: tuple[torch.Tensor, BatchStats] | Exception = await self._batched(
+            _Call(key, value, size, time.perf_counter())
+        )
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _batched(self, calls: list[_Call]) -> list[tuple[torch.Tensor, BatchStats] | Exception]:
+        results: list[tuple[torch.Tensor, BatchStats] | Exception] = [RuntimeError("not run")] * len(calls)
+        for key in dict.fromkeys(call.key for call in calls):
+            indices = [i for i, call in enumerate(calls) if call.key == key]
+            for i, result in zip(indices, await self._run_group(key, [calls[i] for i in indices]), strict=True):
+                results[i] = result
+        return results
+
+    async def _run_group(self, key: str, calls: Sequence[_Call]) -> list[tuple[torch.Tensor, BatchStats] | Exception]:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, key, [call.value for call in calls])
+        except Exception as exc:
+            if len(calls) == 1:
+                return [exc]
+            # NOTE: one bad request must not fail its neighbours: run each alone.
+            return [(await self._run_group(key, [call]))[0] for call in calls]
+        compute_ms = (time.perf_counter() - started) * 1000
+        size = sum(call.size for call in calls)
+        return [
+            (output, BatchStats(size, (started - call.enqueued) * 1000, compute_ms))
+            for call, output in zip(calls, outputs, strict=True)
+        ]
+
+
+def deployment_options(args: dict[str, Any]) -> dict[str, Any]:
+    """Ray Serve deployment options from the deployment keys of ``args``."""
+    options: dict[str, Any] = {"name": DEPLOYMENT_NAME}
+    autoscaling = {k: args[k] for k in ("min_replicas", "max_replicas", "target_ongoing_requests") if k in args}
+    if autoscaling and "num_replicas" in args:
+        raise ValueError("give num_replicas (a fixed count) or min_replicas/max_replicas (autoscaling), not both")
+    if autoscaling:
+        options["autoscaling_config"] = {
+            "min_replicas": int(autoscaling.get("min_replicas", 1)),
+            "max_replicas": int(autoscaling.get("max_replicas", 1)),
+            "target_ongoing_requests": float(autoscaling.get("target_ongoing_requests", 2)),
+        }
+    else:
+        options["num_replicas"] = int(args.get("num_replicas", 1))
+    options["ray_actor_options"] = {
+        "num_cpus": float(args.get("num_cpus", 1)),
+        "num_gpus": float(args.get("num_gpus", 0)),
+    }
+    if "max_ongoing_requests" in args:
+        options["max_ongoing_requests"] = int(args["max_ongoing_requests"])
+    return options
+
+
+def _cloud_app(settings: CloudSettings) -> FastAPI:
+    return create_app(settings, batcher=ServeBatcher)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The Ray Serve application (``serve run cloud_service.serve:build_app key=value ...``)."""
+    settings = CloudSettings(**{k: v for k, v in args.items() if k not in _DEPLOYMENT_KEYS})
+    options = deployment_options(args)
+
+    @serve.ingress(lambda: _cloud_app(settings))
+    class SplitInferCloud:
+        """One replica: the plain cloud app, its model loaded in the app's lifespan."""
+
+    return serve.deployment(**options)(SplitInferCloud).bind()
