@@ -104,7 +104,7 @@ def setup(edge_cpu: float) -> None:
         run("ip", "-n", ns, "link", "set", dev, "up")
         run("ip", "-n", ns, "link", "set", "lo", "up")
     CGROUP.mkdir(exist_ok=True)
-    period_us = 10_000
+    period_us = 1_000  # short periods: a uniformly slower CPU, not bursts of full speed and 10 ms stalls
     (CGROUP / "cpu.cfs_period_us").write_text(str(period_us))
     (CGROUP / "cpu.cfs_quota_us").write_text(str(int(period_us * edge_cpu)))
 
@@ -242,9 +242,9 @@ def per_cut_rows(
 def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, requests: int) -> dict[str, Any]:
     """Every cut pinned per request (with the codec the profiles alone prefer for it), then auto.
 
-    Predictions: ``profile_only_ms`` from the two profiles and the nominal link; ``predicted_ms`` the
-    same with each side's compute scaled by what the edge measured on real requests (its calibration,
-    read from /v1/info after the pinned requests of this link).
+    Predictions: ``profile_only_ms`` from the two profiles and the nominal link; ``predicted_ms`` from
+    the edge's live model, what ``auto`` plans with: the link it estimated and each side's compute
+    scaled by what it measured on real requests (read from /v1/info after this link's pinned requests).
     """
     rows = per_cut_rows(edge, cloud, link)
     order = [c.name for c in edge.cuts]
@@ -253,17 +253,18 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
         codec = None if row.codec == "-" else row.codec
         edge_client.median_ms(1, row.cut, codec)  # warm-up: first use of a route builds its split
         measured_by_cut[row.cut], _ = edge_client.median_ms(requests, row.cut, codec)
-    calibration = edge_client.info()["cut_selection"]["calibration"]
-    calibrated = {
-        r.cut: r for r in per_cut_rows(edge, cloud, link, calibration["edge_scale"], calibration["cloud_scale"])
+    selection = edge_client.info()["cut_selection"]
+    calibration, estimated = selection["calibration"], selection["estimated_link"]
+    live = {
+        "bandwidth_bps": estimated["bandwidth_bps"],
+        "rtt_s": estimated["rtt_ms"] / 1000,
+        "edge_scale": calibration["edge_scale"],
+        "cloud_scale": calibration["cloud_scale"],
     }
+    live_rows = {(r.cut, r.codec): r for r in plan(edge, cloud, **live)}
     fixed = []
     for row in sorted(rows, key=lambda r: order.index(r.cut)):
-        predicted = next(
-            r for r in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s,
-                            edge_scale=calibration["edge_scale"], cloud_scale=calibration["cloud_scale"])
-            if (r.cut, r.codec) == (row.cut, row.codec)
-        )  # fmt: skip
+        predicted = live_rows[(row.cut, row.codec)]
         measured = measured_by_cut[row.cut]
         fixed.append(
             {
@@ -276,10 +277,10 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
             }
         )
         print(
-            f"    {row.cut:>28} {row.codec:>10}  profiles {row.latency_ms:8.1f}  calibrated "
+            f"    {row.cut:>28} {row.codec:>10}  profiles {row.latency_ms:8.1f}  live model "
             f"{predicted.latency_ms:8.1f}  measured {measured:8.1f} ms"
         )
-    planned = min(calibrated.values(), key=lambda r: r.latency_ms)
+    planned = min(live_rows.values(), key=lambda r: r.latency_ms)
     # auto: let the edge settle on this link (it learns from every request, the pinned ones above too)
     settle_until = time.monotonic() + 20
     while time.monotonic() < settle_until:
@@ -293,7 +294,7 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
     return {
         "link": link.name,
         "fixed": fixed,
-        "calibration": calibration,
+        "live_model": live,
         "planned_cut": planned.cut,
         "planned_codec": planned.codec,
         "auto": {

@@ -21,7 +21,7 @@ from typing import Generic, Protocol, TypeVar
 
 from shared.errors import ServiceUnavailable
 
-__all__ = ["BatchStats", "Batcher", "DynamicBatcher"]
+__all__ = ["BatchStats", "Batcher", "Call", "DynamicBatcher", "run_calls"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -33,6 +33,51 @@ class BatchStats:
     """Items (images) in the model run this request was part of."""
     queue_ms: float
     compute_ms: float
+
+
+@dataclass(frozen=True)
+class Call(Generic[In]):
+    """One request waiting in a batch: its key (the cut), value, size (images) and arrival time."""
+
+    key: str
+    value: In
+    size: int
+    enqueued: float
+
+
+async def run_calls(
+    run: Callable[[str, Sequence[In]], Sequence[Out]], executor: Executor, calls: Sequence[Call[In]]
+) -> list[tuple[Out, BatchStats] | Exception]:
+    """One model run per key among ``calls``. A failing run is retried call by call, so one bad request
+    fails alone. Returns a result or an exception per call, in order."""
+    results: list[tuple[Out, BatchStats] | Exception] = [RuntimeError("not run")] * len(calls)
+    for key in dict.fromkeys(call.key for call in calls):
+        indices = [i for i, call in enumerate(calls) if call.key == key]
+        for i, result in zip(indices, await _run_group(run, executor, [calls[i] for i in indices]), strict=True):
+            results[i] = result
+    return results
+
+
+async def _run_group(
+    run: Callable[[str, Sequence[In]], Sequence[Out]], executor: Executor, calls: Sequence[Call[In]]
+) -> list[tuple[Out, BatchStats] | Exception]:
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    try:
+        outputs = await loop.run_in_executor(executor, run, calls[0].key, [call.value for call in calls])
+        if len(outputs) != len(calls):
+            raise RuntimeError(f"batched run returned {len(outputs)} outputs for {len(calls)} requests")
+    except Exception as exc:
+        if len(calls) == 1:
+            return [exc]
+        # NOTE: find the culprit: each request runs alone, so only the failing ones fail.
+        return [(await _run_group(run, executor, [call]))[0] for call in calls]
+    compute_ms = (time.perf_counter() - started) * 1000
+    size = sum(call.size for call in calls)
+    return [
+        (output, BatchStats(size, (started - call.enqueued) * 1000, compute_ms))
+        for call, output in zip(calls, outputs, strict=True)
+    ]
 
 
 In_contra = TypeVar("In_contra", contravariant=True)
@@ -155,26 +200,13 @@ class DynamicBatcher(Generic[In, Out]):
     async def _execute(self, batch: list[_Item[In, Out]]) -> None:
         if not batch:
             return
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         self._last_batch = sum(i.size for i in batch)
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run, batch[0].key, [i.value for i in batch])
-            if len(outputs) != len(batch):
-                raise RuntimeError(f"batched run returned {len(outputs)} outputs for {len(batch)} requests")
-        except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0], exc=exc)
-                return
-            # NOTE: find the culprit: each request runs alone, so only the failing ones fail.
-            for item in batch:
-                await self._execute([item])
-            return
-        compute_ms = (time.perf_counter() - started) * 1000
-        size = sum(i.size for i in batch)
-        for item, output in zip(batch, outputs, strict=True):
-            stats = BatchStats(size, (started - item.enqueued) * 1000, compute_ms)
-            _settle(item, result=(output, stats))
+        calls = [Call(item.key, item.value, item.size, item.enqueued) for item in batch]
+        for item, result in zip(batch, await run_calls(self._run, self._executor, calls), strict=True):
+            if isinstance(result, Exception):
+                _settle(item, exc=result)
+            else:
+                _settle(item, result=result)
 
 
 def _settle(

@@ -8,6 +8,10 @@ spreads requests over the replicas and the controller adds and removes replicas 
     serve run cloud_service.serve:build_app model=resnet18 num_replicas=2
     serve deploy deploy/ray-serve.yaml          # a cluster: autoscaling, CPUs/GPUs per replica
 
+Ray ships the settings and its own control messages between the cluster's nodes with pickle: run the
+cluster on a trusted network (Ray's own guidance). The edges reach it only through the HTTP proxy,
+which speaks this project's wire format, never pickle.
+
 Arguments (``serve run`` key=value pairs, or ``args:`` in the config file) are the cloud's settings
 (``model``, ``weights``, ``device``, ``max_batch_size``, ``max_delay_ms``, ...; unset ones come from
 ``SPLITINFER_*`` variables) plus the deployment's: ``num_replicas``, or ``min_replicas``,
@@ -17,11 +21,8 @@ replica; ``max_ongoing_requests``.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,10 +31,10 @@ from ray import serve
 from ray.serve import Application
 
 from cloud_service.app import TailRunner, create_app
-from cloud_service.batching import BatchStats
+from cloud_service.batching import BatchStats, Call, run_calls
 from cloud_service.settings import CloudSettings
 
-__all__ = ["DEPLOYMENT_NAME", "ServeBatcher", "build_app", "deployment_options"]
+__all__ = ["DEPLOYMENT_NAME", "ServeBatcher", "SplitInferCloud", "build_app", "deployment_options"]
 
 DEPLOYMENT_NAME = "splitinfer-cloud"
 _DEPLOYMENT_KEYS = {
@@ -46,14 +47,7 @@ _DEPLOYMENT_KEYS = {
     "max_ongoing_requests",
 }
 Tensors = tuple[torch.Tensor, ...]
-
-
-@dataclass(frozen=True)
-class _Call:
-    key: str
-    value: Tensors
-    size: int
-    enqueued: float
+Result = tuple[torch.Tensor, BatchStats] | Exception
 
 
 class ServeBatcher:
@@ -61,8 +55,8 @@ class ServeBatcher:
 
     def __init__(self, run: TailRunner, executor: ThreadPoolExecutor, settings: CloudSettings) -> None:
         self._run, self._executor = run, executor
-        self._batched.set_max_batch_size(settings.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(settings.max_delay_ms / 1000)
+        self._batched.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(settings.max_delay_ms / 1000)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         """Ray Serve runs the batching loop."""
@@ -71,38 +65,14 @@ class ServeBatcher:
         """Ray Serve drains the replica."""
 
     async def submit(self, key: str, value: Tensors, size: int = 1) -> tuple[torch.Tensor, BatchStats]:
-        result: tuple[torch.Tensor, BatchStats] | Exception = await self._batched(
-            _Call(key, value, size, time.perf_counter())
-        )
+        result: Result = await self._batched(Call(key, value, size, time.perf_counter()))
         if isinstance(result, Exception):
             raise result
         return result
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def _batched(self, calls: list[_Call]) -> list[tuple[torch.Tensor, BatchStats] | Exception]:
-        results: list[tuple[torch.Tensor, BatchStats] | Exception] = [RuntimeError("not run")] * len(calls)
-        for key in dict.fromkeys(call.key for call in calls):
-            indices = [i for i, call in enumerate(calls) if call.key == key]
-            for i, result in zip(indices, await self._run_group(key, [calls[i] for i in indices]), strict=True):
-                results[i] = result
-        return results
-
-    async def _run_group(self, key: str, calls: Sequence[_Call]) -> list[tuple[torch.Tensor, BatchStats] | Exception]:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run, key, [call.value for call in calls])
-        except Exception as exc:
-            if len(calls) == 1:
-                return [exc]
-            # NOTE: one bad request must not fail its neighbours: run each alone.
-            return [(await self._run_group(key, [call]))[0] for call in calls]
-        compute_ms = (time.perf_counter() - started) * 1000
-        size = sum(call.size for call in calls)
-        return [
-            (output, BatchStats(size, (started - call.enqueued) * 1000, compute_ms))
-            for call, output in zip(calls, outputs, strict=True)
-        ]
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)  # type: ignore[untyped-decorator]
+    async def _batched(self, calls: list[Call[Tensors]]) -> list[Result]:
+        return await run_calls(self._run, self._executor, calls)
 
 
 def deployment_options(args: dict[str, Any]) -> dict[str, Any]:
@@ -128,17 +98,21 @@ def deployment_options(args: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _cloud_app(settings: CloudSettings) -> FastAPI:
-    return create_app(settings, batcher=ServeBatcher)
+@serve.ingress()
+class SplitInferCloud:
+    """One replica: the plain cloud app (its model loaded in the app's lifespan), batching on ``@serve.batch``."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._settings = CloudSettings(**settings)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._settings, batcher=ServeBatcher)
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """The Ray Serve application (``serve run cloud_service.serve:build_app key=value ...``)."""
+    """The Ray Serve application (``serve run cloud_service.serve:build_app key=value ...``).
+
+    The settings are validated here, where the application is built, and travel to every replica.
+    """
     settings = CloudSettings(**{k: v for k, v in args.items() if k not in _DEPLOYMENT_KEYS})
-    options = deployment_options(args)
-
-    @serve.ingress(lambda: _cloud_app(settings))
-    class SplitInferCloud:
-        """One replica: the plain cloud app, its model loaded in the app's lifespan."""
-
-    return serve.deployment(**options)(SplitInferCloud).bind()
+    return serve.deployment(**deployment_options(args))(SplitInferCloud).bind(settings.model_dump())

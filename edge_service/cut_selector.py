@@ -64,7 +64,7 @@ class _Scale:
         self.value, self.samples, self.smoothing = 1.0, 0, smoothing
 
     def observe(self, measured_ms: float, profiled_ms: float) -> None:
-        if measured_ms <= 0 or profiled_ms <= 0.5:  # too small to compare reliably
+        if measured_ms <= 0 or profiled_ms < 2.0:  # too small to compare reliably
             return
         ratio = min(20.0, max(0.05, measured_ms / profiled_ms))
         a = self.smoothing
@@ -177,8 +177,8 @@ class CutSelector:
             return
         edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
         self.edge_scale.observe(edge_ms, profiled.edge_ms)
-        if "total" in server_timing and "recv" in server_timing:
-            self.cloud_scale.observe(server_timing["total"] - server_timing["recv"], profiled.cloud_ms)
+        if "decode" in server_timing and "tail" in server_timing:
+            self.cloud_scale.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
 
     def maybe_replan(self) -> bool:
         """Re-plan for the estimated link if it is time; switch when clearly better. True if it switched."""
