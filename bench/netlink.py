@@ -104,7 +104,9 @@ def setup(edge_cpu: float) -> None:
         run("ip", "-n", ns, "link", "set", dev, "up")
         run("ip", "-n", ns, "link", "set", "lo", "up")
     CGROUP.mkdir(exist_ok=True)
-    period_us = 1_000  # short periods: a uniformly slower CPU, not bursts of full speed and 10 ms stalls
+    # Short periods: a uniformly slower CPU rather than bursts of full speed and long stalls (the
+    # kernel refuses quotas under 1 ms).
+    period_us = max(1_000, int(1_000 / edge_cpu))
     (CGROUP / "cpu.cfs_period_us").write_text(str(period_us))
     (CGROUP / "cpu.cfs_quota_us").write_text(str(int(period_us * edge_cpu)))
 

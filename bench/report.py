@@ -152,6 +152,124 @@ def gpu_section() -> list[str]:
     ]
 
 
+def netlink_section(data: dict[str, Any]) -> list[str]:
+    summary = data["summary"]
+    lines = [
+        "## Emulated links: where to cut, and `--cut auto`",
+        "",
+        f"Command: `sudo .venv/bin/python bench/netlink.py` then `python bench/report.py`. {data['date']}. "
+        "Raw numbers: `bench/results/netlink.json`.",
+        "",
+        "The edge and the cloud run in two network namespaces joined by a veth pair; `tc tbf` shapes the rate of",
+        "both directions and a delaying TCP relay (`bench/delay_relay.py`, in the edge's namespace) adds half the",
+        "RTT each way (this kernel has no `netem`). The edge is capped by a CPU cgroup at "
+        f"{data['edge_cpu']:.0%} of one core (CFS periods of 1 ms of quota), profile included: a weaker machine "
+        "than the cloud (one torch thread, no cap), as edge devices are.",
+        f"Images: {data['images']['count']} camera-sized {data['images']['size']} JPEGs "
+        f"(~{data['images']['mean_bytes'] // 1000} KB) with sensor-like noise. Random weights. Each point is the "
+        f"median of {data['requests_per_point']} sequential requests, client to edge on loopback; every cut is "
+        "pinned per request (`?cut=&codec=`) with the codec the profiles prefer for it on that link; `auto` is "
+        "the edge left to choose after 20 s of traffic on the link.",
+        "",
+        "Predictions: *profiles* = the two profiles and the nominal link; *live model* = what `auto` plans with:",
+        "the link the edge estimated from its own requests and each side's compute scaled by what it measured.",
+        "",
+    ]
+    for model, result in data["models"].items():
+        for link in result["links"]:
+            lines += [
+                f"**{model}, {link['link']}** (live model: {link['live_model']['bandwidth_bps'] / 1e6:.1f} Mbit/s, "
+                f"RTT {link['live_model']['rtt_s'] * 1000:.1f} ms, edge x{link['live_model']['edge_scale']:.2f}, "
+                f"cloud x{link['live_model']['cloud_scale']:.2f})",
+                "",
+                "| cut | codec | bytes | profiles ms | live model ms | measured ms |",
+                "|---|---|---|---|---|---|",
+            ]
+            best = min(r["measured_ms"] for r in link["fixed"])
+            for r in link["fixed"]:
+                mark = " **best**" if r["measured_ms"] == best else ""
+                planned = " (planned)" if r["cut"] == link["planned_cut"] else ""
+                lines.append(
+                    f"| {r['cut']}{planned} | {r['codec']} | {r['bytes']:,} | {r['profile_only_ms']:.0f} | "
+                    f"{r['predicted_ms']:.0f} | {r['measured_ms']:.0f}{mark} |"
+                )
+            cuts = ", ".join(f"{c} x{n}" for c, n in link["auto"]["cuts"].items())
+            lines += [f"| **auto** ({cuts}) | {link['auto']['codec']} | | | | {link['auto']['measured_ms']:.0f} |", ""]
+    lines += [
+        "**Summary**",
+        "",
+        "| model | link | planned (measured ms) | best measured (ms) | planned / best | auto ms "
+        "| better of input/output ms | auto / that | median prediction error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in summary["per_link"]:
+        lines.append(
+            f"| {c['model']} | {c['link']} | {c['planned']} ({c['planned_ms']:.0f}) | "
+            f"{c['best']} ({c['best_ms']:.0f}) | {c['planned_vs_best']:.2f} | {c['auto_ms']:.0f} | "
+            f"{c['better_extreme_ms']:.0f} | {c['auto_vs_extremes']:.2f} | {c['median_prediction_error']:.0%} |"
+        )
+    worst_pick = max(c["planned_vs_best"] for c in summary["per_link"])
+    worst_auto = max(c["auto_vs_extremes"] for c in summary["per_link"])
+    lines += [
+        "",
+        f"- Prediction: median |predicted - measured| / measured over every fixed cut of both models on the three "
+        f"links: {summary['median_prediction_error']:.1%} with the live model (target <= 20%: "
+        f"{_verdict(summary['median_prediction_error'] <= 0.20)}); from the profiles and the nominal link alone "
+        f"{summary['median_profile_only_error']:.1%}.",
+        f"- The planned cut measures at most {worst_pick:.2f}x the best measured cut (target <= 1.10x: "
+        f"{_verdict(worst_pick <= 1.10)}).",
+        f"- `auto` measures at most {worst_auto:.2f}x the better of `input` and `output` (target <= 1.10x: "
+        f"{_verdict(worst_auto <= 1.10)}).",
+        "",
+        "**The rate lowered during a run.** Two clients send requests back to back through `auto`; after 10 s the",
+        "rate of the link is lowered with `tc qdisc change` (the RTT stays), and `/v1/info` is polled for the switch.",
+        "",
+        "| model | from | to | cut before | cut after | moved after | requests | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    moves = []
+    for model, result in data["models"].items():
+        sw = result["switch"]
+        moved = "did not move" if sw["moved_after_s"] is None else f"{sw['moved_after_s']:.1f} s"
+        moves.append(sw)
+        lines.append(
+            f"| {model} | {sw['from_link']} | {sw['to_link']} | {sw['cut_before']}/{sw['codec_before']} | "
+            f"{sw['cut_after']}/{sw['codec_after']} | {moved} | {sw['requests']} | {sw['failed']} |"
+        )
+    ok = all(m["moved_after_s"] is not None and m["moved_after_s"] <= 30 and m["failed"] == 0 for m in moves)
+    lines += ["", f"Moved within 30 s with no failed request: {_verdict(ok)}.", ""]
+    return lines
+
+
+def ray_section(data: dict[str, Any]) -> list[str]:
+    one, two = data["one_replica"], data["two_replicas"]
+    setup = data["setup"]
+    return [
+        "## Ray Serve: 1 vs 2 replicas",
+        "",
+        f"Command: `.venv/bin/python bench/ray_scaleout.py` then `python bench/report.py`. {data['date']}, "
+        f"{data['machine']['cores']} cores, torch {data['machine']['torch']}. Raw numbers: `bench/results/ray.json`.",
+        "",
+        "One local Ray instance serves the cloud twice (deploy/ray-serve.yaml with this machine's values): with one",
+        "replica and with two, each replica one CPU and one torch thread, `@serve.batch` up to "
+        f"{setup['max_batch_size']} requests / {setup['max_delay_ms']} ms. `splitinfer bench --target cloud` sends "
+        f"{setup['model']} `{setup['cut']}` `{setup['codec']}` payloads from {setup['concurrency']} clients, "
+        f"{setup['seconds_per_round']} s per measurement, alternating between the two in {setup['rounds']} rounds.",
+        "",
+        "| replicas | img/s (mean of rounds) | per round | p50 ms | p99 ms | requests | errors |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['replicas']} | {r['throughput_img_s']} | {', '.join(str(x) for x in r['per_round_img_s'])} | "
+            f"{r['p50_ms']} | {r['p99_ms']} | {r['requests']} | {r['errors']} |"
+            for r in (one, two)
+        ),
+        "",
+        f"Two replicas: {data['speedup']}x the throughput of one on this 2-core machine (the load generator and",
+        "Ray's proxy share the cores with the replicas). No GPU machine was available for the GPU row.",
+        "",
+    ]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -166,6 +284,12 @@ def main() -> None:
     soak = RESULTS / "soak.json"
     if soak.exists():
         lines += soak_section(json.loads(soak.read_text()))
+    netlink = RESULTS / "netlink.json"
+    if netlink.exists():
+        lines += netlink_section(json.loads(netlink.read_text()))
+    ray = RESULTS / "ray.json"
+    if ray.exists():
+        lines += ray_section(json.loads(ray.read_text()))
     lines += gpu_section()
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC}")

@@ -8,9 +8,9 @@ spreads requests over the replicas and the controller adds and removes replicas 
     serve run cloud_service.serve:build_app model=resnet18 num_replicas=2
     serve deploy deploy/ray-serve.yaml          # a cluster: autoscaling, CPUs/GPUs per replica
 
-Ray ships the settings and its own control messages between the cluster's nodes with pickle: run the
-cluster on a trusted network (Ray's own guidance). The edges reach it only through the HTTP proxy,
-which speaks this project's wire format, never pickle.
+Ray moves the settings and its own control messages between the cluster's nodes as serialized Python
+objects: run the cluster on a trusted network (Ray's own guidance). The edges reach it only through
+the HTTP proxy, which speaks this project's wire format.
 
 Arguments (``serve run`` key=value pairs, or ``args:`` in the config file) are the cloud's settings
 (``model``, ``weights``, ``device``, ``max_batch_size``, ``max_delay_ms``, ...; unset ones come from

@@ -77,6 +77,18 @@ CutOverride = Annotated[
 CodecOverride = Annotated[str | None, Query(description="Wire codec for this request (with or without `cut`).")]
 
 
+class ClassifyOptions:
+    """The query parameters both classify routes take."""
+
+    def __init__(
+        self, top_k: TopK = 5, logits: WithLogits = False, cut: CutOverride = None, codec: CodecOverride = None
+    ) -> None:
+        self.top_k, self.logits, self.cut, self.codec = top_k, logits, cut, codec
+
+
+OptionsDep = Annotated[ClassifyOptions, Depends()]
+
+
 def _route(state: EdgeState, cut: str | None, codec: str | None) -> Route:
     """The route for one request: the one asked for, or the current one (for cut auto, maybe a probe)."""
     model = state.model
@@ -224,23 +236,15 @@ async def _classify_admitted(
     response_model_exclude_none=True,
     openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
 )
-async def classify(
-    request: Request,
-    response: Response,
-    state: StateDep,
-    top_k: TopK = 5,
-    logits: WithLogits = False,
-    cut: CutOverride = None,
-    codec: CodecOverride = None,
-) -> ClassifyResponse:
+async def classify(request: Request, response: Response, state: StateDep, options: OptionsDep) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
-    route = _route(state, cut, codec)
+    route = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
     output, common = await _classify(request, state, blobs, route)
     response.headers["Server-Timing"] = server_timing(common["timings_ms"])
-    result = _results(output, state, top_k, logits)[0]
+    result = _results(output, state, options.top_k, options.logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
 
 
@@ -251,20 +255,14 @@ async def classify(
     openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
 )
 async def classify_batch(
-    request: Request,
-    response: Response,
-    state: StateDep,
-    top_k: TopK = 5,
-    logits: WithLogits = False,
-    cut: CutOverride = None,
-    codec: CodecOverride = None,
+    request: Request, response: Response, state: StateDep, options: OptionsDep
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
-    route = _route(state, cut, codec)
+    route = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("images", "image"))
     output, common = await _classify(request, state, blobs, route)
     response.headers["Server-Timing"] = server_timing(common["timings_ms"])
-    return BatchClassifyResponse(**common, results=_results(output, state, top_k, logits))
+    return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 
 
 @v1.get("/info")
