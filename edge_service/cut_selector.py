@@ -58,17 +58,23 @@ def initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> l
 
 
 class _Scale:
-    """A smoothed ratio of measured to profiled time (1.0 until measured)."""
+    """Measured over profiled time, as a ratio of smoothed sums (1.0 until measured): long runs weigh
+    more than short ones, whose fixed overheads would exaggerate the ratio."""
 
     def __init__(self, smoothing: float = 0.2) -> None:
-        self.value, self.samples, self.smoothing = 1.0, 0, smoothing
+        self.measured_ms = self.profiled_ms = 0.0
+        self.samples, self.smoothing = 0, smoothing
+
+    @property
+    def value(self) -> float:
+        return self.measured_ms / self.profiled_ms if self.samples else 1.0
 
     def observe(self, measured_ms: float, profiled_ms: float) -> None:
-        if measured_ms <= 0 or profiled_ms < 2.0:  # too small to compare reliably
+        if measured_ms <= 0 or profiled_ms < 2.0:  # too short to compare reliably
             return
-        ratio = min(20.0, max(0.05, measured_ms / profiled_ms))
-        a = self.smoothing
-        self.value = ratio if self.samples == 0 else (1 - a) * self.value + a * ratio
+        a = 1.0 if self.samples == 0 else self.smoothing
+        self.measured_ms = (1 - a) * self.measured_ms + a * measured_ms
+        self.profiled_ms = (1 - a) * self.profiled_ms + a * profiled_ms
         self.samples += 1
 
 
