@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,28 @@ def test_profile_a_model_and_round_trip_the_file(tmp_path: Path) -> None:
     profile.save(path)
     assert Profile.load(path) == profile
     assert plan(profile, profile, bandwidth_bps=1e7, rtt_s=0.01)
+
+
+def test_profile_sizes_are_means_over_the_images_and_the_image_path_is_timed() -> None:
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    small, large = encode_image(synthetic_image(seed=1)), encode_image(synthetic_image(640, 480, seed=2))
+    profile = profile_model(loaded, [small, large], repeats=1)
+    image = next(c for c in profile.cuts if c.name == "input").codecs[0]
+    alone = [
+        next(c for c in profile_model(loaded, [blob], repeats=1).cuts if c.name == "input").codecs[0].bytes_per_image
+        for blob in (small, large)
+    ]
+    assert image.bytes_per_image == pytest.approx(sum(alone) / 2)
+    assert image.bytes_per_image > (len(small) + len(large)) / 2  # the container's header is shipped too
+    assert image.encode_ms > 0 and image.decode_ms > 0  # the cloud decodes the payload and the JPEG
+    assert profile.image_decode_ms > 0 and profile.preprocess_ms > 0
+    assert profile.reply_bytes > 10 * 4  # one image's 10 logits in a wire payload
+
+
+def test_older_profiles_without_the_image_fields_still_load(tmp_path: Path) -> None:
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    data = profile_model(loaded, [encode_image(synthetic_image())], repeats=1).to_json()
+    for key in ("image_decode_ms", "preprocess_ms", "reply_bytes"):
+        del data[key]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert Profile.load(tmp_path / "old.json").image_decode_ms == 0.0
