@@ -322,9 +322,13 @@ def switch_experiment(edge_client: Edge, edge: Profile, cloud: Profile, delay_fi
         Link("1gbit", "20ms"),
     )
     shape(start, delay_file)
-    settle_until = time.monotonic() + 20
-    while time.monotonic() < settle_until:
+    # Settle: until the edge has left the cut planned for the lower rate (it may be there from the
+    # previous link), at least 20 s, at most 90 s.
+    started = time.monotonic()
+    while time.monotonic() - started < 90:
         edge_client.median_ms(1)
+        if time.monotonic() - started >= 20 and edge_client.info()["cut"]["name"] != low_cut:
+            break
     before = edge_client.info()
     events: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -367,6 +371,7 @@ def switch_experiment(edge_client: Edge, edge: Profile, cloud: Profile, delay_fi
         "cut_after": after["cut"]["name"],
         "codec_after": after["codec"],
         "planned_after": low_cut,
+        "settled_s": round(origin - started, 1),
         "rate_lowered_at_s": round(changed_at, 2),
         "moved_after_s": None if moved_at is None else round(moved_at - changed_at, 2),
         "requests": len(events),

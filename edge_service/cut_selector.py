@@ -122,7 +122,7 @@ class CutSelector:
     ) -> None:
         self.model, self.edge, self.cloud, self.settings = model, edge, cloud, settings
         self.codec_for, self.on_switch, self.clock = codec_for, on_switch, clock
-        self.estimator = LinkEstimator(bandwidth_bps=settings.bandwidth_bps, rtt_s=settings.rtt_s)
+        self.estimator = LinkEstimator(bandwidth_bps=settings.bandwidth_bps, rtt_s=settings.rtt_s, clock=clock)
         self.registry = registry
         self.metrics = _SelectorMetrics(registry)
         self.rows = initial_plan(edge, cloud, settings)

@@ -61,3 +61,16 @@ def test_inconsistent_timings_are_ignored() -> None:
 def test_smoothing_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="smoothing"):
         LinkEstimator(bandwidth_bps=1e6, rtt_s=0.01, smoothing=0)
+
+
+def test_a_sample_after_a_long_silence_nearly_replaces_the_estimate() -> None:
+    now = [0.0]
+    estimator = LinkEstimator(bandwidth_bps=1e6, rtt_s=0.01, smoothing=0.3, time_constant_s=5.0, clock=lambda: now[0])
+    for _ in range(10):
+        now[0] += 0.1
+        _call(estimator, 100_000, 5e6, 0.05)
+    now[0] += 15  # e.g. a probe: the only news in 15 s
+    _call(estimator, 100_000, 50e6, 0.02)
+    estimate = estimator.estimate
+    assert estimate.bandwidth_bps > 30e6  # most of the way to the new 50 Mbit/s (smoothing alone: 7 Mbit/s)
+    assert estimate.rtt_s == pytest.approx(0.02, abs=0.002)
