@@ -229,12 +229,12 @@ class Edge:
 
 
 def per_cut_rows(
-    edge: Profile, cloud: Profile, link: Link, edge_scale: float = 1.0, cloud_scale: float = 1.0
+    edge: Profile, cloud: Profile, link: Link, edge_overhead_ms: float = 0.0, cloud_overhead_ms: float = 0.0
 ) -> list[Any]:
     """The planner's best codec for every cut on this link, best cut first."""
     rows, seen = [], set()
-    scales = {"edge_scale": edge_scale, "cloud_scale": cloud_scale}
-    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, **scales):
+    overheads = {"edge_overhead_ms": edge_overhead_ms, "cloud_overhead_ms": cloud_overhead_ms}
+    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, **overheads):
         if row.cut not in seen:
             seen.add(row.cut)
             rows.append(row)
@@ -246,7 +246,7 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
 
     Predictions: ``profile_only_ms`` from the two profiles and the nominal link; ``predicted_ms`` from
     the edge's live model, what ``auto`` plans with: the link it estimated and each side's compute
-    scaled by what it measured on real requests (read from /v1/info after this link's pinned requests).
+    corrected by what it measured on real requests (read from /v1/info after this link's pinned requests).
     """
     rows = per_cut_rows(edge, cloud, link)
     order = [c.name for c in edge.cuts]
@@ -260,8 +260,8 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
     live = {
         "bandwidth_bps": estimated["bandwidth_bps"],
         "rtt_s": estimated["rtt_ms"] / 1000,
-        "edge_scale": calibration["edge_scale"],
-        "cloud_scale": calibration["cloud_scale"],
+        "edge_overhead_ms": calibration["edge_overhead_ms"],
+        "cloud_overhead_ms": calibration["cloud_overhead_ms"],
     }
     live_rows = {(r.cut, r.codec): r for r in plan(edge, cloud, **live)}
     fixed = []

@@ -172,15 +172,16 @@ def netlink_section(data: dict[str, Any]) -> list[str]:
         "the edge left to choose after 20 s of traffic on the link.",
         "",
         "Predictions: *profiles* = the two profiles and the nominal link; *live model* = what `auto` plans with:",
-        "the link the edge estimated from its own requests and each side's compute scaled by what it measured.",
+        "the link the edge estimated from its own requests and each side's compute corrected by what it measured.",
         "",
     ]
     for model, result in data["models"].items():
         for link in result["links"]:
+            live = link["live_model"]
             lines += [
-                f"**{model}, {link['link']}** (live model: {link['live_model']['bandwidth_bps'] / 1e6:.1f} Mbit/s, "
-                f"RTT {link['live_model']['rtt_s'] * 1000:.1f} ms, edge x{link['live_model']['edge_scale']:.2f}, "
-                f"cloud x{link['live_model']['cloud_scale']:.2f})",
+                f"**{model}, {link['link']}** (live model: {live['bandwidth_bps'] / 1e6:.1f} Mbit/s, "
+                f"RTT {live['rtt_s'] * 1000:.1f} ms, edge {live['edge_overhead_ms']:+.0f} ms, "
+                f"cloud {live['cloud_overhead_ms']:+.0f} ms)",
                 "",
                 "| cut | codec | bytes | profiles ms | live model ms | measured ms |",
                 "|---|---|---|---|---|---|",

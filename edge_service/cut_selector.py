@@ -2,7 +2,7 @@
 
 The selector starts from the planner's choice for the configured link. Every cloud call feeds the
 :class:`~shared.link_estimation.LinkEstimator`, and every request's measured compute calibrates the
-profiles (a running service is slower than its profile: its own HTTP work competes for the CPU).
+profiles (a running service takes longer than its profile: its own HTTP work competes for the CPU).
 Every ``replan_interval_s`` the plan is recomputed for the estimated link and the calibrated compute,
 and the edge moves to the best (cut, codec) only when it is predicted at least ``switch_margin``
 faster than the current one and the current one has been in use for ``min_dwell_s`` (no flapping
@@ -57,24 +57,21 @@ def initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> l
     return rows
 
 
-class _Scale:
-    """Measured over profiled time, as a ratio of smoothed sums (1.0 until measured): long runs weigh
-    more than short ones, whose fixed overheads would exaggerate the ratio."""
+class _Overhead:
+    """How much longer than profiled one side's compute takes in service (smoothed; 0 until measured).
+
+    Additive rather than a ratio: what a service adds to its profile (thread hand-offs, its own HTTP
+    work competing for the CPU) is about the same for every cut, however long the cut's compute.
+    """
 
     def __init__(self, smoothing: float = 0.2) -> None:
-        self.measured_ms = self.profiled_ms = 0.0
-        self.samples, self.smoothing = 0, smoothing
-
-    @property
-    def value(self) -> float:
-        return self.measured_ms / self.profiled_ms if self.samples else 1.0
+        self.value_ms, self.samples, self.smoothing = 0.0, 0, smoothing
 
     def observe(self, measured_ms: float, profiled_ms: float) -> None:
-        if measured_ms <= 0 or profiled_ms < 2.0:  # too short to compare reliably
+        if measured_ms <= 0:
             return
         a = 1.0 if self.samples == 0 else self.smoothing
-        self.measured_ms = (1 - a) * self.measured_ms + a * measured_ms
-        self.profiled_ms = (1 - a) * self.profiled_ms + a * profiled_ms
+        self.value_ms = (1 - a) * self.value_ms + a * (measured_ms - profiled_ms)
         self.samples += 1
 
 
@@ -89,9 +86,9 @@ class _SelectorMetrics:
             "The planner's predicted latency of the current cut on the estimated link.",
             registry=registry,
         )
-        self.scale = Gauge(
-            "splitinfer_planner_scale",
-            "Measured / profiled compute time, by side: how much slower than its profile each side runs.",
+        self.overhead = Gauge(
+            "splitinfer_planner_overhead_seconds",
+            "Measured minus profiled compute per request, by side: what each side adds to its profile in service.",
             ["side"],
             registry=registry,
         )
@@ -129,7 +126,7 @@ class CutSelector:
         self.current = self.rows[0]
         # The profiles' own compute per route (link-independent), to compare real requests with.
         self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
-        self.edge_scale, self.cloud_scale = _Scale(), _Scale()
+        self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
         now = clock()
         self.last_plan_at = self.last_switch_at = self.last_sample_at = now
         self.switch_count = 0
@@ -182,9 +179,9 @@ class CutSelector:
         if profiled is None:
             return
         edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
-        self.edge_scale.observe(edge_ms, profiled.edge_ms)
+        self.edge_overhead.observe(edge_ms, profiled.edge_ms)
         if "decode" in server_timing and "tail" in server_timing:
-            self.cloud_scale.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
+            self.cloud_overhead.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
 
     def maybe_replan(self) -> bool:
         """Re-plan for the estimated link if it is time; switch when clearly better. True if it switched."""
@@ -199,8 +196,8 @@ class CutSelector:
             bandwidth_bps=link.bandwidth_bps,
             rtt_s=link.rtt_s,
             max_logit_error=self.settings.max_logit_error,
-            edge_scale=self.edge_scale.value,
-            cloud_scale=self.cloud_scale.value,
+            edge_overhead_ms=self.edge_overhead.value_ms,
+            cloud_overhead_ms=self.cloud_overhead.value_ms,
         )
         by_key = {_key(row): row for row in self.rows}
         self.current = by_key.get(_key(self.current), self.current)
@@ -246,8 +243,8 @@ class CutSelector:
         self.metrics.bandwidth.set(link.bandwidth_bps)
         self.metrics.rtt.set(link.rtt_s)
         self.metrics.predicted.set(self.current.latency_ms / 1000)
-        self.metrics.scale.labels("edge").set(self.edge_scale.value)
-        self.metrics.scale.labels("cloud").set(self.cloud_scale.value)
+        self.metrics.overhead.labels("edge").set(self.edge_overhead.value_ms / 1000)
+        self.metrics.overhead.labels("cloud").set(self.cloud_overhead.value_ms / 1000)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -256,9 +253,9 @@ class CutSelector:
             "assumed_link": {"bandwidth_bps": self.settings.bandwidth_bps, "rtt_ms": self.settings.rtt_s * 1000},
             "estimated_link": self.estimator.estimate.to_json(),
             "calibration": {
-                "edge_scale": round(self.edge_scale.value, 3),
-                "cloud_scale": round(self.cloud_scale.value, 3),
-                "samples": self.edge_scale.samples,
+                "edge_overhead_ms": round(self.edge_overhead.value_ms, 3),
+                "cloud_overhead_ms": round(self.cloud_overhead.value_ms, 3),
+                "samples": self.edge_overhead.samples,
             },
             "predicted_latency_ms": round(self.current.latency_ms, 3),
             "candidates": len(self.rows),

@@ -279,14 +279,14 @@ def plan(
     rtt_s: float,
     objective: Objective = "latency",
     max_logit_error: float = 1e-2,
-    edge_scale: float = 1.0,
-    cloud_scale: float = 1.0,
+    edge_overhead_ms: float = 0.0,
+    cloud_overhead_ms: float = 0.0,
 ) -> list[PlanRow]:
     """Predicted cost of every (cut, codec) pair, best first by ``objective``.
 
     Lossy codecs are candidates only when their measured relative L2 logit error is within
-    ``max_logit_error``. ``edge_scale`` and ``cloud_scale`` multiply each side's profiled compute
-    (a running service measures how much slower it is than its profile said).
+    ``max_logit_error``. ``edge_overhead_ms`` and ``cloud_overhead_ms`` are added to each side's
+    profiled compute (a running service measures how much more its requests take than its profile said).
     """
     if (edge.model, edge.weights_digest) != (cloud.model, cloud.weights_digest):
         raise ValueError(f"profiles are of different models: {edge.model} vs {cloud.model} (or other weights)")
@@ -298,7 +298,7 @@ def plan(
             continue
         image_ms = edge.edge_overhead_ms(cut.name)
         if cut.name == OUTPUT_CUT:
-            edge_ms = (image_ms + cut.head_ms) * edge_scale
+            edge_ms = image_ms + cut.head_ms + edge_overhead_ms
             rows.append(PlanRow(cut.name, "-", edge_ms, edge_ms, 0.0, 0.0, 0.0, 0.0))
             continue
         decode_by_codec = {c.codec: c.decode_ms for c in remote.codecs}
@@ -307,8 +307,8 @@ def plan(
                 continue
             wire_bytes = (codec.bytes_per_image + cloud.reply_bytes) * FRAMING_OVERHEAD
             transfer_ms = wire_bytes * 8 / bandwidth_bps * 1000 + rtt_s * 1000
-            edge_ms = (image_ms + cut.head_ms + codec.encode_ms) * edge_scale
-            cloud_ms = (decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms) * cloud_scale
+            edge_ms = image_ms + cut.head_ms + codec.encode_ms + edge_overhead_ms
+            cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms + cloud_overhead_ms
             rows.append(
                 PlanRow(
                     cut.name,
