@@ -98,6 +98,10 @@ def setup(edge_cpu: float) -> None:
     run("ip", "netns", "add", NS_EDGE)
     run("ip", "netns", "add", NS_CLOUD)
     run("ip", "link", "add", VETH_EDGE, "type", "veth", "peer", "name", VETH_CLOUD)
+    for dev in (VETH_EDGE, VETH_CLOUD):
+        # NOTE: no GSO super-packets: tbf never sends a packet larger than its burst, so one queued at a
+        # high rate (large burst) would block the queue for good once the rate is lowered.
+        run("ip", "link", "set", "dev", dev, "gso_max_size", "1500", "gso_max_segs", "1")
     for ns, dev, ip in ((NS_EDGE, VETH_EDGE, EDGE_IP), (NS_CLOUD, VETH_CLOUD, CLOUD_IP)):
         run("ip", "link", "set", dev, "netns", ns)
         run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
