@@ -38,7 +38,7 @@ class SelectorSettings:
     rtt_s: float
     max_logit_error: float
     replan_interval_s: float = 2.0
-    switch_margin: float = 0.1
+    switch_margin: float = 0.05
     min_dwell_s: float = 5.0
     probe_interval_s: float = 10.0
     calibrate: bool = True

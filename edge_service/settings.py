@@ -30,7 +30,7 @@ class EdgeSettings(ServiceSettings):
         2.0, ge=0, description="Cut auto: re-plan this often from the link measured on real requests (0: never)."
     )
     switch_margin: float = Field(
-        0.1, ge=0, lt=1, description="Cut auto: switch only to a cut predicted this much faster (0.1 = 10%)."
+        0.05, ge=0, lt=1, description="Cut auto: switch only to a cut predicted this much faster (0.05 = 5%)."
     )
     min_dwell_s: float = Field(5.0, ge=0, description="Cut auto: keep a cut at least this long before switching.")
     probe_interval_s: float = Field(

@@ -106,7 +106,7 @@ def test_a_slower_link_moves_the_cut_once_the_dwell_time_is_over(loaded: LoadedM
 def test_a_link_near_the_crossover_does_not_make_it_flap(loaded: LoadedModel) -> None:
     clock = Clock()
     selector = _selector(loaded, clock, replan_interval_s=1.0, min_dwell_s=0.0)
-    # Shipping the image and running up to `mean` cost the same near 47 Mbit/s; within the 10% margin
+    # Shipping the image and running up to `mean` cost the same near 47 Mbit/s; within the 5% margin
     # neither is clearly better, so a link wobbling around it never moves the cut.
     for step in range(40):
         _transfer(selector, clock, 44e6 if step % 2 else 50e6, 0.001, advance_s=1.0)
