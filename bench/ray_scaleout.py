@@ -4,7 +4,8 @@
     .venv/bin/python bench/report.py                  # docs/benchmarks.md from bench/results/*.json
 
 One local Ray instance (``serve run`` on deploy/ray-serve.yaml) serves two applications side by side:
-``/r1`` with one replica and ``/r2`` with two, each replica one CPU and one torch thread. The load
+``/r1`` with one replica and ``/r2`` with two, each replica one torch thread (and half a CPU in Ray's
+accounting, so that all three fit the 2-core machine at once). The load
 (``splitinfer bench --target cloud``: resnet18 layer3 fp16 payloads, 16 clients) alternates between
 them in rounds, so drift of the shared machine hits both alike. Results: bench/results/ray.json.
 """
@@ -29,7 +30,7 @@ from splitinfer.ray_cloud import start_ray_cloud, stop_ray_cloud
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/ray.json"
 APPLICATION = {"model": "resnet18", "weights": "none", "device": "cpu", "threads": 1, "max_batch_size": 16,
-               "max_delay_ms": 4, "num_cpus": 1}  # fmt: skip
+               "max_delay_ms": 4, "num_cpus": 0.5}  # fmt: skip
 
 
 def bench(url: str, seconds: int, concurrency: int, out: Path) -> dict[str, Any]:

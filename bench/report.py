@@ -252,7 +252,7 @@ def ray_section(data: dict[str, Any]) -> list[str]:
         f"{data['machine']['cores']} cores, torch {data['machine']['torch']}. Raw numbers: `bench/results/ray.json`.",
         "",
         "One local Ray instance serves the cloud twice (deploy/ray-serve.yaml with this machine's values): with one",
-        "replica and with two, each replica one CPU and one torch thread, `@serve.batch` up to "
+        "replica and with two, each replica one torch thread (half a CPU in Ray's accounting), `@serve.batch` up to "
         f"{setup['max_batch_size']} requests / {setup['max_delay_ms']} ms. `splitinfer bench --target cloud` sends "
         f"{setup['model']} `{setup['cut']}` `{setup['codec']}` payloads from {setup['concurrency']} clients, "
         f"{setup['seconds_per_round']} s per measurement, alternating between the two in {setup['rounds']} rounds.",
