@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
-from edge_service.cut_selector import CutSelector, SelectorSettings, initial_plan
+from edge_service.cut_selector import CutSelector, SelectorSettings
 from edge_service.routes import router
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
@@ -24,6 +24,7 @@ from shared.models import load_model
 from shared.planning import Profile, parse_bandwidth, parse_duration
 from shared.preprocessing import ImageLimits
 from shared.problems import install_problem_handlers
+from shared.splitting import OUTPUT_CUT
 
 __all__ = ["EdgeState", "create_app"]
 
@@ -67,10 +68,7 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
         edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
         if edge.model != settings.model:
             raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
-        first = initial_plan(edge, cloud, _selector_settings(settings))[0]
-        model = EdgeModel(
-            loaded, first.cut, first.codec if first.codec != "-" else settings.resolved_codec(first.cut), limits
-        )
+        model = EdgeModel(loaded, OUTPUT_CUT, settings.resolved_codec(OUTPUT_CUT), limits)  # the selector moves it
 
         def switched(route: Route) -> None:
             metrics.set_info(loaded.name, loaded.digest, route.cut.name, route.codec)
@@ -86,9 +84,9 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
         )
         logger.info(
             "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
-            first.cut,
+            model.cut.name,
             model.codec,
-            first.latency_ms,
+            selector.current.latency_ms,
             settings.link_bandwidth,
             settings.link_rtt,
         )

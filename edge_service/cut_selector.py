@@ -27,7 +27,7 @@ from edge_service.runtime import EdgeModel, Route
 from shared.link_estimation import LinkEstimate, LinkEstimator
 from shared.planning import PlanRow, Profile, plan
 
-__all__ = ["CutSelector", "SelectorSettings", "initial_plan"]
+__all__ = ["CutSelector", "SelectorSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class SelectorSettings:
     calibrate: bool = True
 
 
-def initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> list[PlanRow]:
+def _initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> list[PlanRow]:
     rows = plan(
         edge,
         cloud,
@@ -103,7 +103,8 @@ def _key(row: PlanRow) -> tuple[str, str]:
 
 
 class CutSelector:
-    """Chooses the edge's route for cut ``auto``. Runs on the event loop; every method is quick."""
+    """Chooses the edge's route for cut ``auto`` (from construction on). Runs on the event loop; every
+    method is quick."""
 
     def __init__(
         self,
@@ -122,8 +123,9 @@ class CutSelector:
         self.estimator = LinkEstimator(bandwidth_bps=settings.bandwidth_bps, rtt_s=settings.rtt_s, clock=clock)
         self.registry = registry
         self.metrics = _SelectorMetrics(registry)
-        self.rows = initial_plan(edge, cloud, settings)
+        self.rows = _initial_plan(edge, cloud, settings)
         self.current = self.rows[0]
+        self.model.route = self.route_for(self.current)
         # The profiles' own compute per route (link-independent), to compare real requests with.
         self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
         self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
@@ -135,9 +137,6 @@ class CutSelector:
 
     def route_for(self, row: PlanRow) -> Route:
         return self.model.route_for(row.cut, row.codec if row.codec != "-" else self.codec_for(row.cut))
-
-    def initial_route(self) -> Route:
-        return self.route_for(self.current)
 
     def route_for_request(self) -> Route:
         """The current route, or now and then a probe route when the current one cannot measure the link."""

@@ -63,12 +63,10 @@ def _selector(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelecto
     edge, cloud = _profiles(loaded)
     settings = SelectorSettings(bandwidth_bps=1e9, rtt_s=0.001, max_logit_error=0.01, **options)
     model = EdgeModel(loaded, "output", "fp16", ImageLimits())
-    selector = CutSelector(
+    return CutSelector(
         model, edge, cloud, settings, codec_for=lambda cut: "image" if cut == "input" else "fp16",
         registry=CollectorRegistry(), clock=clock,
     )  # fmt: skip
-    model.route = selector.initial_route()
-    return selector
 
 
 def _transfer(selector: CutSelector, clock: Clock, bandwidth_bps: float, rtt_s: float, advance_s: float) -> None:
