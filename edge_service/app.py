@@ -82,6 +82,7 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
             registry=metrics.registry,
             on_switch=switched,
         )
+        model.build(model.route)
         logger.info(
             "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
             model.cut.name,

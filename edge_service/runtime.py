@@ -25,12 +25,10 @@ __all__ = ["EdgeModel", "Prepared", "Route"]
 
 @dataclass(frozen=True)
 class Route:
-    """One way through the edge: a cut, its wire codec and the head and tail built for that cut."""
+    """One way through the edge: a cut and its wire codec (the head and tail are built on first use)."""
 
     cut: Cut
     codec: str
-    head: torch.nn.Module
-    tail: torch.nn.Module
 
     @property
     def runs_everything(self) -> bool:
@@ -81,6 +79,7 @@ class EdgeModel:
         self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self._lock = threading.Lock()
         self.route: Route = self.route_for(cut, codec)
+        self.build(self.route)
 
     @property
     def cut(self) -> Cut:
@@ -95,13 +94,20 @@ class EdgeModel:
         return self.route.runs_everything
 
     def route_for(self, cut: str, codec: str) -> Route:
-        """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut)."""
-        resolved = self.graph.cut(cut)
+        """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut). Cheap:
+        the split itself is built by the first request that runs it, off the event loop."""
+        return Route(self.graph.cut(cut), codec)
+
+    def build(self, route: Route) -> None:
+        """Build the route's head and tail now (at startup: a cut that cannot be split fails here)."""
+        self._split(route.cut)
+
+    def _split(self, cut: Cut) -> tuple[torch.nn.Module, torch.nn.Module]:
         with self._lock:
-            split = self._splits.get(resolved.name)
+            split = self._splits.get(cut.name)
             if split is None:
-                split = self._splits[resolved.name] = self.graph.split(resolved)
-        return Route(resolved, codec, *split)
+                split = self._splits[cut.name] = self.graph.split(cut)
+        return split
 
     def prepare(self, raw: Sequence[bytes], route: Route | None = None) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
@@ -124,7 +130,8 @@ class EdgeModel:
         with _Stopwatch(timings, "preprocess"):
             batch = self.loaded.preprocessor.batch(prepared.images)
         with _Stopwatch(timings, "head"), torch.inference_mode():
-            prepared.head_outputs = tuple(route.head(batch))
+            head, _ = self._split(route.cut)
+            prepared.head_outputs = tuple(head(batch))
         if not route.runs_everything:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_activations(
@@ -145,7 +152,8 @@ class EdgeModel:
             inputs = prepared.head_outputs
             if route.cut.name == INPUT_CUT:
                 inputs = (self.loaded.preprocessor.batch(prepared.images),)
-            output: torch.Tensor = route.tail(*inputs)
+            _, tail = self._split(route.cut)
+            output: torch.Tensor = tail(*inputs)
             return output.float()
 
     def decode_logits(self, body: bytes, batch_size: int) -> torch.Tensor:
