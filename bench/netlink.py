@@ -14,9 +14,10 @@ Needs root, ``ip`` and ``tc`` (iproute2), ``nsenter`` and the cgroup-v1 ``cpu`` 
   so that the edge is a weaker machine than the cloud, as edge devices are;
 
 and removes all of them afterwards. Per model it measures both profiles, starts a cloud (in
-``si-cloud``) and an edge with ``--cut auto`` (in ``si-edge``), and for each link measures every
-single-tensor cut (with the codec the planner prefers for it on that link) pinned per request, then
-``auto``; finally it lowers the rate during a run and records when the edge moves its cut.
+``si-cloud``) and an edge with ``--cut auto`` (in ``si-edge``), and for each link measures ``auto``
+(after ``--settle-s`` of traffic on the link), then every single-tensor cut (with the codec the
+planner prefers for it on that link) pinned per request; finally it lowers the rate during a run and
+records when the edge moves its cut.
 Results: bench/results/netlink.json.
 """
 
@@ -245,13 +246,41 @@ def per_cut_rows(
     return rows
 
 
-def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, requests: int) -> dict[str, Any]:
-    """Every cut pinned per request (with the codec the profiles alone prefer for it), then auto.
+def measure_auto(edge_client: Edge, requests: int, settle_s: float) -> dict[str, Any]:
+    """``auto`` after ``settle_s`` of sequential traffic on the link (it explores near-ties meanwhile)."""
+    settle_until = time.monotonic() + settle_s
+    while time.monotonic() < settle_until:
+        edge_client.median_ms(1)
+    auto_ms, auto_cuts = edge_client.median_ms(requests)
+    info = edge_client.info()
+    selection = info["cut_selection"]
+    print(
+        f"    {'auto':>28} {info['cut']['name']}/{info['codec']}  measured {auto_ms:8.1f} ms; "
+        f"estimate {selection['estimated_link']}"
+    )
+    return {
+        "measured_ms": round(auto_ms, 2),
+        "cuts": dict(Counter(auto_cuts)),
+        "cut": info["cut"]["name"],
+        "codec": info["codec"],
+        "estimated_link": selection["estimated_link"],
+        "expected_ms": selection["expected_latency_ms"],
+        "measured_routes": selection["measured_routes"],
+        "switches": selection["switches"],
+    }
+
+
+def measure_link(
+    edge_client: Edge, edge: Profile, cloud: Profile, link: Link, requests: int, settle_s: float
+) -> dict[str, Any]:
+    """``auto`` first (after ``settle_s`` on the link), then every cut pinned per request (with the codec
+    the profiles alone prefer for it).
 
     Predictions: ``profile_only_ms`` from the two profiles and the nominal link; ``predicted_ms`` from
     the edge's live model, what ``auto`` plans with: the link it estimated and each side's compute
     corrected by what it measured on real requests (read from /v1/info after this link's pinned requests).
     """
+    auto = measure_auto(edge_client, requests, settle_s)
     rows = per_cut_rows(edge, cloud, link)
     order = [c.name for c in edge.cuts]
     measured_by_cut = {}
@@ -287,29 +316,13 @@ def measure_link(edge_client: Edge, edge: Profile, cloud: Profile, link: Link, r
             f"{predicted.latency_ms:8.1f}  measured {measured:8.1f} ms"
         )
     planned = min(live_rows.values(), key=lambda r: r.latency_ms)
-    # auto: let the edge settle on this link (it learns from every request, the pinned ones above too)
-    settle_until = time.monotonic() + 20
-    while time.monotonic() < settle_until:
-        edge_client.median_ms(1)
-    auto_ms, auto_cuts = edge_client.median_ms(requests)
-    info = edge_client.info()
-    chosen = Counter(auto_cuts).most_common(1)[0][0]
-    print(
-        f"    {'auto':>28} {chosen:>10}  measured {auto_ms:8.1f} ms; estimate {info['cut_selection']['estimated_link']}"
-    )
     return {
         "link": link.name,
         "fixed": fixed,
         "live_model": live,
         "planned_cut": planned.cut,
         "planned_codec": planned.codec,
-        "auto": {
-            "measured_ms": round(auto_ms, 2),
-            "cuts": dict(Counter(auto_cuts)),
-            "codec": info["codec"],
-            "estimated_link": info["cut_selection"]["estimated_link"],
-            "switches": info["cut_selection"]["switches"],
-        },
+        "auto": auto,
     }
 
 
@@ -394,6 +407,7 @@ def summarize(models: dict[str, Any]) -> dict[str, Any]:
             best = min(fixed, key=lambda r: r["measured_ms"])
             planned = next(r for r in fixed if r["cut"] == result["planned_cut"])  # measured with its best codec
             extremes = min(r["measured_ms"] for r in fixed if r["cut"] in ("input", "output"))
+            auto = result["auto"]
             checks.append(
                 {
                     "model": model,
@@ -403,9 +417,11 @@ def summarize(models: dict[str, Any]) -> dict[str, Any]:
                     "best": f"{best['cut']}/{best['codec']}",
                     "best_ms": best["measured_ms"],
                     "planned_vs_best": round(planned["measured_ms"] / best["measured_ms"], 3),
-                    "auto_ms": result["auto"]["measured_ms"],
+                    "auto": f"{auto['cut']}/{auto['codec']}",
+                    "auto_ms": auto["measured_ms"],
+                    "auto_vs_best": round(auto["measured_ms"] / best["measured_ms"], 3),
                     "better_extreme_ms": extremes,
-                    "auto_vs_extremes": round(result["auto"]["measured_ms"] / extremes, 3),
+                    "auto_vs_extremes": round(auto["measured_ms"] / extremes, 3),
                     "median_prediction_error": round(
                         statistics.median(abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in fixed),
                         3,
@@ -438,6 +454,7 @@ def inside(args: argparse.Namespace) -> None:
         "edge_cpu": args.edge_cpu,
         "images": {"count": len(images), "size": "1280x960", "mean_bytes": round(statistics.fmean(map(len, images)))},
         "requests_per_point": args.requests,
+        "auto_settle_s": args.settle_s,
         "models": {},
     }
     processes = Processes(work)
@@ -473,7 +490,7 @@ def inside(args: argparse.Namespace) -> None:
             for link in links:
                 print(f"  {link.name}")
                 shape(link, delay_file)
-                per_link.append(measure_link(client, edge_profile, cloud_profile, link, args.requests))
+                per_link.append(measure_link(client, edge_profile, cloud_profile, link, args.requests, args.settle_s))
             print("  lowering the rate during a run")
             switch = switch_experiment(client, edge_profile, cloud_profile, delay_file)
             print(f"    {switch}")
@@ -507,11 +524,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=7, help="sequential requests per (link, cut)")
     parser.add_argument("--repeats", type=int, default=5, help="profile repeats per measurement")
     parser.add_argument("--edge-cpu", type=float, default=0.25, help="the edge's CPU quota, in cores")
+    parser.add_argument("--settle-s", type=float, default=30.0, help="traffic through auto before measuring it")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.models, args.requests, args.repeats = ["resnet18"], 3, 2
+        args.models, args.requests, args.repeats, args.settle_s = ["resnet18"], 3, 2, 10.0
     if args.inside:
         inside(args)
         return
@@ -522,7 +540,7 @@ def main() -> None:
     with testbed(args.edge_cpu):
         command = [sys.executable, str(Path(__file__).resolve()), "--inside", "--work", work,
                    "--models", *args.models, "--requests", str(args.requests), "--repeats", str(args.repeats),
-                   "--edge-cpu", str(args.edge_cpu)]  # fmt: skip
+                   "--edge-cpu", str(args.edge_cpu), "--settle-s", str(args.settle_s)]  # fmt: skip
         subprocess.run(in_netns(NS_EDGE, command), check=True)
 
 

@@ -52,6 +52,8 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
         min_dwell_s=settings.min_dwell_s,
         probe_interval_s=settings.probe_interval_s,
         calibrate=settings.calibrate_profiles,
+        explore_margin=settings.explore_margin,
+        measurement_ttl_s=settings.measurement_ttl_s,
     )
 
 

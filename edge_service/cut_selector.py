@@ -3,20 +3,35 @@
 The selector starts from the planner's choice for the configured link. Every cloud call feeds the
 :class:`~shared.link_estimation.LinkEstimator`, and every request's measured compute calibrates the
 profiles (a running service takes longer than its profile: its own HTTP work competes for the CPU).
-Every ``replan_interval_s`` the plan is recomputed for the estimated link and the calibrated compute,
-and the edge moves to the best (cut, codec) only when it is predicted at least ``switch_margin``
-faster than the current one and the current one has been in use for ``min_dwell_s`` (no flapping
-between two nearly equal cuts).
+Every ``replan_interval_s`` the plan is recomputed for the estimated link and the calibrated compute.
+
+Predictions alone cannot tell apart cuts that are predicted within a few percent of each other (on a
+slow link a dozen cuts of resnet18 are), so the selector also learns from the latency it measures.
+Each request's end-to-end latency on the edge, minus what the plan predicted for its route, is that
+route's *residual*; a route's *expected latency* is its prediction plus the median of its recent
+residuals, or, for a route not yet measured, plus the typical residual of the routes that were.
+Routes expected within ``explore_margin`` of the best but not yet measured are *explored*: every other
+request goes through one of them until it has ``explore_samples`` measurements (at most
+``explore_routes`` of them, best first). Measurements expire after ``measurement_ttl_s``, so this
+repeats now and then, at a cost of a few requests.
+
+The edge moves to the route with the best expected latency only when that is at least
+``switch_margin`` better than the current one and the current one has been in use for
+``min_dwell_s`` (no flapping between two nearly equal cuts); to a route nobody has measured, only
+after exploring it, unless it is better by more than ``explore_margin`` (a link that collapses is
+left at once).
 
 While the current cut sends nothing the estimate can learn from (``output``, or a payload too small to
 time), one request every ``probe_interval_s`` goes through the best cut that does, so a link that gets
-faster is noticed too. That request is answered normally; it is only routed differently.
+faster is noticed too. Probes and explorations are answered normally; they are only routed differently.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +57,10 @@ class SelectorSettings:
     min_dwell_s: float = 5.0
     probe_interval_s: float = 10.0
     calibrate: bool = True
+    explore_margin: float = 0.15
+    explore_routes: int = 3
+    explore_samples: int = 3
+    measurement_ttl_s: float = 60.0
 
 
 def _initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> list[PlanRow]:
@@ -75,6 +94,40 @@ class _Overhead:
         self.samples += 1
 
 
+class _Residuals:
+    """Measured minus predicted latency of the routes requests took: the recent ones, per route."""
+
+    def __init__(self, samples: int, ttl_s: float) -> None:
+        self.samples, self.ttl_s = samples, ttl_s
+        self._by_route: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+
+    def add(self, key: tuple[str, str], at: float, residual_ms: float) -> None:
+        self._by_route.setdefault(key, deque(maxlen=2 * self.samples + 1)).append((at, residual_ms))
+
+    def _fresh(self, key: tuple[str, str], now: float) -> list[float]:
+        return [ms for at, ms in self._by_route.get(key, ()) if now - at <= self.ttl_s]
+
+    def count(self, key: tuple[str, str], now: float) -> int:
+        return len(self._fresh(key, now))
+
+    def correction(self, key: tuple[str, str], now: float) -> float | None:
+        """The route's median residual, if it has been measured often enough lately."""
+        fresh = self._fresh(key, now)
+        return statistics.median(fresh) if len(fresh) >= self.samples else None
+
+    def typical(self, now: float) -> float:
+        """The median correction over the measured routes (0 while none is)."""
+        known = [c for key in self._by_route if (c := self.correction(key, now)) is not None]
+        return statistics.median(known) if known else 0.0
+
+    def to_json(self, now: float) -> list[dict[str, Any]]:
+        return [
+            {"cut": key[0], "codec": key[1], "residual_ms": round(correction, 3), "samples": self.count(key, now)}
+            for key in self._by_route
+            if (correction := self.correction(key, now)) is not None
+        ]
+
+
 class _SelectorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.bandwidth = Gauge(
@@ -95,6 +148,11 @@ class _SelectorMetrics:
         self.switches = Counter("splitinfer_cut_switches", "Times cut auto moved to another cut.", registry=registry)
         self.probes = Counter(
             "splitinfer_link_probes", "Requests routed through another cut to measure the link.", registry=registry
+        )
+        self.explorations = Counter(
+            "splitinfer_route_explorations",
+            "Requests routed through a near-best cut to measure its latency.",
+            registry=registry,
         )
 
 
@@ -124,32 +182,47 @@ class CutSelector:
         self.registry = registry
         self.metrics = _SelectorMetrics(registry)
         self.rows = _initial_plan(edge, cloud, settings)
+        self._by_key = {_key(row): row for row in self.rows}
         self.current = self.rows[0]
         self.model.route = self.route_for(self.current)
         # The profiles' own compute per route (link-independent), to compare real requests with.
         self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
         self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
+        self.residuals = _Residuals(settings.explore_samples, settings.measurement_ttl_s)
         now = clock()
         self.last_plan_at = self.last_switch_at = self.last_sample_at = now
+        self.exploring: PlanRow | None = None
+        self._explorations_sent = 0
+        self._since_exploration = 0
         self.switch_count = 0
         self.history: list[dict[str, Any]] = []
+        self._choose_exploration(now)
         self._publish()
 
     def route_for(self, row: PlanRow) -> Route:
         return self.model.route_for(row.cut, row.codec if row.codec != "-" else self.codec_for(row.cut))
 
     def route_for_request(self) -> Route:
-        """The current route, or now and then a probe route when the current one cannot measure the link."""
+        """The current route; now and then a probe (when the current one cannot measure the link) or an
+        exploration (a near-best route whose latency has not been measured lately)."""
         now = self.clock()
         interval = self.settings.probe_interval_s
-        if interval <= 0 or self._measures_bandwidth(self.current) or now - self.last_sample_at < interval:
-            return self.model.route
-        probe = next((row for row in self.rows if self._measures_bandwidth(row)), None)
-        if probe is None:
-            return self.model.route
-        self.last_sample_at = now  # one probe per interval, even while it is in flight
-        self.metrics.probes.inc()
-        return self.route_for(probe)
+        if interval > 0 and not self._measures_bandwidth(self.current) and now - self.last_sample_at >= interval:
+            probe = next((row for row in self.rows if self._measures_bandwidth(row)), None)
+            if probe is not None:
+                self.last_sample_at = now  # one probe per interval, even while it is in flight
+                self.metrics.probes.inc()
+                return self.route_for(probe)
+        # NOTE: never two explorations in a row, and no more in flight than it takes to measure the route.
+        target = self.exploring
+        in_flight_ok = self._explorations_sent <= self.settings.explore_samples
+        if target is not None and self._since_exploration >= 1 and in_flight_ok:
+            self._since_exploration = 0
+            self._explorations_sent += 1
+            self.metrics.explorations.inc()
+            return self.route_for(target)
+        self._since_exploration += 1
+        return self.model.route
 
     def _measures_bandwidth(self, row: PlanRow) -> bool:
         return row.cut != "output" and row.bytes_per_image >= self.estimator.min_sample_bytes
@@ -169,18 +242,57 @@ class CutSelector:
             self.last_sample_at = self.clock()
         self.maybe_replan()
 
-    def observe_compute(self, route: Route, timings_ms: dict[str, float], server_timing: dict[str, float]) -> None:
-        """Compare one request's measured compute on each side with what the profiles predicted."""
-        if not self.settings.calibrate:
-            return
+    def observe_request(self, route: Route, timings_ms: dict[str, float], server_timing: dict[str, float]) -> None:
+        """Learn from one single-image request that completed where its route says: each side's compute
+        against the profiles, and its end-to-end latency (``timings_ms["total"]``) against the plan."""
         key = (route.cut.name, "-" if route.runs_everything else route.codec)
-        profiled = self._profiled.get(key)
-        if profiled is None:
+        if self.settings.calibrate and (profiled := self._profiled.get(key)) is not None:
+            edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
+            self.edge_overhead.observe(edge_ms, profiled.edge_ms)
+            if "decode" in server_timing and "tail" in server_timing:
+                self.cloud_overhead.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
+        predicted = self._by_key.get(key)
+        if predicted is None or "total" not in timings_ms:
             return
-        edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
-        self.edge_overhead.observe(edge_ms, profiled.edge_ms)
-        if "decode" in server_timing and "tail" in server_timing:
-            self.cloud_overhead.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
+        now = self.clock()
+        self.residuals.add(key, now, timings_ms["total"] - predicted.latency_ms)
+        if self.exploring is not None and key == _key(self.exploring) and self._known(key, now):
+            self._choose_exploration(now)
+
+    def _known(self, key: tuple[str, str], now: float) -> bool:
+        return self.residuals.correction(key, now) is not None
+
+    def expected_ms(self, row: PlanRow, now: float | None = None) -> float:
+        """The plan's prediction corrected by what was measured: the route's own residual, else the typical one."""
+        now = self.clock() if now is None else now
+        correction = self.residuals.correction(_key(row), now)
+        return row.latency_ms + (self.residuals.typical(now) if correction is None else correction)
+
+    def _ranked(self, now: float) -> list[tuple[float, PlanRow]]:
+        typical = self.residuals.typical(now)
+        scored = []
+        for row in self.rows:
+            correction = self.residuals.correction(_key(row), now)
+            scored.append((row.latency_ms + (typical if correction is None else correction), row))
+        scored.sort(key=lambda pair: pair[0])
+        return scored
+
+    def _choose_exploration(self, now: float, *, renew: bool = False) -> None:
+        """The best-ranked route near the best that has not been measured lately, if any (``renew``: the
+        same route may be sent another round of explorations, e.g. when some of the last round failed)."""
+        chosen = None
+        if self.settings.explore_margin > 0:
+            ranked = self._ranked(now)
+            limit = ranked[0][0] * (1 + self.settings.explore_margin)
+            for expected, row in ranked[: self.settings.explore_routes]:
+                if expected > limit:
+                    break
+                if _key(row) != _key(self.current) and not self._known(_key(row), now):
+                    chosen = row
+                    break
+        if renew or chosen is None or self.exploring is None or _key(chosen) != _key(self.exploring):
+            self._explorations_sent = 0
+        self.exploring = chosen
 
     def maybe_replan(self) -> bool:
         """Re-plan for the estimated link if it is time; switch when clearly better. True if it switched."""
@@ -198,19 +310,27 @@ class CutSelector:
             edge_overhead_ms=self.edge_overhead.value_ms,
             cloud_overhead_ms=self.cloud_overhead.value_ms,
         )
-        by_key = {_key(row): row for row in self.rows}
-        self.current = by_key.get(_key(self.current), self.current)
-        best = self.rows[0]
+        self._by_key = {_key(row): row for row in self.rows}
+        self.current = self._by_key.get(_key(self.current), self.current)
+        best_ms, best = self._ranked(now)[0]
+        current_ms = self.expected_ms(self.current, now)
         switched = False
-        clearly_better = best.latency_ms <= self.current.latency_ms * (1 - self.settings.switch_margin)
+        clearly_better = best_ms <= current_ms * (1 - self.settings.switch_margin)
         dwelt = now - self.last_switch_at >= self.settings.min_dwell_s
-        if _key(best) != _key(self.current) and clearly_better and dwelt:
-            self._switch(best, link, now)
+        # An unmeasured route is explored first, unless it is better by more than exploring is for.
+        vetted = (
+            self.settings.explore_margin <= 0
+            or self._known(_key(best), now)
+            or best_ms <= current_ms * (1 - self.settings.explore_margin)
+        )
+        if _key(best) != _key(self.current) and clearly_better and dwelt and vetted:
+            self._switch(best, link, now, (current_ms, best_ms))
             switched = True
+        self._choose_exploration(now, renew=self._explorations_sent > self.settings.explore_samples)
         self._publish()
         return switched
 
-    def _switch(self, best: PlanRow, link: LinkEstimate, now: float) -> None:
+    def _switch(self, best: PlanRow, link: LinkEstimate, now: float, expected_ms: tuple[float, float]) -> None:
         previous = self.current
         route = self.route_for(best)
         self.model.route = route
@@ -222,15 +342,16 @@ class CutSelector:
             "from": f"{previous.cut}/{previous.codec}",
             "to": f"{best.cut}/{best.codec}",
             "predicted_ms": {"from": round(previous.latency_ms, 1), "to": round(best.latency_ms, 1)},
+            "expected_ms": {"from": round(expected_ms[0], 1), "to": round(expected_ms[1], 1)},
             "link": link.to_json(),
         }
         self.history = [*self.history[-9:], event]
         logger.info(
-            "cut auto: %s -> %s (predicted %.1f -> %.1f ms; link %.1f Mbit/s, RTT %.1f ms)",
+            "cut auto: %s -> %s (expected %.1f -> %.1f ms; link %.1f Mbit/s, RTT %.1f ms)",
             event["from"],
             event["to"],
-            previous.latency_ms,
-            best.latency_ms,
+            expected_ms[0],
+            expected_ms[1],
             link.bandwidth_bps / 1e6,
             link.rtt_s * 1000,
         )
@@ -246,6 +367,8 @@ class CutSelector:
         self.metrics.overhead.labels("cloud").set(self.cloud_overhead.value_ms / 1000)
 
     def to_json(self) -> dict[str, Any]:
+        now = self.clock()
+        exploring = self.exploring
         return {
             "mode": "auto",
             "adaptive": self.settings.replan_interval_s > 0,
@@ -257,10 +380,20 @@ class CutSelector:
                 "samples": self.edge_overhead.samples,
             },
             "predicted_latency_ms": round(self.current.latency_ms, 3),
+            "expected_latency_ms": round(self.expected_ms(self.current, now), 3),
             "candidates": len(self.rows),
             "ranking": [
-                {"cut": r.cut, "codec": r.codec, "predicted_latency_ms": round(r.latency_ms, 3)} for r in self.rows[:5]
+                {
+                    "cut": r.cut,
+                    "codec": r.codec,
+                    "predicted_latency_ms": round(r.latency_ms, 3),
+                    "expected_latency_ms": round(expected, 3),
+                    "measured": self._known(_key(r), now),
+                }
+                for expected, r in self._ranked(now)[:5]
             ],
+            "measured_routes": self.residuals.to_json(now),
+            "exploring": None if exploring is None else {"cut": exploring.cut, "codec": exploring.codec},
             "switches": self.switch_count,
             "recent_switches": self.history,
         }

@@ -206,8 +206,11 @@ async def _classify_admitted(
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     timings["total"] = (time.perf_counter() - started) * 1000
-    if state.selector is not None and completed_on == ("edge" if route.runs_everything else "cloud"):
-        state.selector.observe_compute(route, timings, server_timing)
+    # NOTE: the selector learns only from requests that are like the ones it plans for: one image, the
+    # route's split already built, finished where the route says (not by the fallback).
+    intended = completed_on == ("edge" if route.runs_everything else "cloud")
+    if state.selector is not None and intended and len(blobs) == 1 and "build" not in timings:
+        state.selector.observe_request(route, timings, server_timing)
     request.state.log_fields = {
         "cut": route.cut.name,
         "codec": route.codec,

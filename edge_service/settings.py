@@ -30,7 +30,17 @@ class EdgeSettings(ServiceSettings):
         2.0, ge=0, description="Cut auto: re-plan this often from the link measured on real requests (0: never)."
     )
     switch_margin: float = Field(
-        0.05, ge=0, lt=1, description="Cut auto: switch only to a cut predicted this much faster (0.05 = 5%)."
+        0.05, ge=0, lt=1, description="Cut auto: switch only to a cut expected this much faster (0.05 = 5%)."
+    )
+    explore_margin: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="Cut auto: measure, with a few requests, the cuts expected within this much of the best "
+        "that have not been measured lately, so that near-ties are decided by measurement (0: predictions only).",
+    )
+    measurement_ttl_s: float = Field(
+        60.0, gt=0, description="Cut auto: how long a cut's measured latency is trusted before it is measured again."
     )
     min_dwell_s: float = Field(5.0, ge=0, description="Cut auto: keep a cut at least this long before switching.")
     probe_interval_s: float = Field(
@@ -40,7 +50,7 @@ class EdgeSettings(ServiceSettings):
         "through the best cut that can (0: never).",
     )
     calibrate_profiles: bool = Field(
-        True, description="Cut auto: scale each side's profiled compute by what real requests measure."
+        True, description="Cut auto: correct each side's profiled compute by what real requests measure."
     )
     codec: str | None = Field(
         None,

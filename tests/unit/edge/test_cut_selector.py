@@ -59,9 +59,11 @@ class Clock:
         return self.now
 
 
-def _selector(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelector:
+def _selector(
+    loaded: LoadedModel, clock: Clock, bandwidth_bps: float = 1e9, rtt_s: float = 0.001, **options: float
+) -> CutSelector:
     edge, cloud = _profiles(loaded)
-    settings = SelectorSettings(bandwidth_bps=1e9, rtt_s=0.001, max_logit_error=0.01, **options)
+    settings = SelectorSettings(bandwidth_bps=bandwidth_bps, rtt_s=rtt_s, max_logit_error=0.01, **options)
     model = EdgeModel(loaded, "output", "fp16", ImageLimits())
     return CutSelector(
         model, edge, cloud, settings, codec_for=lambda cut: "image" if cut == "input" else "fp16",
@@ -131,7 +133,7 @@ def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
     route = selector.model.route_for("relu", "fp16")
     for _ in range(30):  # the edge takes 15 ms more than profiled (7.5 ms), the cloud 3 ms more (0.5 + 1.5 ms)
         timings = {"decode": 3.0, "preprocess": 3.0, "head": 15.0, "encode": 1.5}
-        selector.observe_compute(route, timings, {"recv": 5.0, "decode": 1.5, "tail": 3.5, "total": 11.0})
+        selector.observe_request(route, timings, {"recv": 5.0, "decode": 1.5, "tail": 3.5, "total": 11.0})
     assert selector.edge_overhead.value_ms == pytest.approx(15.0)
     assert selector.cloud_overhead.value_ms == pytest.approx(3.0)
     clock.now += 2
@@ -139,6 +141,92 @@ def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
     output = next(row for row in selector.rows if row.cut == "output")
     assert output.latency_ms == pytest.approx(1 + 1 + 100 + 15)
     assert selector.to_json()["calibration"]["edge_overhead_ms"] == 15.0  # type: ignore[index]
+
+
+def _served(selector: CutSelector, clock: Clock, cut: str, total_ms: float, advance_s: float = 0.1) -> None:
+    """One single-image request through ``cut`` that took ``total_ms`` on the edge, end to end."""
+    clock.now += advance_s
+    codec = "image" if cut == "input" else "fp32" if cut == "mean" else "fp16"
+    route = selector.model.route_for(cut, codec)
+    selector.observe_request(route, {"total": total_ms}, {})
+
+
+def _near_tie(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelector:
+    # At 47 Mbit/s + 10 ms, `mean` (32.4 ms) and `input` (32.8 ms) are predicted within 2% of each other.
+    options = {"replan_interval_s": 1.0, "min_dwell_s": 0.0, "calibrate": False, **options}
+    return _selector(loaded, clock, bandwidth_bps=47e6, rtt_s=0.01, **options)
+
+
+def test_a_near_tie_is_explored_and_decided_by_measured_latency(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _near_tie(loaded, clock)
+    assert selector.current.cut == "mean" and selector.exploring is not None and selector.exploring.cut == "input"
+    routed = [selector.route_for_request().cut.name for _ in range(12)]
+    # Every other request explores `input`, no more of them in flight than it takes to measure it (3 + 1).
+    assert routed == ["mean", "input"] * 4 + ["mean"] * 4
+    assert selector.registry.get_sample_value("splitinfer_route_explorations_total") == 4
+    for _ in range(3):
+        _served(selector, clock, "mean", 34.0)
+        _served(selector, clock, "input", 24.0)  # measured 9 ms faster than predicted; `mean` 1.6 ms slower
+    assert selector.exploring is None  # nothing near the best is left unmeasured
+    clock.now += 1
+    assert selector.maybe_replan()
+    assert (selector.current.cut, selector.model.route.cut.name) == ("input", "input")
+    assert selector.expected_ms(selector.current) == pytest.approx(24.0, abs=0.5)
+    info = selector.to_json()
+    assert {(r["cut"], r["samples"]) for r in info["measured_routes"]} == {("mean", 3), ("input", 3)}  # type: ignore[union-attr]
+    assert info["recent_switches"][0]["expected_ms"]["to"] == pytest.approx(24.0, abs=0.5)  # type: ignore[index]
+
+
+def test_an_explored_route_that_measures_slower_is_left_alone(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _near_tie(loaded, clock)
+    for _ in range(3):
+        _served(selector, clock, "mean", 33.0)
+        _served(selector, clock, "input", 45.0)
+    clock.now += 1
+    assert not selector.maybe_replan()
+    assert selector.current.cut == "mean" and selector.exploring is None
+
+
+def test_a_route_nobody_measured_is_explored_before_the_edge_moves_to_it(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _near_tie(loaded, clock, explore_margin=0.15)
+    for _ in range(3):
+        _served(selector, clock, "mean", 33.0)
+    for _ in range(3):  # the link gets faster: 60 Mbit/s makes `input` (28.9 ms) 11% better than `mean` (32.4)
+        clock.now += 1
+        recv_ms = 100_000 * 8 / 60e6 * 1000
+        selector.observe(100_000, recv_ms + 14, {"recv": recv_ms, "total": recv_ms + 4})
+    assert selector.current.cut == "mean"
+    clock.now += 1
+    assert not selector.maybe_replan()  # 11% is within the exploring margin (15%): measure `input` first
+    assert selector.current.cut == "mean" and selector.exploring is not None and selector.exploring.cut == "input"
+    for _ in range(3):
+        _served(selector, clock, "input", 29.0)
+    clock.now += 1
+    assert selector.maybe_replan() and selector.current.cut == "input"
+
+
+def test_measurements_expire_and_are_taken_again(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _near_tie(loaded, clock, measurement_ttl_s=60.0)
+    for _ in range(3):
+        _served(selector, clock, "mean", 33.0)
+        _served(selector, clock, "input", 45.0)
+    clock.now += 1
+    selector.maybe_replan()
+    assert selector.exploring is None
+    for _ in range(70):  # a minute of requests through the current cut only
+        _served(selector, clock, "mean", 33.0, advance_s=1.0)
+    selector.maybe_replan()
+    assert selector.exploring is not None and selector.exploring.cut == "input"
+
+
+def test_exploring_can_be_turned_off(loaded: LoadedModel) -> None:
+    selector = _near_tie(loaded, Clock(), explore_margin=0.0)
+    assert selector.exploring is None
+    assert {selector.route_for_request().cut.name for _ in range(10)} == {"mean"}
 
 
 def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
