@@ -9,11 +9,14 @@ Predictions alone cannot tell apart cuts that are predicted within a few percent
 slow link a dozen cuts of resnet18 are), so the selector also learns from the latency it measures.
 Each request's end-to-end latency on the edge, minus what the plan predicted for its route, is that
 route's *residual*; a route's *expected latency* is its prediction plus the median of its recent
-residuals, or, for a route not yet measured, plus the typical residual of the routes that were.
+residuals (shrunk toward the typical one, so that among many routes measured a few times each the
+luckiest does not always win), or, for a route not yet measured, plus the typical residual of the
+routes that were. Residuals expire after ``measurement_ttl_s``, and as soon as the route's prediction
+has moved by more than 20% since they were measured (the link changed under them).
 Routes expected within ``explore_margin`` of the best but not yet measured are *explored*: every other
 request goes through one of them until it has ``explore_samples`` measurements (at most
-``explore_routes`` of them, best first). Measurements expire after ``measurement_ttl_s``, so this
-repeats now and then, at a cost of a few requests.
+``explore_routes`` of them, best first). As measurements expire this repeats now and then, at a
+cost of a few requests.
 
 The edge moves to the route with the best expected latency only when that is at least
 ``switch_margin`` better than the current one and the current one has been in use for
@@ -59,7 +62,7 @@ class SelectorSettings:
     calibrate: bool = True
     explore_margin: float = 0.15
     explore_routes: int = 3
-    explore_samples: int = 3
+    explore_samples: int = 5
     measurement_ttl_s: float = 60.0
 
 
@@ -94,37 +97,72 @@ class _Overhead:
         self.samples += 1
 
 
+Key = tuple[str, str]
+
+# NOTE: each route's correction is shrunk toward the typical one as if by this many typical samples:
+# among many routes measured a few times each, the luckiest would otherwise always look best.
+_SHRINK_SAMPLES = 2
+# A residual is trusted only while the route's prediction stays within this fraction of what it was
+# when the residual was measured: after the link changes a lot, routes are measured again.
+_MAX_DRIFT = 0.2
+
+
 class _Residuals:
     """Measured minus predicted latency of the routes requests took: the recent ones, per route."""
 
-    def __init__(self, samples: int, ttl_s: float) -> None:
-        self.samples, self.ttl_s = samples, ttl_s
-        self._by_route: dict[tuple[str, str], deque[tuple[float, float]]] = {}
+    def __init__(self, ttl_s: float, memory: int = 15) -> None:
+        self.ttl_s, self.memory = ttl_s, memory
+        self._by_route: dict[Key, deque[tuple[float, float, float]]] = {}
 
-    def add(self, key: tuple[str, str], at: float, residual_ms: float) -> None:
-        self._by_route.setdefault(key, deque(maxlen=2 * self.samples + 1)).append((at, residual_ms))
+    def add(self, key: Key, at: float, measured_ms: float, predicted_ms: float) -> None:
+        route = self._by_route.setdefault(key, deque(maxlen=self.memory))
+        route.append((at, measured_ms - predicted_ms, predicted_ms))
 
-    def _fresh(self, key: tuple[str, str], now: float) -> list[float]:
-        return [ms for at, ms in self._by_route.get(key, ()) if now - at <= self.ttl_s]
+    def fresh(self, now: float, predicted_ms: dict[Key, float]) -> dict[Key, list[float]]:
+        """Each route's residuals that are neither too old nor from a different link (see ``_MAX_DRIFT``)."""
+        fresh = {}
+        for key, samples in self._by_route.items():
+            now_ms = predicted_ms.get(key)
+            if now_ms is None:
+                continue
+            kept = [
+                r
+                for at, r, then_ms in samples
+                if now - at <= self.ttl_s and abs(then_ms - now_ms) <= _MAX_DRIFT * now_ms
+            ]
+            if kept:
+                fresh[key] = kept
+        return fresh
 
-    def count(self, key: tuple[str, str], now: float) -> int:
-        return len(self._fresh(key, now))
 
-    def correction(self, key: tuple[str, str], now: float) -> float | None:
-        """The route's median residual, if it has been measured often enough lately."""
-        fresh = self._fresh(key, now)
-        return statistics.median(fresh) if len(fresh) >= self.samples else None
+@dataclass(frozen=True)
+class _Learned:
+    """What measurements say about the plan's predictions, at one moment."""
 
-    def typical(self, now: float) -> float:
-        """The median correction over the measured routes (0 while none is)."""
-        known = [c for key in self._by_route if (c := self.correction(key, now)) is not None]
-        return statistics.median(known) if known else 0.0
+    corrections: dict[Key, float]  # for the routes measured often enough lately
+    samples: dict[Key, int]
+    typical: float  # for the others: the median of the measured routes' own (0 while none is)
 
-    def to_json(self, now: float) -> list[dict[str, Any]]:
+    @classmethod
+    def from_residuals(cls, fresh: dict[Key, list[float]], min_samples: int) -> _Learned:
+        medians = {key: statistics.median(r) for key, r in fresh.items() if len(r) >= min_samples}
+        typical = statistics.median(medians.values()) if medians else 0.0
+        corrections = {
+            key: (len(fresh[key]) * median + _SHRINK_SAMPLES * typical) / (len(fresh[key]) + _SHRINK_SAMPLES)
+            for key, median in medians.items()
+        }
+        return cls(corrections, {key: len(r) for key, r in fresh.items()}, typical)
+
+    def known(self, key: Key) -> bool:
+        return key in self.corrections
+
+    def expected_ms(self, row: PlanRow) -> float:
+        return row.latency_ms + self.corrections.get(_key(row), self.typical)
+
+    def to_json(self) -> list[dict[str, Any]]:
         return [
-            {"cut": key[0], "codec": key[1], "residual_ms": round(correction, 3), "samples": self.count(key, now)}
-            for key in self._by_route
-            if (correction := self.correction(key, now)) is not None
+            {"cut": key[0], "codec": key[1], "correction_ms": round(c, 3), "samples": self.samples[key]}
+            for key, c in self.corrections.items()
         ]
 
 
@@ -156,7 +194,7 @@ class _SelectorMetrics:
         )
 
 
-def _key(row: PlanRow) -> tuple[str, str]:
+def _key(row: PlanRow) -> Key:
     return row.cut, row.codec
 
 
@@ -188,7 +226,7 @@ class CutSelector:
         # The profiles' own compute per route (link-independent), to compare real requests with.
         self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
         self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
-        self.residuals = _Residuals(settings.explore_samples, settings.measurement_ttl_s)
+        self.residuals = _Residuals(settings.measurement_ttl_s)
         now = clock()
         self.last_plan_at = self.last_switch_at = self.last_sample_at = now
         self.exploring: PlanRow | None = None
@@ -255,39 +293,35 @@ class CutSelector:
         if predicted is None or "total" not in timings_ms:
             return
         now = self.clock()
-        self.residuals.add(key, now, timings_ms["total"] - predicted.latency_ms)
-        if self.exploring is not None and key == _key(self.exploring) and self._known(key, now):
+        self.residuals.add(key, now, timings_ms["total"], predicted.latency_ms)
+        if self.exploring is not None and key == _key(self.exploring) and self.learned(now).known(key):
             self._choose_exploration(now)
 
-    def _known(self, key: tuple[str, str], now: float) -> bool:
-        return self.residuals.correction(key, now) is not None
+    def learned(self, now: float | None = None) -> _Learned:
+        """The per-route corrections that measured latencies make to the current plan."""
+        now = self.clock() if now is None else now
+        predicted = {key: row.latency_ms for key, row in self._by_key.items()}
+        return _Learned.from_residuals(self.residuals.fresh(now, predicted), self.settings.explore_samples)
 
     def expected_ms(self, row: PlanRow, now: float | None = None) -> float:
         """The plan's prediction corrected by what was measured: the route's own residual, else the typical one."""
-        now = self.clock() if now is None else now
-        correction = self.residuals.correction(_key(row), now)
-        return row.latency_ms + (self.residuals.typical(now) if correction is None else correction)
+        return self.learned(now).expected_ms(row)
 
-    def _ranked(self, now: float) -> list[tuple[float, PlanRow]]:
-        typical = self.residuals.typical(now)
-        scored = []
-        for row in self.rows:
-            correction = self.residuals.correction(_key(row), now)
-            scored.append((row.latency_ms + (typical if correction is None else correction), row))
-        scored.sort(key=lambda pair: pair[0])
-        return scored
+    def _ranked(self, learned: _Learned) -> list[tuple[float, PlanRow]]:
+        return sorted(((learned.expected_ms(row), row) for row in self.rows), key=lambda pair: pair[0])
 
     def _choose_exploration(self, now: float, *, renew: bool = False) -> None:
         """The best-ranked route near the best that has not been measured lately, if any (``renew``: the
         same route may be sent another round of explorations, e.g. when some of the last round failed)."""
         chosen = None
         if self.settings.explore_margin > 0:
-            ranked = self._ranked(now)
+            learned = self.learned(now)
+            ranked = self._ranked(learned)
             limit = ranked[0][0] * (1 + self.settings.explore_margin)
             for expected, row in ranked[: self.settings.explore_routes]:
                 if expected > limit:
                     break
-                if _key(row) != _key(self.current) and not self._known(_key(row), now):
+                if _key(row) != _key(self.current) and not learned.known(_key(row)):
                     chosen = row
                     break
         if renew or chosen is None or self.exploring is None or _key(chosen) != _key(self.exploring):
@@ -312,15 +346,16 @@ class CutSelector:
         )
         self._by_key = {_key(row): row for row in self.rows}
         self.current = self._by_key.get(_key(self.current), self.current)
-        best_ms, best = self._ranked(now)[0]
-        current_ms = self.expected_ms(self.current, now)
+        learned = self.learned(now)
+        best_ms, best = self._ranked(learned)[0]
+        current_ms = learned.expected_ms(self.current)
         switched = False
         clearly_better = best_ms <= current_ms * (1 - self.settings.switch_margin)
         dwelt = now - self.last_switch_at >= self.settings.min_dwell_s
         # An unmeasured route is explored first, unless it is better by more than exploring is for.
         vetted = (
             self.settings.explore_margin <= 0
-            or self._known(_key(best), now)
+            or learned.known(_key(best))
             or best_ms <= current_ms * (1 - self.settings.explore_margin)
         )
         if _key(best) != _key(self.current) and clearly_better and dwelt and vetted:
@@ -367,7 +402,7 @@ class CutSelector:
         self.metrics.overhead.labels("cloud").set(self.cloud_overhead.value_ms / 1000)
 
     def to_json(self) -> dict[str, Any]:
-        now = self.clock()
+        learned = self.learned()
         exploring = self.exploring
         return {
             "mode": "auto",
@@ -380,7 +415,7 @@ class CutSelector:
                 "samples": self.edge_overhead.samples,
             },
             "predicted_latency_ms": round(self.current.latency_ms, 3),
-            "expected_latency_ms": round(self.expected_ms(self.current, now), 3),
+            "expected_latency_ms": round(learned.expected_ms(self.current), 3),
             "candidates": len(self.rows),
             "ranking": [
                 {
@@ -388,11 +423,12 @@ class CutSelector:
                     "codec": r.codec,
                     "predicted_latency_ms": round(r.latency_ms, 3),
                     "expected_latency_ms": round(expected, 3),
-                    "measured": self._known(_key(r), now),
+                    "measured": learned.known(_key(r)),
                 }
-                for expected, r in self._ranked(now)[:5]
+                for expected, r in self._ranked(learned)[:5]
             ],
-            "measured_routes": self.residuals.to_json(now),
+            "measured_routes": learned.to_json(),
+            "typical_correction_ms": round(learned.typical, 3),
             "exploring": None if exploring is None else {"cut": exploring.cut, "codec": exploring.codec},
             "switches": self.switch_count,
             "recent_switches": self.history,
