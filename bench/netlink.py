@@ -255,12 +255,15 @@ def measure_auto(edge_client: Edge, requests: int, settle_s: float) -> dict[str,
         edge_client.median_ms(1)
     samples: dict[str, list[float]] = {"auto": [], "input": [], "output": []}
     auto_cuts = []
-    for _ in range(requests):
-        ms, cuts = edge_client.median_ms(1)
-        samples["auto"].append(ms)
-        auto_cuts += cuts
-        for extreme in ("input", "output"):
-            samples[extreme].append(edge_client.median_ms(1, extreme)[0])
+    kinds = list(samples)
+    for round_ in range(requests):
+        # NOTE: the order rotates: a request right after a heavy one (output, on the CPU-capped edge) is
+        # slower, and that must not always be the same kind.
+        for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+            ms, cuts = edge_client.median_ms(1, None if kind == "auto" else kind)
+            samples[kind].append(ms)
+            if kind == "auto":
+                auto_cuts += cuts
     info = edge_client.info()
     selection = info["cut_selection"]
     auto_ms, chosen = statistics.median(samples["auto"]), Counter(auto_cuts).most_common(1)[0][0]

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from shared.errors import ServiceUnavailable, Unauthorized, UnsupportedMediaType
-from shared.http import SERVED_BY_HEADER, media_type, read_limited_body, server_timing, versions
+from shared.http import SERVED_BY_HEADER, BodyArrival, media_type, read_limited_body, server_timing, versions
 from shared.metrics import metrics_response
 from shared.protocol import encode_logits
 from shared.wire import MEDIA_TYPE
@@ -66,10 +66,12 @@ async def run_tail(request: Request, state: StateDep) -> Response:
     """Run the tail for the cut a wire payload names and return the logits."""
     if media_type(request) not in _ACCEPTED_BODIES:
         raise UnsupportedMediaType(f"send the wire payload as {MEDIA_TYPE}, not {media_type(request) or 'nothing'!r}")
-    # NOTE: the handler starts once the headers are in; recv is the body streaming in, which lets the
-    # edge estimate its uplink bandwidth (and, with total, the round-trip time).
+    # NOTE: the handler starts once the headers are in; recv is the body streaming in, and stream the
+    # part of it after its first chunk (desc: its bytes), which lets the edge estimate its uplink
+    # bandwidth (and, with total, the round-trip time).
     arrived = time.perf_counter()
-    body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes)
+    arrival = BodyArrival()
+    body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes, arrival)
     state.metrics.payload_bytes.labels("received").observe(len(body))
     started = time.perf_counter()
     tail_input = await run_in_threadpool(state.model.decode, body)
@@ -78,6 +80,7 @@ async def run_tail(request: Request, state: StateDep) -> Response:
     state.metrics.compute.labels("tail").observe(stats.compute_ms / 1000)
     timings = {
         "recv": (started - arrived) * 1000,
+        "stream": arrival.streamed_ms,
         "decode": decode_ms,
         "queue": stats.queue_ms,
         "tail": stats.compute_ms,
@@ -94,14 +97,19 @@ async def run_tail(request: Request, state: StateDep) -> Response:
             "timings_ms": {k: round(v, 3) for k, v in timings.items()},
         }
         timings["total"] = (time.perf_counter() - arrived) * 1000
-        return JSONResponse(content, headers=_tail_headers(timings, stats.batch_size, state.instance))
+        return JSONResponse(content, headers=_tail_headers(timings, arrival, stats.batch_size, state.instance))
     data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
     timings["total"] = (time.perf_counter() - arrived) * 1000
-    return Response(data, media_type=MEDIA_TYPE, headers=_tail_headers(timings, stats.batch_size, state.instance))
+    headers = _tail_headers(timings, arrival, stats.batch_size, state.instance)
+    return Response(data, media_type=MEDIA_TYPE, headers=headers)
 
 
-def _tail_headers(timings: dict[str, float], batch_size: int, instance: str) -> dict[str, str]:
-    return {"Server-Timing": server_timing(timings), "X-Batch-Size": str(batch_size), SERVED_BY_HEADER: instance}
+def _tail_headers(timings: dict[str, float], arrival: BodyArrival, batch_size: int, instance: str) -> dict[str, str]:
+    return {
+        "Server-Timing": server_timing(timings, {"stream": str(arrival.streamed_bytes)}),
+        "X-Batch-Size": str(batch_size),
+        SERVED_BY_HEADER: instance,
+    }
 
 
 @v1.get("/info")

@@ -31,10 +31,13 @@ class CloudReply:
     server_timing: dict[str, float]
     round_trip_ms: float
     served_by: str | None = None
+    streamed_bytes: int | None = None  # the request body's bytes after its first chunk (Server-Timing stream)
 
 
-def _parse_server_timing(header: str) -> dict[str, float]:
+def _parse_server_timing(header: str) -> tuple[dict[str, float], dict[str, str]]:
+    """``name -> dur`` and ``name -> desc`` of a Server-Timing header; malformed entries are skipped."""
     timings: dict[str, float] = {}
+    descriptions: dict[str, str] = {}
     for entry in header.split(","):
         name, _, rest = entry.strip().partition(";")
         for param in rest.split(";"):
@@ -44,7 +47,9 @@ def _parse_server_timing(header: str) -> dict[str, float]:
                     timings[name] = float(value)
                 except ValueError:
                     continue
-    return timings
+            elif key == "desc":
+                descriptions[name] = value.strip('"')
+    return timings, descriptions
 
 
 def _problem_detail(response: httpx.Response) -> str:
@@ -111,8 +116,15 @@ class CloudClient:
             raise CloudTimeout(f"the cloud did not answer within the {deadline_s:.1f} s deadline") from exc
         self.breaker.record_success()
         round_trip_ms = (loop.time() - started) * 1000
-        timing = _parse_server_timing(response.headers.get("server-timing", ""))
-        return CloudReply(response.content, timing, round_trip_ms, response.headers.get(SERVED_BY_HEADER))
+        timing, descriptions = _parse_server_timing(response.headers.get("server-timing", ""))
+        streamed = descriptions.get("stream", "")
+        return CloudReply(
+            response.content,
+            timing,
+            round_trip_ms,
+            response.headers.get(SERVED_BY_HEADER),
+            int(streamed) if streamed.isdigit() else None,
+        )
 
     async def _post_with_retries(self, payload: bytes, request_id: str) -> httpx.Response:
         headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE, REQUEST_ID_HEADER: request_id}

@@ -265,16 +265,29 @@ class CutSelector:
     def _measures_bandwidth(self, row: PlanRow) -> bool:
         return row.cut != "output" and row.bytes_per_image >= self.estimator.min_sample_bytes
 
-    def observe(self, sent_bytes: int, round_trip_ms: float, server_timing: dict[str, float]) -> None:
-        """Fold in one cloud call (a cloud that does not report ``recv`` and ``total`` teaches nothing)."""
+    def observe(
+        self,
+        sent_bytes: int,
+        round_trip_ms: float,
+        server_timing: dict[str, float],
+        streamed_bytes: int | None = None,
+    ) -> None:
+        """Fold in one cloud call (a cloud that does not report ``recv`` and ``total`` teaches nothing).
+
+        The rate is timed on the part of the body after its first chunk when the cloud reports it
+        (``stream``, ``streamed_bytes``), else on the whole body (``recv``)."""
         if "total" not in server_timing or "recv" not in server_timing:
             return
         before = self.estimator.bandwidth_samples
+        if streamed_bytes is not None and "stream" in server_timing:
+            timed_bytes, timed_ms = streamed_bytes, server_timing["stream"]
+        else:
+            timed_bytes, timed_ms = sent_bytes, server_timing["recv"]
         self.estimator.observe(
-            sent_bytes=sent_bytes,
+            sent_bytes=timed_bytes,
             round_trip_s=round_trip_ms / 1000,
             cloud_total_s=server_timing["total"] / 1000,
-            cloud_recv_s=server_timing["recv"] / 1000,
+            cloud_recv_s=timed_ms / 1000,
         )
         if self.estimator.bandwidth_samples > before:
             self.last_sample_at = self.clock()

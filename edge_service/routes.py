@@ -195,7 +195,9 @@ async def _classify_admitted(
             timings["cloud_round_trip"] = reply.round_trip_ms
             cloud_instance, server_timing = reply.served_by, reply.server_timing
             if state.selector is not None:
-                state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.server_timing)
+                state.selector.observe(
+                    len(prepared.payload), reply.round_trip_ms, reply.server_timing, reply.streamed_bytes
+                )
             if "tail" in reply.server_timing:
                 timings["cloud_tail"] = reply.server_timing["tail"]
             logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))

@@ -244,6 +244,18 @@ def test_exploring_can_be_turned_off(loaded: LoadedModel) -> None:
     assert {selector.route_for_request().cut.name for _ in range(10)} == {"mean"}
 
 
+def test_the_rate_is_timed_on_the_body_after_its_first_chunk(loaded: LoadedModel) -> None:
+    selector = _selector(loaded, Clock())
+    # 5 Mbit/s with a 16 kB burst: the whole body reads 6.2 Mbit/s, the part after the burst 5 Mbit/s.
+    streamed = 100_000 - 16_000
+    timing = {"recv": streamed * 8 / 5e6 * 1000, "stream": streamed * 8 / 5e6 * 1000, "total": 200.0}
+    selector.observe(100_000, 250.0, timing, streamed_bytes=streamed)
+    assert selector.estimator.estimate.bandwidth_bps == pytest.approx(5e6)
+    older_cloud = _selector(loaded, Clock())
+    older_cloud.observe(100_000, 250.0, {"recv": timing["recv"], "total": 200.0})  # no `stream`: the whole body
+    assert older_cloud.estimator.estimate.bandwidth_bps == pytest.approx(100_000 * 8 / (timing["recv"] / 1000))
+
+
 def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
     selector = _selector(loaded, Clock())
     selector.observe(100_000, 50.0, {"tail": 3.0})
@@ -302,3 +314,10 @@ def test_a_request_can_pin_its_cut(auto_edge: TestClient) -> None:
     assert unknown.status_code == 422 and "layer9" in unknown.json()["detail"]
     misfit = auto_edge.post("/v1/classify?cut=mean&codec=jpeg", files={"image": ("a.png", PICTURE)})
     assert misfit.status_code == 422 and "does not fit cut" in misfit.json()["detail"]
+
+
+def test_the_request_that_builds_a_split_times_it_apart(auto_edge: TestClient) -> None:
+    first, second = (auto_edge.post("/v1/classify?cut=relu", files={"image": ("a.png", PICTURE)}) for _ in range(2))
+    assert first.status_code == second.status_code == 200
+    assert first.json()["timings_ms"]["build"] > 0  # not in `head`: the selector does not learn from it
+    assert "build" not in second.json()["timings_ms"]
