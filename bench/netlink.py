@@ -29,6 +29,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "0")  # see bench/cpu_suite.py: processe
 
 import argparse
 import io
+import itertools
 import json
 import shutil
 import signal
@@ -255,11 +256,11 @@ def measure_auto(edge_client: Edge, requests: int, settle_s: float) -> dict[str,
         edge_client.median_ms(1)
     samples: dict[str, list[float]] = {"auto": [], "input": [], "output": []}
     auto_cuts = []
-    kinds = list(samples)
+    orders = list(itertools.permutations(samples))
     for round_ in range(requests):
-        # NOTE: the order rotates: a request right after a heavy one (output, on the CPU-capped edge) is
-        # slower, and that must not always be the same kind.
-        for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+        # NOTE: each round takes the next of the six orders: a request right after a heavy one (output,
+        # on the CPU-capped edge) is slower, so no kind may always follow the same one.
+        for kind in orders[round_ % len(orders)]:
             ms, cuts = edge_client.median_ms(1, None if kind == "auto" else kind)
             samples[kind].append(ms)
             if kind == "auto":
