@@ -24,9 +24,10 @@ The edge moves to the route with the best expected latency only when that is at 
 after exploring it, unless it is better by more than ``explore_margin`` (a link that collapses is
 left at once).
 
-While the current cut sends nothing the estimate can learn from (``output``, or a payload too small to
-time), one request every ``probe_interval_s`` goes through the best cut that does, so a link that gets
-faster is noticed too. Probes and explorations are answered normally; they are only routed differently.
+While the link teaches the estimate nothing (the current cut is ``output``, or its payloads are too
+small to time), one request every ``probe_interval_s`` goes through the best cut whose payload is
+large enough (larger after each probe that taught nothing), so a link that gets faster is noticed
+too. Probes and explorations are answered normally; they are only routed differently.
 """
 
 from __future__ import annotations
@@ -228,7 +229,9 @@ class CutSelector:
         self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
         self.residuals = _Residuals(settings.measurement_ttl_s)
         now = clock()
-        self.last_plan_at = self.last_switch_at = self.last_sample_at = now
+        self.last_plan_at = self.last_switch_at = self.last_sample_at = self._last_bandwidth_at = now
+        self._last_probe_at: float | None = None
+        self._probe_bytes = 2 * self.estimator.min_sample_bytes
         self.exploring: PlanRow | None = None
         self._explorations_sent = 0
         self._since_exploration = 0
@@ -245,10 +248,11 @@ class CutSelector:
         exploration (a near-best route whose latency has not been measured lately)."""
         now = self.clock()
         interval = self.settings.probe_interval_s
-        if interval > 0 and not self._measures_bandwidth(self.current) and now - self.last_sample_at >= interval:
-            probe = next((row for row in self.rows if self._measures_bandwidth(row)), None)
+        if interval > 0 and now - self.last_sample_at >= interval:
+            probe = self._probe_row()
+            self.last_sample_at = now  # one probe per interval, even while it is in flight
             if probe is not None:
-                self.last_sample_at = now  # one probe per interval, even while it is in flight
+                self._last_probe_at = now
                 self.metrics.probes.inc()
                 return self.route_for(probe)
         # NOTE: never two explorations in a row, and no more in flight than it takes to measure the route.
@@ -262,8 +266,22 @@ class CutSelector:
         self._since_exploration += 1
         return self.model.route
 
-    def _measures_bandwidth(self, row: PlanRow) -> bool:
-        return row.cut != "output" and row.bytes_per_image >= self.estimator.min_sample_bytes
+    def _probe_row(self) -> PlanRow | None:
+        """The best route whose payload is large enough to time the link, if it is not the current one.
+
+        Large enough: at least ``min_sample_bytes`` after the first chunk the cloud reads. On a fast link
+        a whole body can arrive in that chunk, so each probe that taught nothing doubles the size asked
+        of the next one (up to the largest payload there is).
+        """
+        if self._last_probe_at is not None and self._last_bandwidth_at < self._last_probe_at:
+            self._probe_bytes *= 2
+        sending = [row for row in self.rows if row.cut != "output"]
+        if not sending:
+            return None
+        probe = next((row for row in sending if row.bytes_per_image >= self._probe_bytes), None)
+        if probe is None:
+            probe = max(sending, key=lambda row: row.bytes_per_image)
+        return None if _key(probe) == _key(self.current) else probe
 
     def observe(
         self,
@@ -290,7 +308,7 @@ class CutSelector:
             cloud_recv_s=timed_ms / 1000,
         )
         if self.estimator.bandwidth_samples > before:
-            self.last_sample_at = self.clock()
+            self.last_sample_at = self._last_bandwidth_at = self.clock()
         self.maybe_replan()
 
     def observe_request(self, route: Route, timings_ms: dict[str, float], server_timing: dict[str, float]) -> None:

@@ -127,6 +127,22 @@ def test_a_cut_that_cannot_measure_the_link_probes_it_now_and_then(loaded: Loade
     assert selector.route_for_request().cut.name == "mean"  # one probe per interval
 
 
+def test_a_probe_that_teaches_nothing_makes_the_next_one_larger(loaded: LoadedModel) -> None:
+    clock = Clock()
+    selector = _selector(loaded, clock, bandwidth_bps=1e6, rtt_s=0.01, replan_interval_s=0.0, probe_interval_s=10.0)
+    assert selector.current.cut == "mean"
+    probes = []
+    for _ in range(3):  # on a fast link each body arrives in one piece: no probe yields a bandwidth sample
+        clock.now += 10
+        probes.append(selector.route_for_request().cut.name)
+    assert probes == ["input", "relu", "relu"]  # 100 kB >= 64 KiB; then 128 KiB: relu's 200 kB, the largest
+    clock.now += 10
+    recv_ms = 150_000 * 8 / 50e6 * 1000
+    selector.observe(200_000, recv_ms + 10, {"recv": recv_ms, "stream": recv_ms, "total": recv_ms + 2}, 150_000)
+    assert selector.route_for_request().cut.name == "mean"  # it taught something: no probe for 10 s
+    assert selector.registry.get_sample_value("splitinfer_link_probes_total") == 3
+
+
 def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
     clock = Clock()
     selector = _selector(loaded, clock, replan_interval_s=1.0, min_dwell_s=0.0)
