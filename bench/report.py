@@ -160,6 +160,8 @@ def netlink_section(data: dict[str, Any]) -> list[str]:
         f"Command: `sudo .venv/bin/python bench/netlink.py` then `python bench/report.py`. {data['date']}. "
         "Raw numbers: `bench/results/netlink.json`.",
         "",
+        *[f"- {model}: {run}" for model, run in data.get("runs", {}).items()],
+        *([""] if data.get("runs") else []),
         "The edge and the cloud run in two network namespaces joined by a veth pair; `tc tbf` shapes the rate of",
         "both directions and a delaying TCP relay (`bench/delay_relay.py`, in the edge's namespace) adds half the",
         "RTT each way (this kernel has no `netem`). The edge is capped by a CPU cgroup at "
