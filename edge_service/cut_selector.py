@@ -244,8 +244,8 @@ class CutSelector:
         return self.model.route_for(row.cut, row.codec if row.codec != "-" else self.codec_for(row.cut))
 
     def route_for_request(self) -> Route:
-        """The current route; now and then a probe (when the current one cannot measure the link) or an
-        exploration (a near-best route whose latency has not been measured lately)."""
+        """The current route; now and then a probe (when the link taught the estimate nothing for an
+        interval) or an exploration (a near-best route whose latency has not been measured lately)."""
         now = self.clock()
         interval = self.settings.probe_interval_s
         if interval > 0 and now - self.last_sample_at >= interval:

@@ -7,10 +7,8 @@ arrive after its headers, and ``total``, the whole handling time including ``rec
     rtt       ~= round_trip - total          (propagation both ways: what no computation explains)
     bandwidth ~= bytes * 8 / recv            (the body streaming in at the link's rate)
 
-The caller should pass, as ``sent_bytes`` and ``cloud_recv_s``, the part of the body after its first
-chunk and its arrival time where the cloud reports them (``stream``): a link's first bytes often
-arrive at once (a token bucket's burst), which makes the whole body over its whole time overrate the
-link, the more so the smaller the body (8.0 Mbit/s read on a 5 Mbit/s link).
+Where the cloud reports it (``stream``), the caller passes as ``sent_bytes`` and ``cloud_recv_s`` only
+the part of the body after its first chunk and its arrival time (why: :class:`shared.http.BodyArrival`).
 
 Bandwidth samples come only from bodies large enough for their transfer time to be measurable
 (``min_sample_bytes``); both quantities are smoothed (exponentially weighted; bandwidth as the ratio of
