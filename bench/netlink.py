@@ -50,8 +50,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from shared.planning import Profile, parse_bandwidth, parse_duration, plan
-from shared.samples import synthetic_image
+from shared.planning import Profile, plan
+from shared.units import parse_bandwidth, parse_duration
+from splitinfer.samples import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/netlink.json"

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from splitinfer.ray_cloud import start_ray_cloud, stop_ray_cloud
+from tests.support.ray_cloud import start_ray_cloud, stop_ray_cloud
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench/results/ray.json"

@@ -3,44 +3,28 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from cloud_service.batching import Batcher, DynamicBatcher
-from cloud_service.routes import router
+from cloud_service.batching import DynamicBatcher
+from cloud_service.routes import TAIL_PATH, readiness, router
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
-from shared.metrics import ServiceMetrics, install_request_middleware
+from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
+from service_core.app import create_service_app
+from service_core.metrics import ServiceMetrics
 from shared.models import load_model
 from shared.preprocessing import ImageLimits
-from shared.problems import install_problem_handlers
 from shared.wire import WireLimits
 
-__all__ = ["BatcherFactory", "CloudState", "TailRunner", "create_app", "dynamic_batcher"]
-
-TailRunner = Callable[[str, Sequence[tuple[torch.Tensor, ...]]], Sequence[torch.Tensor]]
-BatcherFactory = Callable[
-    [TailRunner, ThreadPoolExecutor, CloudSettings], Batcher[tuple[torch.Tensor, ...], torch.Tensor]
-]
+__all__ = ["create_app", "dynamic_batcher"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CloudState:
-    settings: CloudSettings
-    model: CloudModel
-    batcher: Batcher[tuple[torch.Tensor, ...], torch.Tensor]
-    metrics: ServiceMetrics
-    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
 def _load(settings: CloudSettings) -> CloudModel:
@@ -50,7 +34,7 @@ def _load(settings: CloudSettings) -> CloudModel:
     model = CloudModel(
         loaded,
         device=settings.device,
-        wire_limits=WireLimits.for_batch(settings.max_batch_size, settings.max_payload_mib_per_image),
+        wire_limits=_wire_limits(settings),
         image_limits=ImageLimits(max_pixels=settings.max_image_pixels),
         tail_cache_size=settings.tail_cache_size,
         channels_last=settings.channels_last,
@@ -68,9 +52,7 @@ def _load(settings: CloudSettings) -> CloudModel:
     return model
 
 
-def dynamic_batcher(
-    run: TailRunner, executor: ThreadPoolExecutor, settings: CloudSettings
-) -> Batcher[tuple[torch.Tensor, ...], torch.Tensor]:
+def dynamic_batcher(run: TailRunner, executor: ThreadPoolExecutor, settings: CloudSettings) -> TailBatcher:
     return DynamicBatcher(
         run,
         executor,
@@ -89,8 +71,10 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
     settings = settings or CloudSettings()
     metrics = ServiceMetrics("cloud")
 
+    wire_limits = _wire_limits(settings)
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[CloudState]:
         model = await run_in_threadpool(_load, settings)
         metrics.set_info(model.loaded.name, model.loaded.digest)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as executor:
@@ -102,22 +86,23 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
 
             runs = batcher(run, executor, settings)
             runs.start()
-            app.state.cloud = CloudState(settings, model, runs, metrics)
             try:
-                yield
+                yield CloudState(settings, model, runs, metrics)
             finally:
-                app.state.draining = True
                 await runs.stop()
 
-    app = FastAPI(
+    app = create_service_app(
         title="split-inference cloud",
         summary="Runs the tail of a split image classifier on payloads sent by edges.",
-        version="0.1.0",
         lifespan=lifespan,
+        metrics=metrics,
+        routers=[router],
+        readiness=readiness,
+        body_limit=lambda scope: wire_limits.max_payload_bytes if scope["path"] == TAIL_PATH else None,
     )
-    app.state.draining = False
     app.state.token = settings.shared_token()
-    install_problem_handlers(app)
-    install_request_middleware(app, metrics)
-    app.include_router(router)
     return app
+
+
+def _wire_limits(settings: CloudSettings) -> WireLimits:
+    return WireLimits.for_batch(settings.max_batch_size, settings.max_payload_mib_per_image)

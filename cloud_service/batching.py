@@ -17,11 +17,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from shared.errors import ServiceUnavailable
 
-__all__ = ["BatchStats", "Batcher", "Call", "DynamicBatcher", "run_calls"]
+__all__ = ["BatchStats", "Call", "DynamicBatcher", "run_calls"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -80,20 +80,6 @@ async def _run_group(
     ]
 
 
-In_contra = TypeVar("In_contra", contravariant=True)
-Out_co = TypeVar("Out_co", covariant=True)
-
-
-class Batcher(Protocol[In_contra, Out_co]):
-    """What the cloud's routes need from a batcher (this module's, or Ray Serve's in cloud_service.serve)."""
-
-    def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def submit(self, key: str, value: In_contra, size: int = 1) -> tuple[Out_co, BatchStats]: ...
-
-
 @dataclass
 class _Item(Generic[In, Out]):
     key: str
@@ -129,10 +115,6 @@ class DynamicBatcher(Generic[In, Out]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
-
-    @property
-    def queued(self) -> int:
-        return len(self._pending)
 
     def start(self) -> None:
         if self._task is None:

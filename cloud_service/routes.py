@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from dataclasses import asdict, replace
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from shared.errors import ServiceUnavailable, Unauthorized, UnsupportedMediaType
-from shared.http import SERVED_BY_HEADER, BodyArrival, media_type, read_limited_body, server_timing, versions
-from shared.metrics import metrics_response
+from cloud_service.state import CloudState, CloudStateDep
+from service_core.http import SERVED_BY_HEADER, media_type, versions
+from shared.errors import Unauthorized, UnsupportedMediaType
 from shared.protocol import encode_logits
+from shared.tail_timings import BodyArrival, TailTimings
 from shared.wire import MEDIA_TYPE
 
-if TYPE_CHECKING:
-    from cloud_service.app import CloudState
+__all__ = ["TAIL_PATH", "readiness", "router"]
 
-__all__ = ["router"]
-
+TAIL_PATH = "/v1/tail"
 router = APIRouter()
-ops = APIRouter(tags=["operations"])
 _ACCEPTED_BODIES = (MEDIA_TYPE, "application/octet-stream")
-
-
-def _state(request: Request) -> CloudState:
-    state = getattr(request.app.state, "cloud", None)
-    if state is None:
-        raise ServiceUnavailable("the model is still loading")
-    return state  # type: ignore[no-any-return]
-
-
-StateDep = Annotated["CloudState", Depends(_state)]
 
 
 def _authorize(request: Request) -> None:
@@ -50,7 +39,7 @@ v1 = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(_authoriz
 
 
 @v1.post(
-    "/tail",
+    TAIL_PATH.removeprefix("/v1"),
     response_class=Response,
     responses={
         200: {
@@ -62,7 +51,7 @@ v1 = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(_authoriz
         "requestBody": {"required": True, "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
-async def run_tail(request: Request, state: StateDep) -> Response:
+async def run_tail(request: Request, state: CloudStateDep) -> Response:
     """Run the tail for the cut a wire payload names and return the logits."""
     if media_type(request) not in _ACCEPTED_BODIES:
         raise UnsupportedMediaType(f"send the wire payload as {MEDIA_TYPE}, not {media_type(request) or 'nothing'!r}")
@@ -71,20 +60,26 @@ async def run_tail(request: Request, state: StateDep) -> Response:
     # bandwidth (and, with total, the round-trip time).
     arrived = time.perf_counter()
     arrival = BodyArrival()
-    body = await read_limited_body(request, state.model.wire_limits.max_payload_bytes, arrival)
+    chunks = []
+    async for chunk in request.stream():  # NOTE: bounded by the body limit of TAIL_PATH (cloud_service.app)
+        if chunk:
+            arrival.add(len(chunk))
+            chunks.append(chunk)
+    body = b"".join(chunks)
     state.metrics.payload_bytes.labels("received").observe(len(body))
     started = time.perf_counter()
     tail_input = await run_in_threadpool(state.model.decode, body)
     decode_ms = (time.perf_counter() - started) * 1000
     logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
     state.metrics.compute.labels("tail").observe(stats.compute_ms / 1000)
-    timings = {
-        "recv": (started - arrived) * 1000,
-        "stream": arrival.streamed_ms,
-        "decode": decode_ms,
-        "queue": stats.queue_ms,
-        "tail": stats.compute_ms,
-    }
+    timings = TailTimings(
+        recv_ms=(started - arrived) * 1000,
+        stream_ms=arrival.streamed_ms,
+        stream_bytes=arrival.streamed_bytes,
+        decode_ms=decode_ms,
+        queue_ms=stats.queue_ms,
+        tail_ms=stats.compute_ms,
+    )
     request.state.log_fields = {"cut": tail_input.cut, "bytes": len(body), "batch": stats.batch_size}
     loaded = state.model.loaded
     if "application/json" in request.headers.get("accept", ""):
@@ -94,26 +89,22 @@ async def run_tail(request: Request, state: StateDep) -> Response:
             "cut": tail_input.cut,
             "logits": logits.tolist(),
             "batch_size": stats.batch_size,
-            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+            "timings_ms": {k: round(v, 3) for k, v in asdict(timings).items() if k.endswith("_ms") and v is not None},
         }
-        timings["total"] = (time.perf_counter() - arrived) * 1000
-        return JSONResponse(content, headers=_tail_headers(timings, arrival, stats.batch_size, state.instance))
+        headers = _tail_headers(timings, arrived, stats.batch_size, state.instance)
+        return JSONResponse(content, headers=headers)
     data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
-    timings["total"] = (time.perf_counter() - arrived) * 1000
-    headers = _tail_headers(timings, arrival, stats.batch_size, state.instance)
+    headers = _tail_headers(timings, arrived, stats.batch_size, state.instance)
     return Response(data, media_type=MEDIA_TYPE, headers=headers)
 
 
-def _tail_headers(timings: dict[str, float], arrival: BodyArrival, batch_size: int, instance: str) -> dict[str, str]:
-    return {
-        "Server-Timing": server_timing(timings, {"stream": str(arrival.streamed_bytes)}),
-        "X-Batch-Size": str(batch_size),
-        SERVED_BY_HEADER: instance,
-    }
+def _tail_headers(timings: TailTimings, arrived: float, batch_size: int, instance: str) -> dict[str, str]:
+    total = replace(timings, total_ms=(time.perf_counter() - arrived) * 1000)
+    return {"Server-Timing": total.format(), "X-Batch-Size": str(batch_size), SERVED_BY_HEADER: instance}
 
 
 @v1.get("/info")
-async def info(state: StateDep) -> dict[str, Any]:
+async def info(state: CloudStateDep) -> dict[str, Any]:
     """What this cloud serves: model, weights digest, device, limits and versions."""
     loaded = state.model.loaded
     settings = state.settings
@@ -136,25 +127,9 @@ async def info(state: StateDep) -> dict[str, Any]:
     }
 
 
-@ops.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
-
-
-@ops.get("/readyz")
-async def readyz(request: Request, state: StateDep) -> dict[str, str]:
+async def readiness(request: Request, state: CloudState) -> dict[str, Any]:
     """The model is loaded and the service accepts work."""
-    if request.app.state.draining:
-        raise ServiceUnavailable("the service is shutting down")
     return {"status": "ready", "model": state.model.loaded.name, "weights_digest": state.model.loaded.digest}
 
 
-@ops.get("/metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics."""
-    return metrics_response(state.metrics)
-
-
 router.include_router(v1)
-router.include_router(ops)

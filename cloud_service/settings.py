@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.config import ServiceSettings
+from service_core.settings import ServiceSettings
 
 __all__ = ["CloudSettings"]
 

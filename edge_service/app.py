@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import httpx
 import torch
@@ -16,30 +15,21 @@ from starlette.concurrency import run_in_threadpool
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
 from edge_service.cut_selector import CutSelector, SelectorSettings
-from edge_service.routes import router
+from edge_service.routes import CLASSIFY_PATHS, readiness, router
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
-from shared.metrics import ServiceMetrics, install_request_middleware
+from edge_service.state import EdgeState
+from service_core.app import create_service_app
+from service_core.metrics import ServiceMetrics
 from shared.models import load_model
-from shared.planning import Profile, parse_bandwidth, parse_duration
+from shared.planning import Profile
 from shared.preprocessing import ImageLimits
-from shared.problems import install_problem_handlers
 from shared.splitting import OUTPUT_CUT
+from shared.units import parse_bandwidth, parse_duration
 
-__all__ = ["EdgeState", "create_app"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EdgeState:
-    settings: EdgeSettings
-    model: EdgeModel
-    cloud: CloudClient
-    executor: ThreadPoolExecutor
-    metrics: ServiceMetrics
-    selector: CutSelector | None = None
-    in_flight: int = 0
 
 
 def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
@@ -118,7 +108,7 @@ def create_app(
     metrics = ServiceMetrics("edge")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[EdgeState]:
         model, selector = await run_in_threadpool(_load, settings, metrics)
         metrics.set_info(model.loaded.name, model.loaded.digest, model.cut.name, model.codec)
         cloud = CloudClient(
@@ -132,21 +122,17 @@ def create_app(
             transport=cloud_transport,
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
-            app.state.edge = EdgeState(settings, model, cloud, executor, metrics, selector)
             try:
-                yield
+                yield EdgeState(settings, model, cloud, executor, metrics, selector)
             finally:
-                app.state.draining = True
                 await cloud.aclose()
 
-    app = FastAPI(
+    return create_service_app(
         title="split-inference edge",
         summary="Classifies images: runs the head of a split model here and the tail in the cloud.",
-        version="0.1.0",
         lifespan=lifespan,
+        metrics=metrics,
+        routers=[router],
+        readiness=readiness,
+        body_limit=lambda scope: settings.max_upload_bytes if scope["path"] in CLASSIFY_PATHS else None,
     )
-    app.state.draining = False
-    install_problem_handlers(app)
-    install_request_middleware(app, metrics)
-    app.include_router(router)
-    return app

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 
 from edge_service.breaker import CircuitBreaker
+from service_core.http import SERVED_BY_HEADER
+from service_core.metrics import REQUEST_ID_HEADER
 from shared.errors import (
     BadGateway,
     CloudTimeout,
@@ -18,8 +20,7 @@ from shared.errors import (
     ModelMismatch,
     SplitInferError,
 )
-from shared.http import SERVED_BY_HEADER
-from shared.metrics import REQUEST_ID_HEADER
+from shared.tail_timings import TailTimings
 from shared.wire import MEDIA_TYPE
 
 __all__ = ["CloudClient", "CloudReply"]
@@ -28,28 +29,9 @@ __all__ = ["CloudClient", "CloudReply"]
 @dataclass(frozen=True)
 class CloudReply:
     body: bytes
-    server_timing: dict[str, float]
+    timings: TailTimings
     round_trip_ms: float
     served_by: str | None = None
-    streamed_bytes: int | None = None  # the request body's bytes after its first chunk (Server-Timing stream)
-
-
-def _parse_server_timing(header: str) -> tuple[dict[str, float], dict[str, str]]:
-    """``name -> dur`` and ``name -> desc`` of a Server-Timing header; malformed entries are skipped."""
-    timings: dict[str, float] = {}
-    descriptions: dict[str, str] = {}
-    for entry in header.split(","):
-        name, _, rest = entry.strip().partition(";")
-        for param in rest.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "dur":
-                try:
-                    timings[name] = float(value)
-                except ValueError:
-                    continue
-            elif key == "desc":
-                descriptions[name] = value.strip('"')
-    return timings, descriptions
 
 
 def _problem_detail(response: httpx.Response) -> str:
@@ -116,15 +98,8 @@ class CloudClient:
             raise CloudTimeout(f"the cloud did not answer within the {deadline_s:.1f} s deadline") from exc
         self.breaker.record_success()
         round_trip_ms = (loop.time() - started) * 1000
-        timing, descriptions = _parse_server_timing(response.headers.get("server-timing", ""))
-        streamed = descriptions.get("stream", "")
-        return CloudReply(
-            response.content,
-            timing,
-            round_trip_ms,
-            response.headers.get(SERVED_BY_HEADER),
-            int(streamed) if streamed.isdigit() else None,
-        )
+        timings = TailTimings.parse(response.headers.get("server-timing", ""))
+        return CloudReply(response.content, timings, round_trip_ms, response.headers.get(SERVED_BY_HEADER))
 
     async def _post_with_retries(self, payload: bytes, request_id: str) -> httpx.Response:
         headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE, REQUEST_ID_HEADER: request_id}

@@ -1,7 +1,7 @@
 """``--cut auto`` while serving: estimate the link from real requests, re-plan, switch cut with hysteresis.
 
 The selector starts from the planner's choice for the configured link. Every cloud call feeds the
-:class:`~shared.link_estimation.LinkEstimator`, and every request's measured compute calibrates the
+:class:`~edge_service.link_estimation.LinkEstimator`, and every request's measured compute calibrates the
 profiles (a running service takes longer than its profile: its own HTTP work competes for the CPU).
 Every ``replan_interval_s`` the plan is recomputed for the estimated link and the calibrated compute.
 
@@ -42,9 +42,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from edge_service.link_estimation import LinkEstimate, LinkEstimator
 from edge_service.runtime import EdgeModel, Route
-from shared.link_estimation import LinkEstimate, LinkEstimator
 from shared.planning import PlanRow, Profile, plan
+from shared.tail_timings import TailTimings
 
 __all__ = ["CutSelector", "SelectorSettings"]
 
@@ -287,39 +288,38 @@ class CutSelector:
         self,
         sent_bytes: int,
         round_trip_ms: float,
-        server_timing: dict[str, float],
-        streamed_bytes: int | None = None,
+        timings: TailTimings,
     ) -> None:
         """Fold in one cloud call (a cloud that does not report ``recv`` and ``total`` teaches nothing).
 
         The rate is timed on the part of the body after its first chunk when the cloud reports it
         (``stream``, ``streamed_bytes``), else on the whole body (``recv``)."""
-        if "total" not in server_timing or "recv" not in server_timing:
+        if timings.total_ms is None or timings.recv_ms is None:
             return
         before = self.estimator.bandwidth_samples
-        if streamed_bytes is not None and "stream" in server_timing:
-            timed_bytes, timed_ms = streamed_bytes, server_timing["stream"]
+        if timings.stream_bytes is not None and timings.stream_ms is not None:
+            timed_bytes, timed_ms = timings.stream_bytes, timings.stream_ms
         else:
-            timed_bytes, timed_ms = sent_bytes, server_timing["recv"]
+            timed_bytes, timed_ms = sent_bytes, timings.recv_ms
         self.estimator.observe(
             sent_bytes=timed_bytes,
             round_trip_s=round_trip_ms / 1000,
-            cloud_total_s=server_timing["total"] / 1000,
+            cloud_total_s=timings.total_ms / 1000,
             cloud_recv_s=timed_ms / 1000,
         )
         if self.estimator.bandwidth_samples > before:
             self.last_sample_at = self._last_bandwidth_at = self.clock()
         self.maybe_replan()
 
-    def observe_request(self, route: Route, timings_ms: dict[str, float], server_timing: dict[str, float]) -> None:
+    def observe_request(self, route: Route, timings_ms: dict[str, float], cloud: TailTimings) -> None:
         """Learn from one single-image request that completed where its route says: each side's compute
         against the profiles, and its end-to-end latency (``timings_ms["total"]``) against the plan."""
         key = (route.cut.name, "-" if route.runs_everything else route.codec)
         if self.settings.calibrate and (profiled := self._profiled.get(key)) is not None:
             edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
             self.edge_overhead.observe(edge_ms, profiled.edge_ms)
-            if "decode" in server_timing and "tail" in server_timing:
-                self.cloud_overhead.observe(server_timing["decode"] + server_timing["tail"], profiled.cloud_ms)
+            if cloud.cloud_compute_ms is not None:
+                self.cloud_overhead.observe(cloud.cloud_compute_ms, profiled.cloud_ms)
         predicted = self._by_key.get(key)
         if predicted is None or "total" not in timings_ms:
             return

@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
+from edge_service.runtime import Prepared, Route
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
+from edge_service.state import EdgeState, EdgeStateDep
+from service_core.http import media_type, versions
 from shared.errors import (
     BadGateway,
     CloudTimeout,
@@ -23,20 +28,16 @@ from shared.errors import (
     UnprocessableContent,
     UnsupportedMediaType,
 )
-from shared.http import media_type, read_limited_body, server_timing, versions
-from shared.metrics import metrics_response
+from shared.tail_timings import TailTimings, format_server_timing
 
-if TYPE_CHECKING:
-    from edge_service.app import EdgeState
-    from edge_service.runtime import Prepared, Route
-
-__all__ = ["router"]
+__all__ = ["CLASSIFY_PATHS", "readiness", "router"]
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", tags=["inference"])
-ops = APIRouter(tags=["operations"])
+CLASSIFY_PATHS = ("/v1/classify", "/v1/classify/batch")
+_MAX_FIELD_BYTES = 64 * 1024
 
 _IMAGE_BODY = {
     "multipart/form-data": {
@@ -60,14 +61,6 @@ _BATCH_BODY = {
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
 
 
-def _state(request: Request) -> EdgeState:
-    state = getattr(request.app.state, "edge", None)
-    if state is None:
-        raise ServiceUnavailable("the model is still loading")
-    return state  # type: ignore[no-any-return]
-
-
-StateDep = Annotated["EdgeState", Depends(_state)]
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
 WithLogits = Annotated[bool, Query(description="Include every logit in the response.")]
 CutOverride = Annotated[
@@ -103,22 +96,26 @@ def _route(state: EdgeState, cut: str | None, codec: str | None) -> Route:
 
 
 async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ...]) -> list[bytes]:
-    body = await read_limited_body(request, state.settings.max_upload_bytes)
+    """The uploaded images (the body is bounded by the body limit of CLASSIFY_PATHS, see edge_service.app)."""
     kind = media_type(request)
     if kind.startswith("image/"):
-        return [body]
+        return [await request.body()]
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(
             f"send the image as multipart field {fields[0]!r} or as a raw body with an image/* content type, "
             f"not {kind or 'no content type'!r}"
         )
-    # NOTE: the body is already read (and bounded); Request.form() parses the cached copy.
-    request._body = body
     limit = state.settings.max_batch_size
     try:
-        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-    except Exception as exc:  # starlette raises MultiPartException / HTTPException on malformed bodies
-        raise UnprocessableContent(f"the multipart body cannot be parsed: {exc}") from exc
+        form = await request.form(max_files=limit + 1, max_fields=limit + 8, max_part_size=_MAX_FIELD_BYTES)
+    except SplitInferError:
+        raise  # the body limit
+    except StarletteHTTPException as exc:  # starlette's own limits and malformed bodies
+        if "Too many files" in str(exc.detail):
+            raise PayloadTooLarge(f"more than {limit} images; the batch limit is {limit}") from exc
+        raise UnprocessableContent(f"the multipart body cannot be parsed: {exc.detail}") from exc
+    except MultiPartException as exc:
+        raise UnprocessableContent(f"the multipart body cannot be parsed: {exc.message}") from exc
     try:
         uploads = [item for name in fields for item in form.getlist(name) if isinstance(item, UploadFile)]
         if not uploads:
@@ -180,7 +177,7 @@ async def _classify_admitted(
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"
     cloud_instance = None
-    server_timing: dict[str, float] = {}
+    cloud_timings = TailTimings()
     if route.runs_everything:
         logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
         completed_on = "edge"
@@ -193,13 +190,11 @@ async def _classify_admitted(
                 deadline_s=max(0.001, deadline - time.perf_counter()),
             )
             timings["cloud_round_trip"] = reply.round_trip_ms
-            cloud_instance, server_timing = reply.served_by, reply.server_timing
+            cloud_instance, cloud_timings = reply.served_by, reply.timings
             if state.selector is not None:
-                state.selector.observe(
-                    len(prepared.payload), reply.round_trip_ms, reply.server_timing, reply.streamed_bytes
-                )
-            if "tail" in reply.server_timing:
-                timings["cloud_tail"] = reply.server_timing["tail"]
+                state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.timings)
+            if reply.timings.tail_ms is not None:
+                timings["cloud_tail"] = reply.timings.tail_ms
             logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
@@ -212,7 +207,7 @@ async def _classify_admitted(
     # route's split already built, finished where the route says (not by the fallback).
     intended = completed_on == ("edge" if route.runs_everything else "cloud")
     if state.selector is not None and intended and len(blobs) == 1 and "build" not in timings:
-        state.selector.observe_request(route, timings, server_timing)
+        state.selector.observe_request(route, timings, cloud_timings)
     request.state.log_fields = {
         "cut": route.cut.name,
         "codec": route.codec,
@@ -241,14 +236,14 @@ async def _classify_admitted(
     response_model_exclude_none=True,
     openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
 )
-async def classify(request: Request, response: Response, state: StateDep, options: OptionsDep) -> ClassifyResponse:
+async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
     route = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
     output, common = await _classify(request, state, blobs, route)
-    response.headers["Server-Timing"] = server_timing(common["timings_ms"])
+    response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     result = _results(output, state, options.top_k, options.logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
 
@@ -260,18 +255,18 @@ async def classify(request: Request, response: Response, state: StateDep, option
     openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
 )
 async def classify_batch(
-    request: Request, response: Response, state: StateDep, options: OptionsDep
+    request: Request, response: Response, state: EdgeStateDep, options: OptionsDep
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
     route = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("images", "image"))
     output, common = await _classify(request, state, blobs, route)
-    response.headers["Server-Timing"] = server_timing(common["timings_ms"])
+    response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 
 
 @v1.get("/info")
-async def info(state: StateDep) -> dict[str, Any]:
+async def info(state: EdgeStateDep) -> dict[str, Any]:
     """What this edge serves: model, weights, cut, codec, cloud and versions."""
     model, settings = state.model, state.settings
     return {
@@ -292,17 +287,8 @@ async def info(state: StateDep) -> dict[str, Any]:
     }
 
 
-@ops.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
-
-
-@ops.get("/readyz")
-async def readyz(request: Request, state: StateDep) -> dict[str, Any]:
+async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
     """The model is loaded and the cloud is reachable and serves the same model and weights."""
-    if request.app.state.draining:
-        raise ServiceUnavailable("the service is shutting down")
     loaded = state.model.loaded
     if state.model.runs_everything:
         return {"status": "ready", "cloud": "not needed (cut 'output')"}
@@ -320,11 +306,4 @@ async def readyz(request: Request, state: StateDep) -> dict[str, Any]:
     return {"status": "ready", "cloud": "ok", "model": loaded.name, "weights_digest": loaded.digest}
 
 
-@ops.get("/metrics", response_class=Response)
-async def metrics(state: StateDep) -> Response:
-    """Prometheus metrics."""
-    return metrics_response(state.metrics)
-
-
 router.include_router(v1)
-router.include_router(ops)

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from service_core.settings import ServiceSettings
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
-from shared.config import ServiceSettings
 from shared.errors import UnsupportedMediaType
 
 __all__ = ["EdgeSettings"]
@@ -93,7 +93,7 @@ class EdgeSettings(ServiceSettings):
         for name, path in (("EDGE_PROFILE", self.edge_profile), ("CLOUD_PROFILE", self.cloud_profile)):
             if path is None or not path.is_file():
                 raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({path} is not)")
-        from shared.planning import parse_bandwidth, parse_duration
+        from shared.units import parse_bandwidth, parse_duration
 
         parse_bandwidth(self.link_bandwidth)
         parse_duration(self.link_rtt)

@@ -1,7 +1,7 @@
 """Typed domain errors shared by the library and both services.
 
 Every error carries the HTTP status it maps to, so a service renders it once
-(see :mod:`shared.problems`) and the library stays free of web concerns::
+(see :mod:`service_core.problems`) and the library stays free of web concerns::
 
     SplitInferError                     500  base class
     ├── BadRequest                      400  request is malformed

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,8 +48,6 @@ __all__ = [
     "PlanRow",
     "Profile",
     "pareto",
-    "parse_bandwidth",
-    "parse_duration",
     "plan",
     "profile_model",
 ]
@@ -230,30 +227,6 @@ def _profile_codec(
         errors.append(float((logits - reference).norm() / reference.norm().clamp_min(1e-12)))
     size = statistics.fmean(len(p) for p in payloads)
     return CodecProfile(codec, float(size), encode_ms, decode_ms, max(errors))
-
-
-_RATE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(bit|bps|b/s|byte|B)?\s*$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def parse_bandwidth(text: str) -> float:
-    """``20mbit``, ``1gbit``, ``500kbit``, ``5MB`` (bytes) to bits per second."""
-    match = _RATE.match(text)
-    if match is None:
-        raise ValueError(f"cannot read bandwidth {text!r}; write e.g. 20mbit, 1gbit or 500kbit")
-    value, scale, unit = float(match.group(1)), _SCALE[match.group(2).lower()], match.group(3) or "bit"
-    bits = value * scale * (8 if unit in ("byte", "B") else 1)
-    if bits <= 0:
-        raise ValueError(f"bandwidth {text!r} must be positive")
-    return bits
-
-
-def parse_duration(text: str) -> float:
-    """``30ms``, ``0.03s``, ``250us`` to seconds."""
-    match = re.match(r"^\s*([0-9.]+)\s*(us|ms|s)?\s*$", text)
-    if match is None:
-        raise ValueError(f"cannot read duration {text!r}; write e.g. 30ms or 0.03s")
-    return float(match.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1e-3}[match.group(2)]
 
 
 @dataclass(frozen=True)

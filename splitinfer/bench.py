@@ -13,10 +13,10 @@ import torch
 from shared.models import LoadedModel, load_model
 from shared.preprocessing import decode_image
 from shared.protocol import encode_activations, encode_images
-from shared.samples import encode_image, synthetic_image
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import MEDIA_TYPE
 from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
+from splitinfer.samples import encode_image, synthetic_image
 
 __all__ = ["bench_images", "cloud_payloads", "cloud_sender", "edge_sender", "local_baseline", "run_target"]
 

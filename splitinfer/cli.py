@@ -50,10 +50,10 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.fidelity import codec_report
     from shared.models import load_model
-    from shared.samples import encode_image, synthetic_image
     from shared.splitting import ModelGraph
+    from splitinfer.fidelity import codec_report
+    from splitinfer.samples import encode_image, synthetic_image
 
     loaded = load_model(args.model, args.weights)
     if args.images:
@@ -200,7 +200,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from shared.samples import encode_image, synthetic_image
+    from splitinfer.samples import encode_image, synthetic_image
 
     sample = Path(tempfile.gettempdir()) / "splitinfer-sample.jpg"
     sample.write_bytes(encode_image(synthetic_image()))
@@ -278,7 +278,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.planning import Profile, pareto, parse_bandwidth, parse_duration, plan
+    from shared.planning import Profile, pareto, plan
+    from shared.units import parse_bandwidth, parse_duration
 
     edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
     bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_duration(args.rtt)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from shared.config import ServiceSettings
+from service_core.settings import ServiceSettings
 
 __all__ = ["configure_logging", "run_service", "start_pair", "stop_processes", "wait_ready"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
-from shared.config import ENV_PREFIX
+from service_core.settings import ENV_PREFIX
 
 __all__ = ["add_settings_flags", "settings_from_args"]
 

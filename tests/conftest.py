@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.samples import encode_image, synthetic_image
+from splitinfer.samples import encode_image, synthetic_image
 
 FIXED_SIZE_MODELS = {"vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224}
 FIXED_SIZE_MODELS |= {"maxvit_t": 224, "inception_v3": 299}

@@ -21,9 +21,9 @@ import torch
 
 from shared.models import load_model
 from shared.preprocessing import decode_image
-from shared.samples import encode_image, synthetic_image
 from splitinfer.processes import Service, start_service, wait_until
-from splitinfer.ray_cloud import RayCloud, start_ray_cloud, stop_ray_cloud
+from splitinfer.samples import encode_image, synthetic_image
+from tests.support.ray_cloud import RayCloud, start_ray_cloud, stop_ray_cloud
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 

@@ -23,10 +23,10 @@ import torch
 
 from shared.models import load_model
 from shared.protocol import encode_activations
-from shared.samples import encode_image, synthetic_image
 from shared.splitting import ModelGraph
 from shared.wire import MEDIA_TYPE, encode_payload
 from splitinfer.processes import Service, free_port, start_service, wait_until
+from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ import torch
 
 from shared.models import load_model
 from shared.preprocessing import decode_image
-from shared.samples import encode_image, synthetic_image
 from splitinfer.processes import Service, start_service, wait_until
+from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = pytest.mark.e2e
 

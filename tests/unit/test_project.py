@@ -7,12 +7,13 @@ import pkgutil
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["shared", "edge_service", "cloud_service", "splitinfer"]
+PACKAGES = ["shared", "service_core", "edge_service", "cloud_service", "splitinfer"]
 
 
 def _modules() -> list[str]:
@@ -37,9 +38,43 @@ def test_shared_never_imports_the_services() -> None:
     offenders = [
         str(path.relative_to(ROOT))
         for path in (ROOT / "shared").rglob("*.py")
-        if re.search(r"^\s*(from|import)\s+(edge_service|cloud_service|splitinfer)\b", path.read_text(), re.M)
+        if re.search(
+            r"^\s*(from|import)\s+(edge_service|cloud_service|service_core|splitinfer)\b", path.read_text(), re.M
+        )
     ]
     assert offenders == []
+
+
+def test_the_library_imports_no_web_framework() -> None:
+    """``shared`` is the library: importing all of it pulls in neither FastAPI nor starlette."""
+    modules = " ".join(f"shared.{m.name}" for m in pkgutil.iter_modules(importlib.import_module("shared").__path__))
+    code = f"import importlib, sys\nfor m in {modules.split()!r}: importlib.import_module(m)\n"
+    code += "print(sorted(n for n in sys.modules if n.split('.')[0] in ('fastapi', 'starlette', 'uvicorn')))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """No module imports (directly or through others) one that imports it back, TYPE_CHECKING blocks included."""
+    graph: dict[str, set[str]] = {}
+    IMPORTED = r"^\s*(?:from|import)\s+((?:" + "|".join(PACKAGES) + r")(?:\.\w+)*)"
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            found = re.findall(IMPORTED, path.read_text(), re.M)
+            graph[module] = {name for name in found if name != module and name not in PACKAGES}
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    cycles.append(" -> ".join([*trail, nxt]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert cycles == []
 
 
 def test_nothing_received_is_ever_unpickled() -> None:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from edge_service import EdgeSettings, create_app
 from shared.models import load_model
 from shared.planning import Profile, profile_model
-from shared.samples import encode_image, synthetic_image
+from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
 

@@ -19,7 +19,8 @@ from shared.models import LoadedModel, load_model
 from shared.planning import CodecProfile, CutProfile, Profile
 from shared.preprocessing import ImageLimits
 from shared.protocol import encode_logits
-from shared.samples import encode_image, synthetic_image
+from shared.tail_timings import TailTimings
+from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
 IMAGE_BYTES = 100_000
@@ -77,7 +78,7 @@ def _transfer(selector: CutSelector, clock: Clock, bandwidth_bps: float, rtt_s: 
     sent = int(selector.current.bytes_per_image) or IMAGE_BYTES
     recv_ms = sent * 8 / bandwidth_bps * 1000
     total_ms = recv_ms + 4
-    selector.observe(sent, total_ms + rtt_s * 1000, {"recv": recv_ms, "total": total_ms})
+    selector.observe(sent, total_ms + rtt_s * 1000, TailTimings(recv_ms=recv_ms, total_ms=total_ms))
 
 
 def test_starts_with_the_plan_for_the_assumed_link(loaded: LoadedModel) -> None:
@@ -138,7 +139,11 @@ def test_a_probe_that_teaches_nothing_makes_the_next_one_larger(loaded: LoadedMo
     assert probes == ["input", "relu", "relu"]  # 100 kB >= 64 KiB; then 128 KiB: relu's 200 kB, the largest
     clock.now += 10
     recv_ms = 150_000 * 8 / 50e6 * 1000
-    selector.observe(200_000, recv_ms + 10, {"recv": recv_ms, "stream": recv_ms, "total": recv_ms + 2}, 150_000)
+    selector.observe(
+        200_000,
+        recv_ms + 10,
+        TailTimings(recv_ms=recv_ms, stream_ms=recv_ms, stream_bytes=150_000, total_ms=recv_ms + 2),
+    )
     assert selector.route_for_request().cut.name == "mean"  # it taught something: no probe for 10 s
     assert selector.registry.get_sample_value("splitinfer_link_probes_total") == 3
 
@@ -149,7 +154,7 @@ def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
     route = selector.model.route_for("relu", "fp16")
     for _ in range(30):  # the edge takes 15 ms more than profiled (7.5 ms), the cloud 3 ms more (0.5 + 1.5 ms)
         timings = {"decode": 3.0, "preprocess": 3.0, "head": 15.0, "encode": 1.5}
-        selector.observe_request(route, timings, {"recv": 5.0, "decode": 1.5, "tail": 3.5, "total": 11.0})
+        selector.observe_request(route, timings, TailTimings(recv_ms=5.0, decode_ms=1.5, tail_ms=3.5, total_ms=11.0))
     assert selector.edge_overhead.value_ms == pytest.approx(15.0)
     assert selector.cloud_overhead.value_ms == pytest.approx(3.0)
     clock.now += 2
@@ -164,7 +169,7 @@ def _served(selector: CutSelector, clock: Clock, cut: str, total_ms: float, adva
     clock.now += advance_s
     codec = "image" if cut == "input" else "fp32" if cut == "mean" else "fp16"
     route = selector.model.route_for(cut, codec)
-    selector.observe_request(route, {"total": total_ms}, {})
+    selector.observe_request(route, {"total": total_ms}, TailTimings())
 
 
 def _near_tie(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelector:
@@ -215,7 +220,7 @@ def test_a_route_nobody_measured_is_explored_before_the_edge_moves_to_it(loaded:
     for _ in range(3):  # the link gets faster: 60 Mbit/s makes `input` (28.9 ms) 11% better than `mean` (32.4)
         clock.now += 1
         recv_ms = 100_000 * 8 / 60e6 * 1000
-        selector.observe(100_000, recv_ms + 14, {"recv": recv_ms, "total": recv_ms + 4})
+        selector.observe(100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
     assert selector.current.cut == "mean"
     clock.now += 1
     assert not selector.maybe_replan()  # 11% is within the exploring margin (15%): measure `input` first
@@ -250,7 +255,7 @@ def test_measurements_from_a_different_link_are_not_trusted(loaded: LoadedModel)
     for _ in range(3):  # 20 Mbit/s: `input` is now predicted 56.8 ms, not 32.8: what it measured then says little
         clock.now += 1
         recv_ms = 100_000 * 8 / 20e6 * 1000
-        selector.observe(100_000, recv_ms + 14, {"recv": recv_ms, "total": recv_ms + 4})
+        selector.observe(100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
     assert not selector.learned().known(("input", "image"))
 
 
@@ -264,17 +269,18 @@ def test_the_rate_is_timed_on_the_body_after_its_first_chunk(loaded: LoadedModel
     selector = _selector(loaded, Clock())
     # 5 Mbit/s with a 16 kB burst: the whole body reads 6.2 Mbit/s, the part after the burst 5 Mbit/s.
     streamed = 100_000 - 16_000
-    timing = {"recv": streamed * 8 / 5e6 * 1000, "stream": streamed * 8 / 5e6 * 1000, "total": 200.0}
-    selector.observe(100_000, 250.0, timing, streamed_bytes=streamed)
+    recv_ms = streamed * 8 / 5e6 * 1000
+    timing = TailTimings(recv_ms=recv_ms, stream_ms=recv_ms, stream_bytes=streamed, total_ms=200.0)
+    selector.observe(100_000, 250.0, timing)
     assert selector.estimator.estimate.bandwidth_bps == pytest.approx(5e6)
     older_cloud = _selector(loaded, Clock())
-    older_cloud.observe(100_000, 250.0, {"recv": timing["recv"], "total": 200.0})  # no `stream`: the whole body
-    assert older_cloud.estimator.estimate.bandwidth_bps == pytest.approx(100_000 * 8 / (timing["recv"] / 1000))
+    older_cloud.observe(100_000, 250.0, TailTimings(recv_ms=recv_ms, total_ms=200.0))  # no `stream`: the whole body
+    assert older_cloud.estimator.estimate.bandwidth_bps == pytest.approx(100_000 * 8 / (recv_ms / 1000))
 
 
 def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
     selector = _selector(loaded, Clock())
-    selector.observe(100_000, 50.0, {"tail": 3.0})
+    selector.observe(100_000, 50.0, TailTimings(tail_ms=3.0))
     assert selector.estimator.estimate.rtt_samples == 0
 
 

@@ -13,7 +13,7 @@ from edge_service import EdgeSettings, create_app
 from shared.models import load_model
 from shared.preprocessing import decode_image
 from shared.protocol import encode_logits
-from shared.samples import encode_image, synthetic_image
+from splitinfer.samples import encode_image, synthetic_image
 
 Handler = Callable[[httpx.Request], httpx.Response]
 JPEG = encode_image(synthetic_image(seed=3))

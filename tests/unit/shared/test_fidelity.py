@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.fidelity import codec_report, default_codecs
 from shared.models import load_model
-from shared.samples import encode_image, synthetic_image
 from shared.splitting import ModelGraph
+from splitinfer.fidelity import codec_report, default_codecs
+from splitinfer.samples import encode_image, synthetic_image
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Body reading times its chunks (the link's rate is timed after the first); Server-Timing round-trips."""
+"""Body reading times its chunks (the link's rate is timed after the first) and holds its limit."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from edge_service.cloud_client import _parse_server_timing
+from service_core.http import read_limited_body
 from shared.errors import PayloadTooLarge
-from shared.http import BodyArrival, read_limited_body, server_timing
+from shared.tail_timings import BodyArrival
 
 
 def _request(chunks: list[bytes], gap_s: float) -> Request:
@@ -36,9 +36,3 @@ def test_the_arrival_of_the_body_after_its_first_chunk_is_timed() -> None:
 def test_the_limit_holds_whatever_the_chunks() -> None:
     with pytest.raises(PayloadTooLarge):
         asyncio.run(read_limited_body(_request([b"x" * 600, b"x" * 600], 0.0), 1_000, BodyArrival()))
-
-
-def test_server_timing_with_descriptions_round_trips() -> None:
-    header = server_timing({"recv": 12.5, "stream": 10.25, "total": 40.0}, {"stream": "60000"})
-    assert header == 'recv;dur=12.50, stream;dur=10.25;desc="60000", total;dur=40.00'
-    assert _parse_server_timing(header) == ({"recv": 12.5, "stream": 10.25, "total": 40.0}, {"stream": "60000"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.link_estimation import LinkEstimator
+from edge_service.link_estimation import LinkEstimator
 
 
 def _call(estimator: LinkEstimator, sent: int, bandwidth_bps: float, rtt_s: float, work_s: float = 0.004) -> None:

@@ -12,23 +12,10 @@ from shared.planning import (
     CutProfile,
     Profile,
     pareto,
-    parse_bandwidth,
-    parse_duration,
     plan,
     profile_model,
 )
-from shared.samples import encode_image, synthetic_image
-
-
-def test_parse_link_units() -> None:
-    assert parse_bandwidth("20mbit") == 20e6
-    assert parse_bandwidth("1gbit") == 1e9
-    assert parse_bandwidth("500kbit") == 500e3
-    assert parse_bandwidth("5MB") == 40e6
-    assert parse_duration("30ms") == pytest.approx(0.03)
-    assert parse_duration("0.5s") == 0.5
-    with pytest.raises(ValueError, match="cannot read bandwidth"):
-        parse_bandwidth("fast")
+from splitinfer.samples import encode_image, synthetic_image
 
 
 def _profile(head: dict[str, float], tail: dict[str, float]) -> Profile:

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import SplitInferError
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "install_problem_handlers", "problem_response"]
+__all__ = ["PROBLEM_MEDIA_TYPE", "domain_problem", "install_problem_handlers", "problem_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,16 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    exc = cast(SplitInferError, exc)  # registered for this type only
+def domain_problem(exc: SplitInferError) -> JSONResponse:
+    """The problem+json response of a domain error (also for middleware, which runs outside the handlers)."""
     response = problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, retry_after=exc.retry_after)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="split-inference"'
     return response
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return domain_problem(cast(SplitInferError, exc))  # registered for this type only
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

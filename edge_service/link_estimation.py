@@ -8,7 +8,7 @@ arrive after its headers, and ``total``, the whole handling time including ``rec
     bandwidth ~= bytes * 8 / recv            (the body streaming in at the link's rate)
 
 Where the cloud reports it (``stream``), the caller passes as ``sent_bytes`` and ``cloud_recv_s`` only
-the part of the body after its first chunk and its arrival time (why: :class:`shared.http.BodyArrival`).
+the part of the body after its first chunk and its arrival time (why: :class:`service_core.http.BodyArrival`).
 
 Bandwidth samples come only from bodies large enough for their transfer time to be measurable
 (``min_sample_bytes``); both quantities are smoothed (exponentially weighted; bandwidth as the ratio of

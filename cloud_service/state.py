@@ -1,0 +1,54 @@
+"""What the cloud's lifespan holds while it serves, and the dependency that hands it to handlers."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Protocol, cast
+
+import torch
+from fastapi import Depends, Request
+
+from cloud_service.batching import BatchStats
+from cloud_service.runtime import CloudModel
+from cloud_service.settings import CloudSettings
+from service_core.app import service_state
+from service_core.metrics import ServiceMetrics
+
+__all__ = ["BatcherFactory", "CloudState", "CloudStateDep", "TailBatcher", "TailRunner", "Tensors", "cloud_state"]
+
+Tensors = tuple[torch.Tensor, ...]
+TailRunner = Callable[[str, Sequence[Tensors]], Sequence[torch.Tensor]]
+"""Runs the tail of one cut on several requests' tensors; one logits tensor per request."""
+
+
+class TailBatcher(Protocol):
+    """What groups tail requests into model runs: cloud_service.batching's, or Ray Serve's (cloud_service.serve)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, key: str, value: Tensors, size: int = 1) -> tuple[torch.Tensor, BatchStats]: ...
+
+
+BatcherFactory = Callable[[TailRunner, ThreadPoolExecutor, CloudSettings], TailBatcher]
+
+
+@dataclass
+class CloudState:
+    settings: CloudSettings
+    model: CloudModel
+    batcher: TailBatcher
+    metrics: ServiceMetrics
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+def cloud_state(request: Request) -> CloudState:
+    return cast(CloudState, service_state(request))
+
+
+CloudStateDep = Annotated[CloudState, Depends(cloud_state)]

@@ -1,0 +1,36 @@
+"""What the edge's lifespan holds while it serves, and the dependency that hands it to handlers."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from edge_service.cloud_client import CloudClient
+from edge_service.cut_selector import CutSelector
+from edge_service.runtime import EdgeModel
+from edge_service.settings import EdgeSettings
+from service_core.app import service_state
+from service_core.metrics import ServiceMetrics
+
+__all__ = ["EdgeState", "EdgeStateDep", "edge_state"]
+
+
+@dataclass
+class EdgeState:
+    settings: EdgeSettings
+    model: EdgeModel
+    cloud: CloudClient
+    executor: ThreadPoolExecutor
+    metrics: ServiceMetrics
+    selector: CutSelector | None = None
+    in_flight: int = 0
+
+
+def edge_state(request: Request) -> EdgeState:
+    return cast(EdgeState, service_state(request))
+
+
+EdgeStateDep = Annotated[EdgeState, Depends(edge_state)]

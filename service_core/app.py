@@ -1,0 +1,100 @@
+"""The skeleton both services are built on: one app factory and one operations router.
+
+A service gives its title, its lifespan (which yields the service's state: model, clients, executors),
+its routers, a readiness check and its body limits; everything else is the same for both:
+
+- ``app.state.service`` holds what the lifespan yielded; :func:`service_state` hands it to handlers and
+  answers 503 while the model is still loading;
+- ``app.state.draining`` turns ``/readyz`` to 503 (set on SIGTERM by ``splitinfer.serve`` and when the
+  lifespan ends);
+- domain errors render as problem+json (:mod:`service_core.problems`);
+- every request gets an id, metrics and one access-log line (:mod:`service_core.metrics`), and its body
+  is bounded where it enters (:mod:`service_core.body_limit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from service_core.body_limit import BodyLimitMiddleware, LimitFor
+from service_core.http import package_version
+from service_core.metrics import ServiceMetrics, install_request_middleware, metrics_response
+from service_core.problems import install_problem_handlers
+from shared.errors import ServiceUnavailable
+
+__all__ = ["Readiness", "ServiceLifespan", "create_service_app", "operations_router", "service_state"]
+
+ServiceLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+"""Loads what the service needs, yields it as the service's state, and releases it afterwards."""
+Readiness = Callable[[Request, Any], Awaitable[dict[str, Any]]]
+"""Given the request and the service's state: the readiness report, or a raised ServiceUnavailable."""
+
+
+def service_state(request: Request) -> Any:
+    """What the service's lifespan yielded (503 while it is still loading)."""
+    state = getattr(request.app.state, "service", None)
+    if state is None:
+        raise ServiceUnavailable("the model is still loading")
+    return state
+
+
+def operations_router(readiness: Readiness) -> APIRouter:
+    """``/healthz`` (alive), ``/readyz`` (draining, then the service's own check) and ``/metrics``."""
+    ops = APIRouter(tags=["operations"])
+
+    @ops.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @ops.get("/readyz")
+    async def readyz(request: Request) -> dict[str, Any]:
+        """The service accepts work: loaded, not draining, and its own checks pass."""
+        if request.app.state.draining:
+            raise ServiceUnavailable("the service is shutting down")
+        return await readiness(request, service_state(request))
+
+    @ops.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics."""
+        return metrics_response(request.app.state.metrics)
+
+    return ops
+
+
+def create_service_app(
+    *,
+    title: str,
+    summary: str,
+    lifespan: ServiceLifespan,
+    metrics: ServiceMetrics,
+    routers: Sequence[APIRouter],
+    readiness: Readiness,
+    body_limit: LimitFor,
+) -> FastAPI:
+    """A FastAPI app with the shared skeleton around the service's own routers."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app) as state:
+            app.state.service = state
+            try:
+                yield
+            finally:
+                app.state.draining = True
+
+    app = FastAPI(title=title, summary=summary, version=package_version(), lifespan=run)
+    app.state.draining = False
+    app.state.metrics = metrics
+    install_problem_handlers(app)
+    # NOTE: added first, so it runs inside the request middleware: a refused body is logged and counted.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    install_request_middleware(app, metrics)
+    for router in routers:
+        app.include_router(router)
+    app.include_router(operations_router(readiness))
+    return app
