@@ -71,7 +71,9 @@ def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[bool, flo
     return bool(logits.argmax() == reference.argmax()), len(top5 & top5_ref) / 5, error
 
 
-def _timings(codec: str, cut: Cut, shipped: list[torch.Tensor], common: dict[str, str], repeats: int) -> dict[str, float]:
+def _timings(
+    codec: str, cut: Cut, shipped: list[torch.Tensor], common: dict[str, str], repeats: int
+) -> dict[str, float]:
     expected, limits = expected_for_cut(cut), WireLimits.for_batch(1, mib_per_item=64)
     encode, decode, total = [], [], []
     for _ in range(repeats):
@@ -93,7 +95,12 @@ def _timings(codec: str, cut: Cut, shipped: list[torch.Tensor], common: dict[str
 
 
 def measure_cut(
-    loaded: LoadedModel, graph: ModelGraph, cut: Cut, codecs: list[str], photos: list[tuple[str, Image.Image]], repeats: int
+    loaded: LoadedModel,
+    graph: ModelGraph,
+    cut: Cut,
+    codecs: list[str],
+    photos: list[tuple[str, Image.Image]],
+    repeats: int,
 ) -> dict[str, Any]:
     name = loaded.name
     head, tail = graph.split(cut)
@@ -214,7 +221,12 @@ def main() -> None:
         results += [measure_cut(loaded, graph, cut, codecs, photos, repeats) for cut in middle_cuts(graph)]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     machine |= {"torch": torch.__version__, "threads": "1", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    report = {"machine": machine, "seconds": round(time.time() - started), "photos": [n for n, _ in photos], "models": results}
+    report = {
+        "machine": machine,
+        "seconds": round(time.time() - started),
+        "photos": [n for n, _ in photos],
+        "models": results,
+    }
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     plot(results, Path(args.plot))
     print(f"wrote {args.output} and {args.plot}")

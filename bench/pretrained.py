@@ -16,7 +16,7 @@ from torch import nn
 from shared.models import LoadedModel, weights_digest
 from shared.preprocessing import ImagePreprocessor
 
-__all__ = ["CROP_SIZES", "load_pretrained_lite"]
+__all__ = ["CROP_SIZES", "efficientnet_lite0", "efficientnet_lite2", "load_pretrained_lite"]
 
 CROP_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}
 
@@ -47,10 +47,19 @@ def load_pretrained_lite(name: str = "efficientnet-lite0") -> LoadedModel:
     module = EfficientNet.from_pretrained(name, weights_path=file_class.get_model_file_path())
     module = _Traceable(module).eval()
     crop = CROP_SIZES[name]
-    preprocessor = ImagePreprocessor(
-        crop_size=crop, resize_size=crop + 32, mean=(127 / 255,) * 3, std=(128 / 255,) * 3
-    )
+    preprocessor = ImagePreprocessor(crop_size=crop, resize_size=crop + 32, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
     labels = tuple(f"class {i}" for i in range(1000))
     with torch.no_grad():
         digest = weights_digest(module)
     return LoadedModel(name, module, "pretrained", "pretrained", digest, labels, preprocessor)
+
+
+def efficientnet_lite0() -> nn.Module:
+    """A ``package.module:factory`` for the CLI (``bench.pretrained:efficientnet_lite0``): real weights inside,
+    but the CLI then preprocesses with ImageNet's mean and std, not TF-Lite's (fine for agreement reports)."""
+    return load_pretrained_lite("efficientnet-lite0").module
+
+
+def efficientnet_lite2() -> nn.Module:
+    """As :func:`efficientnet_lite0`, for Lite2 (the CLI crops 224, not 260)."""
+    return load_pretrained_lite("efficientnet-lite2").module

@@ -89,11 +89,11 @@ def parse_codec_name(name: str, allowed: tuple[str, ...] = ACTIVATION_CODECS) ->
     ``allowed`` lists the fixed base names; when it includes the activation codecs, the parametric
     quantized ones are allowed too. Raises :class:`UnsupportedMediaType` for unknown names.
     """
-    base, _, stage = name.partition("+")
+    base, plus, stage = name.partition("+")
     activations = any(c in allowed for c in ACTIVATION_CODECS)
     quant = _parse_quant(base) if activations else None
     known = base in allowed or quant is not None
-    if not known or (stage and stage not in STAGES):
+    if not known or (plus and stage not in STAGES):
         options = ", ".join(f"{c}[+zstd]" for c in allowed)
         extra = "; or intB (B=2..6), intB-topP, budgetN with [+zstd|+ans]" if activations else ""
         raise UnsupportedMediaType(f"unknown codec {name!r}; expected one of {options}{extra}")

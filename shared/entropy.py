@@ -54,7 +54,7 @@ def _model(codes: np.ndarray) -> object:
 
 
 def ans_encode(symbols: torch.Tensor, alphabet: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code uint8 ``symbols`` (all below ``alphabet``): ``(stream as 1-D uint8, frequency codes as uint8 [alphabet])``."""
+    """Code uint8 ``symbols`` (all below ``alphabet``): ``(stream, frequency codes)``, both 1-D uint8."""
     import constriction
 
     flat = symbols.reshape(-1).numpy().astype(np.int32)
@@ -89,11 +89,11 @@ def ans_decode(stream: torch.Tensor, counts: torch.Tensor, count: int) -> torch.
 
     size = int(stream.numel())
     if size % 4 or size > max_stream_bytes(count):
-        raise MalformedPayload(f"ans stream of {size} bytes for {count} symbols (whole 32-bit words, at most {max_stream_bytes(count)})")
+        raise MalformedPayload(
+            f"ans stream of {size} bytes for {count} symbols (whole 32-bit words, at most {max_stream_bytes(count)})"
+        )
     if count == 0:
         return torch.empty(0, dtype=torch.uint8)
-    if size == 0:
-        raise MalformedPayload(f"ans stream is empty but {count} symbols are declared")
     words = stream.numpy().view("<u4").astype(np.uint32)
     try:
         coder = constriction.stream.stack.AnsCoder(words)

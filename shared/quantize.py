@@ -77,7 +77,8 @@ def quantize_budget(values: torch.Tensor, relative_error: float, rounds: int = 3
     Every row of a sample gets the same step (equal distortion per value is what minimizes the coded
     size of entropy-coded uniform quantization at a given total error); rows wider than 256 steps get
     a wider one. The step starts from the uniform-noise estimate ``step = sqrt(12) * error * rms`` and is
-    shrunk by the measured overshoot for up to ``rounds`` rounds.
+    shrunk by the measured overshoot for up to ``rounds`` rounds. A budget tighter than 256 levels per
+    row can reach is met as far as they allow (the error of ``int8``, at most).
     """
     if not 0 < relative_error < 1:
         raise ValueError(f"relative error budget must be in (0, 1), got {relative_error}")

@@ -383,7 +383,9 @@ def _decode(
             if entry is None:
                 raise MalformedPayload(f"component {name + suffix!r} of codec {codec!r} is missing")
             wanted.add(name + suffix)
-            part_dtype, part_shape = _resolve(name + suffix, spec, entry, tensor_codec.max_component_bytes(suffix, shape))
+            part_dtype, part_shape = _resolve(
+                name + suffix, spec, entry, tensor_codec.max_component_bytes(suffix, shape)
+            )
             parts[suffix] = (part_dtype, part_shape)
             raw_bytes = _numel(part_shape) * part_dtype.itemsize
             decoded_bytes += raw_bytes
@@ -432,7 +434,9 @@ def _decode(
     )
 
 
-def _resolve(name: str, spec: ComponentSpec, entry: dict[str, Any], max_bytes: int) -> tuple[torch.dtype, tuple[int, ...]]:
+def _resolve(
+    name: str, spec: ComponentSpec, entry: dict[str, Any], max_bytes: int
+) -> tuple[torch.dtype, tuple[int, ...]]:
     """A component's dtype and shape; a variable length (``None``) is taken from the entry once bounded."""
     dtype, shape = spec
     if all(d is not None for d in shape):
