@@ -203,13 +203,89 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def retime(path: Path, repeats: int = 25) -> None:
+    """Time again, alone on the machine, every codec that reaches the agreement target (and int8+zstd), with
+    more repeats; record them under ``timing`` and pick ``best`` from these times."""
+    report = json.loads(path.read_text())
+    photos = real_photos(crops_per_photo=0)[:5]
+    for name in MODELS:
+        loaded = load_pretrained_lite(name)
+        graph = ModelGraph(loaded.module, loaded.input_shape)
+        common = {"model": loaded.name, "weights": loaded.digest}
+        for result in (r for r in report["models"] if r["model"] == name):
+            cut = graph.cut(result["cut"])
+            head, _ = graph.split(cut)
+            with torch.inference_mode():
+                shipped = [head(loaded.preprocessor.batch([image]))[0] for _, image in photos]
+            passing = [r for r in result["codecs"] if r["top1_agreement"] >= AGREEMENT_TARGET]
+            chosen = sorted({r["codec"] for r in passing} | {"int8+zstd"})
+            result["timing"] = {codec: _timings(codec, cut, shipped, common, repeats) for codec in chosen}
+            fast = [r for r in passing if result["timing"][r["codec"]]["coding_ms_median"] <= CODING_MS_TARGET]
+            result["best"] = min(fast, key=lambda r: r["bytes_per_image"]) if fast else None
+            for codec, t in result["timing"].items():
+                print(
+                    f"{name} {cut.name} {codec:18s} median {t['coding_ms_median']:.2f} ms, "
+                    f"min {t['coding_ms_min']:.2f} ms"
+                )
+    report["timing_note"] = (
+        f"timing: {repeats} repeats x 5 images, one payload per image, single-threaded, run alone after the sweep"
+    )
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+TABLE_CODECS = (
+    "fp16", "int8+zstd", "int8+ans", "int6", "int6+ans", "int5+ans", "int4", "int4+zstd", "int4+ans", "int3+ans",
+    "int2+ans", "int8-top75+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget30+ans",
+    "budget50+ans", "budget100+ans", "budget200+ans",
+)  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks.md "Compression"."""
+    out = []
+    for r in report["models"]:
+        shape = "x".join(str(d) for d in r["cut_shape"][1:])
+        out.append(
+            f"**{r['model']} at `{r['cut']}`** ({r['head_flops_share']:.0%} of the FLOPs, {shape}, "
+            f"{r['fp32_bytes']:,} fp32 bytes; {r['images']} images). JPEG q90 of the {r['crop']}x{r['crop']} crop: "
+            f"{r['jpeg_q90_crop_bytes']:,.0f} B, top-1 agreement {r['jpeg_q90_crop_top1_agreement']:.1%}, "
+            f"top-5 {r['jpeg_q90_crop_top5_agreement']:.1%}.\n"
+        )
+        out.append(
+            "| codec | bytes/image | vs fp32 | vs JPEG | top-1 | top-5 | max rel L2 (logits) "
+            "| enc+dec ms (median, min) |"
+        )
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        timing = r.get("timing", {})
+        for row in r["codecs"]:
+            if row["codec"] not in TABLE_CODECS:
+                continue
+            t = timing.get(row["codec"], row)
+            mark = "**" if r.get("best") and r["best"]["codec"] == row["codec"] else ""
+            out.append(
+                f"| {mark}{row['codec']}{mark} | {row['bytes_per_image']:,.0f} | {row['ratio_to_fp32']:.1%} | "
+                f"{row['ratio_to_jpeg']:.2f} | {row['top1_agreement']:.1%} | {row['top5_agreement']:.1%} | "
+                f"{row['relative_l2_error_max']:.1e} | {t['coding_ms_median']:.2f}, {t['coding_ms_min']:.2f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--retime", action="store_true", help="only re-time the passing codecs of --output")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables of --output")
     parser.add_argument("--output", default="bench/results/compression.json")
     parser.add_argument("--plot", default="docs/compression.png")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.output).read_text())))
+        return
     torch.set_num_threads(1)
+    if args.retime:
+        retime(Path(args.output))
+        return
     photos = real_photos(crops_per_photo=1 if args.quick else 8)
     codecs = QUICK_CODECS if args.quick else CODECS
     repeats = 2 if args.quick else 7

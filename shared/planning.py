@@ -46,6 +46,7 @@ __all__ = [
     "CodecProfile",
     "CutProfile",
     "FRAMING_OVERHEAD",
+    "PROFILE_CODECS",
     "PlanRow",
     "Profile",
     "pareto",
