@@ -187,7 +187,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             rows = sorted((r for r in result["codecs"] if member(r["codec"])), key=lambda r: r["bytes_per_image"])
             if rows:
                 xs = [r["bytes_per_image"] / 1024 for r in rows]
-                ax.plot(xs, [100 * r["top1_agreement"] for r in rows], marker="o", label=label)
+                style = "none" if "top" in label else "-"  # several B and P: points, not a curve
+                ax.plot(xs, [100 * r["top1_agreement"] for r in rows], marker="o", linestyle=style, label=label)
         jpeg = result["jpeg_q90_crop_bytes"] / 1024
         ax.axvline(jpeg, color="grey", linestyle="--", label=f"JPEG q90 crop ({jpeg:.1f} KiB)")
         ax.axvline(result["fp32_bytes"] * 0.1 / 1024, color="grey", linestyle=":", label="10% of fp32")
@@ -236,7 +237,7 @@ def retime(path: Path, repeats: int = 25) -> None:
 TABLE_CODECS = (
     "fp16", "int8+zstd", "int8+ans", "int6", "int6+ans", "int5+ans", "int4", "int4+zstd", "int4+ans", "int3+ans",
     "int2+ans", "int8-top75+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget30+ans",
-    "budget50+ans", "budget100+ans", "budget200+ans",
+    "budget40+ans", "budget50+ans", "budget100+ans", "budget200+ans",
 )  # fmt: skip
 
 
