@@ -30,7 +30,7 @@ from PIL import Image
 from bench.photos import real_photos
 from bench.pretrained import load_pretrained_lite
 from shared.models import LoadedModel
-from shared.protocol import JPEG_QUALITY, encode_activations, expected_for_cut
+from shared.protocol import JPEG_QUALITY, encode_activations, encode_images, expected_for_cut
 from shared.splitting import Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
@@ -208,12 +208,18 @@ def retime(path: Path, repeats: int = 25) -> None:
     """Time again, alone on the machine, every codec that reaches the agreement target (and int8+zstd), with
     more repeats; record them under ``timing`` and pick ``best`` from these times."""
     report = json.loads(path.read_text())
-    photos = real_photos(crops_per_photo=0)[:5]
+    everything = real_photos(crops_per_photo=8)
+    photos = everything[:5]
     for name in MODELS:
         loaded = load_pretrained_lite(name)
         graph = ModelGraph(loaded.module, loaded.input_shape)
         common = {"model": loaded.name, "weights": loaded.digest}
+        # NOTE: what the input cut's jpeg codec sends: the JPEG in the same container as every other payload.
+        jpeg_payload = statistics.fmean(
+            len(encode_images([b""], [image], loaded.preprocessor, codec="jpeg", **common)) for _, image in everything
+        )
         for result in (r for r in report["models"] if r["model"] == name):
+            result["jpeg_codec_payload_bytes"] = jpeg_payload
             cut = graph.cut(result["cut"])
             head, _ = graph.split(cut)
             with torch.inference_mode():
@@ -250,7 +256,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"**{r['model']} at `{r['cut']}`** ({r['head_flops_share']:.0%} of the FLOPs, {shape}, "
             f"{r['fp32_bytes']:,} fp32 bytes; {r['images']} images). JPEG q90 of the {r['crop']}x{r['crop']} crop: "
             f"{r['jpeg_q90_crop_bytes']:,.0f} B, top-1 agreement {r['jpeg_q90_crop_top1_agreement']:.1%}, "
-            f"top-5 {r['jpeg_q90_crop_top5_agreement']:.1%}.\n"
+            f"top-5 {r['jpeg_q90_crop_top5_agreement']:.1%}"
+            + (
+                f"; as the `jpeg` codec's payload: {r['jpeg_codec_payload_bytes']:,.0f} B"
+                if "jpeg_codec_payload_bytes" in r
+                else ""
+            )
+            + ".\n"
         )
         out.append(
             "| codec | bytes/image | vs fp32 | vs JPEG | top-1 | top-5 | max rel L2 (logits) "
