@@ -54,8 +54,9 @@ class EdgeSettings(ServiceSettings):
     )
     codec: str | None = Field(
         None,
-        description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd); for cut 'input': image, png, "
-        "jpeg or uint8. Default: fp16, or image for cut 'input'.",
+        description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd), int2..int6, intB-topP "
+        "(each optionally +zstd or +ans), budgetN+ans; for cut 'input': image, png, jpeg or uint8. "
+        "Default: fp16, or image for cut 'input'.",
     )
     cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of calls to the cloud.")

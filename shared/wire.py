@@ -14,15 +14,20 @@ key             value
 ``model``       model name (``resnet18`` or ``package.module:factory``)
 ``weights``     weights digest, ``sha256:<hex>``
 ``cut``         cut name (``layer3``, ``input``...)
-``codec``       codec name (``fp16``, ``int8+zstd``...; see :mod:`shared.codecs`)
+``codec``       codec name (``fp16``, ``int8+zstd``, ``int4+ans``...; see :mod:`shared.codecs`)
+``layout``      component layout version of the codec, ``1``; sent (and required) with the codecs
+                added after the first release (``intB``, ``intB-topP``, ``budgetN``, ``+ans``)
 ``tensors``     JSON list of the *logical* tensors: ``{"name", "dtype", "shape"}`` each,
                 in the order the tail takes them, with their original dtype and shape
 ==============  ==========================================================================
 
 Each logical tensor ``T`` is stored as the components its codec defines: ``T`` itself, plus
-``T.scale`` and ``T.zero_point`` for ``int8``. With ``+zstd`` each component is instead stored as a
-1-D ``U8`` tensor holding one zstd frame (with its content size) of the component's raw
-little-endian bytes in C order; its dtype and shape follow from the logical tensor and the codec.
+``T.scale`` and ``T.zero_point`` for the quantized codecs (``T`` bit-packed for ``int2``-``int6``).
+With ``+zstd`` each component is instead stored as a 1-D ``U8`` tensor holding one zstd frame (with
+its content size) of the component's raw little-endian bytes in C order; its dtype and shape follow
+from the logical tensor and the codec. With ``+ans``, ``T`` is a 1-D ``U8`` rANS stream and
+``T.counts`` a 1-D ``I32`` symbol-count table (see :mod:`shared.entropy`); both lengths are bounded
+before anything is decoded.
 
 Nothing received is ever unpickled. :func:`decode_payload` checks sizes, header, dtypes, shapes,
 byte counts and declared decompressed sizes against what the receiver expects *before* it
@@ -41,7 +46,15 @@ import safetensors.torch
 import torch
 import zstandard
 
-from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, TensorCodec, parse_codec_name
+from shared.codecs import (
+    ACTIVATION_CODECS,
+    IMAGE_CODECS,
+    LAYOUT_VERSION,
+    ComponentSpec,
+    TensorCodec,
+    is_layout_versioned,
+    parse_codec_name,
+)
 from shared.errors import (
     InvalidTensor,
     MalformedPayload,
@@ -156,8 +169,9 @@ def encode_payload(
     extra: Mapping[str, str] | None = None,
 ) -> bytes:
     """Encode named logical tensors (in the order the receiver takes them) into wire bytes."""
-    base, use_zstd = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
-    tensor_codec = TensorCodec(base if kind != "image" else "fp32")
+    base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
+    use_zstd = stage == "zstd"
+    tensor_codec = TensorCodec(base if kind != "image" else "fp32", ans=stage == "ans")
     stored: dict[str, torch.Tensor] = {}
     described: list[dict[str, Any]] = []
     compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True) if use_zstd else None
@@ -181,6 +195,7 @@ def encode_payload(
         "cut": cut,
         "codec": codec,
         "tensors": json.dumps(described, separators=(",", ":")),
+        **({"layout": LAYOUT_VERSION} if kind != "image" and (is_layout_versioned(base) or stage == "ans") else {}),
         **(extra or {}),
     }
     return safetensors.torch.save(stored, metadata=metadata)
@@ -344,21 +359,34 @@ def _decode(
         expected_tensors = expected[cut]
     else:
         expected_tensors = expected
-    base, use_zstd = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
+    base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
+    use_zstd = stage == "zstd"
+    versioned = kind != "image" and (is_layout_versioned(base) or stage == "ans")
+    if versioned and metadata.get("layout") != LAYOUT_VERSION:
+        raise UnsupportedMediaType(
+            f"codec {codec!r} with layout {metadata.get('layout')!r} is not supported; this side reads layout "
+            f"{LAYOUT_VERSION!r}"
+        )
     declared = _parse_tensor_list(metadata.get("tensors", "[]"))
     _check_expected(declared, expected_tensors, limits)
 
-    tensor_codec = TensorCodec(base if kind != "image" else "fp32")
+    tensor_codec = TensorCodec(base if kind != "image" else "fp32", ans=stage == "ans")
     plan: list[tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]]] = []
     decoded_bytes = 0
     wanted: set[str] = set()
     for name, dtype, shape in declared:
-        parts = tensor_codec.components(dtype, shape)
-        for suffix, (part_dtype, part_shape) in parts.items():
+        decoded_bytes += _numel(shape) * dtype.itemsize if versioned else 0
+        declared_parts = tensor_codec.components(dtype, shape)
+        parts: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+        for suffix, spec in declared_parts.items():
             entry = entries.get(name + suffix)
             if entry is None:
                 raise MalformedPayload(f"component {name + suffix!r} of codec {codec!r} is missing")
             wanted.add(name + suffix)
+            part_dtype, part_shape = _resolve(
+                name + suffix, spec, entry, tensor_codec.max_component_bytes(suffix, shape)
+            )
+            parts[suffix] = (part_dtype, part_shape)
             raw_bytes = _numel(part_shape) * part_dtype.itemsize
             decoded_bytes += raw_bytes
             if use_zstd:
@@ -389,11 +417,11 @@ def _decode(
             if decompressor is not None:
                 part = _decompress(decompressor, name + suffix, part, part_dtype, part_shape)
             components[suffix] = part
-        tensor = tensor_codec.decode(components, dtype)
+        tensor = tensor_codec.decode(components, dtype, _shape)
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             raise InvalidTensor(f"tensor {name!r} contains NaN or infinite values")
         tensors.append(tensor)
-    reserved = {"format", "version", "kind", "model", "weights", "cut", "codec", "tensors"}
+    reserved = {"format", "version", "kind", "model", "weights", "cut", "codec", "tensors", "layout"}
     return Payload(
         kind=kind,
         model=model,
@@ -404,6 +432,23 @@ def _decode(
         names=tuple(name for name, _, _ in declared),
         extra={k: v for k, v in metadata.items() if k not in reserved},
     )
+
+
+def _resolve(
+    name: str, spec: ComponentSpec, entry: dict[str, Any], max_bytes: int
+) -> tuple[torch.dtype, tuple[int, ...]]:
+    """A component's dtype and shape; a variable length (``None``) is taken from the entry once bounded."""
+    dtype, shape = spec
+    if all(d is not None for d in shape):
+        return dtype, tuple(d for d in shape if d is not None)
+    if entry["dtype"] != dtype or len(entry["shape"]) != len(shape):
+        raise InvalidTensor(
+            f"component {name!r} is {_dtype_name(entry['dtype'])}{list(entry['shape'])}; "
+            f"its codec needs a {len(shape)}-D {_dtype_name(dtype)} tensor"
+        )
+    if entry["nbytes"] > max_bytes:
+        raise PayloadTooLarge(f"component {name!r} holds {entry['nbytes']} bytes; at most {max_bytes} are accepted")
+    return dtype, tuple(entry["shape"])
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -65,7 +65,8 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         print("no images found", file=sys.stderr)
         return 2
     graph = ModelGraph(loaded.module, loaded.input_shape)
-    rows = codec_report(loaded, graph, args.cut, jpegs, autocast=args.autocast)
+    codecs = args.codecs.split(",") if args.codecs else None
+    rows = codec_report(loaded, graph, args.cut, jpegs, codecs=codecs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     codecs.add_argument("--weights", default="none")
     codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
     codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
+    codecs.add_argument("--codecs", default=None, help="comma-separated codecs (default: every fixed one + compact)")
     codecs.add_argument("--autocast", choices=["none", "bf16"], default="none", help="run the tail as the cloud would")
     codecs.add_argument("--json", action="store_true")
     codecs.set_defaults(func=_cmd_codecs)

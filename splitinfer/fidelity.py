@@ -16,7 +16,10 @@ from shared.protocol import encode_activations, encode_images, expected_for_cut,
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
-__all__ = ["CodecRow", "codec_report", "default_codecs"]
+__all__ = ["COMPACT_CODECS", "CodecRow", "codec_report", "default_codecs"]
+
+COMPACT_CODECS = ("int4", "int4+ans", "int6+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget50+ans")
+"""The compact activation codecs every report includes after the fixed ones (see :mod:`shared.codecs`)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class CodecRow:
 
 def default_codecs(cut: str) -> list[str]:
     bases = IMAGE_CODECS if cut == INPUT_CUT else ACTIVATION_CODECS
-    return [c for base in bases for c in (base, f"{base}+zstd") if not (base == "image" and c.endswith("zstd"))]
+    fixed = [c for base in bases for c in (base, f"{base}+zstd") if not (base == "image" and c.endswith("zstd"))]
+    return fixed if cut == INPUT_CUT else fixed + list(COMPACT_CODECS)
 
 
 def _timed(repeats: int, fn: Any, *args: Any) -> tuple[Any, float]:

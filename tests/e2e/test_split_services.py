@@ -18,7 +18,15 @@ from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = pytest.mark.e2e
 
-EDGE_CUTS = {"input": "image", "layer3": "fp32", "output": "fp32", "layer1.0.bn2": "fp32+zstd", "layer2": "int8+zstd"}
+EDGE_CUTS = {
+    "input": "image",
+    "layer3": "fp32",
+    "output": "fp32",
+    "layer1.0.bn2": "fp32+zstd",
+    "layer2": "int8+zstd",
+    "layer4": "budget10+ans",
+}
+LOSSY = ("int8", "budget")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,7 @@ def test_logits_equal_the_unsplit_model(
         assert response.status_code == 200, response.text
         body = response.json()
         logits = torch.tensor(body["logits"])
-        tolerance = 5e-2 if EDGE_CUTS[cut].startswith("int8") else 1e-4
+        tolerance = 5e-2 if EDGE_CUTS[cut].startswith(LOSSY) else 1e-4
         assert float((logits - expected[index]).abs().max()) <= tolerance
         assert body["cut"] == cut and body["codec"] == EDGE_CUTS[cut]
         assert body["completed_on"] == ("edge" if cut == "output" else "cloud")

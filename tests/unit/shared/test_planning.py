@@ -8,6 +8,7 @@ import pytest
 from shared.models import load_model
 from shared.planning import (
     FRAMING_OVERHEAD,
+    PROFILE_CODECS,
     CodecProfile,
     CutProfile,
     Profile,
@@ -66,7 +67,8 @@ def test_profile_a_model_and_round_trip_the_file(tmp_path: Path) -> None:
     names = [c.name for c in profile.cuts]
     assert names[0] == "input" and names[-1] == "output"
     middle = next(c for c in profile.cuts if c.name == "stem")
-    assert {p.codec for p in middle.codecs} == {"fp32", "fp16", "int8+zstd"}
+    assert {p.codec for p in middle.codecs} == set(PROFILE_CODECS)
+    assert {"int6+ans", "budget10+ans"} <= set(PROFILE_CODECS)
     assert next(p for p in middle.codecs if p.codec == "fp32").relative_l2_error == 0.0
     path = tmp_path / "profile.json"
     profile.save(path)
@@ -97,3 +99,16 @@ def test_older_profiles_without_the_image_fields_still_load(tmp_path: Path) -> N
         del data[key]
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert Profile.load(tmp_path / "old.json").image_decode_ms == 0.0
+
+
+def test_compact_codecs_are_planned_per_cut_by_their_measured_error() -> None:
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    profile = profile_model(loaded, [encode_image(synthetic_image())], repeats=1)
+    measured = [(cut.name, codec) for cut in profile.cuts for codec in cut.codecs if cut.name != "input"]
+    bound = sorted(c.relative_l2_error for _, c in measured if c.codec == "budget20+ans")[len(profile.cuts) // 4]
+    routes = {(r.cut, r.codec) for r in plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=bound)}
+    for cut, codec in measured:
+        assert ((cut, codec.codec) in routes) == (codec.relative_l2_error <= bound), (cut, codec)
+    assert any(codec.endswith("+ans") for _, codec in routes)
+    strict = plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=0.0)
+    assert all(r.relative_l2_error == 0.0 for r in strict)
