@@ -38,7 +38,6 @@ __all__ = [
     "LAYOUT_VERSION",
     "ComponentSpec",
     "TensorCodec",
-    "get_codec",
     "is_layout_versioned",
     "parse_codec_name",
 ]
@@ -195,12 +194,6 @@ def _symbols(q: torch.Tensor, zero_point: torch.Tensor, alphabet: int) -> torch.
 
 def _from_symbols(symbols: torch.Tensor, zero_point: torch.Tensor, alphabet: int) -> torch.Tensor:
     return ((symbols.to(torch.int32) + _broadcast(zero_point, symbols)) & (alphabet - 1)).to(torch.uint8)
-
-
-def get_codec(base: str, stage: str = "") -> TensorCodec:
-    if base not in ACTIVATION_CODECS and _parse_quant(base) is None:
-        raise UnsupportedMediaType(f"unknown activation codec {base!r}")
-    return TensorCodec(base, ans=stage == "ans")
 
 
 def _numel(shape: tuple[int, ...]) -> int:

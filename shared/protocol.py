@@ -17,7 +17,6 @@ from shared.wire import BATCH, ExpectedTensor, Payload, WireLimits, encode_paylo
 
 __all__ = [
     "JPEG_QUALITY",
-    "LOGITS_CUT",
     "encode_activations",
     "encode_images",
     "encode_logits",
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 JPEG_QUALITY = 90
-LOGITS_CUT = "logits"
 
 
 def expected_for_cut(cut: Cut) -> list[ExpectedTensor]:

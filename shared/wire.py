@@ -39,12 +39,13 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
 import safetensors.torch
 import torch
 import zstandard
+from safetensors import SafetensorError
 
 from shared.codecs import (
     ACTIVATION_CODECS,
@@ -84,7 +85,6 @@ BATCH = "B"
 """Marks the batch dimension in an :class:`ExpectedTensor` shape."""
 
 PayloadKind = Literal["activations", "image", "logits"]
-_KINDS = ("activations", "image", "logits")
 _ZSTD_LEVEL = 3
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -151,7 +151,6 @@ class Payload:
     codec: str
     tensors: tuple[torch.Tensor, ...]
     names: tuple[str, ...]
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -166,7 +165,6 @@ def encode_payload(
     weights: str,
     cut: str,
     codec: str,
-    extra: Mapping[str, str] | None = None,
 ) -> bytes:
     """Encode named logical tensors (in the order the receiver takes them) into wire bytes."""
     base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
@@ -196,7 +194,6 @@ def encode_payload(
         "codec": codec,
         "tensors": json.dumps(described, separators=(",", ":")),
         **({"layout": LAYOUT_VERSION} if kind != "image" and (is_layout_versioned(base) or stage == "ans") else {}),
-        **(extra or {}),
     }
     return safetensors.torch.save(stored, metadata=metadata)
 
@@ -406,7 +403,7 @@ def _decode(
 
     try:
         stored = safetensors.torch.load(data)
-    except Exception as exc:  # SafetensorError is not exported under a stable name
+    except SafetensorError as exc:
         raise MalformedPayload(f"safetensors container is invalid: {exc}") from exc
     decompressor = zstandard.ZstdDecompressor() if use_zstd else None
     tensors: list[torch.Tensor] = []
@@ -421,7 +418,6 @@ def _decode(
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             raise InvalidTensor(f"tensor {name!r} contains NaN or infinite values")
         tensors.append(tensor)
-    reserved = {"format", "version", "kind", "model", "weights", "cut", "codec", "tensors", "layout"}
     return Payload(
         kind=kind,
         model=model,
@@ -430,7 +426,6 @@ def _decode(
         codec=codec,
         tensors=tuple(tensors),
         names=tuple(name for name, _, _ in declared),
-        extra={k: v for k, v in metadata.items() if k not in reserved},
     )
 
 

@@ -38,7 +38,6 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     upload_bytes: int = 0
     payload_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         ok = len(self.latencies_ms)
@@ -56,7 +55,6 @@ class LoadResult:
             "mean_ms": round(statistics.fmean(self.latencies_ms), 3) if ok else float("nan"),
             "upload_bytes_per_request": round(self.upload_bytes / ok) if ok else 0,
             "payload_bytes_per_request": round(self.payload_bytes / ok) if ok else 0,
-            **self.extra,
         }
 
 
