@@ -33,7 +33,6 @@ import itertools
 import json
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from PIL import Image
 
 from shared.planning import Profile, plan
 from shared.units import parse_bandwidth, parse_duration
+from splitinfer.processes import spawn, stop_all, wait_ready
 from splitinfer.samples import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +144,8 @@ def shape(link: Link, delay_file: Path, change: bool = False) -> None:
 
 
 class Processes:
+    """The benchmark's children (cloud in its namespace, relay, edge in its cgroup), stopped edge first."""
+
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.running: list[subprocess.Popen[bytes]] = []
@@ -153,23 +155,11 @@ class Processes:
             command = in_netns(netns, command)
         if edge_cgroup:
             command = ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh", *command]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1", "SPLITINFER_LOG_LEVEL": "info"}
-        with (self.logs / f"{name}.log").open("ab") as sink:
-            process = subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-            )
-        self.running.append(process)
+        env = {"SPLITINFER_THREADS": "1", "SPLITINFER_LOG_LEVEL": "info"}
+        self.running.append(spawn(command, log=self.logs / f"{name}.log", env=env, cwd=ROOT))
 
     def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_all(list(reversed(self.running)))
         self.running.clear()
 
 
@@ -180,18 +170,6 @@ def profile(model: str, images: Path, output: Path, *, edge: bool, repeats: int)
         command = ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh", *command]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return Profile.load(output)
-
-
-def wait_ready(client: httpx.Client, url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if client.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} never became ready")
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -539,7 +517,7 @@ def inside(args: argparse.Namespace) -> None:
             )  # fmt: skip
             shape(links[0], delay_file)
             client = Edge(images)
-            wait_ready(client.client, "/readyz")
+            wait_ready(f"http://127.0.0.1:{EDGE_PORT}/readyz", 300)
             per_link = []
             for link in links:
                 print(f"  {link.name}")

@@ -123,10 +123,15 @@ def _pair_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
 
 
 def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
-    from splitinfer.serve import configure_logging, start_pair, stop_processes, wait_ready
+    from splitinfer.processes import spawn, stop_all, wait_ready
+    from splitinfer.serve import configure_logging
 
     configure_logging("info")
-    processes = start_pair(*_pair_args(args))
+    common, cloud_args, edge_args = _pair_args(args)
+    launch = [sys.executable, "-m", "splitinfer"]
+    cloud = spawn([*launch, "cloud", *common, *cloud_args])
+    edge = spawn([*launch, "edge", *common, *edge_args])
+    processes = [edge, cloud]
     stopping = False
 
     def stop(signum: int, _: object) -> None:
@@ -145,8 +150,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("\nstopping edge and cloud...", flush=True)
-        stop_processes(processes)
+        # NOTE: the edge first: it drains while the cloud still finishes the tails of its requests.
+        print("\nstopping the edge, then the cloud...", flush=True)
+        stop_all(processes)
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
 

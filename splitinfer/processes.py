@@ -1,4 +1,7 @@
-"""Service processes on free loopback ports (tests and benchmarks), each in its own process group."""
+"""Child processes, each in its own process group: spawn, wait until ready, stop in order.
+
+One harness for ``splitinfer up``/``demo`` (cloud and edge as children), the tests and the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Service", "free_port", "rss_kib", "start_service", "wait_until"]
+__all__ = ["Service", "free_port", "rss_kib", "spawn", "start_service", "stop_all", "wait_ready", "wait_until"]
 
 
 def free_port() -> int:
@@ -23,8 +26,58 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def spawn(
+    command: Sequence[str], *, log: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a new process group (output appended to ``log``, else inherited)."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if log is None:
+        return subprocess.Popen(list(command), env=environment, cwd=cwd, start_new_session=True)
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            list(command), stdout=sink, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
+        )
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 30) -> None:
+    """SIGTERM (a graceful drain) each process group in the given order, waiting for each before the next,
+    then SIGKILL what is still running after ``timeout_s`` in all."""
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_ready(
+    url: str, timeout_s: float, processes: Sequence[subprocess.Popen[bytes]] = (), status: int = 200
+) -> httpx.Response:
+    """Poll ``url`` until it answers ``status``; fail early when one of ``processes`` exits."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"a process exited with status {process.returncode} before {url} was ready")
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == status:
+                return response
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.TransportError as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout_s:.0f} s (last: {last})")
+
+
 @dataclass
 class Service:
+    """``splitinfer <name> ...`` running on a loopback port, its output in ``log``."""
+
     name: str
     port: int
     process: subprocess.Popen[bytes]
@@ -49,12 +102,12 @@ class Service:
         return self.process.returncode
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process (Linux), in KiB."""
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    """Resident memory of a process (Linux), in KiB; ``VmHWM`` for its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field_name}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field_name} for process {pid}")
 
 
 def start_service(
@@ -68,25 +121,13 @@ def start_service(
     port = port or free_port()
     log = log_dir / f"{kind}-{port}.log"
     command = [sys.executable, "-m", "splitinfer", kind, "--host", "127.0.0.1", "--port", str(port), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SPLITINFER_THREADS": "1", **(env or {})}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    process = spawn(command, log=log, env={"SPLITINFER_THREADS": "1", **(env or {})})
     return Service(kind, port, process, log, list(args))
 
 
 def wait_until(service: Service, path: str = "/readyz", timeout_s: float = 120, status: int = 200) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    last: httpx.Response | None = None
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{service.output()}")
-        try:
-            last = httpx.get(service.url + path, timeout=5)
-            if last.status_code == status:
-                return last
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(
-        f"{service.name}{path} never answered {status} (last: {last and last.text}):\n{service.output()}"
-    )
+    """:func:`wait_ready` for a :class:`Service`, with its output in the error."""
+    try:
+        return wait_ready(service.url + path, timeout_s, [service.process], status)
+    except (RuntimeError, TimeoutError) as exc:
+        raise type(exc)(f"{service.name}{path}: {exc}\n{service.output()}") from exc

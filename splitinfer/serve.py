@@ -1,24 +1,17 @@
-"""Running one service in this process with uvicorn, and both of them as child processes (``up``)."""
+"""Running one service in this process with uvicorn, draining on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-import httpx
 import uvicorn
 
 from service_core.settings import ServiceSettings
 
-__all__ = ["configure_logging", "run_service", "start_pair", "stop_processes", "wait_ready"]
+__all__ = ["configure_logging", "run_service"]
 
 logger = logging.getLogger("splitinfer")
 
@@ -71,47 +64,3 @@ def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> 
         **uvicorn_options,
     )
     _DrainingServer(config, settings.drain_s).run()
-
-
-def wait_ready(url: str, deadline_s: float, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-    """Poll ``url`` until it answers 200, a process dies, or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"a service exited with status {process.returncode} before {url} was ready")
-        try:
-            response = httpx.get(url, timeout=2)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:300]}"
-        except httpx.TransportError as exc:
-            last = str(exc)
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s: {last}")
-
-
-def start_pair(
-    common: Sequence[str], cloud_args: Sequence[str], edge_args: Sequence[str], env: dict[str, str] | None = None
-) -> list[subprocess.Popen[bytes]]:
-    """Start ``splitinfer cloud`` and ``splitinfer edge`` as children, each in its own process group."""
-    launch = [sys.executable, "-m", "splitinfer"]
-    environment = {**os.environ, **(env or {})}
-    cloud = subprocess.Popen([*launch, "cloud", *common, *cloud_args], env=environment, start_new_session=True)
-    edge = subprocess.Popen([*launch, "edge", *common, *edge_args], env=environment, start_new_session=True)
-    return [cloud, edge]
-
-
-def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 30) -> None:
-    """SIGTERM (a graceful drain), then SIGKILL whatever is still running after ``timeout_s``."""
-    for process in reversed(processes):
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
