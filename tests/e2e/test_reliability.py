@@ -111,6 +111,7 @@ def test_killing_the_cloud_under_load(logs: Path, stop_all: list[Service]) -> No
 
 class _FakeCloud(BaseHTTPRequestHandler):
     mode = "slow"
+    model, weights, classes = "x", "y", 3  # the edge's own, once known (wrong-rows)
 
     def do_GET(self) -> None:  # /v1/info for readiness
         self._reply(200, b"{}", "application/json")
@@ -122,9 +123,14 @@ class _FakeCloud(BaseHTTPRequestHandler):
             self._reply(200, b"late", MEDIA_TYPE)
         elif self.mode == "garbage":
             self._reply(200, b"\x00garbage" * 10, MEDIA_TYPE)
-        else:  # a well-formed payload with the wrong shape
+        else:  # a well-formed reply for the edge's model and weights, with two rows of logits for one image
             body = encode_payload(
-                {"logits": torch.zeros(1, 3)}, kind="logits", model="x", weights="y", cut="block", codec="fp32"
+                {"logits": torch.zeros(2, self.classes)},
+                kind="logits",
+                model=self.model,
+                weights=self.weights,
+                cut="block",
+                codec="fp32",
             )
             self._reply(200, body, MEDIA_TYPE)
 
@@ -140,7 +146,7 @@ class _FakeCloud(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-shape", 502)])
+@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-rows", 502)])
 def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[Service]) -> None:
     handler = type("Handler", (_FakeCloud,), {"mode": mode})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -154,11 +160,15 @@ def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[
         stop_all += [strict, local]
         for service in (strict, local):
             wait_until(service, "/healthz")
-            wait_until(service, "/v1/info")
+            info = wait_until(service, "/v1/info").json()
+        handler.model, handler.weights = info["model"], info["weights_digest"]
+        handler.classes = len(_classify(local.url, params={"cut": "output", "logits": "true"}).json()["logits"])
         started = time.monotonic()
         response = _classify(strict.url)
         assert response.status_code == status
         assert response.headers["content-type"] == "application/problem+json"
+        if mode == "wrong-rows":
+            assert "2 rows of logits for 1 images" in response.json()["detail"]
         assert time.monotonic() - started < 2.9  # the read timeout, not the cloud's 3 s
         fallback = _classify(local.url)
         assert fallback.status_code == 200 and fallback.json()["completed_on"] == "edge"

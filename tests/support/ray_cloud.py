@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import yaml
 
-from splitinfer.processes import free_port
+from splitinfer.processes import free_port, spawn
 
 __all__ = ["RayCloud", "serve_config", "start_ray_cloud", "stop_ray_cloud"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIG = ROOT / "deploy/ray-serve.yaml"
 
 
@@ -65,12 +65,8 @@ def start_ray_cloud(work: Path, applications: Mapping[str, Mapping[str, Any]], t
     config = work / f"serve-{port}.yaml"
     config.write_text(yaml.safe_dump(serve_config(port, applications)))
     log = work / f"serve-{port}.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("serve")), "run", str(config)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
-        )  # fmt: skip
+    serve = str(Path(sys.executable).with_name("serve"))
+    process = spawn([serve, "run", str(config)], log=log, env={"RAY_USAGE_STATS_ENABLED": "0"}, cwd=ROOT)
     cloud = RayCloud(f"http://127.0.0.1:{port}", process, log)
     pending = dict(applications)
     deadline = time.monotonic() + timeout_s

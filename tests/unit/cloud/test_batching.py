@@ -95,14 +95,20 @@ def test_full_queue_refuses_with_retry_after() -> None:
     asyncio.run(scenario())
 
 
-def test_max_delay_bounds_the_wait_of_a_lone_request() -> None:
+def test_under_load_a_request_waits_for_company_at_most_max_delay() -> None:
     async def scenario() -> None:
-        batcher = await _with_batcher(Recorder(), max_batch_size=64, max_delay_s=0.02)
+        batcher = await _with_batcher(Recorder(), max_batch_size=64, max_delay_s=0.3)
+        idle_started = time.perf_counter()
+        _, stats = await batcher.submit("cut", 1)
+        idle_s = time.perf_counter() - idle_started
+        await asyncio.gather(*(batcher.submit("cut", i) for i in range(4)))  # load: the last run held 4
         started = time.perf_counter()
-        _, stats = await batcher.submit("cut", 5)
+        _, alone = await batcher.submit("cut", 5)
+        waited_s = time.perf_counter() - started
         await batcher.stop()
-        assert stats.batch_size == 1
-        assert time.perf_counter() - started < 1.0
+        assert stats.batch_size == 1 and idle_s < 0.25  # no load: a lone request does not wait
+        assert alone.batch_size == 1
+        assert 0.25 <= waited_s < 2.0  # under load it waits for company, and max_delay bounds the wait
 
     asyncio.run(scenario())
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from cloud_service.serve import DEPLOYMENT_NAME, build_app, deployment_options
+
+pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[3]
 

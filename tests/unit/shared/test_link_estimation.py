@@ -21,13 +21,14 @@ def test_starts_from_the_assumed_link() -> None:
 
 
 def test_converges_on_the_measured_link() -> None:
+    """Noisy samples around 5 Mbit/s and 50 ms: the estimate settles near their middle, not on the last one."""
     estimator = LinkEstimator(bandwidth_bps=1e9, rtt_s=0.001)
-    for _ in range(20):
-        _call(estimator, 200_000, 5e6, 0.05)
+    for i in range(40):
+        _call(estimator, 200_000, (4e6, 6e6)[i % 2], (0.04, 0.06)[i % 2])
     estimate = estimator.estimate
-    assert estimate.bandwidth_bps == pytest.approx(5e6, rel=1e-6)
-    assert estimate.rtt_s == pytest.approx(0.05, rel=1e-6)
-    assert estimate.bandwidth_samples == estimate.rtt_samples == 20
+    assert estimate.bandwidth_bps == pytest.approx(5e6, rel=0.12)  # the last sample was 6 Mbit/s
+    assert estimate.rtt_s == pytest.approx(0.05, rel=0.12)
+    assert estimate.bandwidth_samples == estimate.rtt_samples == 40
 
 
 def test_small_payloads_teach_the_rtt_but_not_the_bandwidth() -> None:
