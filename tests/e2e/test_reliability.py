@@ -123,9 +123,9 @@ class _FakeCloud(BaseHTTPRequestHandler):
             self._reply(200, b"late", MEDIA_TYPE)
         elif self.mode == "garbage":
             self._reply(200, b"\x00garbage" * 10, MEDIA_TYPE)
-        else:  # a well-formed reply for the edge's model and weights, with two rows of logits for one image
+        else:  # a well-formed reply for the edge's model and weights, with one row of logits for two images
             body = encode_payload(
-                {"logits": torch.zeros(2, self.classes)},
+                {"logits": torch.zeros(1, self.classes)},
                 kind="logits",
                 model=self.model,
                 weights=self.weights,
@@ -163,14 +163,21 @@ def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[
             info = wait_until(service, "/v1/info").json()
         handler.model, handler.weights = info["model"], info["weights_digest"]
         handler.classes = len(_classify(local.url, params={"cut": "output", "logits": "true"}).json()["logits"])
+
+        def send(url: str) -> httpx.Response:
+            if mode != "wrong-rows":
+                return _classify(url)
+            two = [("images", ("a.jpg", JPEG)), ("images", ("b.jpg", JPEG))]
+            return httpx.post(f"{url}/v1/classify/batch", files=two, timeout=30)
+
         started = time.monotonic()
-        response = _classify(strict.url)
+        response = send(strict.url)
         assert response.status_code == status
         assert response.headers["content-type"] == "application/problem+json"
         if mode == "wrong-rows":
-            assert "2 rows of logits for 1 images" in response.json()["detail"]
+            assert "1 rows of logits for 2 images" in response.json()["detail"]
         assert time.monotonic() - started < 2.9  # the read timeout, not the cloud's 3 s
-        fallback = _classify(local.url)
+        fallback = send(local.url)
         assert fallback.status_code == 200 and fallback.json()["completed_on"] == "edge"
         assert strict.process.poll() is None
     finally:
