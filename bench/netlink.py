@@ -215,11 +215,11 @@ class Edge:
 
 
 def per_cut_rows(
-    edge: Profile, cloud: Profile, link: Link, edge_overhead_ms: float = 0.0, cloud_overhead_ms: float = 0.0
+    edge: Profile, cloud: Profile, link: Link, edge_calibration_ms: float = 0.0, cloud_calibration_ms: float = 0.0
 ) -> list[Any]:
     """The planner's best codec for every cut on this link, best cut first."""
     rows, seen = [], set()
-    overheads = {"edge_overhead_ms": edge_overhead_ms, "cloud_overhead_ms": cloud_overhead_ms}
+    overheads = {"edge_calibration_ms": edge_calibration_ms, "cloud_calibration_ms": cloud_calibration_ms}
     for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, **overheads):
         if row.cut not in seen:
             seen.add(row.cut)
@@ -260,7 +260,7 @@ def measure_auto(edge_client: Edge, requests: int, settle_s: float) -> dict[str,
         "output_ms": round(statistics.median(samples["output"]), 2),
         "cuts": dict(Counter(auto_cuts)),
         "cut": chosen,
-        "codec": "-" if chosen == "output" else info["codec"],
+        "codec": None if chosen == "output" else info["codec"],
         "estimated_link": selection["estimated_link"],
         "expected_ms": selection["expected_latency_ms"],
         "measured_routes": selection["measured_routes"],
@@ -283,7 +283,7 @@ def measure_link(
     order = [c.name for c in edge.cuts]
     measured_by_cut = {}
     for row in sorted(rows, key=lambda r: order.index(r.cut)):
-        codec = None if row.codec == "-" else row.codec
+        codec = row.codec
         edge_client.median_ms(1, row.cut, codec)  # warm-up: first use of a route builds its split
         measured_by_cut[row.cut], _ = edge_client.median_ms(requests, row.cut, codec)
     selection = edge_client.info()["cut_selection"]
@@ -291,8 +291,8 @@ def measure_link(
     live = {
         "bandwidth_bps": estimated["bandwidth_bps"],
         "rtt_s": estimated["rtt_ms"] / 1000,
-        "edge_overhead_ms": calibration["edge_overhead_ms"],
-        "cloud_overhead_ms": calibration["cloud_overhead_ms"],
+        "edge_calibration_ms": calibration["edge_calibration_ms"],
+        "cloud_calibration_ms": calibration["cloud_calibration_ms"],
     }
     live_rows = {(r.cut, r.codec): r for r in plan(edge, cloud, **live)}
     fixed = []
@@ -310,7 +310,7 @@ def measure_link(
             }
         )
         print(
-            f"    {row.cut:>28} {row.codec:>10}  profiles {row.latency_ms:8.1f}  live model "
+            f"    {row.cut:>28} {row.codec or '-':>10}  profiles {row.latency_ms:8.1f}  live model "
             f"{predicted.latency_ms:8.1f}  measured {measured:8.1f} ms"
         )
     planned = min(live_rows.values(), key=lambda r: r.latency_ms)
@@ -341,7 +341,7 @@ def confirm(edge_client: Edge, fixed: list[dict[str, Any]], picks: list[str], re
         random.Random(round_).shuffle(order)
         for cut in order:
             codec = by_cut[cut]["codec"]
-            samples[cut].append(edge_client.median_ms(1, cut, None if codec == "-" else codec)[0])
+            samples[cut].append(edge_client.median_ms(1, cut, codec)[0])
     confirmed = {cut: round(statistics.median(ms), 2) for cut, ms in samples.items()}
     print(f"    confirmed: {confirmed}")
     return confirmed

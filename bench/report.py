@@ -31,6 +31,11 @@ BATCH_COLUMNS = [
 ]
 
 
+def _calibration(live: dict[str, float], side: str) -> float:
+    """A side's calibration in a netlink result (named ``*_overhead_ms`` before the rename)."""
+    return live.get(f"{side}_calibration_ms", live.get(f"{side}_overhead_ms", 0.0))
+
+
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
@@ -187,8 +192,8 @@ def netlink_section(data: dict[str, Any]) -> list[str]:
             live = link["live_model"]
             lines += [
                 f"**{model}, {link['link']}** (live model: {live['bandwidth_bps'] / 1e6:.1f} Mbit/s, "
-                f"RTT {live['rtt_s'] * 1000:.1f} ms, edge {live['edge_overhead_ms']:+.0f} ms, "
-                f"cloud {live['cloud_overhead_ms']:+.0f} ms)",
+                f"RTT {live['rtt_s'] * 1000:.1f} ms, edge {_calibration(live, 'edge'):+.0f} ms, "
+                f"cloud {_calibration(live, 'cloud'):+.0f} ms)",
                 "",
                 "| cut | codec | bytes | profiles ms | live model ms | measured ms |",
                 "|---|---|---|---|---|---|",

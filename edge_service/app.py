@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
 from edge_service.cut_selector import CutSelector, SelectorSettings
+from edge_service.route_policy import FixedRoute, RoutePolicy
 from edge_service.routes import CLASSIFY_PATHS, readiness, router
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
@@ -24,8 +25,6 @@ from service_core.metrics import ServiceMetrics
 from shared.models import load_model
 from shared.planning import Profile
 from shared.preprocessing import ImageLimits
-from shared.splitting import OUTPUT_CUT
-from shared.units import parse_bandwidth, parse_duration
 
 __all__ = ["create_app"]
 
@@ -34,8 +33,8 @@ logger = logging.getLogger(__name__)
 
 def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
     return SelectorSettings(
-        bandwidth_bps=parse_bandwidth(settings.link_bandwidth),
-        rtt_s=parse_duration(settings.link_rtt),
+        bandwidth_bps=settings.link_bandwidth,
+        rtt_s=settings.link_rtt,
         max_logit_error=settings.max_logit_error,
         replan_interval_s=settings.replan_interval_s,
         switch_margin=settings.switch_margin,
@@ -47,20 +46,20 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
     )
 
 
-def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, CutSelector | None]:
-    """The model at its cut; for ``auto``, also the selector that chose the cut and keeps choosing."""
+def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, RoutePolicy]:
+    """The model and the policy that owns its current route: a fixed cut, or cut auto's selector."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
     )
-    selector = None
+    model = EdgeModel(loaded, limits)
+    policy: RoutePolicy
     if settings.cut == "auto" and settings.edge_profile is not None and settings.cloud_profile is not None:
         edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
         if edge.model != settings.model:
             raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
-        model = EdgeModel(loaded, OUTPUT_CUT, settings.resolved_codec(OUTPUT_CUT), limits)  # the selector moves it
 
         def switched(route: Route) -> None:
             metrics.set_info(loaded.name, loaded.digest, route.cut.name, route.codec)
@@ -74,27 +73,28 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
             registry=metrics.registry,
             on_switch=switched,
         )
-        model.build(model.route)
         logger.info(
-            "cut auto: %s with %s, predicted %.1f ms for %s and RTT %s",
-            model.cut.name,
-            model.codec,
+            "cut auto: %s with %s, predicted %.1f ms for %.1f Mbit/s and RTT %.1f ms",
+            selector.route.cut.name,
+            selector.route.codec,
             selector.current.latency_ms,
-            settings.link_bandwidth,
-            settings.link_rtt,
+            settings.link_bandwidth / 1e6,
+            settings.link_rtt * 1000,
         )
+        policy = selector
     else:
-        model = EdgeModel(loaded, settings.cut, settings.resolved_codec(settings.cut), limits)
+        policy = FixedRoute(model.route_for(settings.cut, settings.resolved_codec(settings.cut)))
+    model.build(policy.route)  # NOTE: at startup, so a cut that cannot be split fails here
     logger.info(
         "edge serving %s (%s weights %s), cut %s, codec %s, cloud %s",
         loaded.name,
         loaded.weights_kind,
         loaded.short_digest,
-        model.cut.name,
-        model.codec,
+        policy.route.cut.name,
+        policy.route.codec,
         settings.cloud_url,
     )
-    return model, selector
+    return model, policy
 
 
 def create_app(
@@ -109,8 +109,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[EdgeState]:
-        model, selector = await run_in_threadpool(_load, settings, metrics)
-        metrics.set_info(model.loaded.name, model.loaded.digest, model.cut.name, model.codec)
+        model, policy = await run_in_threadpool(_load, settings, metrics)
+        metrics.set_info(model.loaded.name, model.loaded.digest, policy.route.cut.name, policy.route.codec)
         cloud = CloudClient(
             settings.cloud_url,
             connect_timeout_s=settings.connect_timeout_s,
@@ -123,7 +123,7 @@ def create_app(
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
             try:
-                yield EdgeState(settings, model, cloud, executor, metrics, selector)
+                yield EdgeState(settings, model, cloud, executor, metrics, policy)
             finally:
                 await cloud.aclose()
 

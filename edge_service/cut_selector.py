@@ -43,6 +43,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from edge_service.link_estimation import LinkEstimate, LinkEstimator
+from edge_service.route_policy import RouteChoice
 from edge_service.runtime import EdgeModel, Route
 from shared.planning import PlanRow, Profile, plan
 from shared.tail_timings import TailTimings
@@ -66,6 +67,12 @@ class SelectorSettings:
     explore_routes: int = 3
     explore_samples: int = 5
     measurement_ttl_s: float = 60.0
+    shrink_samples: int = 2
+    """Each route's correction is shrunk toward the typical one as if by this many typical samples: among
+    many routes measured a few times each, the luckiest would otherwise always look best."""
+    max_drift: float = 0.2
+    """A residual is trusted only while its route's prediction stays within this fraction of what it was
+    when the residual was measured: after the link changes a lot, routes are measured again."""
 
 
 def _initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> list[PlanRow]:
@@ -99,21 +106,14 @@ class _Overhead:
         self.samples += 1
 
 
-Key = tuple[str, str]
-
-# NOTE: each route's correction is shrunk toward the typical one as if by this many typical samples:
-# among many routes measured a few times each, the luckiest would otherwise always look best.
-_SHRINK_SAMPLES = 2
-# A residual is trusted only while the route's prediction stays within this fraction of what it was
-# when the residual was measured: after the link changes a lot, routes are measured again.
-_MAX_DRIFT = 0.2
+Key = tuple[str, str | None]
 
 
 class _Residuals:
     """Measured minus predicted latency of the routes requests took: the recent ones, per route."""
 
-    def __init__(self, ttl_s: float, memory: int = 15) -> None:
-        self.ttl_s, self.memory = ttl_s, memory
+    def __init__(self, ttl_s: float, max_drift: float, memory: int = 15) -> None:
+        self.ttl_s, self.max_drift, self.memory = ttl_s, max_drift, memory
         self._by_route: dict[Key, deque[tuple[float, float, float]]] = {}
 
     def add(self, key: Key, at: float, measured_ms: float, predicted_ms: float) -> None:
@@ -121,7 +121,7 @@ class _Residuals:
         route.append((at, measured_ms - predicted_ms, predicted_ms))
 
     def fresh(self, now: float, predicted_ms: dict[Key, float]) -> dict[Key, list[float]]:
-        """Each route's residuals that are neither too old nor from a different link (see ``_MAX_DRIFT``)."""
+        """Each route's residuals that are neither too old nor from a different link (``max_drift``)."""
         fresh = {}
         for key, samples in self._by_route.items():
             now_ms = predicted_ms.get(key)
@@ -130,7 +130,7 @@ class _Residuals:
             kept = [
                 r
                 for at, r, then_ms in samples
-                if now - at <= self.ttl_s and abs(then_ms - now_ms) <= _MAX_DRIFT * now_ms
+                if now - at <= self.ttl_s and abs(then_ms - now_ms) <= self.max_drift * now_ms
             ]
             if kept:
                 fresh[key] = kept
@@ -146,11 +146,11 @@ class _Learned:
     typical: float  # for the others: the median of the measured routes' own (0 while none is)
 
     @classmethod
-    def from_residuals(cls, fresh: dict[Key, list[float]], min_samples: int) -> _Learned:
+    def from_residuals(cls, fresh: dict[Key, list[float]], min_samples: int, shrink_samples: int) -> _Learned:
         medians = {key: statistics.median(r) for key, r in fresh.items() if len(r) >= min_samples}
         typical = statistics.median(medians.values()) if medians else 0.0
         corrections = {
-            key: (len(fresh[key]) * median + _SHRINK_SAMPLES * typical) / (len(fresh[key]) + _SHRINK_SAMPLES)
+            key: (len(fresh[key]) * median + shrink_samples * typical) / (len(fresh[key]) + shrink_samples)
             for key, median in medians.items()
         }
         return cls(corrections, {key: len(r) for key, r in fresh.items()}, typical)
@@ -201,8 +201,8 @@ def _key(row: PlanRow) -> Key:
 
 
 class CutSelector:
-    """Chooses the edge's route for cut ``auto`` (from construction on). Runs on the event loop; every
-    method is quick."""
+    """The route policy of cut ``auto`` (see :mod:`edge_service.route_policy`). Runs on the event loop;
+    every method is quick. Every moment it acts on comes from ``clock``."""
 
     def __init__(
         self,
@@ -211,7 +211,7 @@ class CutSelector:
         cloud: Profile,
         settings: SelectorSettings,
         *,
-        codec_for: Callable[[str], str],
+        codec_for: Callable[[str], str | None],
         registry: CollectorRegistry,
         on_switch: Callable[[Route], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -224,15 +224,16 @@ class CutSelector:
         self.rows = _initial_plan(edge, cloud, settings)
         self._by_key = {_key(row): row for row in self.rows}
         self.current = self.rows[0]
-        self.model.route = self.route_for(self.current)
+        self._route = self.route_for(self.current)
         # The profiles' own compute per route (link-independent), to compare real requests with.
         self._profiled = {_key(row): row for row in plan(edge, cloud, bandwidth_bps=1e9, rtt_s=0.0)}
-        self.edge_overhead, self.cloud_overhead = _Overhead(), _Overhead()
-        self.residuals = _Residuals(settings.measurement_ttl_s)
+        self.edge_calibration, self.cloud_calibration = _Overhead(), _Overhead()
+        self.residuals = _Residuals(settings.measurement_ttl_s, settings.max_drift)
         now = clock()
-        self.last_plan_at = self.last_switch_at = self.last_sample_at = self._last_bandwidth_at = now
-        self._last_probe_at: float | None = None
-        self._probe_bytes = 2 * self.estimator.min_sample_bytes
+        self.planned_at = self.switched_at = self.link_learned_at = now
+        """When the plan was last made, the route last switched, and a call last taught the link's rate."""
+        self.probe_sent_at: float | None = None
+        self._probe_bytes = 2.0 * self.estimator.min_sample_bytes
         self.exploring: PlanRow | None = None
         self._explorations_sent = 0
         self._since_exploration = 0
@@ -241,59 +242,72 @@ class CutSelector:
         self._choose_exploration(now)
         self._publish()
 
-    def route_for(self, row: PlanRow) -> Route:
-        return self.model.route_for(row.cut, row.codec if row.codec != "-" else self.codec_for(row.cut))
+    @property
+    def route(self) -> Route:
+        return self._route
 
-    def route_for_request(self) -> Route:
+    def route_for(self, row: PlanRow) -> Route:
+        return self.model.route_for(row.cut, row.codec if row.codec is not None else self.codec_for(row.cut))
+
+    # ------------------------------------------------------------------ choosing (no side effects)
+
+    def choose(self) -> RouteChoice:
         """The current route; now and then a probe (when the link taught the estimate nothing for an
         interval) or an exploration (a near-best route whose latency has not been measured lately)."""
         now = self.clock()
-        interval = self.settings.probe_interval_s
-        if interval > 0 and now - self.last_sample_at >= interval:
-            probe = self._probe_row()
-            self.last_sample_at = now  # one probe per interval, even while it is in flight
-            if probe is not None:
-                self._last_probe_at = now
-                self.metrics.probes.inc()
-                return self.route_for(probe)
-        # NOTE: never two explorations in a row, and no more in flight than it takes to measure the route.
+        if self._probe_due(now) and (probe := self._probe_row(self._next_probe_bytes())) is not None:
+            return RouteChoice(self.route_for(probe), "probe")
+        # NOTE: never two explorations in a row, and no more than it takes to measure the route.
         target = self.exploring
-        in_flight_ok = self._explorations_sent <= self.settings.explore_samples
-        if target is not None and self._since_exploration >= 1 and in_flight_ok:
-            self._since_exploration = 0
-            self._explorations_sent += 1
-            self.metrics.explorations.inc()
-            return self.route_for(target)
-        self._since_exploration += 1
-        return self.model.route
+        if (
+            target is not None
+            and self._since_exploration >= 1
+            and self._explorations_sent < self.settings.explore_samples
+        ):
+            return RouteChoice(self.route_for(target), "explore")
+        return RouteChoice(self._route)
 
-    def _probe_row(self) -> PlanRow | None:
-        """The best route whose payload is large enough to time the link, if it is not the current one.
+    def _probe_due(self, now: float) -> bool:
+        interval = self.settings.probe_interval_s
+        last = max(self.link_learned_at, self.probe_sent_at or self.link_learned_at)
+        return interval > 0 and now - last >= interval
 
-        Large enough: at least ``min_sample_bytes`` after the first chunk the cloud reads. On a fast link
-        a whole body can arrive in that chunk, so each probe that taught nothing doubles the size asked
-        of the next one (up to the largest payload there is).
-        """
-        if self._last_probe_at is not None and self._last_bandwidth_at < self._last_probe_at:
-            self._probe_bytes *= 2
-        sending = [row for row in self.rows if row.cut != "output"]
+    def _next_probe_bytes(self) -> float:
+        """The payload size the next probe asks for: doubled after a probe that taught nothing (on a fast
+        link a whole body can arrive in the cloud's first chunk), up to the largest payload there is."""
+        taught_nothing = self.probe_sent_at is not None and self.link_learned_at < self.probe_sent_at
+        return self._probe_bytes * 2 if taught_nothing else self._probe_bytes
+
+    def _probe_row(self, min_bytes: float) -> PlanRow | None:
+        """The best route whose payload is at least ``min_bytes`` (else the largest), if not the current one."""
+        sending = [row for row in self.rows if row.codec is not None]
         if not sending:
             return None
-        probe = next((row for row in sending if row.bytes_per_image >= self._probe_bytes), None)
+        probe = next((row for row in sending if row.bytes_per_image >= min_bytes), None)
         if probe is None:
             probe = max(sending, key=lambda row: row.bytes_per_image)
         return None if _key(probe) == _key(self.current) else probe
 
-    def observe(
-        self,
-        sent_bytes: int,
-        round_trip_ms: float,
-        timings: TailTimings,
-    ) -> None:
+    def dispatched(self, choice: RouteChoice) -> None:
+        """Spend the probe or exploration budget ``choice`` used."""
+        if choice.purpose == "probe":
+            self._probe_bytes = self._next_probe_bytes()
+            self.probe_sent_at = self.clock()
+            self.metrics.probes.inc()
+        elif choice.purpose == "explore":
+            self._since_exploration = 0
+            self._explorations_sent += 1
+            self.metrics.explorations.inc()
+        else:
+            self._since_exploration += 1
+
+    # ------------------------------------------------------------------ learning
+
+    def observe_link(self, sent_bytes: int, round_trip_ms: float, timings: TailTimings) -> None:
         """Fold in one cloud call (a cloud that does not report ``recv`` and ``total`` teaches nothing).
 
         The rate is timed on the part of the body after its first chunk when the cloud reports it
-        (``stream``, ``streamed_bytes``), else on the whole body (``recv``)."""
+        (``stream``), else on the whole body (``recv``)."""
         if timings.total_ms is None or timings.recv_ms is None:
             return
         before = self.estimator.bandwidth_samples
@@ -308,18 +322,17 @@ class CutSelector:
             cloud_recv_s=timed_ms / 1000,
         )
         if self.estimator.bandwidth_samples > before:
-            self.last_sample_at = self._last_bandwidth_at = self.clock()
-        self.maybe_replan()
+            self.link_learned_at = self.clock()
 
     def observe_request(self, route: Route, timings_ms: dict[str, float], cloud: TailTimings) -> None:
         """Learn from one single-image request that completed where its route says: each side's compute
         against the profiles, and its end-to-end latency (``timings_ms["total"]``) against the plan."""
-        key = (route.cut.name, "-" if route.runs_everything else route.codec)
+        key = (route.cut.name, route.codec)
         if self.settings.calibrate and (profiled := self._profiled.get(key)) is not None:
             edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
-            self.edge_overhead.observe(edge_ms, profiled.edge_ms)
+            self.edge_calibration.observe(edge_ms, profiled.edge_ms)
             if cloud.cloud_compute_ms is not None:
-                self.cloud_overhead.observe(cloud.cloud_compute_ms, profiled.cloud_ms)
+                self.cloud_calibration.observe(cloud.cloud_compute_ms, profiled.cloud_ms)
         predicted = self._by_key.get(key)
         if predicted is None or "total" not in timings_ms:
             return
@@ -332,7 +345,9 @@ class CutSelector:
         """The per-route corrections that measured latencies make to the current plan."""
         now = self.clock() if now is None else now
         predicted = {key: row.latency_ms for key, row in self._by_key.items()}
-        return _Learned.from_residuals(self.residuals.fresh(now, predicted), self.settings.explore_samples)
+        return _Learned.from_residuals(
+            self.residuals.fresh(now, predicted), self.settings.explore_samples, self.settings.shrink_samples
+        )
 
     def expected_ms(self, row: PlanRow, now: float | None = None) -> float:
         """The plan's prediction corrected by what was measured: the route's own residual, else the typical one."""
@@ -359,12 +374,12 @@ class CutSelector:
             self._explorations_sent = 0
         self.exploring = chosen
 
-    def maybe_replan(self) -> bool:
+    def replan(self) -> bool:
         """Re-plan for the estimated link if it is time; switch when clearly better. True if it switched."""
         now = self.clock()
-        if self.settings.replan_interval_s <= 0 or now - self.last_plan_at < self.settings.replan_interval_s:
+        if self.settings.replan_interval_s <= 0 or now - self.planned_at < self.settings.replan_interval_s:
             return False
-        self.last_plan_at = now
+        self.planned_at = now
         link = self.estimator.estimate
         self.rows = plan(
             self.edge,
@@ -372,8 +387,8 @@ class CutSelector:
             bandwidth_bps=link.bandwidth_bps,
             rtt_s=link.rtt_s,
             max_logit_error=self.settings.max_logit_error,
-            edge_overhead_ms=self.edge_overhead.value_ms,
-            cloud_overhead_ms=self.cloud_overhead.value_ms,
+            edge_calibration_ms=self.edge_calibration.value_ms,
+            cloud_calibration_ms=self.cloud_calibration.value_ms,
         )
         self._by_key = {_key(row): row for row in self.rows}
         self.current = self._by_key.get(_key(self.current), self.current)
@@ -382,7 +397,7 @@ class CutSelector:
         current_ms = learned.expected_ms(self.current)
         switched = False
         clearly_better = best_ms <= current_ms * (1 - self.settings.switch_margin)
-        dwelt = now - self.last_switch_at >= self.settings.min_dwell_s
+        dwelt = now - self.switched_at >= self.settings.min_dwell_s
         # An unmeasured route is explored first, unless it is better by more than exploring is for.
         vetted = (
             self.settings.explore_margin <= 0
@@ -392,30 +407,32 @@ class CutSelector:
         if _key(best) != _key(self.current) and clearly_better and dwelt and vetted:
             self._switch(best, link, now, (current_ms, best_ms))
             switched = True
-        self._choose_exploration(now, renew=self._explorations_sent > self.settings.explore_samples)
+        self._choose_exploration(now, renew=self._explorations_sent >= self.settings.explore_samples)
         self._publish()
         return switched
 
     def _switch(self, best: PlanRow, link: LinkEstimate, now: float, expected_ms: tuple[float, float]) -> None:
         previous = self.current
         route = self.route_for(best)
-        self.model.route = route
-        self.current, self.last_switch_at = best, now
+        self._route = route
+        self.current, self.switched_at = best, now
         self.switch_count += 1
         self.metrics.switches.inc()
         event = {
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "from": f"{previous.cut}/{previous.codec}",
-            "to": f"{best.cut}/{best.codec}",
+            "from": {"cut": previous.cut, "codec": previous.codec},
+            "to": {"cut": best.cut, "codec": best.codec},
             "predicted_ms": {"from": round(previous.latency_ms, 1), "to": round(best.latency_ms, 1)},
             "expected_ms": {"from": round(expected_ms[0], 1), "to": round(expected_ms[1], 1)},
             "link": link.to_json(),
         }
         self.history = [*self.history[-9:], event]
         logger.info(
-            "cut auto: %s -> %s (expected %.1f -> %.1f ms; link %.1f Mbit/s, RTT %.1f ms)",
-            event["from"],
-            event["to"],
+            "cut auto: %s/%s -> %s/%s (expected %.1f -> %.1f ms; link %.1f Mbit/s, RTT %.1f ms)",
+            previous.cut,
+            previous.codec,
+            best.cut,
+            best.codec,
             expected_ms[0],
             expected_ms[1],
             link.bandwidth_bps / 1e6,
@@ -429,8 +446,8 @@ class CutSelector:
         self.metrics.bandwidth.set(link.bandwidth_bps)
         self.metrics.rtt.set(link.rtt_s)
         self.metrics.predicted.set(self.current.latency_ms / 1000)
-        self.metrics.overhead.labels("edge").set(self.edge_overhead.value_ms / 1000)
-        self.metrics.overhead.labels("cloud").set(self.cloud_overhead.value_ms / 1000)
+        self.metrics.overhead.labels("edge").set(self.edge_calibration.value_ms / 1000)
+        self.metrics.overhead.labels("cloud").set(self.cloud_calibration.value_ms / 1000)
 
     def to_json(self) -> dict[str, Any]:
         learned = self.learned()
@@ -441,9 +458,9 @@ class CutSelector:
             "assumed_link": {"bandwidth_bps": self.settings.bandwidth_bps, "rtt_ms": self.settings.rtt_s * 1000},
             "estimated_link": self.estimator.estimate.to_json(),
             "calibration": {
-                "edge_overhead_ms": round(self.edge_overhead.value_ms, 3),
-                "cloud_overhead_ms": round(self.cloud_overhead.value_ms, 3),
-                "samples": self.edge_overhead.samples,
+                "edge_calibration_ms": round(self.edge_calibration.value_ms, 3),
+                "cloud_calibration_ms": round(self.cloud_calibration.value_ms, 3),
+                "samples": self.edge_calibration.samples,
             },
             "predicted_latency_ms": round(self.current.latency_ms, 3),
             "expected_latency_ms": round(learned.expected_ms(self.current), 3),

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
@@ -82,15 +83,13 @@ class ClassifyOptions:
 OptionsDep = Annotated[ClassifyOptions, Depends()]
 
 
-def _route(state: EdgeState, cut: str | None, codec: str | None) -> Route:
-    """The route for one request: the one asked for, or the current one (for cut auto, maybe a probe)."""
-    model = state.model
+def _route(state: EdgeState, cut: str | None, codec: str | None) -> RouteChoice:
+    """The route for one request: the one asked for, or the policy's choice (for cut auto, maybe a probe)."""
     if cut is None and codec is None:
-        return state.selector.route_for_request() if state.selector is not None else model.route
-    name = cut or model.cut.name
+        return state.routes.choose()
     try:
-        resolved = model.graph.cut(name).name
-        return model.route_for(resolved, state.settings.resolved_codec(resolved, codec))
+        resolved = state.model.graph.cut(cut or state.routes.route.cut.name).name
+        return RouteChoice(state.model.route_for(resolved, state.settings.resolved_codec(resolved, codec)))
     except ValueError as exc:
         raise UnprocessableContent(str(exc)) from exc
 
@@ -145,7 +144,7 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
 
 
 async def _classify(
-    request: Request, state: EdgeState, blobs: list[bytes], route: Route
+    request: Request, state: EdgeState, blobs: list[bytes], choice: RouteChoice
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Admit the request (back-pressure: 503 + Retry-After beyond the concurrency limit), then classify."""
     settings = state.settings
@@ -156,7 +155,8 @@ async def _classify(
         )
     state.in_flight += 1
     try:
-        return await _classify_admitted(request, state, blobs, route)
+        state.routes.dispatched(choice)
+        return await _classify_admitted(request, state, blobs, choice.route)
     finally:
         state.in_flight -= 1
 
@@ -191,8 +191,7 @@ async def _classify_admitted(
             )
             timings["cloud_round_trip"] = reply.round_trip_ms
             cloud_instance, cloud_timings = reply.served_by, reply.timings
-            if state.selector is not None:
-                state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.timings)
+            state.routes.observe_link(len(prepared.payload), reply.round_trip_ms, reply.timings)
             if reply.timings.tail_ms is not None:
                 timings["cloud_tail"] = reply.timings.tail_ms
             logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
@@ -203,11 +202,12 @@ async def _classify_admitted(
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     timings["total"] = (time.perf_counter() - started) * 1000
-    # NOTE: the selector learns only from requests that are like the ones it plans for: one image, the
+    # NOTE: the policy learns only from requests that are like the ones it plans for: one image, the
     # route's split already built, finished where the route says (not by the fallback).
     intended = completed_on == ("edge" if route.runs_everything else "cloud")
-    if state.selector is not None and intended and len(blobs) == 1 and "build" not in timings:
-        state.selector.observe_request(route, timings, cloud_timings)
+    if intended and len(blobs) == 1 and "build" not in timings:
+        state.routes.observe_request(route, timings, cloud_timings)
+    state.routes.replan()
     request.state.log_fields = {
         "cut": route.cut.name,
         "codec": route.codec,
@@ -238,11 +238,11 @@ async def _classify_admitted(
 )
 async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
-    route = _route(state, options.cut, options.codec)
+    choice = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
-    output, common = await _classify(request, state, blobs, route)
+    output, common = await _classify(request, state, blobs, choice)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     result = _results(output, state, options.top_k, options.logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
@@ -258,9 +258,9 @@ async def classify_batch(
     request: Request, response: Response, state: EdgeStateDep, options: OptionsDep
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
-    route = _route(state, options.cut, options.codec)
+    choice = _route(state, options.cut, options.codec)
     blobs = await _read_images(request, state, ("images", "image"))
-    output, common = await _classify(request, state, blobs, route)
+    output, common = await _classify(request, state, blobs, choice)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 
@@ -275,9 +275,9 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
         "weights": model.loaded.weights_kind,
         "weights_digest": model.loaded.digest,
         "device": settings.device,
-        "cut": model.cut.to_json(),
-        "cut_selection": state.selector.to_json() if state.selector is not None else {"mode": "fixed"},
-        "codec": model.codec,
+        "cut": state.routes.route.cut.to_json(),
+        "cut_selection": state.routes.to_json(),
+        "codec": state.routes.route.codec,
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,
         "circuit_breaker": state.cloud.breaker.state,
@@ -290,7 +290,7 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
 async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
     """The model is loaded and the cloud is reachable and serves the same model and weights."""
     loaded = state.model.loaded
-    if state.model.runs_everything:
+    if state.routes.route.runs_everything:
         return {"status": "ready", "cloud": "not needed (cut 'output')"}
     try:
         cloud = await state.cloud.info()

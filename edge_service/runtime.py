@@ -28,7 +28,8 @@ class Route:
     """One way through the edge: a cut and its wire codec (the head and tail are built on first use)."""
 
     cut: Cut
-    codec: str
+    codec: str | None
+    """``None`` exactly at ``output``, where nothing is sent."""
 
     @property
     def runs_everything(self) -> bool:
@@ -59,44 +60,26 @@ class _Stopwatch:
 
 
 class EdgeModel:
-    """The model split at a current cut (``route``), and at any other cut a request or the planner asks for.
+    """The model, split at whatever cut a request's route names (the edge's route policy decides which).
 
-    Each request takes the current route once and keeps it, so switching the cut while serving never
-    mixes two cuts in one request. Splits are built once per cut and kept (they share the parameters).
+    Each request takes its route once and keeps it, so switching the cut while serving never mixes two
+    cuts in one request. Splits are built once per cut and kept (they share the parameters).
     """
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        cut: str,
-        codec: str,
-        image_limits: ImageLimits,
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, image_limits: ImageLimits) -> None:
         self.loaded = loaded
         self.graph = ModelGraph(loaded.module, loaded.input_shape)
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
         self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self._lock = threading.Lock()
-        self.route: Route = self.route_for(cut, codec)
-        self.build(self.route)
 
-    @property
-    def cut(self) -> Cut:
-        return self.route.cut
-
-    @property
-    def codec(self) -> str:
-        return self.route.codec
-
-    @property
-    def runs_everything(self) -> bool:
-        return self.route.runs_everything
-
-    def route_for(self, cut: str, codec: str) -> Route:
-        """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut). Cheap:
-        the split itself is built by the first request that runs it, off the event loop."""
-        return Route(self.graph.cut(cut), codec)
+    def route_for(self, cut: str, codec: str | None) -> Route:
+        """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut; the codec
+        of ``output`` is ``None``). Cheap: the split is built by the first request that runs it, off the
+        event loop."""
+        resolved = self.graph.cut(cut)
+        return Route(resolved, None if resolved.name == OUTPUT_CUT else codec)
 
     def build(self, route: Route) -> None:
         """Build the route's head and tail now (at startup: a cut that cannot be split fails here)."""
@@ -109,14 +92,13 @@ class EdgeModel:
                 split = self._splits[cut.name] = self.graph.split(cut)
         return split
 
-    def prepare(self, raw: Sequence[bytes], route: Route | None = None) -> Prepared:
+    def prepare(self, raw: Sequence[bytes], route: Route) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
-        route = route or self.route
         prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
             prepared.images = [decode_image(blob, self.image_limits) for blob in raw]
-        if route.cut.name == INPUT_CUT:
+        if route.cut.name == INPUT_CUT and route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(
                     prepared.raw,
@@ -135,7 +117,7 @@ class EdgeModel:
         with _Stopwatch(timings, "head"), torch.inference_mode():
             head, _ = self._split(route.cut)
             prepared.head_outputs = tuple(head(batch))
-        if not route.runs_everything:
+        if route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_activations(
                     prepared.head_outputs,

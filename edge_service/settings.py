@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from service_core.settings import ServiceSettings
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
 from shared.errors import UnsupportedMediaType
+from shared.units import parse_bandwidth, parse_duration
 
 __all__ = ["EdgeSettings"]
 
@@ -23,8 +24,15 @@ class EdgeSettings(ServiceSettings):
     )
     edge_profile: Path | None = Field(None, description="`splitinfer profile` output of this edge (cut auto).")
     cloud_profile: Path | None = Field(None, description="`splitinfer profile` output of the cloud (cut auto).")
-    link_bandwidth: str = Field("20mbit", description="Uplink rate the planner assumes (cut auto).")
-    link_rtt: str = Field("30ms", description="Round-trip time the planner assumes (cut auto).")
+    link_bandwidth: float = Field(
+        20e6,
+        gt=0,
+        description="Uplink rate the planner assumes (cut auto), with its unit: 20mbit, 1gbit/s, 2.5MBps "
+        "(kept in bits per second).",
+    )
+    link_rtt: float = Field(
+        0.03, ge=0, description="Round-trip time the planner assumes (cut auto), with its unit: 30ms, 0.03s."
+    )
     max_logit_error: float = Field(0.01, ge=0, description="Relative L2 bound for lossy codecs (cut auto).")
     replan_interval_s: float = Field(
         2.0, ge=0, description="Cut auto: re-plan this often from the link measured on real requests (0: never)."
@@ -94,14 +102,23 @@ class EdgeSettings(ServiceSettings):
         for name, path in (("EDGE_PROFILE", self.edge_profile), ("CLOUD_PROFILE", self.cloud_profile)):
             if path is None or not path.is_file():
                 raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({path} is not)")
-        from shared.units import parse_bandwidth, parse_duration
-
-        parse_bandwidth(self.link_bandwidth)
-        parse_duration(self.link_rtt)
         return self
 
-    def resolved_codec(self, cut: str, codec: str | None = None) -> str:
-        """``codec`` (default: the configured one) for ``cut``, checked to fit (image codecs for ``input``)."""
+    @field_validator("link_bandwidth", mode="before")
+    @classmethod
+    def _rate_with_unit(cls, value: object) -> object:
+        return parse_bandwidth(value) if isinstance(value, str) else value
+
+    @field_validator("link_rtt", mode="before")
+    @classmethod
+    def _duration_with_unit(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    def resolved_codec(self, cut: str, codec: str | None = None) -> str | None:
+        """``codec`` (default: the configured one) for ``cut``, checked to fit (image codecs for ``input``;
+        ``None`` for ``output``, which sends nothing)."""
+        if cut == "output":
+            return None
         if cut == "input":
             codec = codec or self.codec or "image"
             allowed = IMAGE_CODECS

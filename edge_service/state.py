@@ -9,7 +9,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from edge_service.cloud_client import CloudClient
-from edge_service.cut_selector import CutSelector
+from edge_service.route_policy import RoutePolicy
 from edge_service.runtime import EdgeModel
 from edge_service.settings import EdgeSettings
 from service_core.app import service_state
@@ -25,7 +25,8 @@ class EdgeState:
     cloud: CloudClient
     executor: ThreadPoolExecutor
     metrics: ServiceMetrics
-    selector: CutSelector | None = None
+    routes: RoutePolicy
+    """The one owner of the current route (fixed, or chosen by cut auto)."""
     in_flight: int = 0
 
 

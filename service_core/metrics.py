@@ -69,9 +69,9 @@ class ServiceMetrics:
         )
         self._service = labels["service"]
 
-    def set_info(self, model: str, weights: str, cut: str = "", codec: str = "") -> None:
+    def set_info(self, model: str, weights: str, cut: str = "", codec: str | None = "") -> None:
         self.info.clear()
-        self.info.labels(self._service, model, weights, cut, codec).set(1)
+        self.info.labels(self._service, model, weights, cut, codec or "").set(1)
 
 
 def metrics_response(metrics: ServiceMetrics) -> Response:

@@ -92,8 +92,8 @@ class Profile:
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
     reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
 
-    def edge_overhead_ms(self, cut: str) -> float:
-        """What the edge spends on the image before the head runs at ``cut``."""
+    def image_path_ms(self, cut: str) -> float:
+        """What the edge spends on the image before the head runs at ``cut`` (decode, and preprocess)."""
         return self.image_decode_ms + (0.0 if cut == INPUT_CUT else self.preprocess_ms)
 
     def to_json(self) -> dict[str, Any]:
@@ -234,7 +234,8 @@ def _profile_codec(
 @dataclass(frozen=True)
 class PlanRow:
     cut: str
-    codec: str
+    codec: str | None
+    """``None`` at ``output``: nothing is sent."""
     latency_ms: float
     edge_ms: float
     transfer_ms: float
@@ -254,13 +255,13 @@ def plan(
     rtt_s: float,
     objective: Objective = "latency",
     max_logit_error: float = 1e-2,
-    edge_overhead_ms: float = 0.0,
-    cloud_overhead_ms: float = 0.0,
+    edge_calibration_ms: float = 0.0,
+    cloud_calibration_ms: float = 0.0,
 ) -> list[PlanRow]:
     """Predicted cost of every (cut, codec) pair, best first by ``objective``.
 
     Lossy codecs are candidates only when their measured relative L2 logit error is within
-    ``max_logit_error``. ``edge_overhead_ms`` and ``cloud_overhead_ms`` are added to each side's
+    ``max_logit_error``. ``edge_calibration_ms`` and ``cloud_calibration_ms`` are added to each side's
     profiled compute (a running service measures how much more its requests take than its profile said).
     """
     if (edge.model, edge.weights_digest) != (cloud.model, cloud.weights_digest):
@@ -271,10 +272,10 @@ def plan(
         remote = tails.get(cut.name)
         if remote is None:
             continue
-        image_ms = edge.edge_overhead_ms(cut.name)
+        image_ms = edge.image_path_ms(cut.name)
         if cut.name == OUTPUT_CUT:
-            edge_ms = image_ms + cut.head_ms + edge_overhead_ms
-            rows.append(PlanRow(cut.name, "-", edge_ms, edge_ms, 0.0, 0.0, 0.0, 0.0))
+            edge_ms = image_ms + cut.head_ms + edge_calibration_ms
+            rows.append(PlanRow(cut.name, None, edge_ms, edge_ms, 0.0, 0.0, 0.0, 0.0))
             continue
         decode_by_codec = {c.codec: c.decode_ms for c in remote.codecs}
         for codec in cut.codecs:
@@ -282,8 +283,8 @@ def plan(
                 continue
             wire_bytes = (codec.bytes_per_image + cloud.reply_bytes) * FRAMING_OVERHEAD
             transfer_ms = wire_bytes * 8 / bandwidth_bps * 1000 + rtt_s * 1000
-            edge_ms = image_ms + cut.head_ms + codec.encode_ms + edge_overhead_ms
-            cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms + cloud_overhead_ms
+            edge_ms = image_ms + cut.head_ms + codec.encode_ms + edge_calibration_ms
+            cloud_ms = decode_by_codec.get(codec.codec, codec.decode_ms) + remote.tail_ms + cloud_calibration_ms
             rows.append(
                 PlanRow(
                     cut.name,

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from edge_service import EdgeSettings, create_app
 from edge_service.cut_selector import CutSelector, SelectorSettings
-from edge_service.runtime import EdgeModel
+from edge_service.runtime import EdgeModel, Route
 from shared.models import LoadedModel, load_model
 from shared.planning import CodecProfile, CutProfile, Profile
 from shared.preprocessing import ImageLimits
@@ -24,6 +24,19 @@ from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
 IMAGE_BYTES = 100_000
+
+
+def _next(selector: CutSelector) -> Route:
+    """What a request that asks for no route gets: the policy's choice, dispatched."""
+    choice = selector.choose()
+    selector.dispatched(choice)
+    return choice.route
+
+
+def _observe(selector: CutSelector, sent: int, round_trip_ms: float, timings: TailTimings) -> None:
+    """One cloud call, as the edge's handler feeds it: the link, then a re-plan if it is time."""
+    selector.observe_link(sent, round_trip_ms, timings)
+    selector.replan()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +78,7 @@ def _selector(
 ) -> CutSelector:
     edge, cloud = _profiles(loaded)
     settings = SelectorSettings(bandwidth_bps=bandwidth_bps, rtt_s=rtt_s, max_logit_error=0.01, **options)
-    model = EdgeModel(loaded, "output", "fp16", ImageLimits())
+    model = EdgeModel(loaded, ImageLimits())
     return CutSelector(
         model, edge, cloud, settings, codec_for=lambda cut: "image" if cut == "input" else "fp16",
         registry=CollectorRegistry(), clock=clock,
@@ -78,12 +91,12 @@ def _transfer(selector: CutSelector, clock: Clock, bandwidth_bps: float, rtt_s: 
     sent = int(selector.current.bytes_per_image) or IMAGE_BYTES
     recv_ms = sent * 8 / bandwidth_bps * 1000
     total_ms = recv_ms + 4
-    selector.observe(sent, total_ms + rtt_s * 1000, TailTimings(recv_ms=recv_ms, total_ms=total_ms))
+    _observe(selector, sent, total_ms + rtt_s * 1000, TailTimings(recv_ms=recv_ms, total_ms=total_ms))
 
 
 def test_starts_with_the_plan_for_the_assumed_link(loaded: LoadedModel) -> None:
     selector = _selector(loaded, Clock())
-    assert selector.model.route.cut.name == "input" and selector.model.route.codec == "image"
+    assert selector.route.cut.name == "input" and selector.route.codec == "image"
     assert selector.to_json()["switches"] == 0
 
 
@@ -91,11 +104,11 @@ def test_a_slower_link_moves_the_cut_once_the_dwell_time_is_over(loaded: LoadedM
     clock = Clock()
     selector = _selector(loaded, clock, replan_interval_s=2.0, min_dwell_s=5.0)
     _transfer(selector, clock, 1e6, 0.05, advance_s=2.5)  # re-planned, but the dwell time is not over
-    assert selector.model.route.cut.name == "input"
+    assert selector.route.cut.name == "input"
     _transfer(selector, clock, 1e6, 0.05, advance_s=3.0)
-    assert (selector.model.route.cut.name, selector.model.route.codec) == ("mean", "fp32")
+    assert (selector.route.cut.name, selector.route.codec) == ("mean", "fp32")
     info = selector.to_json()
-    assert info["switches"] == 1 and info["recent_switches"][0]["to"] == "mean/fp32"  # type: ignore[index]
+    assert info["switches"] == 1 and info["recent_switches"][0]["to"] == {"cut": "mean", "codec": "fp32"}  # type: ignore[index]
     estimated = info["estimated_link"]
     assert estimated["rtt_ms"] == pytest.approx(50, rel=0.01)  # type: ignore[index]
     assert estimated["bandwidth_bps"] == pytest.approx(1e6, rel=0.01)  # type: ignore[index]
@@ -121,11 +134,11 @@ def test_a_cut_that_cannot_measure_the_link_probes_it_now_and_then(loaded: Loade
         _transfer(selector, clock, 1e6, 0.05, advance_s=1.0)
     assert selector.current.cut == "mean"  # 400 bytes: too few to time the link with
     clock.now += 5
-    assert selector.route_for_request().cut.name == "mean"
+    assert _next(selector).cut.name == "mean"
     clock.now += 10
-    probe = selector.route_for_request()
+    probe = _next(selector)
     assert probe.cut.name == "input"  # the best cut whose payload is large enough to time
-    assert selector.route_for_request().cut.name == "mean"  # one probe per interval
+    assert _next(selector).cut.name == "mean"  # one probe per interval
 
 
 def test_a_probe_that_teaches_nothing_makes_the_next_one_larger(loaded: LoadedModel) -> None:
@@ -135,16 +148,17 @@ def test_a_probe_that_teaches_nothing_makes_the_next_one_larger(loaded: LoadedMo
     probes = []
     for _ in range(3):  # on a fast link each body arrives in one piece: no probe yields a bandwidth sample
         clock.now += 10
-        probes.append(selector.route_for_request().cut.name)
+        probes.append(_next(selector).cut.name)
     assert probes == ["input", "relu", "relu"]  # 100 kB >= 64 KiB; then 128 KiB: relu's 200 kB, the largest
     clock.now += 10
     recv_ms = 150_000 * 8 / 50e6 * 1000
-    selector.observe(
+    _observe(
+        selector,
         200_000,
         recv_ms + 10,
         TailTimings(recv_ms=recv_ms, stream_ms=recv_ms, stream_bytes=150_000, total_ms=recv_ms + 2),
     )
-    assert selector.route_for_request().cut.name == "mean"  # it taught something: no probe for 10 s
+    assert _next(selector).cut.name == "mean"  # it taught something: no probe for 10 s
     assert selector.registry.get_sample_value("splitinfer_link_probes_total") == 3
 
 
@@ -155,13 +169,13 @@ def test_measured_compute_calibrates_the_plan(loaded: LoadedModel) -> None:
     for _ in range(30):  # the edge takes 15 ms more than profiled (7.5 ms), the cloud 3 ms more (0.5 + 1.5 ms)
         timings = {"decode": 3.0, "preprocess": 3.0, "head": 15.0, "encode": 1.5}
         selector.observe_request(route, timings, TailTimings(recv_ms=5.0, decode_ms=1.5, tail_ms=3.5, total_ms=11.0))
-    assert selector.edge_overhead.value_ms == pytest.approx(15.0)
-    assert selector.cloud_overhead.value_ms == pytest.approx(3.0)
+    assert selector.edge_calibration.value_ms == pytest.approx(15.0)
+    assert selector.cloud_calibration.value_ms == pytest.approx(3.0)
     clock.now += 2
-    selector.maybe_replan()
+    selector.replan()
     output = next(row for row in selector.rows if row.cut == "output")
     assert output.latency_ms == pytest.approx(1 + 1 + 100 + 15)
-    assert selector.to_json()["calibration"]["edge_overhead_ms"] == 15.0  # type: ignore[index]
+    assert selector.to_json()["calibration"]["edge_calibration_ms"] == 15.0  # type: ignore[index]
 
 
 def _served(selector: CutSelector, clock: Clock, cut: str, total_ms: float, advance_s: float = 0.1) -> None:
@@ -182,17 +196,17 @@ def test_a_near_tie_is_explored_and_decided_by_measured_latency(loaded: LoadedMo
     clock = Clock()
     selector = _near_tie(loaded, clock)
     assert selector.current.cut == "mean" and selector.exploring is not None and selector.exploring.cut == "input"
-    routed = [selector.route_for_request().cut.name for _ in range(12)]
-    # Every other request explores `input`, no more of them in flight than it takes to measure it (3 + 1).
-    assert routed == ["mean", "input"] * 4 + ["mean"] * 4
-    assert selector.registry.get_sample_value("splitinfer_route_explorations_total") == 4
+    routed = [_next(selector).cut.name for _ in range(12)]
+    # Every other request explores `input`, no more of them than it takes to measure it (3).
+    assert routed == ["mean", "input"] * 3 + ["mean"] * 6
+    assert selector.registry.get_sample_value("splitinfer_route_explorations_total") == 3
     for _ in range(3):
         _served(selector, clock, "mean", 34.0)
         _served(selector, clock, "input", 24.0)  # measured 9 ms faster than predicted; `mean` 1.6 ms slower
     assert selector.exploring is None  # nothing near the best is left unmeasured
     clock.now += 1
-    assert selector.maybe_replan()
-    assert (selector.current.cut, selector.model.route.cut.name) == ("input", "input")
+    assert selector.replan()
+    assert (selector.current.cut, selector.route.cut.name) == ("input", "input")
     # Residuals: `input` -8.8 ms, `mean` +1.6 ms, typical -3.6 ms; each route's 3 samples are shrunk
     # toward the typical as if by 2 more: `input` 32.8 - 6.72 = 26.1 ms, `mean` 32.4 - 0.48 = 31.9 ms.
     assert selector.expected_ms(selector.current) == pytest.approx(26.1, abs=0.05)
@@ -208,7 +222,7 @@ def test_an_explored_route_that_measures_slower_is_left_alone(loaded: LoadedMode
         _served(selector, clock, "mean", 33.0)
         _served(selector, clock, "input", 45.0)
     clock.now += 1
-    assert not selector.maybe_replan()
+    assert not selector.replan()
     assert selector.current.cut == "mean" and selector.exploring is None
 
 
@@ -220,15 +234,15 @@ def test_a_route_nobody_measured_is_explored_before_the_edge_moves_to_it(loaded:
     for _ in range(3):  # the link gets faster: 60 Mbit/s makes `input` (28.9 ms) 11% better than `mean` (32.4)
         clock.now += 1
         recv_ms = 100_000 * 8 / 60e6 * 1000
-        selector.observe(100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
+        _observe(selector, 100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
     assert selector.current.cut == "mean"
     clock.now += 1
-    assert not selector.maybe_replan()  # 11% is within the exploring margin (15%): measure `input` first
+    assert not selector.replan()  # 11% is within the exploring margin (15%): measure `input` first
     assert selector.current.cut == "mean" and selector.exploring is not None and selector.exploring.cut == "input"
     for _ in range(3):
         _served(selector, clock, "input", 29.0)
     clock.now += 1
-    assert selector.maybe_replan() and selector.current.cut == "input"
+    assert selector.replan() and selector.current.cut == "input"
 
 
 def test_measurements_expire_and_are_taken_again(loaded: LoadedModel) -> None:
@@ -238,11 +252,11 @@ def test_measurements_expire_and_are_taken_again(loaded: LoadedModel) -> None:
         _served(selector, clock, "mean", 33.0)
         _served(selector, clock, "input", 45.0)
     clock.now += 1
-    selector.maybe_replan()
+    selector.replan()
     assert selector.exploring is None
     for _ in range(70):  # a minute of requests through the current cut only
         _served(selector, clock, "mean", 33.0, advance_s=1.0)
-    selector.maybe_replan()
+    selector.replan()
     assert selector.exploring is not None and selector.exploring.cut == "input"
 
 
@@ -255,14 +269,14 @@ def test_measurements_from_a_different_link_are_not_trusted(loaded: LoadedModel)
     for _ in range(3):  # 20 Mbit/s: `input` is now predicted 56.8 ms, not 32.8: what it measured then says little
         clock.now += 1
         recv_ms = 100_000 * 8 / 20e6 * 1000
-        selector.observe(100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
+        _observe(selector, 100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
     assert not selector.learned().known(("input", "image"))
 
 
 def test_exploring_can_be_turned_off(loaded: LoadedModel) -> None:
     selector = _near_tie(loaded, Clock(), explore_margin=0.0)
     assert selector.exploring is None
-    assert {selector.route_for_request().cut.name for _ in range(10)} == {"mean"}
+    assert {_next(selector).cut.name for _ in range(10)} == {"mean"}
 
 
 def test_the_rate_is_timed_on_the_body_after_its_first_chunk(loaded: LoadedModel) -> None:
@@ -271,16 +285,16 @@ def test_the_rate_is_timed_on_the_body_after_its_first_chunk(loaded: LoadedModel
     streamed = 100_000 - 16_000
     recv_ms = streamed * 8 / 5e6 * 1000
     timing = TailTimings(recv_ms=recv_ms, stream_ms=recv_ms, stream_bytes=streamed, total_ms=200.0)
-    selector.observe(100_000, 250.0, timing)
+    _observe(selector, 100_000, 250.0, timing)
     assert selector.estimator.estimate.bandwidth_bps == pytest.approx(5e6)
     older_cloud = _selector(loaded, Clock())
-    older_cloud.observe(100_000, 250.0, TailTimings(recv_ms=recv_ms, total_ms=200.0))  # no `stream`: the whole body
+    _observe(older_cloud, 100_000, 250.0, TailTimings(recv_ms=recv_ms, total_ms=200.0))  # no `stream`: the whole body
     assert older_cloud.estimator.estimate.bandwidth_bps == pytest.approx(100_000 * 8 / (recv_ms / 1000))
 
 
 def test_without_recv_and_total_nothing_is_learned(loaded: LoadedModel) -> None:
     selector = _selector(loaded, Clock())
-    selector.observe(100_000, 50.0, TailTimings(tail_ms=3.0))
+    _observe(selector, 100_000, 50.0, TailTimings(tail_ms=3.0))
     assert selector.estimator.estimate.rtt_samples == 0
 
 
