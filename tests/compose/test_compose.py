@@ -4,7 +4,8 @@ Run with ``make test-compose`` (marker ``compose``; not part of ``make test``). 
 docker-compose; without them every test skips with the reason. ``BASE_IMAGE``, ``TORCH_INDEX`` and
 ``TORCH_CUDA`` in the environment become the build's arguments (see the Dockerfile); ``.ci/run`` sets them
 from ``shared/tools/local-docker.sh``. The figures (image size, build and rebuild times, the drain) go to
-``$SPLITINFER_COMPOSE_RESULTS`` when it is set.
+``$SPLITINFER_COMPOSE_RESULTS`` when it is set. With ``SPLITINFER_COMPOSE_REQUIRED=1`` (CI, once its engine
+started) a missing engine fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class Stack:
 def build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
     problem = _engine_problem()
     if problem is not None:
+        if os.environ.get("SPLITINFER_COMPOSE_REQUIRED") == "1":
+            pytest.fail(f"SPLITINFER_COMPOSE_REQUIRED=1 but no container engine runs: {problem}")
         pytest.skip(f"no container engine can run here: {problem}")
     docker = _docker_cli()
     assert docker is not None
