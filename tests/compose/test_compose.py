@@ -420,7 +420,7 @@ def test_down_with_requests_in_flight_fails_none(stack: Stack) -> None:
         thread.start()
     time.sleep(3)
     start = time.monotonic()
-    down = stack.compose("down", "-t", "60", timeout=240, check=False)
+    down = stack.compose("down", timeout=240, check=False)  # the compose file's stop_grace_period
     down_seconds = time.monotonic() - start
     stop.set()
     for thread in [*threads, monitor]:
