@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint test-slow bench clean
+.PHONY: install demo test lint test-slow test-compose bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: lint
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# Builds the image and runs the compose stack (see tests/compose); BASE_IMAGE, TORCH_INDEX, TORCH_CUDA pass through.
+test-compose: $(STAMP)
+	SPLITINFER_COMPOSE_RESULTS=$${SPLITINFER_COMPOSE_RESULTS-bench/results/compose.json} \
+		$(BIN)/python -m pytest -m compose -p no:cacheprovider tests/compose
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import nn
 
 from shared.preprocessing import ImagePreprocessor
 
-__all__ = ["LoadedModel", "WeightsKind", "load_model", "resolve_factory", "weights_digest"]
+__all__ = ["LoadedModel", "WeightsKind", "load_model", "resolve_factory", "unwritable_weights_cache", "weights_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,15 @@ def _build(name: str, pretrained: bool) -> nn.Module:
         return built
 
 
+def unwritable_weights_cache() -> Path | None:
+    """torch's checkpoint cache (``$TORCH_HOME/hub/checkpoints``) when this process cannot create or write it."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    existing = cache
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return None if os.access(existing, os.W_OK | os.X_OK) else cache
+
+
 def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = False) -> LoadedModel:
     """Load ``name`` (a torchvision model or ``package.module:factory``) with ``weights``.
 
@@ -126,13 +136,18 @@ def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = F
             module = _build(name, pretrained=True)
             kind = "pretrained"
         except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+            unwritable = unwritable_weights_cache()
+            reason = (
+                f"the weights cache {unwritable} is not writable by uid {os.getuid()} ({exc})"
+                if unwritable is not None
+                else f"they could not be obtained ({exc})"
+            )
             if not fallback_to_random:
-                raise ValueError(f"cannot obtain DEFAULT weights for {name!r}: {exc}") from exc
+                raise ValueError(f"cannot load DEFAULT weights for {name!r}: {reason}") from exc
             logger.error(
-                "!!! DEFAULT weights for %s could not be obtained (%s); serving RANDOM weights "
-                "(seed %d): predictions are meaningless !!!",
+                "!!! DEFAULT weights for %s: %s; serving RANDOM weights (seed %d): predictions are meaningless !!!",
                 name,
-                exc,
+                reason,
                 RANDOM_SEED,
             )
             torch.manual_seed(RANDOM_SEED)
