@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from cloud_service.batching import DynamicBatcher
-from cloud_service.routes import TAIL_PATH, readiness, router
+from cloud_service.routes import ROUTES, TAIL_PATH
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
@@ -91,14 +91,12 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
             finally:
                 await runs.stop()
 
+    limit = wire_limits.max_payload_bytes
     app = create_service_app(
-        title="split-inference cloud",
-        summary="Runs the tail of a split image classifier on payloads sent by edges.",
+        ROUTES,
         lifespan=lifespan,
         metrics=metrics,
-        routers=[router],
-        readiness=readiness,
-        body_limit=lambda scope: wire_limits.max_payload_bytes if scope["path"] == TAIL_PATH else None,
+        body_limit=lambda scope: limit if scope["path"] == TAIL_PATH else None,
     )
     app.state.token = settings.shared_token()
     return app

@@ -12,13 +12,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from cloud_service.state import CloudState, CloudStateDep
+from service_core.app import ServiceRoutes
 from service_core.http import SERVED_BY_HEADER, media_type, versions
 from shared.errors import Unauthorized, UnsupportedMediaType
 from shared.protocol import encode_logits
 from shared.tail_timings import BodyArrival, TailTimings
 from shared.wire import MEDIA_TYPE
 
-__all__ = ["TAIL_PATH", "readiness", "router"]
+__all__ = ["ROUTES", "TAIL_PATH", "readiness", "router"]
 
 TAIL_PATH = "/v1/tail"
 router = APIRouter()
@@ -133,3 +134,7 @@ async def readiness(request: Request, state: CloudState) -> dict[str, Any]:
 
 
 router.include_router(v1)
+
+ROUTES = ServiceRoutes(
+    "split-inference cloud", "Runs the tail of a split image classifier on payloads sent by edges.", router, readiness
+)

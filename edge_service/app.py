@@ -16,7 +16,7 @@ from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
 from edge_service.cut_selector import CutSelector, SelectorSettings
 from edge_service.route_policy import FixedRoute, RoutePolicy
-from edge_service.routes import CLASSIFY_PATHS, readiness, router
+from edge_service.routes import CLASSIFY_PATHS, ROUTES
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
 from edge_service.state import EdgeState
@@ -127,12 +127,10 @@ def create_app(
             finally:
                 await cloud.aclose()
 
+    limit = settings.max_upload_bytes
     return create_service_app(
-        title="split-inference edge",
-        summary="Classifies images: runs the head of a split model here and the tail in the cloud.",
+        ROUTES,
         lifespan=lifespan,
         metrics=metrics,
-        routers=[router],
-        readiness=readiness,
-        body_limit=lambda scope: settings.max_upload_bytes if scope["path"] in CLASSIFY_PATHS else None,
+        body_limit=lambda scope: limit if scope["path"] in CLASSIFY_PATHS else None,
     )

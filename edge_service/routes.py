@@ -18,6 +18,7 @@ from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
+from service_core.app import ServiceRoutes
 from service_core.http import media_type, versions
 from shared.errors import (
     BadGateway,
@@ -31,7 +32,7 @@ from shared.errors import (
 )
 from shared.tail_timings import TailTimings, format_server_timing
 
-__all__ = ["CLASSIFY_PATHS", "readiness", "router"]
+__all__ = ["CLASSIFY_PATHS", "ROUTES", "readiness", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -307,3 +308,10 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
 
 
 router.include_router(v1)
+
+ROUTES = ServiceRoutes(
+    "split-inference edge",
+    "Classifies images: runs the head of a split model here and the tail in the cloud.",
+    router,
+    readiness,
+)

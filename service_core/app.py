@@ -14,8 +14,9 @@ its routers, a readiness check and its body limits; everything else is the same 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -26,12 +27,22 @@ from service_core.metrics import ServiceMetrics, install_request_middleware, met
 from service_core.problems import install_problem_handlers
 from shared.errors import ServiceUnavailable
 
-__all__ = ["Readiness", "ServiceLifespan", "create_service_app", "operations_router", "service_state"]
+__all__ = ["Readiness", "ServiceLifespan", "ServiceRoutes", "create_service_app", "operations_router", "service_state"]
 
 ServiceLifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 """Loads what the service needs, yields it as the service's state, and releases it afterwards."""
 Readiness = Callable[[Request, Any], Awaitable[dict[str, Any]]]
 """Given the request and the service's state: the readiness report, or a raised ServiceUnavailable."""
+
+
+@dataclass(frozen=True)
+class ServiceRoutes:
+    """What a service serves: its name and summary (OpenAPI), its routes and its readiness check."""
+
+    title: str
+    summary: str
+    router: APIRouter
+    readiness: Readiness
 
 
 def service_state(request: Request) -> Any:
@@ -67,16 +78,9 @@ def operations_router(readiness: Readiness) -> APIRouter:
 
 
 def create_service_app(
-    *,
-    title: str,
-    summary: str,
-    lifespan: ServiceLifespan,
-    metrics: ServiceMetrics,
-    routers: Sequence[APIRouter],
-    readiness: Readiness,
-    body_limit: LimitFor,
+    routes: ServiceRoutes, *, lifespan: ServiceLifespan, metrics: ServiceMetrics, body_limit: LimitFor
 ) -> FastAPI:
-    """A FastAPI app with the shared skeleton around the service's own routers."""
+    """A FastAPI app with the shared skeleton around the service's own routes."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
@@ -87,14 +91,13 @@ def create_service_app(
             finally:
                 app.state.draining = True
 
-    app = FastAPI(title=title, summary=summary, version=package_version(), lifespan=run)
+    app = FastAPI(title=routes.title, summary=routes.summary, version=package_version(), lifespan=run)
     app.state.draining = False
     app.state.metrics = metrics
     install_problem_handlers(app)
     # NOTE: added first, so it runs inside the request middleware: a refused body is logged and counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     install_request_middleware(app, metrics)
-    for router in routers:
-        app.include_router(router)
-    app.include_router(operations_router(readiness))
+    app.include_router(routes.router)
+    app.include_router(operations_router(routes.readiness))
     return app

@@ -65,7 +65,7 @@ class ServiceSettings(BaseSettings):
     def shared_token(self) -> str | None:
         """The bearer token, from TOKEN or TOKEN_FILE (stripped), or None when auth is off."""
         if self.token is not None:
-            return self.token.get_secret_value()
+            return self.token.get_secret_value().strip() or None  # NOTE: TOKEN="" means no token, not an empty one
         if self.token_file is not None:
             return self.token_file.read_text().strip() or None
         return None
