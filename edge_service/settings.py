@@ -92,7 +92,8 @@ class EdgeSettings(ServiceSettings):
             return self
         for name, path in (("EDGE_PROFILE", self.edge_profile), ("CLOUD_PROFILE", self.cloud_profile)):
             if path is None or not path.is_file():
-                raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({path} is not)")
+                given = "not given" if path is None else f"{str(path)!r} is not a file"
+                raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({given})")
         from shared.units import parse_bandwidth, parse_duration
 
         parse_bandwidth(self.link_bandwidth)
