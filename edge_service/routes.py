@@ -221,7 +221,7 @@ async def _classify_admitted(
         "weights": model.loaded.weights_kind,
         "weights_digest": model.loaded.digest,
         "cut": route.cut.name,
-        "codec": route.codec,
+        "codec": "none" if route.runs_everything else route.codec,  # cut 'output' ships nothing
         "payload_bytes": len(prepared.payload),
         "completed_on": completed_on,
         "cloud_instance": cloud_instance if completed_on == "cloud" else None,
@@ -277,7 +277,7 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
         "device": settings.device,
         "cut": model.cut.to_json(),
         "cut_selection": state.selector.to_json() if state.selector is not None else {"mode": "fixed"},
-        "codec": model.codec,
+        "codec": "none" if model.runs_everything else model.codec,
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,
         "circuit_breaker": state.cloud.breaker.state,

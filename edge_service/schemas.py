@@ -25,7 +25,7 @@ class _Common(BaseModel):
     weights: str = Field(description="pretrained, random or file.")
     weights_digest: str
     cut: str
-    codec: str
+    codec: str = Field(description="The wire codec; none when the edge ran the whole model (cut output).")
     payload_bytes: int = Field(description="Bytes sent to the cloud (0 when the edge did everything).")
     completed_on: Literal["cloud", "edge"]
     cloud_instance: str | None = Field(None, description="The cloud instance (host:pid) that ran the tail.")

@@ -88,6 +88,8 @@ def create_service_app(
                 app.state.draining = True
 
     app = FastAPI(title=title, summary=summary, version=package_version(), lifespan=run)
+    # NOTE: a trailing slash is a 404 problem, not an empty 307 to the other spelling.
+    app.router.redirect_slashes = False
     app.state.draining = False
     app.state.metrics = metrics
     install_problem_handlers(app)

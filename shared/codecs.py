@@ -43,7 +43,10 @@ def parse_codec_name(name: str, allowed: tuple[str, ...] = ACTIVATION_CODECS) ->
     base, zstd = (name[: -len(ZSTD_SUFFIX)], True) if name.endswith(ZSTD_SUFFIX) else (name, False)
     if base not in allowed:
         options = ", ".join(f"{c}[{ZSTD_SUFFIX}]" for c in allowed)
-        raise UnsupportedMediaType(f"unknown codec {name!r}; expected one of {options}")
+        hint = ""
+        if " " in name:  # NOTE: an unencoded '+' in a URL query string arrives as a space
+            hint = f" (a '+' in a URL query string means a space: write codec={name.replace(' ', '%2B')})"
+        raise UnsupportedMediaType(f"unknown codec {name!r}{hint}; expected one of {options}")
     return base, zstd
 
 
