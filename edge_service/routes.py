@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from edge_service.runtime import Prepared, Route
-from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
+from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeInfo, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.http import media_type, versions
+from service_core.openapi import problem_responses
 from shared.errors import (
     BadGateway,
     CloudTimeout,
@@ -59,6 +60,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
+_CLASSIFY_PROBLEMS = problem_responses(409, 413, 415, 422, 502, 503, 504)
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
@@ -234,6 +236,7 @@ async def _classify_admitted(
     "/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
+    responses=_CLASSIFY_PROBLEMS,
     openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
 )
 async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
@@ -252,6 +255,7 @@ async def classify(request: Request, response: Response, state: EdgeStateDep, op
     "/classify/batch",
     response_model=BatchClassifyResponse,
     response_model_exclude_none=True,
+    responses=_CLASSIFY_PROBLEMS,
     openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
 )
 async def classify_batch(
@@ -265,7 +269,7 @@ async def classify_batch(
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 
 
-@v1.get("/info")
+@v1.get("/info", response_model=EdgeInfo, responses=problem_responses(503))
 async def info(state: EdgeStateDep) -> dict[str, Any]:
     """What this edge serves: model, weights, cut, codec, cloud and versions."""
     model, settings = state.model, state.settings
