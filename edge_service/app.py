@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
 from edge_service.cut_selector import CutSelector, SelectorSettings
+from edge_service.demo import demo_router
 from edge_service.routes import CLASSIFY_PATHS, readiness, router
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
@@ -132,7 +133,7 @@ def create_app(
         summary="Classifies images: runs the head of a split model here and the tail in the cloud.",
         lifespan=lifespan,
         metrics=metrics,
-        routers=[router],
+        routers=[router, demo_router],
         readiness=readiness,
         body_limit=lambda scope: settings.max_upload_bytes if scope["path"] in CLASSIFY_PATHS else None,
     )

@@ -19,6 +19,8 @@ EXPECTED = {
     ("edge", "post", "/v1/classify/batch"): {409, 413, 415, 422, 502, 503, 504},
     ("edge", "get", "/v1/info"): {503},
     ("edge", "get", "/readyz"): {503},
+    ("edge", "get", "/v1/cuts"): {422, 503},
+    ("edge", "get", "/v1/plan"): {422, 503},
     ("cloud", "post", "/v1/tail"): {400, 401, 409, 413, 415, 422, 503, 504},
     ("cloud", "get", "/v1/info"): {401, 503},
     ("cloud", "get", "/readyz"): {503},
