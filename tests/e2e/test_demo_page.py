@@ -23,6 +23,7 @@ from shared.models import load_model
 from shared.planning import CodecProfile, CutProfile, Profile
 from shared.splitting import ModelGraph
 from splitinfer.processes import Service, start_service, wait_until
+from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -39,9 +40,12 @@ CHROMIUM_ARGS = [
 
 
 def _photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
+    """A real photo (scikit-image's cat) when scikit-image is installed, else a generated image."""
+    try:
+        from PIL import Image
+        from skimage import data
+    except ImportError:
+        return encode_image(synthetic_image(seed=5))
     buffer = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
