@@ -133,7 +133,7 @@ def _cmd_cloud(args: argparse.Namespace) -> int:
     settings = settings_from_args(CloudSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
-    run_service(create_app(settings), settings)
+    run_service(create_app(settings), settings, debug=getattr(args, "debug", False))
     return 0
 
 
@@ -147,7 +147,7 @@ def _cmd_edge(args: argparse.Namespace) -> int:
     settings = settings_from_args(EdgeSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
-    run_service(create_app(settings), settings)
+    run_service(create_app(settings), settings, debug=getattr(args, "debug", False))
     return 0
 
 

@@ -113,6 +113,16 @@ def test_edge_with_an_unknown_model_suggests_names(capsys: pytest.CaptureFixture
     assert "unknown model 'resnet19': did you mean resnet18" in line
 
 
+def test_edge_with_an_unknown_cut_fails_to_start_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["edge", "--cut", "layer9", "--weights", "none", "--port", str(free_port()), "--drain-s", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "splitinfer: error: the service did not start: unknown cut 'layer9' for ResNet. Did you mean 'layer4'"
+    )
+
+
 def test_cloud_with_an_unknown_model_suggests_names(capsys: pytest.CaptureFixture[str]) -> None:
     line = _failure(capsys, ["cloud", "--model", "mobilenet_v3_larg", "--weights", "none"])
     assert "did you mean mobilenet_v3_large" in line
