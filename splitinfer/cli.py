@@ -183,7 +183,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
             raise CliError(f"{exc} (its log is above)") from exc
         if after_ready is not None:
             after_ready()
-        print(f"\nedge  http://127.0.0.1:{args.edge_port}  (docs: /docs)\ncloud http://127.0.0.1:{args.cloud_port}")
+        print(
+            f"\nedge  http://127.0.0.1:{args.edge_port}  (demo page: /, API docs: /docs)\ncloud http://127.0.0.1:{args.cloud_port}"
+        )
         print("Ctrl-C stops both.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
