@@ -1,6 +1,6 @@
 """The demo page in a real headless browser (Debian's chromium through Playwright), against a real
 edge and cloud on loopback: it loads offline, a dropped photo is classified, another cut re-classifies
-with that cut's bytes, and the console stays clean.
+with that cut's bytes, the console stays clean, and /docs renders from the package.
 
 Set SPLITINFER_DEMO_SCREENSHOT=docs/demo.png to (re)write the screenshot committed in docs/ (with
 SPLITINFER_DEMO_PROFILE=a resnet18 `--weights none` profile, instead of the made-up one, for its chart).
@@ -150,6 +150,11 @@ def test_the_demo_page_classifies_a_dropped_photo_and_follows_the_cut(edge: Serv
             assert points == len(cuts) > 10
             if target := os.environ.get("SPLITINFER_DEMO_SCREENSHOT"):
                 page.screenshot(path=target, full_page=True)
+
+            page.goto(edge.url + "/docs")  # Swagger UI from the package, offline too
+            page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+            assert "split-inference edge" in page.inner_text(".swagger-ui .info .title")
+            assert page.locator(".opblock").count() >= 6
         finally:
             browser.close()
     assert outside == []
