@@ -1,20 +1,30 @@
-# Two commands: `make demo` and `make test`. Both create .venv and install what they need.
+# Two commands: `make demo` and `make test`. Both create .venv; `demo` installs only what the demo needs
+# (the runtime), `test` adds the dev tools, Ray Serve and matplotlib (the `dev`, `ray` and `plot` extras).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# Extra pip options for torch and torchvision, e.g. `--index-url <PyTorch's CPU wheel index>` to skip the
+# CUDA libraries (about 3 GB) on a machine without a GPU. Empty: the default index (CUDA wheels on Linux).
+TORCH_PIP_OPTIONS ?=
+RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint test-slow test-compose bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
+	$(PIP) $(TORCH_PIP_OPTIONS) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(PIP) -e '.[dev,ray,plot]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/splitinfer demo
 
 lint: $(STAMP)

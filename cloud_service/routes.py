@@ -11,9 +11,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from cloud_service.schemas import CloudInfo
 from cloud_service.state import CloudState, CloudStateDep
 from service_core.app import ServiceRoutes
 from service_core.http import SERVED_BY_HEADER, media_type, versions
+from service_core.openapi import problem_responses
 from shared.errors import Unauthorized, UnsupportedMediaType
 from shared.protocol import encode_logits
 from shared.tail_timings import BodyArrival, TailTimings
@@ -46,7 +48,8 @@ v1 = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(_authoriz
         200: {
             "description": "Logits: a wire payload (kind 'logits'), or JSON with `Accept: application/json`.",
             "content": {MEDIA_TYPE: {}, "application/json": {}},
-        }
+        },
+        **problem_responses(400, 401, 409, 413, 415, 422, 503, 504),
     },
     openapi_extra={
         "requestBody": {"required": True, "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
@@ -104,7 +107,7 @@ def _tail_headers(timings: TailTimings, arrived: float, batch_size: int, instanc
     return {"Server-Timing": total.format(), "X-Batch-Size": str(batch_size), SERVED_BY_HEADER: instance}
 
 
-@v1.get("/info")
+@v1.get("/info", response_model=CloudInfo, responses=problem_responses(401, 503))
 async def info(state: CloudStateDep) -> dict[str, Any]:
     """What this cloud serves: model, weights digest, device, limits and versions."""
     loaded = state.model.loaded

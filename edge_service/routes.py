@@ -14,12 +14,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
-from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, ImageResult, Prediction
+from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeInfo, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.app import ServiceRoutes
 from service_core.http import media_type, versions
+from service_core.openapi import problem_responses
 from shared.errors import (
     BadGateway,
     CloudTimeout,
@@ -61,6 +63,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
+_CLASSIFY_PROBLEMS = problem_responses(409, 413, 415, 422, 502, 503, 504)
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
@@ -222,7 +225,7 @@ async def _classify_admitted(
         "weights": model.loaded.weights_kind,
         "weights_digest": model.loaded.digest,
         "cut": route.cut.name,
-        "codec": route.codec,
+        "codec": "none" if route.runs_everything else route.codec,  # cut 'output' ships nothing
         "payload_bytes": len(prepared.payload),
         "completed_on": completed_on,
         "cloud_instance": cloud_instance if completed_on == "cloud" else None,
@@ -235,6 +238,7 @@ async def _classify_admitted(
     "/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
+    responses=_CLASSIFY_PROBLEMS,
     openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}},
 )
 async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
@@ -253,6 +257,7 @@ async def classify(request: Request, response: Response, state: EdgeStateDep, op
     "/classify/batch",
     response_model=BatchClassifyResponse,
     response_model_exclude_none=True,
+    responses=_CLASSIFY_PROBLEMS,
     openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}},
 )
 async def classify_batch(
@@ -266,7 +271,7 @@ async def classify_batch(
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 
 
-@v1.get("/info")
+@v1.get("/info", response_model=EdgeInfo, responses=problem_responses(503))
 async def info(state: EdgeStateDep) -> dict[str, Any]:
     """What this edge serves: model, weights, cut, codec, cloud and versions."""
     model, settings = state.model, state.settings
@@ -278,7 +283,7 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
         "device": settings.device,
         "cut": state.routes.route.cut.to_json(),
         "cut_selection": state.routes.to_json(),
-        "codec": state.routes.route.codec,
+        "codec": state.routes.route.codec or "none",
         "cloud_url": settings.cloud_url,
         "fallback": settings.fallback,
         "circuit_breaker": state.cloud.breaker.state,
@@ -308,6 +313,7 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
 
 
 router.include_router(v1)
+router.include_router(demo_router)
 
 ROUTES = ServiceRoutes(
     "split-inference edge",

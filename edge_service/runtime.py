@@ -92,12 +92,21 @@ class EdgeModel:
                 split = self._splits[cut.name] = self.graph.split(cut)
         return split
 
+    def _decode(self, index: int, blob: bytes, count: int) -> Image.Image:
+        """One image of a request; in a batch, a refused image is named by its position (0-based)."""
+        try:
+            return decode_image(blob, self.image_limits)
+        except SplitInferError as exc:
+            if count == 1:
+                raise
+            raise type(exc)(f"image {index} (0-based) of {count}: {exc.detail}") from exc
+
     def prepare(self, raw: Sequence[bytes], route: Route) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
         prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
-            prepared.images = [decode_image(blob, self.image_limits) for blob in raw]
+            prepared.images = [self._decode(index, blob, len(raw)) for index, blob in enumerate(raw)]
         if route.cut.name == INPUT_CUT and route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(

@@ -101,7 +101,8 @@ class EdgeSettings(ServiceSettings):
             return self
         for name, path in (("EDGE_PROFILE", self.edge_profile), ("CLOUD_PROFILE", self.cloud_profile)):
             if path is None or not path.is_file():
-                raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({path} is not)")
+                given = "not given" if path is None else f"{str(path)!r} is not a file"
+                raise ValueError(f"cut 'auto' needs {name}, a file written by `splitinfer profile` ({given})")
         return self
 
     @field_validator("link_bandwidth", mode="before")

@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from service_core.body_limit import BodyLimitMiddleware, LimitFor
 from service_core.http import package_version
 from service_core.metrics import ServiceMetrics, install_request_middleware, metrics_response
+from service_core.openapi import ReadinessReport, install_openapi, problem_responses
 from service_core.problems import install_problem_handlers
 from shared.errors import ServiceUnavailable
 
@@ -62,7 +63,9 @@ def operations_router(readiness: Readiness) -> APIRouter:
         """The process is alive."""
         return {"status": "ok"}
 
-    @ops.get("/readyz")
+    @ops.get(
+        "/readyz", response_model=ReadinessReport, response_model_exclude_none=True, responses=problem_responses(503)
+    )
     async def readyz(request: Request) -> dict[str, Any]:
         """The service accepts work: loaded, not draining, and its own checks pass."""
         if request.app.state.draining:
@@ -91,7 +94,17 @@ def create_service_app(
             finally:
                 app.state.draining = True
 
-    app = FastAPI(title=routes.title, summary=routes.summary, version=package_version(), lifespan=run)
+    app = FastAPI(
+        title=routes.title,
+        summary=routes.summary,
+        version=package_version(),
+        lifespan=run,
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_openapi(app)
+    # NOTE: a trailing slash is a 404 problem, not an empty 307 to the other spelling.
+    app.router.redirect_slashes = False
     app.state.draining = False
     app.state.metrics = metrics
     install_problem_handlers(app)

@@ -33,6 +33,7 @@ from shared.errors import InvalidTensor, UnsupportedMediaType
 from shared.quantize import dequantize, quantize_affine, quantize_budget, row_shape, top_k_rows
 
 __all__ = [
+    "COMPACT_CODECS",
     "ACTIVATION_CODECS",
     "IMAGE_CODECS",
     "LAYOUT_VERSION",
@@ -49,6 +50,8 @@ _CASTS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, 
 ACTIVATION_CODECS = ("fp32", "fp16", "bf16", "int8")
 """The fixed activation codec names; ``intB``, ``intB-topP`` and ``budgetN`` are parametric (see above)."""
 IMAGE_CODECS = ("image", "png", "jpeg", "uint8")
+COMPACT_CODECS = ("int4", "int4+ans", "int6+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget50+ans")
+"""A spread of the parametric activation codecs (below) that reports and the demo page offer."""
 STAGES = ("zstd", "ans")
 LAYOUT_VERSION = "1"
 """The component layout of the codecs below; sent as the ``layout`` metadata key with each of them."""
@@ -95,7 +98,10 @@ def parse_codec_name(name: str, allowed: tuple[str, ...] = ACTIVATION_CODECS) ->
     if not known or (plus and stage not in STAGES):
         options = ", ".join(f"{c}[+zstd]" for c in allowed)
         extra = "; or intB (B=2..6), intB-topP, budgetN with [+zstd|+ans]" if activations else ""
-        raise UnsupportedMediaType(f"unknown codec {name!r}; expected one of {options}{extra}")
+        hint = ""
+        if " " in name:  # NOTE: an unencoded '+' in a URL query string arrives as a space
+            hint = f" (a '+' in a URL query string means a space: write codec={name.replace(' ', '%2B')})"
+        raise UnsupportedMediaType(f"unknown codec {name!r}{hint}; expected one of {options}{extra}")
     if stage == "ans" and quant is None:
         raise UnsupportedMediaType(f"codec {name!r}: +ans codes quantized symbols; use it with intB or budgetN")
     if quant is not None and quant.budget_permille is not None and stage != "ans":

@@ -1,9 +1,10 @@
-"""``splitinfer``: the project's command line."""
+"""splitinfer: split a PyTorch classifier between an edge and a cloud; inspect, run, classify, benchmark."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -12,18 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from splitinfer.settings_flags import add_settings_flags, settings_from_args
+from splitinfer.failures import CliError, explain
+from splitinfer.tables import Column, print_table
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+# NOTE: nothing heavy (torch, the services, rich) is imported here: `splitinfer --help` must stay instant.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 EDGE_URL = "http://127.0.0.1:8000"
 CLOUD_URL = "http://127.0.0.1:8001"
 
 
 def _cmd_cuts(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from shared.models import load_model
     from shared.splitting import ModelGraph
 
@@ -34,36 +36,64 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "input_size": size, "cuts": [c.to_json() for c in cuts]}, indent=2))
         return 0
-    table = Table(
-        title=f"{args.model} ({size}x{size}): {len(graph.cuts)} cuts, {len(graph.single_tensor_cuts())} single-tensor"
-    )
-    for column in ("#", "cut", "tensors alive", "KiB fp32", "head FLOPs"):
-        table.add_column(column, justify="right" if column in ("#", "KiB fp32", "head FLOPs") else "left")
-    for cut in cuts:
-        shapes = " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors)
-        table.add_row(str(cut.index), cut.name, shapes, f"{cut.bytes_fp32 / 1024:.1f}", f"{cut.head_flops_share:.1%}")
-    Console(width=args.width).print(table)
+    title = f"{args.model} ({size}x{size}): {len(graph.cuts)} cuts, {len(graph.single_tensor_cuts())} single-tensor"
+    columns = [
+        Column("#", numeric=True),
+        Column("cut", names=True),
+        Column("tensors alive"),
+        Column("KiB fp32", numeric=True),
+        Column("head FLOPs", numeric=True),
+    ]
+    rows = [
+        [
+            str(cut.index),
+            cut.name,
+            " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors),
+            f"{cut.bytes_fp32 / 1024:.1f}",
+            f"{cut.head_flops_share:.1%}",
+        ]
+        for cut in cuts
+    ]
+    print_table(title, columns, rows, width=args.width)
     return 0
 
 
-def _cmd_codecs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+def _image_folder(folder: str) -> list[bytes]:
+    """The JPEG/PNG/WebP images of ``folder``, each checked to decode (a bad one is named)."""
+    from shared.errors import SplitInferError
+    from shared.preprocessing import decode_image
 
+    root = Path(folder)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise CliError(f"--images {folder!r} {what}: pass a folder of JPEG, PNG or WebP images")
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise CliError(f"--images {folder!r} holds no .jpg, .jpeg, .png or .webp files")
+    blobs = []
+    for path in paths:
+        blob = path.read_bytes()
+        try:
+            decode_image(blob)
+        except SplitInferError as exc:
+            raise CliError(f"{path}: {exc.detail}; remove it or pass another folder") from exc
+        blobs.append(blob)
+    return blobs
+
+
+def _cmd_codecs(args: argparse.Namespace) -> int:
     from shared.models import load_model
     from shared.splitting import ModelGraph
     from splitinfer.fidelity import codec_report
     from splitinfer.samples import encode_image, synthetic_image
 
-    loaded = load_model(args.model, args.weights)
     if args.images:
-        paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-        jpegs = [p.read_bytes() for p in paths]
+        jpegs = _image_folder(args.images)
     else:
         jpegs = [encode_image(synthetic_image(seed=seed)) for seed in range(args.count)]
     if not jpegs:
-        print("no images found", file=sys.stderr)
-        return 2
+        raise CliError("--count must be at least 1")
+    loaded = load_model(args.model, args.weights)
     graph = ModelGraph(loaded.module, loaded.input_shape)
     codecs = args.codecs.split(",") if args.codecs else None
     rows = codec_report(loaded, graph, args.cut, jpegs, codecs=codecs, autocast=args.autocast)
@@ -72,12 +102,11 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         return 0
     cut = graph.cut(args.cut)
     autocast = ", tail under bf16 autocast" if args.autocast == "bf16" else ""
-    table = Table(title=f"{args.model} at {cut.name}: {len(jpegs)} images, {cut.bytes_fp32} fp32 bytes/image{autocast}")
-    headers = ("codec", "bytes/img", "vs fp32", "vs JPEG", "enc ms", "dec ms", "max |err|", "rel L2", "top-1", "top-5")
-    for header in headers:
-        table.add_column(header, justify="left" if header == "codec" else "right")
-    for r in rows:
-        table.add_row(
+    title = f"{args.model} at {cut.name}: {len(jpegs)} images, {cut.bytes_fp32} fp32 bytes/image{autocast}"
+    headers = ("bytes/img", "vs fp32", "vs JPEG", "enc ms", "dec ms", "max |err|", "rel L2", "top-1", "top-5")
+    columns = [Column("codec", names=True), *(Column(h, numeric=True) for h in headers)]
+    table = [
+        [
             r.codec,
             f"{r.bytes_per_image:,.0f}",
             f"{r.ratio_to_fp32:.3f}",
@@ -88,28 +117,38 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
             f"{r.relative_l2_error:.2e}",
             f"{r.top1_agreement:.0%}",
             f"{r.top5_agreement:.0%}",
-        )
-    Console(width=args.width).print(table)
+        ]
+        for r in rows
+    ]
+    print_table(title, columns, table, width=args.width)
     return 0
 
 
 def _cmd_cloud(args: argparse.Namespace) -> int:
     from cloud_service.app import create_app
     from cloud_service.settings import CloudSettings
+    from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
+    from splitinfer.settings_flags import settings_from_args
 
     settings = settings_from_args(CloudSettings, args)
-    run_service(create_app(settings), settings)
+    check_model_name(settings.model)
+    check_device(settings.device)
+    run_service(create_app(settings), settings, debug=getattr(args, "debug", False))
     return 0
 
 
 def _cmd_edge(args: argparse.Namespace) -> int:
     from edge_service.app import create_app
     from edge_service.settings import EdgeSettings
+    from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
+    from splitinfer.settings_flags import settings_from_args
 
     settings = settings_from_args(EdgeSettings, args)
-    run_service(create_app(settings), settings)
+    check_model_name(settings.model)
+    check_device(settings.device)
+    run_service(create_app(settings), settings, debug=getattr(args, "debug", False))
     return 0
 
 
@@ -123,9 +162,13 @@ def _pair_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
 
 
 def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
+    from splitinfer.checks import check_model_name, check_port_free
     from splitinfer.processes import spawn, stop_all, wait_ready
     from splitinfer.serve import configure_logging
 
+    check_model_name(args.model)
+    check_port_free("127.0.0.1", args.cloud_port, "--cloud-port")
+    check_port_free("127.0.0.1", args.edge_port, "--edge-port")
     configure_logging("info")
     common, cloud_args, edge_args = _pair_args(args)
     launch = [sys.executable, "-m", "splitinfer"]
@@ -140,10 +183,15 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
+        try:
+            wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
+        except (RuntimeError, TimeoutError) as exc:
+            raise CliError(f"{exc} (its log is above)") from exc
         if after_ready is not None:
             after_ready()
-        print(f"\nedge  http://127.0.0.1:{args.edge_port}  (docs: /docs)\ncloud http://127.0.0.1:{args.cloud_port}")
+        print(
+            f"\nedge  http://127.0.0.1:{args.edge_port}  (demo page: /, API docs: /docs)\ncloud http://127.0.0.1:{args.cloud_port}"
+        )
         print("Ctrl-C stops both.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
@@ -162,43 +210,63 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _print_results(results: Sequence[tuple[str, dict[str, Any]]], width: int | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    columns = [Column("rank", numeric=True), Column("class", numeric=True), Column("label"), Column("probability")]
     for name, body in results:
-        table = Table(
-            title=f"{name}: {body['model']} ({body['weights']} weights), cut {body['cut']}, codec {body['codec']}, "
+        print_table(
+            f"{name}: {body['model']} ({body['weights']} weights), cut {body['cut']}, codec {body['codec']}, "
             f"{body['payload_bytes']} bytes sent, completed on {body['completed_on']}, "
-            f"{body['timings_ms']['total']:.1f} ms"
+            f"{body['timings_ms']['total']:.1f} ms",
+            columns,
+            [
+                [str(rank), str(p["index"]), p["label"], f"{p['probability']:.4f}"]
+                for rank, p in enumerate(body["predictions"], 1)
+            ],
+            width=width,
         )
-        for column in ("rank", "class", "label", "probability"):
-            table.add_column(column, justify="left" if column == "label" else "right")
-        for rank, p in enumerate(body["predictions"], 1):
-            table.add_row(str(rank), str(p["index"]), p["label"], f"{p['probability']:.4f}")
-        Console(width=width).print(table)
+
+
+def _problem_text(response: Any) -> str:
+    """A reply's problem detail (or the start of its body) on one line."""
+    try:
+        body = response.json()
+        text = str(body.get("detail") or body.get("title") or body)
+    except (ValueError, AttributeError):
+        text = response.text[:300]
+    return f"{response.status_code} {response.reason_phrase}: {text}"
 
 
 def _classify_files(edge_url: str, paths: Sequence[Path], top_k: int) -> list[tuple[str, dict[str, Any]]]:
     import httpx
 
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"no such image file: {path}" if not path.exists() else f"{path} is not a file")
     results = []
-    with httpx.Client(base_url=edge_url, timeout=60) as client:
-        for path in paths:
-            response = client.post(
-                "/v1/classify", params={"top_k": top_k}, files={"image": (path.name, path.read_bytes())}
-            )
-            if response.status_code != 200:
-                raise RuntimeError(f"{path}: {response.status_code} {response.text}")
-            results.append((path.name, response.json()))
+    try:
+        with httpx.Client(base_url=edge_url, timeout=60) as client:
+            for path in paths:
+                response = client.post(
+                    "/v1/classify", params={"top_k": top_k}, files={"image": (path.name, path.read_bytes())}
+                )
+                if response.status_code != 200:
+                    raise CliError(f"{path}: the edge answered {_problem_text(response)}")
+                results.append((path.name, response.json()))
+    except httpx.ConnectError as exc:
+        raise CliError(
+            f"cannot connect to an edge at {edge_url} ({exc}): start one with `splitinfer up` "
+            "(or `make demo`), or pass --edge-url"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise CliError(
+            f"the edge at {edge_url} did not answer in time ({type(exc).__name__}); is it overloaded?"
+        ) from exc
+    except httpx.TransportError as exc:
+        raise CliError(f"talking to the edge at {edge_url} failed: {type(exc).__name__}: {exc}") from exc
     return results
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    try:
-        results = _classify_files(args.edge_url, [Path(p) for p in args.images], args.top_k)
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    results = _classify_files(args.edge_url, [Path(p) for p in args.images], args.top_k)
     if args.json:
         print(json.dumps([body for _, body in results], indent=2))
     else:
@@ -251,7 +319,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     summary = result.summary()
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-    Console(width=args.width).print(markdown_table([summary]))
+    Console(width=args.width, soft_wrap=args.width is None).print(markdown_table([summary]))
     return 1 if summary["errors"] else 0
 
 
@@ -262,7 +330,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from shared.models import load_model
     from shared.planning import profile_model
     from splitinfer.bench import bench_images
+    from splitinfer.checks import check_device
 
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, args.weights)
@@ -282,14 +352,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from shared.planning import Profile, pareto, plan
+    from shared.planning import pareto, plan
     from shared.units import parse_bandwidth, parse_duration
+    from splitinfer.checks import load_profile
+    from splitinfer.plot import plot_plan, require_matplotlib
 
-    edge, cloud = Profile.load(args.edge_profile), Profile.load(args.cloud_profile)
+    if args.plot:
+        require_matplotlib()  # before the work: a missing extra is said at once
     bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_duration(args.rtt)
+    edge, cloud = load_profile(args.edge_profile, "edge"), load_profile(args.cloud_profile, "cloud")
     rows = plan(
         edge, cloud, bandwidth_bps=bandwidth, rtt_s=rtt, objective=args.objective, max_logit_error=args.max_logit_error
     )
@@ -297,44 +368,33 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() | {"pareto": (r.cut, r.codec) in front} for r in rows], indent=2))
     else:
-        table = Table(title=f"{edge.model}: {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)")
-        for column in ("#", "cut", "codec", "latency ms", "edge ms", "link ms", "cloud ms", "bytes", "rel L2"):
-            table.add_column(column, justify="left" if column in ("cut", "codec") else "right")
-        for rank, r in enumerate(rows[: args.top], 1):
-            star = "*" if (r.cut, r.codec) in front else ""
-            table.add_row(
-                f"{rank}{star}", r.cut, r.codec, f"{r.latency_ms:.1f}", f"{r.edge_ms:.1f}", f"{r.transfer_ms:.1f}",
-                f"{r.cloud_ms:.1f}", f"{r.bytes_per_image:,.0f}", f"{r.relative_l2_error:.1e}",
-            )  # fmt: skip
-        Console(width=args.width).print(table)
+        columns = [
+            Column("#", numeric=True),
+            Column("cut", names=True),
+            Column("codec", names=True),
+            *(Column(h, numeric=True) for h in ("latency ms", "edge ms", "link ms", "cloud ms", "bytes", "rel L2")),
+        ]
+        table = [
+            [
+                f"{rank}{'*' if (r.cut, r.codec) in front else ''}",
+                r.cut,
+                r.codec or "-",
+                f"{r.latency_ms:.1f}",
+                f"{r.edge_ms:.1f}",
+                f"{r.transfer_ms:.1f}",
+                f"{r.cloud_ms:.1f}",
+                f"{r.bytes_per_image:,.0f}",
+                f"{r.relative_l2_error:.1e}",
+            ]
+            for rank, r in enumerate(rows[: args.top], 1)
+        ]
+        title = f"{edge.model}: {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
+        print_table(title, columns, table, width=args.width)
     if args.plot:
-        _plot(rows, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
+        order = {c.name: c.index for c in edge.cuts}
+        plot_plan(rows, order, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
-
-
-def _plot(rows: Sequence[Any], path: str, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib: pip install 'split-inference[plot]'", file=sys.stderr)
-        return
-    order: dict[str, int] = {}
-    for r in sorted(rows, key=lambda r: r.cut):
-        order.setdefault(r.cut, len(order))
-    figure, axes = plt.subplots(figsize=(10, 4))
-    for codec in sorted({r.codec for r in rows}):
-        points = sorted((order[r.cut], r.latency_ms) for r in rows if r.codec == codec)
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=codec)
-    axes.set_xticks(range(len(order)), list(order), rotation=60, ha="right", fontsize=7)
-    axes.set_ylabel("predicted latency (ms)")
-    axes.set_title(title)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    print(f"wrote {path}")
 
 
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
@@ -347,15 +407,33 @@ def _add_pair_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-timeout", type=float, default=300)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from cloud_service.settings import CloudSettings
-    from edge_service.settings import EdgeSettings
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (``splitinfer --debug cuts`` = ``cuts --debug``)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--width",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="draw tables this many columns wide (default: the terminal's; when output is not a terminal, "
+        "tables are full-width Markdown and names are never cut)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of a failure"
+    )
+    return common
 
-    parser = argparse.ArgumentParser(prog="splitinfer", description=__doc__)
-    parser.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    cuts = sub.add_parser("cuts", help="list every valid cut of a model")
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the settings flags of ``edge`` and ``cloud`` are added only when ``command`` is that
+    one, because generating them imports the services (and torch)."""
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="splitinfer", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    cuts = add("cuts", "list every valid cut of a model")
     cuts.add_argument("model")
     cuts.add_argument("--weights", default="none")
     cuts.add_argument("--input-size", type=int, default=None)
@@ -363,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     cuts.add_argument("--json", action="store_true")
     cuts.set_defaults(func=_cmd_cuts)
 
-    codecs = sub.add_parser("codecs", help="payload size, speed and fidelity of every codec at one cut")
+    codecs = add("codecs", "payload size, speed and fidelity of every codec at one cut")
     codecs.add_argument("model")
     codecs.add_argument("--cut", required=True)
     codecs.add_argument("--weights", default="none")
@@ -374,23 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
     codecs.add_argument("--json", action="store_true")
     codecs.set_defaults(func=_cmd_codecs)
 
-    cloud = sub.add_parser("cloud", help="run the cloud service")
-    add_settings_flags(cloud, CloudSettings)
+    cloud = add("cloud", "run the cloud service")
     cloud.set_defaults(func=_cmd_cloud)
-
-    edge = sub.add_parser("edge", help="run the edge service")
-    add_settings_flags(edge, EdgeSettings)
+    edge = add("edge", "run the edge service")
     edge.set_defaults(func=_cmd_edge)
+    if command in ("cloud", "edge"):
+        from splitinfer.settings_flags import add_settings_flags
 
-    up = sub.add_parser("up", help="run cloud (:8001) and edge (:8000) on loopback")
+        if command == "cloud":
+            from cloud_service.settings import CloudSettings
+
+            add_settings_flags(cloud, CloudSettings)
+        else:
+            from edge_service.settings import EdgeSettings
+
+            add_settings_flags(edge, EdgeSettings)
+
+    up = add("up", "run cloud (:8001) and edge (:8000) on loopback")
     _add_pair_options(up)
     up.set_defaults(func=_cmd_up)
 
-    demo = sub.add_parser("demo", help="`up`, classify a sample image, keep serving")
+    demo = add("demo", "`up`, classify a sample image, keep serving")
     _add_pair_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    bench = sub.add_parser("bench", help="load a running edge or cloud (or the model in-process) and report")
+    bench = add("bench", "load a running edge or cloud (or the model in-process) and report")
     bench.add_argument("--target", choices=["edge", "cloud", "local"], default="edge")
     bench.add_argument("--url", default=None, help=f"default: {EDGE_URL} (edge), {CLOUD_URL} (cloud)")
     bench.add_argument("--concurrency", type=int, default=1)
@@ -408,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, help="write the summary to this file")
     bench.set_defaults(func=_cmd_bench)
 
-    profile = sub.add_parser("profile", help="measure head/tail/codec costs of every cut on this machine")
+    profile = add("profile", "measure head/tail/codec costs of every cut on this machine")
     profile.add_argument("--model", default="resnet18")
     profile.add_argument("--weights", default="none")
     profile.add_argument("--device", default="cpu")
@@ -419,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("-o", "--output", required=True)
     profile.set_defaults(func=_cmd_profile)
 
-    planner = sub.add_parser("plan", help="predicted latency of every (cut, codec) for a link, best first")
+    planner = add("plan", "predicted latency of every (cut, codec) for a link, best first")
     planner.add_argument("--edge-profile", required=True)
     planner.add_argument("--cloud-profile", required=True)
     planner.add_argument("--bandwidth", required=True, help="uplink rate: 5mbit, 50mbit, 1gbit...")
@@ -427,11 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--objective", choices=["latency", "edge-time", "bytes"], default="latency")
     planner.add_argument("--max-logit-error", type=float, default=1e-2, help="relative L2 bound for lossy codecs")
     planner.add_argument("--top", type=int, default=20)
-    planner.add_argument("--plot", default=None, help="write a PNG of latency by cut (needs matplotlib)")
+    planner.add_argument(
+        "--plot", default=None, help="write a PNG of latency by cut, in execution order (needs the 'plot' extra)"
+    )
     planner.add_argument("--json", action="store_true")
     planner.set_defaults(func=_cmd_plan)
 
-    classify = sub.add_parser("classify", help="classify images through a running edge")
+    classify = add("classify", "classify images through a running edge")
     classify.add_argument("images", nargs="+")
     classify.add_argument("--edge-url", default=EDGE_URL)
     classify.add_argument("--top-k", type=int, default=5)
@@ -440,11 +528,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    return next((token for token in argv if token in ("cloud", "edge")), None)
+
+
+def _close_stdout_quietly() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; an expected failure is one line on stderr and exit status 2 (``--debug``: raise)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(arguments)).parse_args(arguments)
+    debug = getattr(args, "debug", False)
+    args.width = getattr(args, "width", None)
     try:
         code: int = args.func(args)
-    except ValueError as exc:  # bad model, cut, codec or settings: a message, not a traceback
-        print(f"splitinfer: error: {exc}", file=sys.stderr)
+        sys.stdout.flush()  # NOTE: inside the try, so that a reader that went away is reported here
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        _close_stdout_quietly()
+        if debug:
+            raise
+        print(
+            "splitinfer: error: standard output was closed before everything was written "
+            "(piped into head?); the rest was dropped",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:
+        message = explain(exc)
+        if message is None or debug:
+            raise
+        print(f"splitinfer: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return code

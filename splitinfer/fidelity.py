@@ -9,17 +9,14 @@ from typing import Any
 
 import torch
 
-from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS
+from shared.codecs import ACTIVATION_CODECS, COMPACT_CODECS, IMAGE_CODECS
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits, decode_image
 from shared.protocol import encode_activations, encode_images, expected_for_cut, expected_images, images_from_payload
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
-__all__ = ["COMPACT_CODECS", "CodecRow", "codec_report", "default_codecs"]
-
-COMPACT_CODECS = ("int4", "int4+ans", "int6+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget50+ans")
-"""The compact activation codecs every report includes after the fixed ones (see :mod:`shared.codecs`)."""
+__all__ = ["CodecRow", "codec_report", "default_codecs"]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from typing import Any
 import uvicorn
 
 from service_core.settings import ServiceSettings
+from shared import errors
+from splitinfer.failures import CliError, one_line
 
 __all__ = ["configure_logging", "run_service"]
 
@@ -50,7 +52,36 @@ class _DrainingServer(uvicorn.Server):
         timer.start()
 
 
-def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:
+# Exceptions whose message is written for people (see splitinfer.failures): a lifespan that raises one
+# of them is a startup mistake (an unknown cut, a weights file for another model), not a bug.
+_EXPECTED = frozenset({"ValueError", "FileNotFoundError", "PermissionError", *errors.__all__})
+
+
+class _StartupFailure(logging.Filter):
+    """Keeps uvicorn from printing the lifespan's traceback when its error is an expected one.
+
+    Starlette hands uvicorn the formatted traceback as the message of ``lifespan.startup.failed``;
+    its last line is ``Type: message``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Traceback"):
+            return True
+        kind, _, detail = text.strip().splitlines()[-1].partition(": ")
+        if kind.rsplit(".", 1)[-1] not in _EXPECTED or not detail:
+            return True
+        self.message = one_line(detail)
+        return False
+
+
+def run_service(app: Any, settings: ServiceSettings, *, debug: bool = False, **uvicorn_options: Any) -> None:
+    """Serve ``app`` until stopped; an expected startup failure (a bad cut, say) raises :class:`CliError`
+    instead of printing the lifespan's traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
     config = uvicorn.Config(
         app,
@@ -63,4 +94,16 @@ def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> 
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         **uvicorn_options,
     )
-    _DrainingServer(config, settings.drain_s).run()
+    server = _DrainingServer(config, settings.drain_s)
+    startup = _StartupFailure()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not debug:
+        uvicorn_log.addFilter(startup)
+    try:
+        server.run()
+    except SystemExit as exc:  # NOTE: uvicorn exits (status 3) when the lifespan fails
+        if server.started or startup.message is None:
+            raise
+        raise CliError(f"the service did not start: {startup.message}") from exc
+    finally:
+        uvicorn_log.removeFilter(startup)

@@ -1,0 +1,69 @@
+"""Checks the CLI runs before the expensive part, so that a mistake is one line, not a server's traceback."""
+
+from __future__ import annotations
+
+import difflib
+import socket
+from pathlib import Path
+from typing import Any
+
+from splitinfer.failures import CliError
+
+__all__ = ["check_device", "check_model_name", "check_port_free", "load_profile"]
+
+
+def check_model_name(name: str) -> None:
+    """Refuse an unknown torchvision model name, suggesting the closest ones (``package.module:factory`` passes)."""
+    if ":" in name:
+        return
+    from torchvision import models
+
+    known = models.list_models(module=models)
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise CliError(
+        f"unknown model {name!r}: {hint}use a torchvision classification model name "
+        "(python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))') "
+        "or 'package.module:factory'"
+    )
+
+
+def check_device(device: str) -> None:
+    """Refuse ``cuda``/``cuda:N`` when torch sees no such GPU."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if count == 0:
+        raise CliError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if index >= count:
+        raise CliError(f"device {device!r} asked for, but torch sees {count} GPU(s): use cuda:0..cuda:{count - 1}")
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Refuse a port something already listens on (another ``splitinfer up`` or ``demo``, most often)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"port {port} on {host} is already in use ({exc.strerror}): stop what listens there "
+                f"(another `splitinfer up` or `demo`?) or pass {flag} with a free port"
+            ) from exc
+
+
+def load_profile(path: str, which: str) -> Any:
+    """``Profile.load`` with one-line failures naming the file and how to write one."""
+    from shared.planning import Profile
+
+    how = f"write one with `splitinfer profile -o {path}`"
+    if not Path(path).is_file():
+        raise CliError(f"{which} profile {path!r} does not exist: {how}")
+    try:
+        return Profile.load(path)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"{which} profile {path!r} is not a `splitinfer profile` output ({exc!r}): {how}") from exc
