@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import torch
@@ -57,6 +58,11 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
     )
 
 
+def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
+    """What runs the head (issue 20): torch, or ONNX Runtime from a verified export."""
+    return {"engine": settings.engine, "onnx_dir": settings.onnx_dir, "onnx_threads": settings.onnx_threads}
+
+
 def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, CutSelector | None]:
     """The model at its cut; for ``auto``, also the selector that chose the cut and keeps choosing."""
     if settings.threads:
@@ -70,7 +76,9 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
         edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
         if edge.model != settings.model:
             raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
-        model = EdgeModel(loaded, OUTPUT_CUT, settings.resolved_codec(OUTPUT_CUT), limits)  # the selector moves it
+        model = EdgeModel(  # the selector moves it
+            loaded, OUTPUT_CUT, settings.resolved_codec(OUTPUT_CUT), limits, **_engine_options(settings)
+        )
 
         def switched(route: Route) -> None:
             metrics.set_info(loaded.name, loaded.digest, route.cut.name, route.codec)
@@ -94,7 +102,9 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
             settings.link_rtt,
         )
     else:
-        model = EdgeModel(loaded, settings.cut, settings.resolved_codec(settings.cut), limits)
+        model = EdgeModel(
+            loaded, settings.cut, settings.resolved_codec(settings.cut), limits, **_engine_options(settings)
+        )
     logger.info(
         "edge serving %s (%s weights %s), cut %s, codec %s, cloud %s",
         loaded.name,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from splitinfer.export_cmd import add_export_parser
 from splitinfer.settings_flags import add_settings_flags, settings_from_args
 
 __all__ = ["main"]
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     planner.add_argument("--plot", default=None, help="write a PNG of latency by cut (needs matplotlib)")
     planner.add_argument("--json", action="store_true")
     planner.set_defaults(func=_cmd_plan)
+
+    add_export_parser(sub)
 
     classify = sub.add_parser("classify", help="classify images through a running edge")
     classify.add_argument("images", nargs="+")
