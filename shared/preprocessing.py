@@ -21,6 +21,7 @@ from shared.images import DEFAULT_FORMATS, ImageLimits, decode_image
 
 __all__ = ["DEFAULT_FORMATS", "ImageLimits", "ImagePreprocessor", "decode_image"]
 
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
     """The parameters of torchvision's ``ImageClassification`` transform, applied in two steps."""

@@ -29,7 +29,7 @@ def resnet18() -> tuple[object, ModelGraph]:
 
 @pytest.mark.parametrize("cut", SAMPLE_CUTS)
 def test_halves_match_torch(resnet18: tuple[object, ModelGraph], cut: str, tmp_path: Path) -> None:
-    loaded, graph = resnet18
+    _, graph = resnet18
     exported = export_split(graph, cut, model="resnet18", weights="sha256:x", preprocessing={})
     manifest = exported.manifest
     assert manifest.head.max_abs_error <= 1e-4 and manifest.tail.max_abs_error <= 1e-4
