@@ -85,6 +85,8 @@ class HalfSpec:
     outputs: tuple[OnnxTensor, ...]
     max_abs_error: float
     """Largest ``|onnxruntime - torch|`` over the checks run at export (batch sizes 1 and 2)."""
+    max_abs_value: float = 0.0
+    """Largest ``|torch|`` over the same outputs: the scale the error is judged against."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,7 @@ class HalfSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "max_abs_error": self.max_abs_error,
+            "max_abs_value": self.max_abs_value,
         }
 
     @classmethod
@@ -110,6 +113,7 @@ class HalfSpec:
             inputs=tuple(OnnxTensor.from_json(t) for t in raw.get("inputs", [])),
             outputs=tuple(OnnxTensor.from_json(t) for t in raw.get("outputs", [])),
             max_abs_error=float(raw.get("max_abs_error", float("nan"))),
+            max_abs_value=float(raw.get("max_abs_value", 0.0)),
         )
 
 
@@ -130,6 +134,8 @@ class Manifest:
     labels: tuple[str, ...] = ()
     opset: int = 17
     tolerance: float = 1e-4
+    """Each half's ``max_abs_error <= tolerance * max(1, max_abs_value)``: absolute for outputs up to 1 in
+    magnitude, relative to the largest output beyond (float32 torch itself is ~1e-6 relative from exact)."""
 
     @property
     def cut_tensors(self) -> tuple[OnnxTensor, ...]:

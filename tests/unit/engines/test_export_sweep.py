@@ -1,5 +1,10 @@
 """Every single-tensor cut of ten torchvision models and of the real EfficientNet-Lite0, exported to ONNX:
-head and tail within 1e-4 of the torch halves (slow; `make test-slow`)."""
+head and tail within 1e-4 of the torch halves (slow; `make test-slow`).
+
+1e-4 is absolute for outputs up to 1 in magnitude and relative to the largest output beyond: a few heads
+end in pre-BatchNorm activations of magnitude ~75 (EfficientNet-Lite0 at `_blocks.1._expand_conv`), where
+float32 torch itself is 1.1e-4 away from the float64 result, so no float32 engine can promise 1e-4 absolute.
+"""
 
 from __future__ import annotations
 
@@ -28,13 +33,17 @@ SWEEP_MODELS = [
 TOLERANCE = 1e-4
 
 
-def _sweep(graph: ModelGraph, name: str, examples: torch.Tensor | None = None) -> dict[str, tuple[float, float]]:
-    errors = {}
+def _sweep(graph: ModelGraph, name: str, examples: torch.Tensor | None = None) -> list[tuple[float, float]]:
+    """``(error / max(1, scale))`` of head and tail for every single-tensor cut (export_split raises beyond)."""
+    errors = []
     for cut in graph.single_tensor_cuts():
         exported = export_split(
             graph, cut, model=name, weights="sha256:sweep", preprocessing={}, tolerance=TOLERANCE, examples=examples
         )
-        errors[cut.name] = (exported.manifest.head.max_abs_error, exported.manifest.tail.max_abs_error)
+        head, tail = exported.manifest.head, exported.manifest.tail
+        errors.append(
+            (head.max_abs_error / max(1.0, head.max_abs_value), tail.max_abs_error / max(1.0, tail.max_abs_value))
+        )
     return errors
 
 
@@ -46,7 +55,7 @@ def test_every_single_tensor_cut_exports(name: str) -> None:
     graph = ModelGraph(loaded.module, (1, 3, 64, 64))
     errors = _sweep(graph, name)
     assert len(errors) == len(graph.single_tensor_cuts()) >= 10
-    assert max(max(e) for e in errors.values()) <= TOLERANCE
+    assert max(max(e) for e in errors) <= TOLERANCE
 
 
 @pytest.mark.slow
@@ -65,4 +74,4 @@ def test_every_single_tensor_cut_of_efficientnet_lite0_exports() -> None:
     graph = ModelGraph(loaded.module, loaded.input_shape)
     errors = _sweep(graph, loaded.name, examples)
     assert len(errors) == len(graph.single_tensor_cuts()) >= 50
-    assert max(max(e) for e in errors.values()) <= TOLERANCE
+    assert max(max(e) for e in errors) <= TOLERANCE
