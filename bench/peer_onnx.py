@@ -83,7 +83,7 @@ def copy_peer(peer: Path, into: Path) -> Path:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class PeerClient:
@@ -154,6 +154,30 @@ def run_round(
     for thread in threads:
         thread.join()
     return latencies, time.perf_counter() - start, errors
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The table of docs/benchmarks.md for one run."""
+    rows = report["results"]
+    lines = [
+        "| | this project (ONNX Runtime, fp16 wire) | the peer (ONNX Runtime, session cached) | ours / peer |",
+        "|---|---|---|---|",
+    ]
+    for c in (1, 8):
+        ours_row, peer_row = rows[f"ours@{c}"], rows[f"peer@{c}"]
+        lines.append(
+            f"| latency at concurrency {c}, p50 / p95 | {ours_row['p50_ms']:.1f} / {ours_row['p95_ms']:.1f} ms "
+            f"| {peer_row['p50_ms']:.1f} / {peer_row['p95_ms']:.1f} ms "
+            f"| {ours_row['p50_ms'] / peer_row['p50_ms']:.2f}x |"
+        )
+        lines.append(
+            f"| requests/s at concurrency {c} | {ours_row['requests_per_s']:.1f} | {peer_row['requests_per_s']:.1f} "
+            f"| {ours_row['requests_per_s'] / peer_row['requests_per_s']:.2f}x |"
+        )
+    errors = sum(r["errors"] for r in rows.values())
+    lines.append("")
+    lines.append(f"Requests: {sum(r['requests'] for r in rows.values())}, errors: {errors}.")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -245,6 +269,7 @@ def main() -> int:
         labels = {name: [send(httpx.Client(timeout=60), jpeg) for jpeg in images] for name, send in systems.items()}
         report = {
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rounds": args.rounds,
             "requests_per_round": {"1": args.requests, "8": args.requests * 4},
             "results": results,
@@ -262,7 +287,7 @@ def main() -> int:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(json.dumps({k: v for k, v in report.items() if k != "top1"}, indent=1))
+        print(markdown(report))
         return 0
     finally:
         for service in services:

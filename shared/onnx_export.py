@@ -115,9 +115,7 @@ def export_half(
     return buffer.getvalue()
 
 
-def _max_error(
-    half: OrtHalf, reference: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]
-) -> tuple[float, float]:
+def _max_error(half: OrtHalf, reference: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> tuple[float, float]:
     """``(max |onnxruntime - torch|, max |torch|)`` over every output."""
     got = half(*(x.numpy() for x in inputs))
     if len(got) != len(reference):

@@ -269,9 +269,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             all_cuts=args.all_cuts,
             repeats=args.repeats,
             progress=lambda name: bar.update(task, advance=1, description=f"profiling {args.model} at {name}"),
+            engine=args.engine,
+            onnx_threads=args.onnx_threads,
         )
     profile.save(args.output)
-    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device}")
+    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine})")
     return 0
 
 
@@ -290,7 +292,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() | {"pareto": (r.cut, r.codec) in front} for r in rows], indent=2))
     else:
-        table = Table(title=f"{edge.model}: {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)")
+        engines = f"edge {edge.engine}, cloud {cloud.engine}"
+        table = Table(
+            title=f"{edge.model} ({engines}): {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
+        )
         for column in ("#", "cut", "codec", "latency ms", "edge ms", "link ms", "cloud ms", "bytes", "rel L2"):
             table.add_column(column, justify="left" if column in ("cut", "codec") else "right")
         for rank, r in enumerate(rows[: args.top], 1):
@@ -408,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
     profile.add_argument("--repeats", type=int, default=5)
     profile.add_argument("--images", default=None)
+    profile.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch", help="what runs the halves")
+    profile.add_argument("--onnx-threads", type=int, default=1, help="intra-op threads (engine onnxruntime)")
     profile.add_argument("-o", "--output", required=True)
     profile.set_defaults(func=_cmd_profile)
 
