@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["shared", "edge_service", "cloud_service", "splitinfer"]
+PACKAGES = ["shared", "edge_service", "cloud_service", "splitinfer", "edge_lite"]
 
 
 def _modules() -> list[str]:
@@ -69,7 +69,9 @@ def test_compose_file_is_valid() -> None:
     assert result.stdout.count("/readyz") == 2
 
 
-@pytest.mark.parametrize("command", ["cuts", "codecs", "cloud", "edge", "up", "demo", "bench", "profile", "plan"])
+@pytest.mark.parametrize(
+    "command", ["cuts", "codecs", "cloud", "edge", "up", "demo", "bench", "profile", "plan", "export"]
+)
 def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from splitinfer.cli import build_parser
 
