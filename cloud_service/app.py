@@ -40,6 +40,9 @@ def _load(settings: CloudSettings) -> CloudModel:
         channels_last=settings.channels_last,
         autocast=settings.autocast,
         compile_tails=settings.compile,
+        engine=settings.engine,
+        onnx_dir=settings.onnx_dir,
+        onnx_threads=settings.onnx_threads,
     )
     logger.info(
         "cloud serving %s (%s weights %s) on %s, %d cuts",

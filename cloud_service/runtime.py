@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from torch import fx
 
+from shared.engines import Engine, OrtOptions
 from shared.errors import MalformedPayload, ModelMismatch, UnprocessableContent
 from shared.models import LoadedModel
+from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
 from shared.splitting import INPUT_CUT, ModelGraph
@@ -46,6 +48,9 @@ class CloudModel:
         channels_last: bool = False,
         autocast: str = "none",
         compile_tails: bool = False,
+        engine: Engine = "torch",
+        onnx_dir: Path | None = None,
+        onnx_threads: int = 1,
     ) -> None:
         self.loaded = loaded
         self.device = torch.device(device)
@@ -62,18 +67,35 @@ class CloudModel:
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
-        self._tails: OrderedDict[str, fx.GraphModule] = OrderedDict()
+        self._tails: OrderedDict[str, Callable[..., torch.Tensor]] = OrderedDict()
         self._tail_cache_size = tail_cache_size
         self._lock = threading.Lock()
+        # engine (issue 20): tails run with ONNX Runtime from verified exports, one session per cut
+        self.engine: Engine = engine
+        self.onnx_dir = onnx_dir
+        self.ort_options = OrtOptions(intra_op_threads=onnx_threads, device=device)
+        if engine == "onnxruntime" and onnx_dir is not None:
+            verify_exports(loaded, self.graph, onnx_dir, half="tail")
 
-    def tail(self, cut: str) -> fx.GraphModule:
+    def tail(self, cut: str) -> Callable[..., torch.Tensor]:
         with self._lock:
             if cut in self._tails:
                 self._tails.move_to_end(cut)
                 return self._tails[cut]
-            _, tail = self.graph.split(cut)
-            if self.compile_tails:
-                tail = torch.compile(tail)  # type: ignore[assignment]
+            tail: Callable[..., torch.Tensor]
+            if self.engine == "onnxruntime":
+                tail = ort_half_for(  # type: ignore[assignment]
+                    self.loaded,
+                    self.graph,
+                    self.graph.cut(cut),
+                    "tail",
+                    onnx_dir=self.onnx_dir,
+                    options=self.ort_options,
+                )
+            else:
+                _, tail = self.graph.split(cut)
+                if self.compile_tails:
+                    tail = torch.compile(tail)
             self._tails[cut] = tail
             while len(self._tails) > self._tail_cache_size:
                 self._tails.popitem(last=False)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import torch
@@ -46,6 +47,11 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
     )
 
 
+def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
+    """What runs the head (issue 20): torch, or ONNX Runtime from a verified export."""
+    return {"engine": settings.engine, "onnx_dir": settings.onnx_dir, "onnx_threads": settings.onnx_threads}
+
+
 def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, RoutePolicy]:
     """The model and the policy that owns its current route: a fixed cut, or cut auto's selector."""
     if settings.threads:
@@ -54,7 +60,7 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, R
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
     )
-    model = EdgeModel(loaded, limits)
+    model = EdgeModel(loaded, limits, **_engine_options(settings))
     policy: RoutePolicy
     if settings.cut == "auto" and settings.edge_profile is not None and settings.cloud_profile is not None:
         edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)

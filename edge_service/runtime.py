@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
+from shared.engines import Engine, OrtOptions
 from shared.errors import BadGateway, SplitInferError
 from shared.models import LoadedModel
+from shared.ort_torch import ort_half_for
 from shared.preprocessing import ImageLimits, decode_image
 from shared.protocol import encode_activations, encode_images, expected_logits
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
@@ -66,13 +70,25 @@ class EdgeModel:
     cuts in one request. Splits are built once per cut and kept (they share the parameters).
     """
 
-    def __init__(self, loaded: LoadedModel, image_limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        image_limits: ImageLimits,
+        *,
+        engine: Engine = "torch",
+        onnx_dir: Path | None = None,
+        onnx_threads: int = 1,
+    ) -> None:
         self.loaded = loaded
         self.graph = ModelGraph(loaded.module, loaded.input_shape)
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
-        self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self._splits: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         self._lock = threading.Lock()
+        # engine (issue 20): the head runs with ONNX Runtime from a verified export, one session per cut
+        self.engine: Engine = engine
+        self.onnx_dir = onnx_dir
+        self.ort_options = OrtOptions(intra_op_threads=onnx_threads, device="cpu")
 
     def route_for(self, cut: str, codec: str | None) -> Route:
         """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut; the codec
@@ -85,11 +101,17 @@ class EdgeModel:
         """Build the route's head and tail now (at startup: a cut that cannot be split fails here)."""
         self._split(route.cut)
 
-    def _split(self, cut: Cut) -> tuple[torch.nn.Module, torch.nn.Module]:
+    def _split(self, cut: Cut) -> tuple[Callable[..., Any], Callable[..., Any]]:
         with self._lock:
             split = self._splits.get(cut.name)
             if split is None:
-                split = self._splits[cut.name] = self.graph.split(cut)
+                split = self.graph.split(cut)
+                if self.engine == "onnxruntime" and cut.name != INPUT_CUT:
+                    head = ort_half_for(
+                        self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=self.ort_options
+                    )
+                    split = (head, split[1])
+                self._splits[cut.name] = split
         return split
 
     def _decode(self, index: int, blob: bytes, count: int) -> Image.Image:

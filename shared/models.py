@@ -178,6 +178,9 @@ def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = F
     meta = _torchvision_weights(name) if ":" not in name else None
     categories = tuple(meta.meta.get("categories") or ()) if meta is not None else ()
     preprocessor = ImagePreprocessor.from_transform(meta.transforms() if meta is not None else None)
+    if ":" in name:  # a factory may say how its model's inputs are normalized (shared.zoo)
+        custom = getattr(resolve_factory(name), "preprocessing", None)
+        preprocessor = custom if isinstance(custom, ImagePreprocessor) else preprocessor
     return LoadedModel(
         name=name,
         module=module,

@@ -91,6 +91,7 @@ class Profile:
     image_decode_ms: float = 0.0  # decoding one received image (every cut decodes it on the edge)
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
     reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
+    engine: str = "torch"  # what ran the halves: torch or onnxruntime (a profile is of a model, cut, codec and engine)
 
     def image_path_ms(self, cut: str) -> float:
         """What the edge spends on the image before the head runs at ``cut`` (decode, and preprocess)."""
@@ -137,6 +138,8 @@ def profile_model(
     codecs: Sequence[str] = PROFILE_CODECS,
     repeats: int = 5,
     progress: Callable[[str], None] | None = None,
+    engine: str = "torch",
+    onnx_threads: int = 1,
 ) -> Profile:
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
 
@@ -156,6 +159,7 @@ def profile_model(
     profile = Profile(
         loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
     )
+    profile.engine = engine
     profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
     profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats)
     common = {"model": loaded.name, "weights": loaded.digest}
@@ -165,7 +169,7 @@ def profile_model(
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
-        head, tail = graph.split(cut)
+        head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads)
         with torch.inference_mode():
             head_ms = _median_ms(partial(head, batch), repeats)
             shipped_all = [tuple(t.cpu() for t in head(b)) for b in batches]
@@ -182,6 +186,23 @@ def profile_model(
                 ]
         profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, tuple(measured)))
     return profile
+
+
+def _halves(
+    loaded: LoadedModel, graph: ModelGraph, cut: Cut, engine: str, device: str, onnx_threads: int
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The two halves as the services would run them with ``engine``."""
+    if engine == "torch":
+        return graph.split(cut)
+    if engine != "onnxruntime":
+        raise ValueError(f"unknown engine {engine!r}; expected torch or onnxruntime")
+    from shared.engines import OrtOptions
+    from shared.ort_torch import ort_half_for
+
+    options = OrtOptions(intra_op_threads=onnx_threads, device=device)
+    head = ort_half_for(loaded, graph, cut, "head", onnx_dir=None, options=options)
+    tail = ort_half_for(loaded, graph, cut, "tail", onnx_dir=None, options=options)
+    return head, tail
 
 
 def _profile_images(
@@ -208,7 +229,7 @@ def _profile_codec(
     codec: str,
     cut: Cut,
     shipped_all: Sequence[tuple[torch.Tensor, ...]],
-    tail: torch.nn.Module,
+    tail: Callable[..., Any],
     target: torch.device,
     references: Sequence[torch.Tensor],
     limits: WireLimits,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from splitinfer.export_cmd import add_export_parser
 from splitinfer.failures import CliError, explain
 from splitinfer.tables import Column, print_table
 
@@ -345,9 +346,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             all_cuts=args.all_cuts,
             repeats=args.repeats,
             progress=lambda name: bar.update(task, advance=1, description=f"profiling {args.model} at {name}"),
+            engine=args.engine,
+            onnx_threads=args.onnx_threads,
         )
     profile.save(args.output)
-    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device}")
+    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine})")
     return 0
 
 
@@ -388,7 +391,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             ]
             for rank, r in enumerate(rows[: args.top], 1)
         ]
-        title = f"{edge.model}: {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
+        engines = f"edge {edge.engine}, cloud {cloud.engine}"
+        title = f"{edge.model} ({engines}): {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
         print_table(title, columns, table, width=args.width)
     if args.plot:
         order = {c.name: c.index for c in edge.cuts}
@@ -502,6 +506,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
     profile.add_argument("--repeats", type=int, default=5)
     profile.add_argument("--images", default=None)
+    profile.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch", help="what runs the halves")
+    profile.add_argument("--onnx-threads", type=int, default=1, help="intra-op threads (engine onnxruntime)")
     profile.add_argument("-o", "--output", required=True)
     profile.set_defaults(func=_cmd_profile)
 
@@ -518,6 +524,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     planner.add_argument("--json", action="store_true")
     planner.set_defaults(func=_cmd_plan)
+
+    add_export_parser(sub)
 
     classify = add("classify", "classify images through a running edge")
     classify.add_argument("images", nargs="+")

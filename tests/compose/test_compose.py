@@ -273,8 +273,9 @@ def test_services_run_non_root_with_a_writable_cache(stack: Stack) -> None:
 
 def test_classifies_a_real_photo_through_the_edge(stack: Stack) -> None:
     from PIL import Image
-    from shared.samples import encode_image
     from skimage import data
+
+    from splitinfer.samples import encode_image
 
     jpeg = encode_image(Image.fromarray(data.chelsea()))
     response = httpx.post(
@@ -377,8 +378,9 @@ def test_down_with_requests_in_flight_fails_none(stack: Stack) -> None:
     they start no new request once /readyz stops answering 200 (the edge turns it 503 for SPLITINFER_DRAIN_S
     on SIGTERM, then stops accepting). Every request they did start must succeed."""
     from PIL import Image
-    from shared.samples import encode_image
     from skimage import data
+
+    from splitinfer.samples import encode_image
 
     jpeg = encode_image(Image.fromarray(data.astronaut()))
     outcomes = {"ok": 0, "failed": 0, "ok_after_drain_began": 0}

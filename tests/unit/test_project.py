@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["shared", "service_core", "edge_service", "cloud_service", "splitinfer"]
+PACKAGES = ["shared", "service_core", "edge_service", "cloud_service", "splitinfer", "edge_lite"]
 
 
 def _modules() -> list[str]:
@@ -112,7 +112,9 @@ def test_compose_file_is_valid() -> None:
     assert "/readyz" not in result.stdout
 
 
-@pytest.mark.parametrize("command", ["cuts", "codecs", "cloud", "edge", "up", "demo", "bench", "profile", "plan"])
+@pytest.mark.parametrize(
+    "command", ["cuts", "codecs", "cloud", "edge", "up", "demo", "bench", "profile", "plan", "export"]
+)
 def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     from splitinfer.cli import build_parser
 

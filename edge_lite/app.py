@@ -1,0 +1,333 @@
+"""The torch-free edge service: ``create_app(settings)``; the head session and the cloud client live in the lifespan.
+
+Routes: ``POST /v1/classify`` (one image, multipart field ``image`` or a raw ``image/*`` body; the same
+response as :mod:`edge_service`'s, less the fallback and cut selection), ``GET /v1/info``, ``/healthz``,
+``/readyz`` (the cloud serves the export's model and weights) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from edge_lite.preprocess import NumpyPreprocessor
+from edge_lite.settings import EdgeLiteSettings
+from edge_lite.wire import decode_logits, encode_activations
+from service_core.problems import install_problem_handlers
+from shared.engines import OrtHalf, OrtOptions
+from shared.errors import (
+    BadGateway,
+    CloudTimeout,
+    CloudUnavailable,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    SplitInferError,
+    UnprocessableContent,
+    UnsupportedMediaType,
+)
+from shared.images import ImageLimits, decode_image
+from shared.onnx_manifest import Manifest
+
+__all__ = ["EdgeLiteState", "create_app"]
+
+logger = logging.getLogger(__name__)
+MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
+_MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class EdgeLiteState:
+    settings: EdgeLiteSettings
+    manifest: Manifest
+    head: OrtHalf
+    preprocessor: NumpyPreprocessor
+    limits: ImageLimits
+    client: httpx.AsyncClient
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    in_flight: int = 0
+
+
+def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OrtHalf, NumpyPreprocessor]:
+    manifest = Manifest.read(settings.onnx_dir)
+    manifest.verify(settings.onnx_dir, halves=("head",))
+    head = OrtHalf(settings.onnx_dir / manifest.head.file, OrtOptions(intra_op_threads=settings.onnx_threads))
+    if list(head.output_names) != [t.name for t in manifest.cut_tensors]:
+        raise ValueError(f"head.onnx returns {list(head.output_names)}; its manifest says {manifest.cut_tensors}")
+    preprocessor = NumpyPreprocessor.from_json(manifest.preprocessing, settings.max_image_pixels)
+    return manifest, head, preprocessor
+
+
+def create_app(settings: EdgeLiteSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manifest, head, preprocessor = _load(settings)
+        token = settings.token.get_secret_value() if settings.token is not None else None
+        client = httpx.AsyncClient(
+            base_url=settings.cloud_url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+        )
+        registry = CollectorRegistry()
+        app.state.edge = EdgeLiteState(
+            settings=settings,
+            manifest=manifest,
+            head=head,
+            preprocessor=preprocessor,
+            limits=ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
+            client=client,
+            registry=registry,
+            requests=Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry),
+            latency=Histogram("splitinfer_request_seconds", "Classify latency", registry=registry),
+        )
+        logger.info(
+            "torch-free edge serving %s (weights %s) at cut %s with codec %s on %s, cloud %s",
+            manifest.model,
+            manifest.weights.removeprefix("sha256:")[:12],
+            manifest.cut,
+            settings.codec,
+            ", ".join(head.providers),
+            settings.cloud_url,
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def _state(request: Request) -> EdgeLiteState:
+    state = getattr(request.app.state, "edge", None)
+    if state is None:
+        raise ServiceUnavailable("the model is still loading")
+    return state  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[EdgeLiteState, Depends(_state)]
+router = APIRouter()
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_image(request: Request, state: EdgeLiteState) -> bytes:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    body = await _bounded_body(request, state.settings.max_upload_bytes)
+    if kind.startswith("image/"):
+        return body
+    if kind != "multipart/form-data":
+        raise UnsupportedMediaType(f"send the image as multipart field 'image' or a raw image/* body, not {kind!r}")
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # NOTE: the body is read (and bounded) above; the form parser reads the same bytes again from memory.
+    try:
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=8)
+    except Exception as exc:  # starlette raises MultiPartException / HTTPException on malformed bodies
+        raise UnprocessableContent(f"the multipart body cannot be parsed: {exc}") from exc
+    try:
+        uploads = [item for item in form.getlist("image") if isinstance(item, UploadFile)]
+        if len(uploads) != 1:
+            raise UnprocessableContent(f"send exactly one file in multipart field 'image' ({len(uploads)} sent)")
+        return await uploads[0].read()
+    finally:
+        await form.close()
+
+
+def _run_head(state: EdgeLiteState, blob: bytes, timings: dict[str, float]) -> bytes:
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        timings[name] = round((time.perf_counter() - start) * 1000, 3)
+        return result
+
+    image = timed("decode", lambda: decode_image(blob, state.limits))
+    batch = timed("preprocess", lambda: state.preprocessor.batch([image]))
+    outputs = timed("head", lambda: state.head(batch))
+    named = {t.name: out for t, out in zip(state.manifest.cut_tensors, outputs, strict=True)}
+    manifest = state.manifest
+    payload: bytes = timed(
+        "encode",
+        lambda: encode_activations(
+            named, model=manifest.model, weights=manifest.weights, cut=manifest.cut, codec=state.settings.codec
+        ),
+    )
+    return payload
+
+
+async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
+    try:
+        async with state.client.stream(
+            "POST", "/v1/tail", content=payload, headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
+        ) as response:
+            if response.headers.get("content-encoding", "identity") != "identity":
+                raise BadGateway("the cloud answered with a content encoding that was not asked for")
+            chunks, size = [], 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > _MAX_REPLY_BYTES:
+                    raise BadGateway(f"the cloud's reply exceeds {_MAX_REPLY_BYTES} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            status = response.status_code
+    except httpx.TimeoutException as exc:
+        raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
+    except httpx.TransportError as exc:
+        raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
+    if status in (409, 413, 415, 422):
+        raise BadGateway(f"the cloud refused the payload ({status}): {body[:300].decode(errors='replace')}")
+    if status == 503:
+        raise CloudUnavailable("the cloud is overloaded or not ready", retry_after=1.0)
+    if status != 200:
+        raise BadGateway(f"the cloud answered {status}")
+    return body
+
+
+@router.post("/v1/classify")
+async def classify(
+    request: Request,
+    state: StateDep,
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
+    logits: Annotated[bool, Query()] = False,
+) -> dict[str, Any]:
+    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
+    if state.in_flight >= state.settings.max_concurrent_requests:
+        raise ServiceUnavailable("too many requests in progress", retry_after=1.0)
+    state.in_flight += 1
+    start = time.perf_counter()
+    status = "500"
+    try:
+        result = await _classify(request, state, top_k, logits)
+        status = "200"
+        return result
+    except SplitInferError as exc:
+        status = str(exc.status)
+        raise
+    finally:
+        state.in_flight -= 1
+        state.requests.labels(status).inc()
+        state.latency.observe(time.perf_counter() - start)
+
+
+async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_logits: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    blob = await _read_image(request, state)
+    timings: dict[str, float] = {}
+    payload = await run_in_threadpool(_run_head, state, blob, timings)
+    sent = time.perf_counter()
+    reply = await _call_cloud(state, payload)
+    timings["cloud_round_trip"] = round((time.perf_counter() - sent) * 1000, 3)
+    manifest = state.manifest
+    values = decode_logits(
+        reply, model=manifest.model, weights=manifest.weights, batch_size=1, num_classes=manifest.num_classes
+    )
+    timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+    return {
+        "model": manifest.model,
+        "weights_digest": manifest.weights,
+        "cut": manifest.cut,
+        "codec": state.settings.codec,
+        "engine": "onnxruntime",
+        "payload_bytes": len(payload),
+        "completed_on": "cloud",
+        "timings_ms": timings,
+        **_result(values[0], manifest, top_k, with_logits),
+    }
+
+
+def _result(row: np.ndarray, manifest: Manifest, top_k: int, with_logits: bool) -> dict[str, Any]:
+    shifted = np.exp(row.astype(np.float64) - row.max())
+    probabilities = shifted / shifted.sum()
+    order = np.argsort(-probabilities, kind="stable")[: min(top_k, row.shape[0])]
+    labels = manifest.labels
+    predictions = [
+        {
+            "index": int(i),
+            "label": labels[i] if 0 <= i < len(labels) else f"class {int(i)}",
+            "probability": float(probabilities[i]),
+        }
+        for i in order
+    ]
+    result: dict[str, Any] = {"predictions": predictions}
+    if with_logits:
+        result["logits"] = [float(v) for v in row]
+    return result
+
+
+@router.get("/v1/info")
+async def info(state: StateDep) -> dict[str, Any]:
+    """What this edge serves: the export's model, weights, cut and tensors, the codec and the engine."""
+    manifest = state.manifest
+    return {
+        "service": "edge-lite",
+        "model": manifest.model,
+        "weights_digest": manifest.weights,
+        "cut": manifest.cut,
+        "tensors": [t.to_json() for t in manifest.cut_tensors],
+        "codec": state.settings.codec,
+        "engine": "onnxruntime",
+        "providers": list(state.head.providers),
+        "preprocessing": manifest.preprocessing,
+        "cloud_url": state.settings.cloud_url,
+    }
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> dict[str, str]:
+    """The head is loaded and the cloud serves the same model and weights."""
+    try:
+        response = await state.client.get("/v1/info", timeout=2.0)
+        cloud = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ServiceUnavailable(f"cloud not ready: {exc}") from exc
+    manifest = state.manifest
+    if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
+        manifest.model,
+        manifest.weights,
+    ):
+        raise ServiceUnavailable("the cloud serves another model or other weights than this edge's export")
+    return {"status": "ready", "cloud": "ok", "model": manifest.model, "weights_digest": manifest.weights}
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)

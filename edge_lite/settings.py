@@ -1,0 +1,42 @@
+"""Settings of the torch-free edge (``SPLITINFER_`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["EdgeLiteSettings"]
+
+
+class EdgeLiteSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPLITINFER_", extra="ignore", frozen=True)
+
+    onnx_dir: Path = Field(description="Folder written by `splitinfer export MODEL --cut C` (manifest, head.onnx).")
+    codec: str = Field("fp16", description="Wire codec: fp32, fp16, bf16 or int8, each optionally +zstd.")
+    cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    onnx_threads: int = Field(1, ge=1, description="Intra-op threads of the head's ONNX Runtime session.")
+    token: SecretStr | None = Field(None, description="Bearer token the cloud requires (never logged).")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of calls to the cloud.")
+    read_timeout_s: float = Field(15.0, gt=0, description="Read timeout of calls to the cloud.")
+    max_concurrent_requests: int = Field(64, ge=1, description="Requests in progress before 503 + Retry-After.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
+    image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
+    log_level: str = Field("info", description="Python log level.")
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        from edge_lite.wire import ACTIVATION_CODECS
+
+        if value.removesuffix("+zstd") not in ACTIVATION_CODECS:
+            raise ValueError(f"codec {value!r} is not one of {', '.join(ACTIVATION_CODECS)} (optionally +zstd)")
+        return value
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())

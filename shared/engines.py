@@ -1,0 +1,99 @@
+"""Engines that run a half: ``torch`` (the FX halves as they are) or ``onnxruntime`` (an exported ONNX file).
+
+This module imports neither torch nor onnxruntime at import time; :class:`OrtHalf` needs onnxruntime and
+numpy only, so the torch-free edge uses it as it is. Thread settings are always explicit: one
+``InferenceSession`` runs with ``intra_op_threads`` threads, one inter-op thread and sequential execution,
+so a service's thread budget is what its settings say. ``device`` ``cuda``/``cuda:N`` puts the CUDA
+execution provider first when this onnxruntime build has it (and says so in :attr:`OrtHalf.providers`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["ENGINES", "Engine", "OrtHalf", "OrtOptions", "SessionCache", "providers_for"]
+
+Engine = Literal["torch", "onnxruntime"]
+ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """How an ONNX Runtime session runs."""
+
+    intra_op_threads: int = 1
+    device: str = "cpu"
+    optimization: Literal["all", "extended", "basic", "disabled"] = "all"
+
+
+def providers_for(device: str) -> list[str | tuple[str, dict[str, Any]]]:
+    """The execution providers for ``device``: CUDA first where this build has it, CPU always last."""
+    import onnxruntime as ort
+
+    providers: list[str | tuple[str, dict[str, Any]]] = []
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        index = int(device.partition(":")[2] or 0)
+        providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OrtHalf:
+    """An ONNX Runtime session for one half, called with numpy arrays in input order."""
+
+    def __init__(self, model: Path | bytes, options: OrtOptions = OrtOptions()) -> None:
+        import onnxruntime as ort
+
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[options.optimization]
+        source = str(model) if isinstance(model, Path) else model
+        self.session = ort.InferenceSession(source, session_options, providers=providers_for(options.device))
+        self.providers: tuple[str, ...] = tuple(self.session.get_providers())
+        self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
+        self.output_names: tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"this half takes {len(self.input_names)} inputs, got {len(inputs)}")
+        feed = {name: np.ascontiguousarray(x) for name, x in zip(self.input_names, inputs, strict=True)}
+        outputs = self.session.run(list(self.output_names), feed)
+        return [np.asarray(o) for o in outputs]
+
+    def run_named(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self(*(inputs[name] for name in self.input_names)), strict=True))
+
+
+class SessionCache:
+    """Sessions by key (a cut), built once each, the least recently used dropped beyond ``size``."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._sessions: dict[str, OrtHalf] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, build: Callable[[], OrtHalf]) -> OrtHalf:
+        with self._lock:
+            half = self._sessions.pop(key, None)
+            if half is None:
+                half = build()
+            self._sessions[key] = half
+            while len(self._sessions) > self.size:
+                self._sessions.pop(next(iter(self._sessions)))
+            return half
+
+    def keys(self) -> Sequence[str]:
+        return list(self._sessions)
