@@ -18,7 +18,6 @@ from cloud_service.settings import CloudSettings
 from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
-from shared.models import load_model
 from shared.preprocessing import ImageLimits
 from shared.wire import WireLimits
 
@@ -28,9 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def _load(settings: CloudSettings) -> CloudModel:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
+    loaded = settings.load_model()
     model = CloudModel(
         loaded,
         device=settings.device,

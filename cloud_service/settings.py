@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -26,12 +25,3 @@ class CloudSettings(ServiceSettings):
         "none", description="Run the tail under bf16 autocast (faster on GPUs; changes results slightly)."
     )
     compile: bool = Field(False, description="torch.compile each tail (slow first request per cut).")
-    engine: Literal["torch", "onnxruntime"] = Field(
-        "torch",
-        description="What runs the tails: torch, or onnxruntime (from ONNX_DIR's verified exports, else exported "
-        "at a cut's first request; CUDA execution provider on a cuda DEVICE where onnxruntime has it).",
-    )
-    onnx_dir: Path | None = Field(None, description="Folder written by `splitinfer export` (engine onnxruntime).")
-    onnx_threads: int = Field(
-        1, ge=1, description="Intra-op threads of each ONNX Runtime session (engine onnxruntime)."
-    )

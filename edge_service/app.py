@@ -6,10 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from typing import Any
 
 import httpx
-import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -23,7 +23,6 @@ from edge_service.settings import EdgeSettings
 from edge_service.state import EdgeState
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
-from shared.models import load_model
 from shared.planning import Profile
 from shared.preprocessing import ImageLimits
 
@@ -33,18 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
-    return SelectorSettings(
-        bandwidth_bps=settings.link_bandwidth,
-        rtt_s=settings.link_rtt,
-        max_logit_error=settings.max_logit_error,
-        replan_interval_s=settings.replan_interval_s,
-        switch_margin=settings.switch_margin,
-        min_dwell_s=settings.min_dwell_s,
-        probe_interval_s=settings.probe_interval_s,
-        calibrate=settings.calibrate_profiles,
-        explore_margin=settings.explore_margin,
-        measurement_ttl_s=settings.measurement_ttl_s,
-    )
+    """The selector's settings that the edge's settings set (same names); the rest keep their defaults."""
+    configured = {f.name for f in fields(SelectorSettings)} & set(EdgeSettings.model_fields)
+    return SelectorSettings(**{name: getattr(settings, name) for name in configured})
 
 
 def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
@@ -54,9 +44,7 @@ def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
 
 def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, RoutePolicy]:
     """The model and the policy that owns its current route: a fixed cut, or cut auto's selector."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
+    loaded = settings.load_model()
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
     )

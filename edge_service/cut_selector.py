@@ -55,14 +55,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SelectorSettings:
-    bandwidth_bps: float
-    rtt_s: float
+    link_bandwidth: float
+    """The assumed uplink rate, bits per second."""
+    link_rtt: float
+    """The assumed round-trip time, seconds."""
     max_logit_error: float
     replan_interval_s: float = 2.0
     switch_margin: float = 0.05
     min_dwell_s: float = 5.0
     probe_interval_s: float = 10.0
-    calibrate: bool = True
+    calibrate_profiles: bool = True
     explore_margin: float = 0.15
     explore_routes: int = 3
     explore_samples: int = 5
@@ -79,8 +81,8 @@ def _initial_plan(edge: Profile, cloud: Profile, settings: SelectorSettings) -> 
     rows = plan(
         edge,
         cloud,
-        bandwidth_bps=settings.bandwidth_bps,
-        rtt_s=settings.rtt_s,
+        bandwidth_bps=settings.link_bandwidth,
+        rtt_s=settings.link_rtt,
         max_logit_error=settings.max_logit_error,
     )
     if not rows:
@@ -218,7 +220,7 @@ class CutSelector:
     ) -> None:
         self.model, self.edge, self.cloud, self.settings = model, edge, cloud, settings
         self.codec_for, self.on_switch, self.clock = codec_for, on_switch, clock
-        self.estimator = LinkEstimator(bandwidth_bps=settings.bandwidth_bps, rtt_s=settings.rtt_s, clock=clock)
+        self.estimator = LinkEstimator(bandwidth_bps=settings.link_bandwidth, rtt_s=settings.link_rtt, clock=clock)
         self.registry = registry
         self.metrics = _SelectorMetrics(registry)
         self.rows = _initial_plan(edge, cloud, settings)
@@ -328,7 +330,7 @@ class CutSelector:
         """Learn from one single-image request that completed where its route says: each side's compute
         against the profiles, and its end-to-end latency (``timings_ms["total"]``) against the plan."""
         key = (route.cut.name, route.codec)
-        if self.settings.calibrate and (profiled := self._profiled.get(key)) is not None:
+        if self.settings.calibrate_profiles and (profiled := self._profiled.get(key)) is not None:
             edge_ms = sum(timings_ms.get(k, 0.0) for k in ("decode", "preprocess", "head", "encode"))
             self.edge_calibration.observe(edge_ms, profiled.edge_ms)
             if cloud.cloud_compute_ms is not None:
@@ -455,7 +457,7 @@ class CutSelector:
         return {
             "mode": "auto",
             "adaptive": self.settings.replan_interval_s > 0,
-            "assumed_link": {"bandwidth_bps": self.settings.bandwidth_bps, "rtt_ms": self.settings.rtt_s * 1000},
+            "assumed_link": {"bandwidth_bps": self.settings.link_bandwidth, "rtt_ms": self.settings.link_rtt * 1000},
             "estimated_link": self.estimator.estimate.to_json(),
             "calibration": {
                 "edge_calibration_ms": round(self.edge_calibration.value_ms, 3),

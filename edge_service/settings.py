@@ -83,15 +83,6 @@ class EdgeSettings(ServiceSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
-    engine: Literal["torch", "onnxruntime"] = Field(
-        "torch",
-        description="What runs the head: torch, or onnxruntime (from ONNX_DIR's verified export of the cut, else "
-        "exported at startup).",
-    )
-    onnx_dir: Path | None = Field(None, description="Folder written by `splitinfer export` (engine onnxruntime).")
-    onnx_threads: int = Field(
-        1, ge=1, description="Intra-op threads of each ONNX Runtime session (engine onnxruntime)."
-    )
 
     @field_validator("codec")
     @classmethod

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from shared.models import LoadedModel
 
 __all__ = ["ENV_PREFIX", "ServiceSettings"]
 
@@ -36,6 +40,13 @@ class ServiceSettings(BaseSettings):
     token_file: Path | None = Field(None, description="A file holding the token (instead of TOKEN).")
     ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM).")
     ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
+    engine: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="What runs this side's half: torch, or onnxruntime (from ONNX_DIR's verified export of the cut, "
+        "else exported when the cut is first built; CUDA execution provider on a cuda DEVICE where available).",
+    )
+    onnx_dir: Path | None = Field(None, description="Folder written by `splitinfer export` (engine onnxruntime).")
+    onnx_threads: int = Field(1, ge=1, description="Intra-op threads of each ONNX Runtime session (onnxruntime).")
     drain_s: float = Field(
         1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
     )
@@ -61,6 +72,17 @@ class ServiceSettings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {str(path)!r} does not exist")
         return self
+
+    def load_model(self) -> LoadedModel:
+        """Set torch's intra-op threads and load the model with its weights (random, with a loud error, when
+        DEFAULT weights cannot be obtained)."""
+        import torch
+
+        from shared.models import load_model
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return load_model(self.model, self.weights, fallback_to_random=True)
 
     def shared_token(self) -> str | None:
         """The bearer token, from TOKEN or TOKEN_FILE (stripped), or None when auth is off."""

@@ -77,7 +77,7 @@ def _selector(
     loaded: LoadedModel, clock: Clock, bandwidth_bps: float = 1e9, rtt_s: float = 0.001, **options: float
 ) -> CutSelector:
     edge, cloud = _profiles(loaded)
-    settings = SelectorSettings(bandwidth_bps=bandwidth_bps, rtt_s=rtt_s, max_logit_error=0.01, **options)
+    settings = SelectorSettings(link_bandwidth=bandwidth_bps, link_rtt=rtt_s, max_logit_error=0.01, **options)
     model = EdgeModel(loaded, ImageLimits())
     return CutSelector(
         model, edge, cloud, settings, codec_for=lambda cut: "image" if cut == "input" else "fp16",
@@ -188,7 +188,13 @@ def _served(selector: CutSelector, clock: Clock, cut: str, total_ms: float, adva
 
 def _near_tie(loaded: LoadedModel, clock: Clock, **options: float) -> CutSelector:
     # At 47 Mbit/s + 10 ms, `mean` (32.4 ms) and `input` (32.8 ms) are predicted within 2% of each other.
-    options = {"replan_interval_s": 1.0, "min_dwell_s": 0.0, "calibrate": False, "explore_samples": 3, **options}
+    options = {
+        "replan_interval_s": 1.0,
+        "min_dwell_s": 0.0,
+        "calibrate_profiles": False,
+        "explore_samples": 3,
+        **options,
+    }
     return _selector(loaded, clock, bandwidth_bps=47e6, rtt_s=0.01, **options)
 
 
