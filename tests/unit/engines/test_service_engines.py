@@ -33,12 +33,11 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_edge_and_cloud_on_onnxruntime_match_torch(export_dir: Path) -> None:
     jpegs = [encode_image(synthetic_image(seed=s)) for s in range(2)]
-    torch_edge = EdgeModel(load_model("resnet18", "none"), "layer3", "fp32", ImageLimits())
-    ort_edge = EdgeModel(
-        load_model("resnet18", "none"), "layer3", "fp32", ImageLimits(), engine="onnxruntime", onnx_dir=export_dir
-    )
-    assert isinstance(ort_edge._split(ort_edge.cut)[0], OrtTorchHalf)
-    want, got = torch_edge.prepare(jpegs), ort_edge.prepare(jpegs)
+    torch_edge = EdgeModel(load_model("resnet18", "none"), ImageLimits())
+    ort_edge = EdgeModel(load_model("resnet18", "none"), ImageLimits(), engine="onnxruntime", onnx_dir=export_dir)
+    route = ort_edge.route_for("layer3", "fp32")
+    assert isinstance(ort_edge._split(route.cut)[0], OrtTorchHalf)
+    want, got = torch_edge.prepare(jpegs, route), ort_edge.prepare(jpegs, route)
     assert (want.head_outputs[0] - got.head_outputs[0]).abs().max() <= 1e-4
 
     torch_cloud = CloudModel(load_model("resnet18", "none"))
@@ -68,5 +67,6 @@ def test_an_export_of_other_weights_stops_the_service(export_dir: Path) -> None:
     other = replace(other, digest=weights_digest(other.module))
     with pytest.raises(ModelMismatch, match="weights digest"):
         CloudModel(other, engine="onnxruntime", onnx_dir=export_dir)
+    edge = EdgeModel(other, ImageLimits(), engine="onnxruntime", onnx_dir=export_dir)
     with pytest.raises(ModelMismatch, match="weights digest"):
-        EdgeModel(other, "layer3", "fp32", ImageLimits(), engine="onnxruntime", onnx_dir=export_dir)
+        edge.build(edge.route_for("layer3", "fp32"))  # at startup: the edge's first route is built before serving
