@@ -49,7 +49,12 @@ def test_plot_series_follow_execution_order_and_name_the_output_cut() -> None:
             self.cut, self.codec, self.latency_ms = cut, codec, latency_ms
 
     order = {"input": 0, "conv1": 1, "layer1": 5, "avgpool": 9, "output": 10}
-    rows = [Row("avgpool", "fp16", 3.0), Row("conv1", "fp16", 1.0), Row("layer1", "fp16", 2.0), Row("output", None, 4.0)]
+    rows = [
+        Row("avgpool", "fp16", 3.0),
+        Row("conv1", "fp16", 1.0),
+        Row("layer1", "fp16", 2.0),
+        Row("output", None, 4.0),
+    ]
     lines = series(rows, order)
     assert lines == {"fp16": [(1, 1.0), (5, 2.0), (9, 3.0)], NO_CODEC_LABEL: [(10, 4.0)]}
     assert "-" not in lines
