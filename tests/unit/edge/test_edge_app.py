@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -136,3 +139,28 @@ def test_openapi_documents_the_routes(edge: Callable[..., TestClient]) -> None:
     assert {"/v1/classify", "/v1/classify/batch", "/v1/info", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*"} <= set(body)
+
+
+def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after(
+    edge: Callable[..., TestClient], reference: tuple[str, torch.Tensor]
+) -> None:
+    digest, logits = reference
+    entered, release = threading.Event(), threading.Event()
+    reply = encode_logits(logits, model="resnet18", weights=digest, cut="layer3")
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        entered.set()  # the first request is admitted and waits on the cloud
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return httpx.Response(200, content=reply)
+
+    client = edge(held, max_concurrent_requests=1, read_timeout_s=30.0)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_classify, client)
+        assert entered.wait(60)
+        refused = _classify(client)
+        release.set()
+        assert first.result(60).status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "the limit is 1" in refused.json()["detail"]
