@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from shared.errors import MalformedPayload, ModelMismatch, UnprocessableContent
+from shared.errors import (
+    MalformedPayload,
+    ModelFailure,
+    ModelMismatch,
+    NonFiniteOutput,
+    ServiceUnavailable,
+    SplitInferError,
+)
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
@@ -80,7 +87,16 @@ class CloudModel:
             return tail
 
     def decode(self, body: bytes) -> TailInput:
-        """Validate a request body (activations of any cut, or images for ``input``)."""
+        """Validate a request body (activations of any cut, or images for ``input``); raises only
+        :class:`SplitInferError` subclasses (anything else a malformed body provokes is a 400)."""
+        try:
+            return self._decode(body)
+        except SplitInferError:
+            raise
+        except (ValueError, RecursionError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise MalformedPayload(f"payload could not be decoded: {str(exc)[:200]}") from exc
+
+    def _decode(self, body: bytes) -> TailInput:
         metadata, _ = read_header(body, self.wire_limits)
         kind = metadata.get("kind")
         common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": self.wire_limits}
@@ -106,10 +122,21 @@ class CloudModel:
         with torch.inference_mode(), autocast:
             try:
                 output = tail(*inputs)
+            except torch.OutOfMemoryError as exc:
+                raise ServiceUnavailable(
+                    f"the tail of cut {cut!r} ran out of device memory; retry (maybe with a smaller batch)",
+                    retry_after=1,
+                ) from exc
             except RuntimeError as exc:
-                raise UnprocessableContent(f"the tail of cut {cut!r} cannot run on this input: {exc}") from exc
+                # NOTE: the input passed every check of the cut's shapes, dtypes and values: a failure in
+                # the tail is ours (500), not the client's.
+                raise ModelFailure(f"the tail of cut {cut!r} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if not isinstance(output, torch.Tensor) or output.shape[0] != sum(sizes):
-            raise UnprocessableContent(f"the tail of cut {cut!r} did not return one row of logits per image")
+            raise ModelFailure(f"the tail of cut {cut!r} did not return one row of logits per image")
+        # NOTE: finite inputs can still overflow in the tail (3e38 activations, or a legitimate input under
+        # bf16 autocast): we cannot tell which, the client cannot fix it, so it is ours: a typed 500.
+        if not bool(torch.isfinite(output).all()):
+            raise NonFiniteOutput(f"the tail of cut {cut!r} produced non-finite logits")
         return list(torch.split(output.float().cpu(), sizes))
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:

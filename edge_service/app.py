@@ -19,6 +19,7 @@ from edge_service.routes import CLASSIFY_PATHS, readiness, router
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
 from edge_service.state import EdgeState
+from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
 from shared.models import load_model
@@ -53,7 +54,10 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
     limits = ImageLimits(
-        max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        formats=settings.formats,
+        max_batch_pixels=settings.max_batch_pixels,
     )
     selector = None
     if settings.cut == "auto" and settings.edge_profile is not None and settings.cloud_profile is not None:
@@ -135,4 +139,11 @@ def create_app(
         routers=[router],
         readiness=readiness,
         body_limit=lambda scope: settings.max_upload_bytes if scope["path"] in CLASSIFY_PATHS else None,
+        body_timeout_s=settings.body_timeout_s,
+        # NOTE: before the body is read: held uploads cannot take more memory than these bounds allow.
+        admission=Admission(
+            admits=lambda scope: scope["path"] in CLASSIFY_PATHS,
+            max_requests=settings.max_concurrent_requests,
+            max_body_bytes=settings.max_body_bytes_in_flight,
+        ),
     )

@@ -15,7 +15,7 @@ from PIL import Image
 
 from shared.errors import BadGateway, SplitInferError
 from shared.models import LoadedModel
-from shared.preprocessing import ImageLimits, decode_image
+from shared.preprocessing import ImageLimits, decode_images
 from shared.protocol import encode_activations, encode_images, expected_logits
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
@@ -115,7 +115,7 @@ class EdgeModel:
         prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
-            prepared.images = [decode_image(blob, self.image_limits) for blob in raw]
+            prepared.images = decode_images(raw, self.image_limits, resize_size=self.loaded.preprocessor.resize_size)
         if route.cut.name == INPUT_CUT:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(

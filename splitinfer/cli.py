@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -122,7 +123,8 @@ def _pair_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
 
 
 def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
-    from splitinfer.serve import configure_logging, start_pair, stop_processes, wait_ready
+    from splitinfer.processes import stop_in_order
+    from splitinfer.serve import configure_logging, start_pair, wait_ready
 
     configure_logging("info")
     processes = start_pair(*_pair_args(args))
@@ -144,8 +146,16 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("\nstopping edge and cloud...", flush=True)
-        stop_processes(processes)
+        print("\nstopping the edge, then the cloud (Ctrl-C again stops both at once)...", flush=True)
+        cloud, edge = processes
+        try:
+            # NOTE: the edge first: its requests in flight need the cloud until they are finished.
+            stop_in_order([edge, cloud])
+        except KeyboardInterrupt:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
 

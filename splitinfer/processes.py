@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Service", "free_port", "rss_kib", "start_service", "wait_until"]
+__all__ = ["Service", "free_port", "peak_rss_kib", "rss_kib", "start_service", "stop_in_order", "wait_until"]
 
 
 def free_port() -> int:
@@ -55,6 +55,28 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """Peak resident memory of a process so far (Linux ``VmHWM``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def stop_in_order(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """Stop process groups one after the other: SIGTERM (a graceful drain), wait for it to exit (SIGKILL
+    after ``timeout_s``), then the next. Give the edge before the cloud: the edge's requests in flight still
+    need the cloud while they finish."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def start_service(
