@@ -133,8 +133,8 @@ class CloudModel:
                 raise ModelFailure(f"the tail of cut {cut!r} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if not isinstance(output, torch.Tensor) or output.shape[0] != sum(sizes):
             raise ModelFailure(f"the tail of cut {cut!r} did not return one row of logits per image")
-        # NOTE: finite inputs can still overflow in the tail (3e38 activations, or a legitimate input under
-        # bf16 autocast): we cannot tell which, the client cannot fix it, so it is ours: a typed 500.
+        # NOTE: finite inputs can still overflow in the tail (3e38 activations). No head makes such values
+        # from an image, and bf16 autocast keeps float32's range: the input's fault, a typed 422.
         if not bool(torch.isfinite(output).all()):
             raise NonFiniteOutput(f"the tail of cut {cut!r} produced non-finite logits")
         return list(torch.split(output.float().cpu(), sizes))

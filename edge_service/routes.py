@@ -24,7 +24,7 @@ from shared.errors import (
     CloudTimeout,
     CloudUnavailable,
     EdgeOverloaded,
-    NonFiniteOutput,
+    ModelFailure,
     PayloadTooLarge,
     ServiceUnavailable,
     SplitInferError,
@@ -211,7 +211,8 @@ async def _classify_admitted(
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     if completed_on == "edge" and not bool(torch.isfinite(logits).all()):
-        raise NonFiniteOutput(f"the model's logits at cut {route.cut.name!r} are not finite")
+        # NOTE: the edge's own head and tail on a decoded image: a non-finite result is ours.
+        raise ModelFailure(f"the model's logits at cut {route.cut.name!r} are not finite")
     timings["total"] = (time.perf_counter() - started) * 1000
     # NOTE: the selector learns only from requests that are like the ones it plans for: one image, the
     # route's split already built, finished where the route says (not by the fallback).

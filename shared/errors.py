@@ -5,7 +5,6 @@ Every error carries the HTTP status it maps to, so a service renders it once
 
     SplitInferError                     500  base class
     ├── ModelFailure                    500  our model failed on valid input (a typed 500: ours)
-    │   └── NonFiniteOutput             500  the model produced NaN or infinite logits
     ├── BadRequest                      400  request is malformed
     │   └── MalformedPayload            400  wire payload cannot be parsed
     ├── Unauthorized                    401  missing or wrong bearer token
@@ -15,6 +14,7 @@ Every error carries the HTTP status it maps to, so a service renders it once
     ├── UnsupportedMediaType            415  content type, image format, codec or dtype
     ├── UnprocessableContent            422  well-formed but unusable
     │   ├── InvalidTensor               422  shape, element count or values wrong
+    │   │   └── NonFiniteOutput         422  finite activations the tail overflows on (NaN/inf logits)
     │   └── InvalidImage                422  undecodable, truncated or empty image
     ├── BadGateway                      502  the cloud answered with something unusable
     ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
@@ -163,6 +163,9 @@ class ModelFailure(SplitInferError):
     slug = "model-failure"
 
 
-class NonFiniteOutput(ModelFailure):
+class NonFiniteOutput(InvalidTensor):
+    """Finite activations that the tail turns into NaN or infinite logits (3e38, say). No head produces them
+    from an image, and the tail runs in float32 or bfloat16 (float32's range), so it is the input's fault."""
+
     title = "Non-finite model output"
     slug = "non-finite-output"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shared.errors import InvalidImage, InvalidTensor, PayloadTooLarge
-from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_image, decode_images
+from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_image
 from shared.protocol import images_from_payload
 from shared.wire import Payload, WireLimits
 from tests.support.images import icc_chunk_bomb, photo_variants, png_bytes_of_size, text_chunk_bomb
@@ -16,6 +16,8 @@ PRE = ImagePreprocessor()
 
 
 def test_2_an_image_whose_resized_copy_is_over_the_limit_is_refused_before_decoding() -> None:
+    from shared.preprocessing import decode_images  # noqa: F401  (new: these tests also run on old code)
+
     thin = png_bytes_of_size(4000, 1)  # 4000 pixels; resized to a 256-pixel short side: 1,024,000x256
     assert len(thin) < 200
     with pytest.raises(PayloadTooLarge, match="resized"):
@@ -26,6 +28,8 @@ def test_2_an_image_whose_resized_copy_is_over_the_limit_is_refused_before_decod
 
 
 def test_3_a_batch_is_refused_from_its_headers_before_any_image_is_decoded() -> None:
+    from shared.preprocessing import decode_images
+
     blobs = [png_bytes_of_size(2000, 2000)] * 4  # 4 Mpixel each, 16 Mpixel together
     limits = ImageLimits(max_pixels=5_000_000, max_batch_pixels=10_000_000)
     with pytest.raises(PayloadTooLarge, match="16000000 pixels together"):

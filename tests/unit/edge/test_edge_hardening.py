@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from edge_service import EdgeSettings, create_app
 from edge_service.breaker import CircuitBreaker
-from edge_service.cloud_client import MAX_DETAIL_CHARS, CloudClient
+from edge_service.cloud_client import CloudClient
 from shared.errors import CloudUnavailable
 from shared.models import load_model
 from shared.protocol import encode_logits
@@ -27,6 +28,7 @@ from splitinfer.samples import encode_image, synthetic_image
 TINY = "tests.fixture_models:tiny_cnn"
 JPEG = encode_image(synthetic_image(seed=3))
 RESET_S = 0.3
+MAX_DETAIL_CHARS = 300  # edge_service.cloud_client.MAX_DETAIL_CHARS (a literal: these tests also run on old code)
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -178,10 +180,11 @@ def test_1_a_cancelled_probe_reopens_the_breaker_and_the_next_one_closes_it() ->
         breaker.record_failure()  # open
         await asyncio.sleep(RESET_S + 0.05)
         states.append(breaker.state)  # half-open
-        probe = asyncio.create_task(client.run_tail(b"x", request_id="r", deadline_s=60, max_reply_bytes=1000))
+        limit = {"max_reply_bytes": 1000} if "max_reply_bytes" in inspect.signature(client.run_tail).parameters else {}
+        probe = asyncio.create_task(client.run_tail(b"x", request_id="r", deadline_s=60, **limit))  # type: ignore[arg-type]
         await asyncio.sleep(0.1)
         with pytest.raises(CloudUnavailable):  # the probe is in flight: others fail fast
-            await client.run_tail(b"x", request_id="r", deadline_s=60, max_reply_bytes=1000)
+            await client.run_tail(b"x", request_id="r", deadline_s=60, **limit)  # type: ignore[arg-type]
         probe.cancel()  # the client of the probing request went away
         with pytest.raises(asyncio.CancelledError):
             await probe
@@ -189,7 +192,7 @@ def test_1_a_cancelled_probe_reopens_the_breaker_and_the_next_one_closes_it() ->
         await asyncio.sleep(RESET_S + 0.05)
         hang.set()
         with pytest.raises(Exception, match="not this payload"):  # a 409 proves the cloud is up
-            await client.run_tail(b"x", request_id="r", deadline_s=60, max_reply_bytes=1000)
+            await client.run_tail(b"x", request_id="r", deadline_s=60, **limit)  # type: ignore[arg-type]
         states.append(breaker.state)
         await client.aclose()
         return states

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from cloud_service import CloudSettings, create_app
 from cloud_service.runtime import CloudModel
-from shared.errors import ModelFailure, ServiceUnavailable
+from shared.errors import SplitInferError
 from shared.models import load_model
 from shared.protocol import encode_activations
 from shared.splitting import ModelGraph
@@ -61,9 +61,9 @@ def test_6_malformed_headers_are_400_and_the_connection_stays_usable(cloud: Test
 
 
 @pytest.mark.parametrize("accept", [MEDIA_TYPE, "application/json"])
-def test_9_logits_that_overflow_are_a_typed_500_not_nan_on_the_wire(cloud: TestClient, accept: str) -> None:
+def test_9_logits_that_overflow_are_a_typed_422_not_nan_on_the_wire(cloud: TestClient, accept: str) -> None:
     response = cloud.post("/v1/tail", content=_payload(3e38), headers={**HEADERS, "Accept": accept})
-    assert response.status_code == 500, response.text
+    assert response.status_code == 422, response.text
     assert response.json()["type"].endswith("/non-finite-output")
 
 
@@ -78,11 +78,11 @@ def test_12_a_failing_tail_is_ours_and_out_of_memory_asks_for_a_retry(monkeypatc
         return tail
 
     monkeypatch.setattr(model, "tail", lambda cut: failing(RuntimeError("an internal assert")))
-    with pytest.raises(ModelFailure) as failed:
+    with pytest.raises(SplitInferError) as failed:
         model.run("stem", [tensors])
-    assert failed.value.status == 500
+    assert failed.value.status == 500  # ours (ModelFailure), not the client's 422
     monkeypatch.setattr(model, "tail", lambda cut: failing(torch.OutOfMemoryError("CUDA out of memory")))
-    with pytest.raises(ServiceUnavailable) as oom:
+    with pytest.raises(SplitInferError) as oom:
         model.run("stem", [tensors])
     assert oom.value.status == 503 and oom.value.retry_after is not None
 
