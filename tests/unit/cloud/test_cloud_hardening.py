@@ -51,7 +51,11 @@ def _payload(value: float) -> bytes:
 def test_6_malformed_headers_are_400_and_the_connection_stays_usable(cloud: TestClient, header: bytes | str) -> None:
     if header == "tensor-list":  # the nesting inside the metadata's own JSON string
         metadata = {"format": "splitinfer", "version": "1", "kind": "activations", "model": TINY, "cut": "stem"}
-        metadata |= {"weights": load_model(TINY, "none").digest, "codec": "fp32", "tensors": "[" * 30_000}
+        metadata |= {
+            "weights": load_model(TINY, "none").digest,
+            "codec": "fp32",
+            "tensors": "[" * 30_000 + "]" * 30_000,
+        }
         header = json.dumps({"__metadata__": metadata}).encode()
     assert isinstance(header, bytes)
     response = cloud.post("/v1/tail", content=_container(header), headers=HEADERS)
