@@ -2,3 +2,5 @@
 
 The library (``shared``) never imports this package; the services (``edge_service``, ``cloud_service``) do.
 """
+
+__all__: list[str] = []
