@@ -131,8 +131,10 @@ class CloudClient:
         for attempt in range(self.connect_retries + 1):
             try:
                 async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
-                    limit = max_reply_bytes if response.status_code == 200 else MAX_ERROR_BODY_BYTES
-                    body = await _read_bounded(response, limit)
+                    if response.status_code == 200:
+                        body = await _read_bounded(response, max_reply_bytes)
+                    else:  # NOTE: only its detail is used: the start of it is enough
+                        body = await _read_bounded(response, MAX_ERROR_BODY_BYTES, truncate=True)
                     return response.status_code, response.headers, body
             except httpx.ConnectError as exc:
                 # NOTE: a refused connection sent nothing, so retrying cannot run the tail twice.
@@ -194,18 +196,20 @@ class CloudClient:
         return info
 
 
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """The reply's body as sent (no decoding), refused (502) past ``limit`` bytes or in an encoding we did
-    not ask for: a small compressed reply can inflate to any size."""
+async def _read_bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The reply's body as sent (no decoding), refused (502) past ``limit`` bytes (``truncate``: its first
+    ``limit`` bytes) or in an encoding we did not ask for: a small compressed reply can inflate to any size."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise BadGateway(
             f"the cloud's reply has Content-Encoding {sanitize(encoding, 40)!r}; this edge asked for identity"
         )
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if not truncate and declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BadGateway(f"the cloud's reply declares {sanitize(declared, 24)} bytes; the limit is {limit}")
     if response.is_stream_consumed:  # NOTE: an in-process transport (tests) hands over a body already read
+        if truncate:
+            return response.content[:limit]
         if len(response.content) > limit:
             raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
         return response.content
@@ -213,6 +217,9 @@ async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
     received = 0
     async for chunk in response.aiter_raw():
         received += len(chunk)
+        if received > limit and truncate:
+            chunks.append(chunk[: limit - (received - len(chunk))])
+            break
         if received > limit:
             raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
         chunks.append(chunk)
