@@ -26,6 +26,9 @@ from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
 
 __all__ = ["CloudModel", "TailInput"]
 
+_IMAGE_DECODES = 2
+"""Image payloads decoded at once."""
+
 
 @dataclass(frozen=True)
 class TailInput:
@@ -72,6 +75,9 @@ class CloudModel:
         self._tails: OrderedDict[str, fx.GraphModule] = OrderedDict()
         self._tail_cache_size = tail_cache_size
         self._lock = threading.Lock()
+        # NOTE: images (cut 'input') are decoded in the server's thread pool; each request is bounded by
+        # MAX_BATCH_PIXELS, and this bounds how many are decoded at once, so memory stays bounded too.
+        self._image_decodes = threading.BoundedSemaphore(_IMAGE_DECODES)
 
     def tail(self, cut: str) -> fx.GraphModule:
         with self._lock:
@@ -103,7 +109,8 @@ class CloudModel:
         if kind == "image":
             expected = expected_images(metadata.get("codec", ""), self.loaded.preprocessor.crop_size)
             payload = decode_payload(body, kind="image", expected=expected, **common)  # type: ignore[arg-type]
-            images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
+            with self._image_decodes:
+                images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
             return TailInput(INPUT_CUT, (images,))
         if kind == "activations":
             if metadata.get("cut") == INPUT_CUT:
