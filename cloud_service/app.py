@@ -16,6 +16,7 @@ from cloud_service.routes import ROUTES, TAIL_PATH
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
+from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
 from shared.preprocessing import ImageLimits
@@ -32,7 +33,7 @@ def _load(settings: CloudSettings) -> CloudModel:
         loaded,
         device=settings.device,
         wire_limits=_wire_limits(settings),
-        image_limits=ImageLimits(max_pixels=settings.max_image_pixels),
+        image_limits=ImageLimits(max_pixels=settings.max_image_pixels, max_batch_pixels=settings.max_batch_pixels),
         tail_cache_size=settings.tail_cache_size,
         channels_last=settings.channels_last,
         autocast=settings.autocast,
@@ -97,6 +98,11 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
         lifespan=lifespan,
         metrics=metrics,
         body_limit=lambda scope: limit if scope["path"] == TAIL_PATH else None,
+        body_timeout_s=settings.body_timeout_s,
+        # NOTE: payloads in flight bounded in bytes before they are read (requests are bounded by MAX_QUEUE).
+        admission=Admission(
+            admits=lambda scope: scope["path"] == TAIL_PATH, max_body_bytes=settings.max_body_bytes_in_flight
+        ),
     )
     app.state.token = settings.shared_token()
     return app

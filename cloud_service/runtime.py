@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 from shared.engines import Engine, OrtOptions
-from shared.errors import MalformedPayload, ModelMismatch, UnprocessableContent
+from shared.errors import (
+    MalformedPayload,
+    ModelFailure,
+    ModelMismatch,
+    NonFiniteOutput,
+    ServiceUnavailable,
+    SplitInferError,
+)
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
@@ -20,6 +27,9 @@ from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
 
 __all__ = ["CloudModel", "TailInput"]
+
+_IMAGE_DECODES = 2
+"""Image payloads decoded at once."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class CloudModel:
         self.ort_options = OrtOptions(intra_op_threads=onnx_threads, device=device)
         if engine == "onnxruntime" and onnx_dir is not None:
             verify_exports(loaded, self.graph, onnx_dir, half="tail")
+        # NOTE: images (cut 'input') are decoded in the server's thread pool; each request is bounded by
+        # MAX_BATCH_PIXELS, and this bounds how many are decoded at once, so memory stays bounded too.
+        self._image_decodes = threading.BoundedSemaphore(_IMAGE_DECODES)
 
     def tail(self, cut: str) -> Callable[..., torch.Tensor]:
         with self._lock:
@@ -102,14 +115,24 @@ class CloudModel:
             return tail
 
     def decode(self, body: bytes) -> TailInput:
-        """Validate a request body (activations of any cut, or images for ``input``)."""
+        """Validate a request body (activations of any cut, or images for ``input``); raises only
+        :class:`SplitInferError` subclasses (anything else a malformed body provokes is a 400)."""
+        try:
+            return self._decode(body)
+        except SplitInferError:
+            raise
+        except (ValueError, RecursionError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            raise MalformedPayload(f"payload could not be decoded: {str(exc)[:200]}") from exc
+
+    def _decode(self, body: bytes) -> TailInput:
         metadata, _ = read_header(body, self.wire_limits)
         kind = metadata.get("kind")
         common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": self.wire_limits}
         if kind == "image":
             expected = expected_images(metadata.get("codec", ""), self.loaded.preprocessor.crop_size)
             payload = decode_payload(body, kind="image", expected=expected, **common)  # type: ignore[arg-type]
-            images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
+            with self._image_decodes:
+                images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
             return TailInput(INPUT_CUT, (images,))
         if kind == "activations":
             if metadata.get("cut") == INPUT_CUT:
@@ -128,10 +151,21 @@ class CloudModel:
         with torch.inference_mode(), autocast:
             try:
                 output = tail(*inputs)
+            except torch.OutOfMemoryError as exc:
+                raise ServiceUnavailable(
+                    f"the tail of cut {cut!r} ran out of device memory; retry (maybe with a smaller batch)",
+                    retry_after=1,
+                ) from exc
             except RuntimeError as exc:
-                raise UnprocessableContent(f"the tail of cut {cut!r} cannot run on this input: {exc}") from exc
+                # NOTE: the input passed every check of the cut's shapes, dtypes and values: a failure in
+                # the tail is ours (500), not the client's.
+                raise ModelFailure(f"the tail of cut {cut!r} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
         if not isinstance(output, torch.Tensor) or output.shape[0] != sum(sizes):
-            raise UnprocessableContent(f"the tail of cut {cut!r} did not return one row of logits per image")
+            raise ModelFailure(f"the tail of cut {cut!r} did not return one row of logits per image")
+        # NOTE: finite inputs can still overflow in the tail (3e38 activations). No head makes such values
+        # from an image, and bf16 autocast keeps float32's range: the input's fault, a typed 422.
+        if not bool(torch.isfinite(output).all()):
+            raise NonFiniteOutput(f"the tail of cut {cut!r} produced non-finite logits")
         return list(torch.split(output.float().cpu(), sizes))
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:

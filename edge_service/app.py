@@ -21,6 +21,7 @@ from edge_service.routes import CLASSIFY_PATHS, ROUTES
 from edge_service.runtime import EdgeModel, Route
 from edge_service.settings import EdgeSettings
 from edge_service.state import EdgeState
+from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
 from shared.planning import Profile
@@ -46,7 +47,10 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, R
     """The model and the policy that owns its current route: a fixed cut, or cut auto's selector."""
     loaded = settings.load_model()
     limits = ImageLimits(
-        max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        formats=settings.formats,
+        max_batch_pixels=settings.max_batch_pixels,
     )
     model = EdgeModel(loaded, limits, **_engine_options(settings))
     policy: RoutePolicy
@@ -127,4 +131,11 @@ def create_app(
         lifespan=lifespan,
         metrics=metrics,
         body_limit=lambda scope: limit if scope["path"] in CLASSIFY_PATHS else None,
+        body_timeout_s=settings.body_timeout_s,
+        # NOTE: before the body is read: held uploads cannot take more memory than these bounds allow.
+        admission=Admission(
+            admits=lambda scope: scope["path"] in CLASSIFY_PATHS,
+            max_requests=settings.max_concurrent_requests,
+            max_body_bytes=settings.max_body_bytes_in_flight,
+        ),
     )

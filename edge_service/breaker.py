@@ -1,22 +1,57 @@
-"""A circuit breaker for the edge's calls to the cloud: a dead cloud costs one fast failure, not a timeout each."""
+"""A circuit breaker for the edge's calls to the cloud: a dead cloud costs one fast failure, not a timeout each.
+
+Every call goes through :meth:`CircuitBreaker.call`, an async context manager whose exit records the call's
+outcome whatever it was (success, a failure, a refusal that proves the cloud is up, cancellation, an error
+nobody expected), so no path can leave the breaker half-open with its probe slot taken for ever.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Literal
 
-from shared.errors import CloudUnavailable
+from shared.errors import BadGateway, CloudTimeout, CloudUnavailable, SplitInferError
 
 __all__ = ["CircuitBreaker"]
 
 State = Literal["closed", "open", "half-open"]
 
+_CLOUD_FAILURES = (CloudUnavailable, CloudTimeout, BadGateway, TimeoutError)
+
+
+class _Call:
+    """One call through the breaker (see :meth:`CircuitBreaker.call`)."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    async def __aenter__(self) -> None:
+        self._breaker.before_call()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        breaker = self._breaker
+        if exc is None:
+            breaker.record_success()
+        elif isinstance(exc, _CLOUD_FAILURES):
+            breaker.record_failure()
+        elif isinstance(exc, SplitInferError):
+            breaker.record_success()  # the cloud is up; it refused this payload (409, 401...)
+        elif isinstance(exc, asyncio.CancelledError):
+            breaker.record_abandoned()
+        else:
+            breaker.record_failure()  # an error nobody expected says nothing good about the cloud
+
 
 class CircuitBreaker:
     """Opens after ``failures`` consecutive failures; after ``reset_s`` lets one probe through (half-open).
 
-    A successful probe closes it; a failed one opens it again. Use from one event loop (not thread-safe).
+    A successful probe closes it; a probe that fails, or ends any other way (cancelled, an unexpected
+    error), opens it again for ``reset_s``. Use from one event loop (not thread-safe).
     """
 
     def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -37,6 +72,18 @@ class CircuitBreaker:
             return "half-open"
         return "open"
 
+    @property
+    def retry_in_s(self) -> float:
+        """Seconds until the next probe may go through (0 when closed or half-open)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self.reset_s - (self._clock() - self._opened_at))
+
+    def call(self) -> _Call:
+        """``async with breaker.call(): ...``: refused at once (:class:`CloudUnavailable`) when the circuit is
+        open; otherwise the block's outcome is recorded when it exits, however it exits."""
+        return _Call(self)
+
     def before_call(self) -> None:
         """Raise :class:`CloudUnavailable` at once when the circuit does not let this call through."""
         state = self.state
@@ -45,10 +92,10 @@ class CircuitBreaker:
         if state == "half-open" and not self._probing:
             self._probing = True
             return
-        opened_at = self._opened_at if self._opened_at is not None else self._clock()
-        remaining = max(0.0, self.reset_s - (self._clock() - opened_at))
+        remaining = self.retry_in_s if state == "open" else self.reset_s
+        what = "a probe is in flight" if state == "half-open" else f"next try in {remaining:.1f} s"
         raise CloudUnavailable(
-            f"the cloud failed {self._consecutive} times in a row; circuit open, next try in {remaining:.1f} s",
+            f"the cloud failed {self._consecutive} times in a row; circuit open, {what}",
             retry_after=max(remaining, 1.0),
         )
 
@@ -60,5 +107,12 @@ class CircuitBreaker:
     def record_failure(self) -> None:
         self._consecutive += 1
         if self._probing or self._consecutive >= self.failures:
+            self._opened_at = self._clock()
+        self._probing = False
+
+    def record_abandoned(self) -> None:
+        """The call was cancelled before its outcome was known: a probe re-opens the circuit (the next probe
+        goes after ``reset_s``); an ordinary call leaves the count as it was."""
+        if self._probing:
             self._opened_at = self._clock()
         self._probing = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import ssl
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ from shared.errors import (
 from shared.tail_timings import TailTimings
 from shared.wire import MEDIA_TYPE
 
-__all__ = ["CloudClient", "CloudReply"]
+__all__ = ["MAX_DETAIL_CHARS", "CloudClient", "CloudReply", "sanitize"]
+
+
+MAX_DETAIL_CHARS = 300
+"""The most of a cloud's error text that reaches the edge's replies and logs."""
+MAX_ERROR_BODY_BYTES = 64 * 1024
+"""The most of a cloud's error reply the edge reads."""
+_MAX_RETRY_AFTER_S = 3600
 
 
 @dataclass(frozen=True)
@@ -34,15 +42,28 @@ class CloudReply:
     served_by: str | None = None
 
 
-def _problem_detail(response: httpx.Response) -> str:
+def sanitize(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """A peer's text made safe to echo and log: printable characters only (newlines and other controls
+    become spaces, so it cannot forge a log line), at most ``limit`` characters."""
+    cleaned = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _problem_detail(status: int, body: bytes) -> str:
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, str):
-        return detail
-    return str(body)[:200]
+        problem = json.loads(body)
+    except (ValueError, RecursionError):
+        return sanitize(body.decode("utf-8", "replace"))
+    detail = problem.get("detail") if isinstance(problem, dict) else None
+    return sanitize(detail if isinstance(detail, str) else body.decode("utf-8", "replace"))
+
+
+def _retry_after(header: str) -> float | None:
+    """A peer's ``Retry-After`` in seconds (ASCII digits only: ``str.isdigit()`` also accepts '²')."""
+    header = header.strip()
+    if not (header.isascii() and header.isdigit()) or len(header) > 6:
+        return None
+    return float(min(int(header), _MAX_RETRY_AFTER_S))
 
 
 class CloudClient:
@@ -78,81 +99,128 @@ class CloudClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def run_tail(self, payload: bytes, *, request_id: str, deadline_s: float) -> CloudReply:
-        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504/409)."""
-        self.breaker.before_call()
+    async def run_tail(self, payload: bytes, *, request_id: str, deadline_s: float, max_reply_bytes: int) -> CloudReply:
+        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504/409).
+
+        The reply is read as a stream of at most ``max_reply_bytes`` (an error reply: of at most
+        :data:`MAX_ERROR_BODY_BYTES`), in no content encoding but ``identity``.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            async with asyncio.timeout(deadline_s):
-                response = await self._post_with_retries(payload, request_id)
-            self._raise_for_status(response)
-        except (CloudUnavailable, CloudTimeout, BadGateway):
-            self.breaker.record_failure()
-            raise
-        except SplitInferError:
-            self.breaker.record_success()  # the cloud is up; it refused this payload (409)
-            raise
-        except TimeoutError as exc:
-            self.breaker.record_failure()
-            raise CloudTimeout(f"the cloud did not answer within the {deadline_s:.1f} s deadline") from exc
-        self.breaker.record_success()
+        async with self.breaker.call():
+            try:
+                async with asyncio.timeout(deadline_s):
+                    status, headers, body = await self._post_with_retries(payload, request_id, max_reply_bytes)
+            except TimeoutError as exc:
+                raise CloudTimeout(f"the cloud did not answer within the {deadline_s:.1f} s deadline") from exc
+            self._raise_for_status(status, headers, body)
         round_trip_ms = (loop.time() - started) * 1000
-        timings = TailTimings.parse(response.headers.get("server-timing", ""))
-        return CloudReply(response.content, timings, round_trip_ms, response.headers.get(SERVED_BY_HEADER))
+        timings = TailTimings.parse(headers.get("server-timing", ""))
+        served_by = headers.get(SERVED_BY_HEADER)
+        return CloudReply(body, timings, round_trip_ms, sanitize(served_by, 100) if served_by is not None else None)
 
-    async def _post_with_retries(self, payload: bytes, request_id: str) -> httpx.Response:
-        headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE, REQUEST_ID_HEADER: request_id}
+    async def _post_with_retries(
+        self, payload: bytes, request_id: str, max_reply_bytes: int
+    ) -> tuple[int, httpx.Headers, bytes]:
+        headers = {
+            "Content-Type": MEDIA_TYPE,
+            "Accept": MEDIA_TYPE,
+            "Accept-Encoding": "identity",
+            REQUEST_ID_HEADER: request_id,
+        }
         for attempt in range(self.connect_retries + 1):
             try:
-                return await self._client.post("/v1/tail", content=payload, headers=headers)
+                async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
+                    if response.status_code == 200:
+                        body = await _read_bounded(response, max_reply_bytes)
+                    else:  # NOTE: only its detail is used: the start of it is enough
+                        body = await _read_bounded(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                    return response.status_code, response.headers, body
             except httpx.ConnectError as exc:
                 # NOTE: a refused connection sent nothing, so retrying cannot run the tail twice.
                 if attempt == self.connect_retries:
-                    raise CloudUnavailable(f"cannot connect to the cloud at {self.base_url}: {exc}") from exc
+                    raise CloudUnavailable(
+                        f"cannot connect to the cloud at {self.base_url}: {sanitize(str(exc))}"
+                    ) from exc
                 await asyncio.sleep(random.uniform(0.05, 0.15) * 2**attempt)
             except httpx.TimeoutException as exc:
                 raise CloudTimeout(f"the cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 # NOTE: the connection dropped mid-request: the cloud died or restarted.
-                raise CloudUnavailable(f"the cloud dropped the connection: {type(exc).__name__}: {exc}") from exc
-            except httpx.TransportError as exc:
-                raise BadGateway(f"the connection to the cloud failed: {type(exc).__name__}: {exc}") from exc
+                raise CloudUnavailable(
+                    f"the cloud dropped the connection: {type(exc).__name__}: {sanitize(str(exc))}"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise BadGateway(
+                    f"the exchange with the cloud failed: {type(exc).__name__}: {sanitize(str(exc))}"
+                ) from exc
         raise CloudUnavailable(f"cannot connect to the cloud at {self.base_url}")
 
     @staticmethod
-    def _raise_for_status(response: httpx.Response) -> None:
-        if response.status_code == 200:
+    def _raise_for_status(status: int, headers: httpx.Headers, body: bytes) -> None:
+        if status == 200:
             return
-        detail = _problem_detail(response)
+        detail = _problem_detail(status, body)
         error: SplitInferError
-        if response.status_code == 409:
+        if status == 409:
             error = ModelMismatch(f"the cloud refused the payload: {detail}")
-        elif response.status_code == 401:
+        elif status == 401:
             error = BadGateway(f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {detail}")
-        elif response.status_code == 503:
-            retry = response.headers.get("retry-after", "")
-            error = CloudUnavailable(
-                f"the cloud is unavailable: {detail}", retry_after=float(retry) if retry.isdigit() else None
-            )
-        elif response.status_code == 504:
+        elif status == 503:
+            retry = _retry_after(headers.get("retry-after", ""))
+            error = CloudUnavailable(f"the cloud is unavailable: {detail}", retry_after=retry)
+        elif status == 504:
             error = CloudTimeout(f"the cloud timed out: {detail}")
         else:
-            error = BadGateway(f"the cloud answered {response.status_code}: {detail}")
+            error = BadGateway(f"the cloud answered {status}: {detail}")
         raise error
 
     async def info(self, timeout_s: float = 2.0) -> dict[str, Any]:
         try:
-            response = await self._client.get("/v1/info", timeout=timeout_s)
+            async with self._client.stream(
+                "GET", "/v1/info", timeout=timeout_s, headers={"Accept-Encoding": "identity"}
+            ) as response:
+                body = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+                status, headers = response.status_code, response.headers
         except httpx.TimeoutException as exc:
             raise CloudTimeout(f"the cloud at {self.base_url} did not answer /v1/info in time") from exc
-        except httpx.TransportError as exc:
-            raise CloudUnavailable(f"cannot reach the cloud at {self.base_url}: {exc}") from exc
-        self._raise_for_status(response)
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"cannot reach the cloud at {self.base_url}: {sanitize(str(exc))}") from exc
+        self._raise_for_status(status, headers, body)
         try:
-            info = response.json()
-        except ValueError as exc:
+            info = json.loads(body)
+        except (ValueError, RecursionError) as exc:
             raise BadGateway("the cloud's /v1/info is not JSON") from exc
         if not isinstance(info, dict):
             raise BadGateway("the cloud's /v1/info is not a JSON object")
         return info
+
+
+async def _read_bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The reply's body as sent (no decoding), refused (502) past ``limit`` bytes (``truncate``: its first
+    ``limit`` bytes) or in an encoding we did not ask for: a small compressed reply can inflate to any size."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadGateway(
+            f"the cloud's reply has Content-Encoding {sanitize(encoding, 40)!r}; this edge asked for identity"
+        )
+    declared = response.headers.get("content-length")
+    if not truncate and declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BadGateway(f"the cloud's reply declares {sanitize(declared, 24)} bytes; the limit is {limit}")
+    if response.is_stream_consumed:  # NOTE: an in-process transport (tests) hands over a body already read
+        if truncate:
+            return response.content[:limit]
+        if len(response.content) > limit:
+            raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
+        return response.content
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > limit and truncate:
+            chunks.append(chunk[: limit - (received - len(chunk))])
+            break
+        if received > limit:
+            raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from edge_service.cloud_client import sanitize
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
@@ -26,6 +27,8 @@ from shared.errors import (
     BadGateway,
     CloudTimeout,
     CloudUnavailable,
+    EdgeOverloaded,
+    ModelFailure,
     PayloadTooLarge,
     ServiceUnavailable,
     SplitInferError,
@@ -33,6 +36,7 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.tail_timings import TailTimings, format_server_timing
+from shared.wire import WireLimits
 
 __all__ = ["CLASSIFY_PATHS", "ROUTES", "readiness", "router"]
 
@@ -133,6 +137,11 @@ async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ..
         await form.close()
 
 
+def _max_reply_bytes(num_classes: int, images: int) -> int:
+    """The most a logits reply for ``images`` images can be: its header and ``float32[images, classes]``."""
+    return 8 + WireLimits().max_header_bytes + 4 * num_classes * images
+
+
 def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bool) -> list[ImageResult]:
     probabilities = torch.softmax(logits, dim=1)
     k = min(top_k, logits.shape[1])
@@ -150,13 +159,8 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
 async def _classify(
     request: Request, state: EdgeState, blobs: list[bytes], choice: RouteChoice
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Admit the request (back-pressure: 503 + Retry-After beyond the concurrency limit), then classify."""
-    settings = state.settings
-    if state.in_flight >= settings.max_concurrent_requests:
-        raise ServiceUnavailable(
-            f"{state.in_flight} requests are in progress (the limit is {settings.max_concurrent_requests})",
-            retry_after=1,
-        )
+    """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
+    read: service_core.admission, configured in edge_service.app)."""
     state.in_flight += 1
     try:
         state.routes.dispatched(choice)
@@ -176,7 +180,10 @@ async def _classify_admitted(
         async with asyncio.timeout(settings.request_timeout_s):
             prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route)
     except TimeoutError as exc:
-        raise CloudTimeout(f"the edge could not finish its part within {settings.request_timeout_s} s") from exc
+        # NOTE: the edge's own compute, not the cloud: a busy edge (503, retry), not a CloudTimeout.
+        raise EdgeOverloaded(
+            f"the edge could not finish its part within {settings.request_timeout_s} s", retry_after=1
+        ) from exc
     timings = prepared.timings_ms
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"
@@ -192,6 +199,7 @@ async def _classify_admitted(
                 prepared.payload,
                 request_id=request.state.request_id,
                 deadline_s=max(0.001, deadline - time.perf_counter()),
+                max_reply_bytes=_max_reply_bytes(model.num_classes, len(blobs)),
             )
             timings["cloud_round_trip"] = reply.round_trip_ms
             cloud_instance, cloud_timings = reply.served_by, reply.timings
@@ -205,6 +213,9 @@ async def _classify_admitted(
             logger.warning("cloud failed (%s: %s); finishing on the edge", type(exc).__name__, exc.detail)
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
+    if completed_on == "edge" and not bool(torch.isfinite(logits).all()):
+        # NOTE: the edge's own head and tail on a decoded image: a non-finite result is ours.
+        raise ModelFailure(f"the model's logits at cut {route.cut.name!r} are not finite")
     timings["total"] = (time.perf_counter() - started) * 1000
     # NOTE: the policy learns only from requests that are like the ones it plans for: one image, the
     # route's split already built, finished where the route says (not by the fallback).
@@ -294,22 +305,41 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
 
 
 async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
-    """The model is loaded and the cloud is reachable and serves the same model and weights."""
+    """The model is loaded, the breaker lets requests through, and the cloud is reachable and serves the
+    same model and weights (with fallback ``local``: ready whatever the cloud does)."""
     loaded = state.model.loaded
     if state.routes.route.runs_everything:
         return {"status": "ready", "cloud": "not needed (cut 'output')"}
+    breaker = state.cloud.breaker
+    local = state.settings.fallback == "local"
+    if breaker.state == "open" and not local:
+        raise ServiceUnavailable(
+            f"the circuit breaker is open (the cloud failed); next probe in {breaker.retry_in_s:.1f} s",
+            retry_after=max(1.0, breaker.retry_in_s),
+        )
     try:
         cloud = await state.cloud.info()
     except SplitInferError as exc:
-        if state.settings.fallback == "local":
-            return {"status": "ready", "cloud": f"unreachable, falling back to local: {exc.detail}"}
+        if local:
+            return {
+                "status": "ready",
+                "cloud": f"unreachable, falling back to local: {exc.detail}",
+                "circuit_breaker": breaker.state,
+            }
         raise ServiceUnavailable(f"cloud not ready: {exc.detail}") from exc
     if cloud.get("model") != loaded.name or cloud.get("weights_digest") != loaded.digest:
         raise ServiceUnavailable(
-            f"model mismatch: the cloud serves {cloud.get('model')!r} with weights {cloud.get('weights_digest')!r}; "
-            f"this edge has {loaded.name!r} with weights {loaded.digest!r}"
+            f"model mismatch: the cloud serves {sanitize(str(cloud.get('model')), 100)!r} with weights "
+            f"{sanitize(str(cloud.get('weights_digest')), 100)!r}; this edge has {loaded.name!r} with weights "
+            f"{loaded.digest!r}"
         )
-    return {"status": "ready", "cloud": "ok", "model": loaded.name, "weights_digest": loaded.digest}
+    return {
+        "status": "ready",
+        "cloud": "ok",
+        "circuit_breaker": breaker.state,
+        "model": loaded.name,
+        "weights_digest": loaded.digest,
+    }
 
 
 router.include_router(v1)

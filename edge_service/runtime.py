@@ -19,7 +19,7 @@ from shared.engines import Engine, OrtOptions
 from shared.errors import BadGateway, SplitInferError
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for
-from shared.preprocessing import ImageLimits, decode_image
+from shared.preprocessing import ImageLimits, decode_images
 from shared.protocol import encode_activations, encode_images, expected_logits
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
@@ -114,21 +114,12 @@ class EdgeModel:
                 self._splits[cut.name] = split
         return split
 
-    def _decode(self, index: int, blob: bytes, count: int) -> Image.Image:
-        """One image of a request; in a batch, a refused image is named by its position (0-based)."""
-        try:
-            return decode_image(blob, self.image_limits)
-        except SplitInferError as exc:
-            if count == 1:
-                raise
-            raise type(exc)(f"image {index} (0-based) of {count}: {exc.detail}") from exc
-
     def prepare(self, raw: Sequence[bytes], route: Route) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
         prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
-            prepared.images = [self._decode(index, blob, len(raw)) for index, blob in enumerate(raw)]
+            prepared.images = decode_images(raw, self.image_limits, resize_size=self.loaded.preprocessor.resize_size)
         if route.cut.name == INPUT_CUT and route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(

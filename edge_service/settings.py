@@ -80,6 +80,12 @@ class EdgeSettings(ServiceSettings):
     connect_retries: int = Field(2, ge=0, le=10, description="Retries (with jitter) when the cloud refuses to connect.")
     breaker_failures: int = Field(5, ge=1, description="Consecutive cloud failures that open the circuit breaker.")
     breaker_reset_s: float = Field(5.0, ge=0, description="Seconds the breaker stays open before one probe.")
+    max_body_bytes_in_flight: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="Upload bytes the edge admits at once (Content-Length, or MAX_UPLOAD_BYTES when none is "
+        "declared); beyond it new requests get 503 + Retry-After before their body is read.",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")

@@ -9,7 +9,8 @@ its routers, a readiness check and its body limits; everything else is the same 
   lifespan ends);
 - domain errors render as problem+json (:mod:`service_core.problems`);
 - every request gets an id, metrics and one access-log line (:mod:`service_core.metrics`), and its body
-  is bounded where it enters (:mod:`service_core.body_limit`).
+  is bounded in size and time where it enters (:mod:`service_core.body_limit`), after admission
+  (:mod:`service_core.admission`: requests and body bytes in flight) and before any byte is read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from service_core.admission import Admission, AdmissionMiddleware
 from service_core.body_limit import BodyLimitMiddleware, LimitFor
 from service_core.http import package_version
 from service_core.metrics import ServiceMetrics, install_request_middleware, metrics_response
@@ -81,7 +83,13 @@ def operations_router(readiness: Readiness) -> APIRouter:
 
 
 def create_service_app(
-    routes: ServiceRoutes, *, lifespan: ServiceLifespan, metrics: ServiceMetrics, body_limit: LimitFor
+    routes: ServiceRoutes,
+    *,
+    lifespan: ServiceLifespan,
+    metrics: ServiceMetrics,
+    body_limit: LimitFor,
+    body_timeout_s: float | None = None,
+    admission: Admission | None = None,
 ) -> FastAPI:
     """A FastAPI app with the shared skeleton around the service's own routes."""
 
@@ -109,7 +117,11 @@ def create_service_app(
     app.state.metrics = metrics
     install_problem_handlers(app)
     # NOTE: added first, so it runs inside the request middleware: a refused body is logged and counted.
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, timeout_s=body_timeout_s)
+    if admission is not None:
+        # NOTE: outside the body limit, so a request is admitted (or refused) before its body is read.
+        app.add_middleware(AdmissionMiddleware, admission=admission, limit_for=body_limit)
+        app.state.admission = admission
     install_request_middleware(app, metrics)
     app.include_router(routes.router)
     app.include_router(operations_router(routes.readiness))

@@ -1,4 +1,4 @@
-"""Request bodies bounded where they enter: an ASGI ``receive`` wrapper that counts bytes.
+"""Request bodies bounded where they enter: an ASGI ``receive`` wrapper that counts bytes and times them.
 
 Handlers then read bodies the ordinary way (``request.stream()``, ``request.form(max_files=, max_fields=,
 max_part_size=)``); the count cannot be bypassed because every byte of the body comes through ``receive``.
@@ -6,15 +6,17 @@ max_part_size=)``); the count cannot be bypassed because every byte of the body 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.problems import domain_problem
-from shared.errors import BadRequest, PayloadTooLarge, SplitInferError
+from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout, SplitInferError
 
-__all__ = ["BodyLimitMiddleware", "LimitFor", "limited_receive"]
+__all__ = ["BodyLimitMiddleware", "LimitFor", "declared_length", "limited_receive"]
 
 LimitFor = Callable[[Scope], int | None]
 """The body limit in bytes for a request (``None``: no body expected, the default limit applies)."""
@@ -22,14 +24,27 @@ LimitFor = Callable[[Scope], int | None]
 _DEFAULT_LIMIT = 64 * 1024
 
 
-def limited_receive(receive: Receive, limit: int) -> Receive:
-    """``receive`` that raises :class:`PayloadTooLarge` (413) once the body passes ``limit`` bytes."""
+def limited_receive(receive: Receive, limit: int, timeout_s: float | None = None) -> Receive:
+    """``receive`` that raises :class:`PayloadTooLarge` (413) once the body passes ``limit`` bytes, and
+    :class:`RequestTimeout` (408) when the whole body has not arrived ``timeout_s`` after it was first asked
+    for (a slow or stalled client cannot hold the request's memory and admission slot for longer)."""
     received = 0
+    deadline: float | None = None
+    complete = False
 
     async def receive_within_limit() -> Message:
-        nonlocal received
-        message = await receive()
+        nonlocal received, deadline, complete
+        if timeout_s is None or complete:
+            message = await receive()
+        else:
+            deadline = deadline if deadline is not None else time.monotonic() + timeout_s
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError as exc:
+                raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
         if message["type"] == "http.request":
+            complete = not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit:
                 raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
@@ -42,9 +57,10 @@ class BodyLimitMiddleware:
     """Refuses a declared ``Content-Length`` over the route's limit before any byte is read, and counts the
     bytes that do arrive (chunked bodies, lying headers) against the same limit."""
 
-    def __init__(self, app: ASGIApp, limit_for: LimitFor) -> None:
+    def __init__(self, app: ASGIApp, limit_for: LimitFor, timeout_s: float | None = None) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,7 +73,15 @@ class BodyLimitMiddleware:
         except SplitInferError as exc:
             await domain_problem(exc)(scope, receive, send)
             return
-        await self.app(scope, limited_receive(receive, limit), send)
+        await self.app(scope, limited_receive(receive, limit, self.timeout_s), send)
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length`` when it is a plain ASCII number (``None`` otherwise)."""
+    declared = Headers(scope=scope).get("content-length")
+    if declared is None or not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
+        return None
+    return int(declared)
 
 
 def _check_declared_length(declared: str | None, limit: int) -> None:

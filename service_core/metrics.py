@@ -19,6 +19,7 @@ logger = logging.getLogger("splitinfer.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _BYTES_BUCKETS = tuple(float(2**k) for k in range(8, 28, 2))
 
 
@@ -78,6 +79,16 @@ def metrics_response(metrics: ServiceMetrics) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+def method_label(method: str) -> str:
+    """The request's method as a label: one of the standard methods, or ``other`` (a client can send any
+    token as a method; unbounded label values would grow the registry and every scrape without end)."""
+    return method if method in _METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 def request_id_of(headers: Headers) -> str:
     incoming = headers.get(REQUEST_ID_HEADER, "")
     return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
@@ -112,13 +123,14 @@ class _ObserveRequests:
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = method_label(scope["method"])
+            self.metrics.requests.labels(route, method, status_label(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             fields = state.get("log_fields", {})
             logger.info(
                 "request_id=%s method=%s route=%s status=%d ms=%.1f %s",
                 request_id,
-                scope["method"],
+                method,
                 route,
                 status,
                 elapsed * 1000,

@@ -47,6 +47,18 @@ class ServiceSettings(BaseSettings):
     )
     onnx_dir: Path | None = Field(None, description="Folder written by `splitinfer export` (engine onnxruntime).")
     onnx_threads: int = Field(1, ge=1, description="Intra-op threads of each ONNX Runtime session (onnxruntime).")
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Request body bytes the service admits at once (Content-Length, or the route's limit when "
+        "none is declared); beyond it new requests get 503 + Retry-After before their body is read.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this many seconds (408 otherwise)."
+    )
+    max_batch_pixels: int = Field(
+        120_000_000, ge=1, description="Pixels of all images of one request together, checked before decoding."
+    )
     drain_s: float = Field(
         1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
     )

@@ -4,19 +4,24 @@ Every error carries the HTTP status it maps to, so a service renders it once
 (see :mod:`service_core.problems`) and the library stays free of web concerns::
 
     SplitInferError                     500  base class
+    ├── ModelFailure                    500  our model failed on valid input (a typed 500: ours)
     ├── BadRequest                      400  request is malformed
     │   └── MalformedPayload            400  wire payload cannot be parsed
     ├── Unauthorized                    401  missing or wrong bearer token
+    ├── RequestTimeout                  408  the request body did not arrive in time
     ├── ModelMismatch                   409  payload for another model, weights or cut
     ├── PayloadTooLarge                 413  body, tensor or image over a limit
     ├── UnsupportedMediaType            415  content type, image format, codec or dtype
     ├── UnprocessableContent            422  well-formed but unusable
     │   ├── InvalidTensor               422  shape, element count or values wrong
+    │   │   └── NonFiniteOutput         422  finite activations the tail overflows on (NaN/inf logits)
     │   └── InvalidImage                422  undecodable, truncated or empty image
     ├── BadGateway                      502  the cloud answered with something unusable
     ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
-    │   └── CloudUnavailable            503  the cloud cannot be reached
-    └── CloudTimeout                    504  the cloud did not answer in time
+    │   ├── CloudUnavailable            503  the cloud cannot be reached
+    │   └── EdgeOverloaded              503  the edge's own compute did not finish in time
+    ├── CloudTimeout                    504  the cloud did not answer in time
+    └── ClientClosedRequest             499  the client went away before its request was read
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ __all__ = [
     "BadGateway",
     "BadRequest",
     "CloudTimeout",
+    "ClientClosedRequest",
     "CloudUnavailable",
+    "EdgeOverloaded",
     "InvalidImage",
     "InvalidTensor",
     "MalformedPayload",
+    "ModelFailure",
     "ModelMismatch",
+    "NonFiniteOutput",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
     "SplitInferError",
     "Unauthorized",
@@ -124,3 +134,38 @@ class CloudTimeout(SplitInferError):
     status = 504
     title = "Cloud timeout"
     slug = "cloud-timeout"
+
+
+class EdgeOverloaded(ServiceUnavailable):
+    title = "Edge overloaded"
+    slug = "edge-overloaded"
+
+
+class RequestTimeout(SplitInferError):
+    status = 408
+    title = "Request timeout"
+    slug = "request-timeout"
+
+
+class ClientClosedRequest(SplitInferError):
+    """Not an answer anyone reads: the status the access log and metrics record for a client that left."""
+
+    status = 499
+    title = "Client closed request"
+    slug = "client-closed-request"
+
+
+class ModelFailure(SplitInferError):
+    """The model failed on input that passed every check: our failure, not the client's."""
+
+    status = 500
+    title = "Model failure"
+    slug = "model-failure"
+
+
+class NonFiniteOutput(InvalidTensor):
+    """Finite activations that the tail turns into NaN or infinite logits (3e38, say). No head produces them
+    from an image, and the tail runs in float32 or bfloat16 (float32's range), so it is the input's fault."""
+
+    title = "Non-finite model output"
+    slug = "non-finite-output"

@@ -1,31 +1,70 @@
-"""Decoding untrusted image bytes with limits (Pillow only: the torch-free edge uses it as it is)."""
+"""Decoding untrusted image bytes with limits (Pillow and numpy only: the torch-free edge uses it as it is).
+
+Every buffer the image path allocates is bounded: the decoded image and its copy resized for the model
+(``max_pixels``), and the images of one request together (``max_batch_pixels``, from their headers,
+before any is decoded).
+"""
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from shared.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, UnsupportedMediaType
 
-__all__ = ["DEFAULT_FORMATS", "ImageLimits", "decode_image"]
+T = TypeVar("T")
+
+__all__ = ["DEFAULT_FORMATS", "ImageLimits", "check_resize", "decode_image", "decode_images", "resized_size"]
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an image received from the network may be."""
+    """What an image received from the network may be. ``max_pixels`` bounds every buffer the image path
+    allocates: the decoded image and the image resized for the model; ``max_batch_pixels`` bounds the
+    images of one request together, checked from their headers before any is decoded."""
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    max_batch_pixels: int = 120_000_000
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Decode untrusted image bytes into an RGB PIL image, refusing bombs and unknown formats."""
+# NOTE: PIL's parsers raise many kinds of errors on malformed input (a text or ICC chunk over PIL's
+# MAX_TEXT_CHUNK raises ValueError from Image.open); every one is the image's fault.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error)
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
+    """The size torchvision's ``resize(image, [resize_size])`` gives (the shorter side becomes
+    ``resize_size``, the longer one keeps the aspect ratio)."""
+    if width <= height:
+        return resize_size, int(resize_size * height / width)
+    return int(resize_size * width / height), resize_size
+
+
+def check_resize(width: int, height: int, resize_size: int, max_pixels: int) -> None:
+    """Refuse (413) an image whose resized copy would exceed ``max_pixels``: a 4000x1 image is small,
+    resized to a 256-pixel short side it is 1,024,000x256."""
+    new_width, new_height = resized_size(width, height, resize_size)
+    if new_width * new_height > max_pixels:
+        raise PayloadTooLarge(
+            f"the {width}x{height} image resized to a {resize_size}-pixel short side would be "
+            f"{new_width}x{new_height} = {new_width * new_height} pixels; the limit is {max_pixels}"
+        )
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open (headers only) and check the size of one untrusted image."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -39,15 +78,79 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
             raise UnsupportedMediaType(f"not an image in an accepted format ({', '.join(limits.formats)})") from exc
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from exc
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise InvalidImage(f"the image is {width}x{height} pixels")
-        if width * height > limits.max_pixels:
-            raise PayloadTooLarge(
-                f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
-            )
+        except _DECODE_ERRORS as exc:
+            raise InvalidImage(f"the image cannot be read: {str(exc)[:200]}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the image is {width}x{height} pixels")
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB: EXIF orientation applied, 16-bit scaled (not clipped) to 8 bits, alpha composited
+    over white (not dropped: what is under a transparent pixel is arbitrary)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # NOTE: convert("RGB") clips a 16-bit value to 255 (an almost white image); scale it instead.
+        wide = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _load(image: Image.Image) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
-            return image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise InvalidImage(f"the {image.format} image cannot be decoded: {exc}") from exc
+            return _to_rgb(image)
+        except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"the {image.format} image cannot be decoded: {str(exc)[:200]}") from exc
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None) -> Image.Image:
+    """Decode untrusted image bytes into an upright 8-bit RGB PIL image, refusing bombs and unknown formats.
+
+    With ``resize_size``, also refuse (before decoding) an image whose copy resized for the model would
+    exceed the pixel limit.
+    """
+    return decode_images([data], limits, resize_size=resize_size)[0]
+
+
+def decode_images(
+    blobs: Sequence[bytes], limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None
+) -> list[Image.Image]:
+    """Decode the images of one request: every one's size is checked from its header, and their pixels
+    summed against ``max_batch_pixels``, before the first is decoded."""
+    count = len(blobs)
+    opened = [_naming(index, count, _open, blob, limits) for index, blob in enumerate(blobs)]
+    total = 0
+    for index, image in enumerate(opened):
+        width, height = image.size
+        total += width * height
+        if resize_size is not None:
+            _naming(index, count, check_resize, width, height, resize_size, limits.max_pixels)
+    if total > limits.max_batch_pixels:
+        raise PayloadTooLarge(
+            f"the {len(opened)} images have {total} pixels together; the limit is {limits.max_batch_pixels}"
+        )
+    return [_naming(index, count, _load, image) for index, image in enumerate(opened)]
+
+
+def _naming(index: int, count: int, step: Callable[..., T], *args: Any) -> T:
+    """``step(*args)`` for image ``index`` of ``count``; in a batch, a refused image is named by its position."""
+    try:
+        return step(*args)
+    except SplitInferError as exc:
+        if count == 1:
+            raise
+        raise type(exc)(f"image {index} (0-based) of {count}: {exc.detail}") from exc

@@ -121,6 +121,14 @@ def unwritable_weights_cache() -> Path | None:
     return None if os.access(existing, os.W_OK | os.X_OK) else cache
 
 
+def _seeded_build(name: str, *, pretrained: bool) -> nn.Module:
+    """Build with the fixed seed (so two processes agree on random weights) without touching the caller's
+    global RNG: the seed applies inside a forked RNG state that is restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return _build(name, pretrained=pretrained)
+
+
 def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = False) -> LoadedModel:
     """Load ``name`` (a torchvision model or ``package.module:factory``) with ``weights``.
 
@@ -132,8 +140,7 @@ def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = F
     kind: WeightsKind
     if weights.upper() == "DEFAULT":
         try:
-            torch.manual_seed(RANDOM_SEED)
-            module = _build(name, pretrained=True)
+            module = _seeded_build(name, pretrained=True)
             kind = "pretrained"
         except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
             unwritable = unwritable_weights_cache()
@@ -150,19 +157,16 @@ def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = F
                 reason,
                 RANDOM_SEED,
             )
-            torch.manual_seed(RANDOM_SEED)
-            module = _build(name, pretrained=False)
+            module = _seeded_build(name, pretrained=False)
             kind = "random"
     elif weights.lower() == "none":
-        torch.manual_seed(RANDOM_SEED)
-        module = _build(name, pretrained=False)
+        module = _seeded_build(name, pretrained=False)
         kind = "random"
     else:
         path = Path(weights)
         if not path.is_file():
             raise ValueError(f"weights file {str(path)!r} does not exist")
-        torch.manual_seed(RANDOM_SEED)
-        module = _build(name, pretrained=False)
+        module = _seeded_build(name, pretrained=False)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...

@@ -17,9 +17,17 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from shared.images import DEFAULT_FORMATS, ImageLimits, decode_image
+from shared.images import DEFAULT_FORMATS, ImageLimits, check_resize, decode_image, decode_images, resized_size
 
-__all__ = ["DEFAULT_FORMATS", "ImageLimits", "ImagePreprocessor", "decode_image"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "ImageLimits",
+    "ImagePreprocessor",
+    "check_resize",
+    "decode_image",
+    "decode_images",
+    "resized_size",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class ImagePreprocessor:
 
     def crop(self, image: Image.Image) -> Image.Image:
         """Resize and center-crop (the part of the transform that works on the PIL image)."""
+        check_resize(*image.size, self.resize_size, ImageLimits.max_pixels)  # NOTE: callers check their own limit first
         resized = F.resize(image, [self.resize_size], interpolation=self.interpolation, antialias=self.antialias)
         cropped: Image.Image = F.center_crop(resized, [self.crop_size])
         return cropped

@@ -11,7 +11,7 @@ from torchvision.transforms import functional as F
 
 from shared.codecs import IMAGE_CODECS, parse_codec_name
 from shared.errors import InvalidImage, InvalidTensor
-from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_image
+from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_images
 from shared.splitting import INPUT_CUT, Cut
 from shared.wire import BATCH, ExpectedTensor, Payload, WireLimits, encode_payload
 
@@ -111,14 +111,16 @@ def images_from_payload(
     sizes, blob = payload.tensors
     if sizes.numel() > wire_limits.max_batch:
         raise InvalidTensor(f"{sizes.numel()} images exceed the batch limit {wire_limits.max_batch}")
-    if bool((sizes < 0).any()) or int(sizes.sum()) != blob.numel():
-        raise InvalidTensor(f"image sizes {sizes.tolist()} do not add up to the {blob.numel()} bytes sent")
+    # NOTE: each size checked before they are summed: int64 sums of untrusted sizes can wrap around.
+    counts = [int(size) for size in sizes.tolist()]
+    if any(size < 0 or size > blob.numel() for size in counts) or sum(counts) != blob.numel():
+        raise InvalidTensor(f"image sizes {counts[:8]} do not add up to the {blob.numel()} bytes sent")
     data = blob.numpy().tobytes()
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    blobs = [data[offset : offset + size] for offset, size in zip(offsets, counts, strict=True)]
+    images = decode_images(blobs, limits, resize_size=preprocessor.resize_size if base == "image" else None)
     batch = []
-    offset = 0
-    for size in sizes.tolist():
-        image = decode_image(data[offset : offset + size], limits)
-        offset += size
+    for image in images:
         if base == "image":
             batch.append(preprocessor(image))
         else:

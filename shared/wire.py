@@ -36,7 +36,9 @@ allocates, then checks that floating-point values are finite.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -209,10 +211,7 @@ def read_header(data: bytes, limits: WireLimits) -> tuple[dict[str, str], dict[s
         raise PayloadTooLarge(f"header declares {header_len} bytes; the limit is {limits.max_header_bytes}")
     if 8 + header_len > len(data):
         raise MalformedPayload(f"header declares {header_len} bytes but only {len(data) - 8} follow")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedPayload(f"header is not valid JSON: {exc}") from exc
+    header = _bounded_json(data[8 : 8 + header_len], "header")
     if not isinstance(header, dict):
         raise MalformedPayload("header is not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -225,6 +224,40 @@ def read_header(data: bytes, limits: WireLimits) -> tuple[dict[str, str], dict[s
     for name, entry in header.items():
         entries[name] = _check_entry(name, entry, body)
     return metadata, entries
+
+
+_MAX_JSON_DEPTH = 8
+_MAX_INT_DIGITS = 20
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _json_depth(text: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` outside strings (without recursing: a header 30,000 deep is fine)."""
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    steps = (1 if b in b"[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps, initial=0))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise MalformedPayload(f"an integer of {len(text)} digits; at most {_MAX_INT_DIGITS} are accepted")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedPayload(f"{name} is not valid JSON")
+
+
+def _bounded_json(text: bytes, what: str) -> Any:
+    """Parse a peer's JSON with its nesting and its integers bounded before anything is built."""
+    depth = _json_depth(text)
+    if depth > _MAX_JSON_DEPTH:
+        raise MalformedPayload(f"{what} is nested {depth} deep; at most {_MAX_JSON_DEPTH} levels are accepted")
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedPayload(f"{what} is not valid JSON: {str(exc)[:200]}") from exc
 
 
 def _check_entry(name: str, entry: Any, body: int) -> dict[str, Any]:
@@ -253,10 +286,7 @@ def _is_int_list(value: Any) -> TypeGuard[list[int]]:
 
 
 def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise MalformedPayload(f"metadata 'tensors' is not JSON: {exc}") from exc
+    items = _bounded_json(raw.encode("utf-8", "surrogatepass"), "metadata 'tensors'")
     if not isinstance(items, list):
         raise MalformedPayload("metadata 'tensors' is not a list")
     parsed = []

@@ -199,9 +199,15 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        # NOTE: the edge first: it drains while the cloud still finishes the tails of its requests.
-        print("\nstopping the edge, then the cloud...", flush=True)
-        stop_all(processes)
+        print("\nstopping the edge, then the cloud (Ctrl-C again stops both at once)...", flush=True)
+        try:
+            # NOTE: the edge first: its requests in flight need the cloud until they are finished.
+            stop_all(processes)
+        except KeyboardInterrupt:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
 

@@ -17,7 +17,16 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Service", "free_port", "rss_kib", "spawn", "start_service", "stop_all", "wait_ready", "wait_until"]
+__all__ = [
+    "Service",
+    "free_port",
+    "rss_kib",
+    "spawn",
+    "start_service",
+    "stop_all",
+    "wait_ready",
+    "wait_until",
+]
 
 
 def free_port() -> int:
@@ -39,15 +48,15 @@ def spawn(
         )
 
 
-def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 30) -> None:
-    """SIGTERM (a graceful drain) each process group in the given order, waiting for each before the next,
-    then SIGKILL what is still running after ``timeout_s`` in all."""
-    deadline = time.monotonic() + timeout_s
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """Stop process groups one after the other: SIGTERM (a graceful drain), wait for it to exit (SIGKILL
+    after ``timeout_s``), then the next. Give the edge before the cloud: the edge's requests in flight still
+    need the cloud while they finish."""
     for process in processes:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(max(0.1, deadline - time.monotonic()))
+            process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()

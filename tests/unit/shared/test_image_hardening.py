@@ -1,0 +1,69 @@
+"""Issue 14, image decoding: pixel limits for every buffer, chunk bombs, real photos, image payload sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.errors import InvalidImage, InvalidTensor, PayloadTooLarge
+from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_image
+from shared.protocol import images_from_payload
+from shared.wire import Payload, WireLimits
+from tests.support.images import icc_chunk_bomb, photo_variants, png_bytes_of_size, text_chunk_bomb
+
+PRE = ImagePreprocessor()
+
+
+def test_2_an_image_whose_resized_copy_is_over_the_limit_is_refused_before_decoding() -> None:
+    from shared.preprocessing import decode_images  # noqa: F401  (new: these tests also run on old code)
+
+    thin = png_bytes_of_size(4000, 1)  # 4000 pixels; resized to a 256-pixel short side: 1,024,000x256
+    assert len(thin) < 200
+    with pytest.raises(PayloadTooLarge, match="resized"):
+        decode_image(thin, resize_size=PRE.resize_size)
+    with pytest.raises(PayloadTooLarge, match="resized"):
+        PRE.crop(decode_image(thin))  # and crop itself refuses, whoever calls it
+    decode_image(png_bytes_of_size(400, 300), resize_size=PRE.resize_size)  # an ordinary aspect is fine
+
+
+def test_3_a_batch_is_refused_from_its_headers_before_any_image_is_decoded() -> None:
+    from shared.preprocessing import decode_images
+
+    blobs = [png_bytes_of_size(2000, 2000)] * 4  # 4 Mpixel each, 16 Mpixel together
+    limits = ImageLimits(max_pixels=5_000_000, max_batch_pixels=10_000_000)
+    with pytest.raises(PayloadTooLarge, match="16000000 pixels together"):
+        decode_images(blobs, limits)
+    assert len(decode_images(blobs[:2], limits)) == 2
+
+
+@pytest.mark.parametrize("bomb", [text_chunk_bomb, icc_chunk_bomb], ids=["text", "icc"])
+def test_8_png_chunk_bombs_are_invalid_images(bomb: object) -> None:
+    with pytest.raises(InvalidImage, match="MAX_TEXT_CHUNK"):
+        decode_image(bomb())  # type: ignore[operator]
+
+
+def test_13_photos_decode_upright_in_8_bit_rgb_with_alpha_composited() -> None:
+    images = {name: np.asarray(decode_image(data)) for name, data in photo_variants().items()}
+    assert all(image.dtype == np.uint8 and image.shape == (200, 300, 3) for image in images.values())
+    assert np.array_equal(images["upright"], images["exif-rotated"])
+    assert np.array_equal(images["grey8"], images["grey16"])
+    assert np.array_equal(images["on-white"], images["transparent"])
+
+
+def test_15_image_sizes_that_wrap_around_int64_are_refused_before_summing() -> None:
+    blob = png_bytes_of_size(8, 8)
+    # NOTE: 4 * 2**62 + len(blob) wraps to len(blob) in int64.
+    sizes = torch.tensor([2**62, 2**62, 2**62, 2**62, len(blob)], dtype=torch.int64)
+    assert int(sizes.sum()) == len(blob)
+    payload = Payload(
+        kind="image",
+        model="m",
+        weights="w",
+        cut="input",
+        codec="image",
+        tensors=(sizes, torch.frombuffer(bytearray(blob), dtype=torch.uint8)),
+        names=("image_sizes", "image_bytes"),
+    )
+    with pytest.raises(InvalidTensor, match="do not add up"):
+        images_from_payload(payload, PRE, ImageLimits(), WireLimits())
