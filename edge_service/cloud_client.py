@@ -128,7 +128,8 @@ class CloudClient:
             "Accept-Encoding": "identity",
             REQUEST_ID_HEADER: request_id,
         }
-        for attempt in range(self.connect_retries + 1):
+        attempt = 0
+        while True:
             try:
                 async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
                     if response.status_code == 200:
@@ -138,11 +139,12 @@ class CloudClient:
                     return response.status_code, response.headers, body
             except httpx.ConnectError as exc:
                 # NOTE: a refused connection sent nothing, so retrying cannot run the tail twice.
-                if attempt == self.connect_retries:
+                if attempt >= self.connect_retries:
                     raise CloudUnavailable(
                         f"cannot connect to the cloud at {self.base_url}: {sanitize(str(exc))}"
                     ) from exc
                 await asyncio.sleep(random.uniform(0.05, 0.15) * 2**attempt)
+                attempt += 1
             except httpx.TimeoutException as exc:
                 raise CloudTimeout(f"the cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
@@ -154,7 +156,6 @@ class CloudClient:
                 raise BadGateway(
                     f"the exchange with the cloud failed: {type(exc).__name__}: {sanitize(str(exc))}"
                 ) from exc
-        raise CloudUnavailable(f"cannot connect to the cloud at {self.base_url}")
 
     @staticmethod
     def _raise_for_status(status: int, headers: httpx.Headers, body: bytes) -> None:
