@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,7 +18,7 @@ from shared.errors import BadGateway, SplitInferError
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits, decode_image
 from shared.protocol import encode_activations, encode_images, expected_logits
-from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
+from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut
 from shared.wire import WireLimits, decode_payload
 
 __all__ = ["EdgeModel", "Prepared", "Route"]
@@ -42,7 +43,8 @@ class Prepared:
     raw: list[bytes]
     route: Route
     images: list[Image.Image] = field(default_factory=list)
-    head_outputs: tuple[torch.Tensor, ...] = ()
+    head_outputs: tuple[Any, ...] = ()
+    """The cut's tensors, then its non-tensor values (see :class:`shared.splitting.Cut`)."""
     payload: bytes = b""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -73,7 +75,7 @@ class EdgeModel:
         image_limits: ImageLimits,
     ) -> None:
         self.loaded = loaded
-        self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        self.graph = loaded.graph()
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
         self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}

@@ -51,7 +51,6 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from shared.models import load_model
-    from shared.splitting import ModelGraph
     from splitinfer.fidelity import codec_report
     from splitinfer.samples import encode_image, synthetic_image
 
@@ -64,7 +63,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     if not jpegs:
         print("no images found", file=sys.stderr)
         return 2
-    graph = ModelGraph(loaded.module, loaded.input_shape)
+    graph = loaded.graph()
     rows = codec_report(loaded, graph, args.cut, jpegs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
