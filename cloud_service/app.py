@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def _load(settings: CloudSettings) -> CloudModel:
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
+    loaded = load_model(settings.model, settings.weights, fallback_to_random=True, options=settings.model_options())
     model = CloudModel(
         loaded,
         device=settings.device,

@@ -15,7 +15,7 @@ from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
 from shared.splitting import INPUT_CUT
-from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
+from shared.wire import ExpectedTensor, ExpectedValue, WireLimits, decode_payload, read_header
 
 __all__ = ["CloudModel", "TailInput"]
 
@@ -50,13 +50,14 @@ class CloudModel:
         self.wire_limits = wire_limits or WireLimits()
         self.image_limits = image_limits or ImageLimits()
         self.graph = loaded.graph()
+        self.cuts_digest = self.graph.cuts_digest()
         self.channels_last = channels_last
         self.autocast = autocast
         self.compile_tails = compile_tails
         loaded.module.to(self.device)
         if channels_last:
             loaded.module.to(memory_format=torch.channels_last)
-        self.expected: dict[str, list[ExpectedTensor]] = {
+        self.expected: dict[str, list[ExpectedTensor | ExpectedValue]] = {
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])

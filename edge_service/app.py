@@ -51,7 +51,7 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, C
     """The model at its cut; for ``auto``, also the selector that chose the cut and keeps choosing."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    loaded = load_model(settings.model, settings.weights, fallback_to_random=True)
+    loaded = load_model(settings.model, settings.weights, fallback_to_random=True, options=settings.model_options())
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
     )

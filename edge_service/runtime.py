@@ -76,8 +76,11 @@ class EdgeModel:
     ) -> None:
         self.loaded = loaded
         self.graph = loaded.graph()
+        self.cuts_digest = self.graph.cuts_digest()
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        if loaded.labels and len(loaded.labels) != self.num_classes:
+            raise ValueError(f"{len(loaded.labels)} labels for a model with {self.num_classes} classes")
         self._splits: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self._lock = threading.Lock()
         self.route: Route = self.route_for(cut, codec)
@@ -153,7 +156,8 @@ class EdgeModel:
         with _Stopwatch(prepared.timings_ms, "tail"), torch.inference_mode():
             route = prepared.route
             if route.runs_everything:
-                return prepared.head_outputs[0].float()
+                logits: torch.Tensor = prepared.head_outputs[0]
+                return logits.float()
             inputs = prepared.head_outputs
             if route.cut.name == INPUT_CUT:
                 inputs = (self.loaded.preprocessor.batch(prepared.images),)

@@ -172,17 +172,18 @@ class _Built:
 def _build_timm(name: str, pretrained: bool) -> _Built:
     try:
         import timm
-        from timm.data import resolve_data_config
+        from timm.data import config as timm_config
     except ImportError as exc:
         raise ValueError(f"model {name!r} needs timm: pip install 'split-inference[timm]'") from exc
     arch = name.removeprefix(TIMM_PREFIX)
     if arch not in timm.list_models():
         raise ValueError(f"unknown timm model {arch!r} (timm.list_models() lists them)")
     module: nn.Module = timm.create_model(arch, pretrained=pretrained)
-    config = resolve_data_config({}, model=module)
+    config: dict[str, Any] = timm_config.resolve_data_config({}, model=module)  # type: ignore[no-untyped-call]
     classes = int(getattr(module, "num_classes", 0) or 0)
     labels = imagenet_categories() if classes == 1000 else ()
-    source = f"timm pretrained ({module.pretrained_cfg.get('tag') or 'default'})" if pretrained else "random"
+    tag = getattr(module, "pretrained_cfg", {}).get("tag")
+    source = f"timm pretrained ({tag or 'default'})" if pretrained else "random"
     return _Built(module, ImagePreprocessor.from_timm(config), labels, source)
 
 

@@ -166,7 +166,7 @@ def profile_model(
         head, tail = graph.split(cut)
         with torch.inference_mode():
             head_ms = _median_ms(partial(head, batch), repeats)
-            shipped_all = [tuple(_to(t, torch.device('cpu')) for t in head(b)) for b in batches]
+            shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
             shipped = tuple(_to(t, target) for t in shipped_all[0])
             tail_ms = _median_ms(partial(tail, *shipped), repeats)
             if cut.name == INPUT_CUT:

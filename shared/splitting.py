@@ -18,6 +18,8 @@ cloud, which build the same graph, agree on every name by construction.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from shared.tracing import TracedModel, TraceOptions, trace_model
 from shared.wire import MAX_VALUE_ITEMS, MAX_VALUES
 
 __all__ = [
+    "DEFAULT_CUT",
     "INPUT_CUT",
     "MAX_VALUES_PER_CUT",
     "MAX_VALUE_ITEMS",
@@ -48,6 +51,8 @@ MAX_VALUES_PER_CUT = MAX_VALUES
 _PROBE_BATCHES = (2, 3)
 
 INPUT_CUT = "input"
+DEFAULT_CUT = "default"
+"""Resolves to :meth:`ModelGraph.default_cut` (unless a module of the model is called that)."""
 OUTPUT_CUT = "output"
 _COMPUTE_OPS = ("call_function", "call_method", "call_module")
 
@@ -371,18 +376,31 @@ class ModelGraph:
 
     # ---------------------------------------------------------------- lookup
 
+    def cuts_digest(self) -> str:
+        """``sha256:<hex>`` over every cut's name, position, tensors and values: two sides that agree on
+        it resolve every cut name and index to the same split."""
+        described = [
+            [c.name, c.position, [[t.name, list(t.shape), str(t.dtype), t.per_item] for t in c.tensors]]
+            + [[v.name, v.kind, list(v.slopes), list(v.offsets)] for v in c.values]
+            for c in self.cuts
+        ]
+        return "sha256:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
     def single_tensor_cuts(self) -> list[Cut]:
         return [c for c in self.cuts if c.single_tensor]
 
     def default_cut(self) -> Cut:
-        """The single-tensor cut whose head runs closest to half the FLOPs (``input`` when none is)."""
+        """The single-tensor cut whose head runs closest to half the FLOPs (any cut when there is none;
+        ``output`` for a model without a middle cut). Exists for every model."""
         middle = [c for c in self.single_tensor_cuts() if c.name not in (INPUT_CUT, OUTPUT_CUT)]
+        middle = middle or [c for c in self.cuts if c.name not in (INPUT_CUT, OUTPUT_CUT)]
         if not middle:
-            return self.cuts[0]
+            return self.cuts[-1]
         return min(middle, key=lambda c: (abs(c.head_flops_share - 0.5), c.index))
 
     def cut(self, cut: str | int | Cut) -> Cut:
-        """Resolve a cut by name (module, node, ``input``/``output``) or by index into :attr:`cuts`."""
+        """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
+        :attr:`cuts`."""
         if isinstance(cut, Cut):
             return self.cuts[cut.index]
         if isinstance(cut, int) or (isinstance(cut, str) and cut.lstrip("-").isdigit()):
@@ -391,6 +409,8 @@ class ModelGraph:
                 raise ValueError(f"cut index {index} out of range: this model has {len(self.cuts)} cuts")
             return self.cuts[index]
         position = self._by_name.get(cut)
+        if position is None and cut == DEFAULT_CUT:
+            return self.default_cut()
         if position is None:
             close = difflib.get_close_matches(cut, list(self._by_name), n=5, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -70,11 +70,12 @@ def _uses_timm(model: nn.Module) -> bool:
 
 def _timm_notrace() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., Any], ...]]:
     try:
-        from timm.layers import get_notrace_functions, get_notrace_modules
+        from timm.layers import _fx as timm_fx
     except ImportError:  # pragma: no cover - timm is optional
         return (), ()
-    modules = tuple(m for m in get_notrace_modules() if inspect.isclass(m))
-    functions = tuple(f for f in get_notrace_functions() if callable(f))
+    listed: list[Any] = list(timm_fx.get_notrace_modules())  # type: ignore[no-untyped-call]
+    modules = tuple(m for m in listed if inspect.isclass(m) and issubclass(m, nn.Module))
+    functions = tuple(f for f in timm_fx.get_notrace_functions() if callable(f))  # type: ignore[no-untyped-call]
     return modules, functions
 
 

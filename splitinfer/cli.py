@@ -24,12 +24,9 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.models import load_model
-    from shared.splitting import ModelGraph
-
-    loaded = load_model(args.model, args.weights)
-    size = args.input_size or loaded.preprocessor.crop_size
-    graph = ModelGraph(loaded.module, (1, 3, size, size))
+    loaded = _load_model(args)
+    size = loaded.preprocessor.crop_size
+    graph = loaded.graph()
     cuts = graph.single_tensor_cuts() if args.single else graph.cuts
     if args.json:
         print(json.dumps({"model": args.model, "input_size": size, "cuts": [c.to_json() for c in cuts]}, indent=2))
@@ -41,6 +38,8 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in ("#", "KiB fp32", "head FLOPs") else "left")
     for cut in cuts:
         shapes = " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors)
+        if cut.values:
+            shapes += f" + {len(cut.values)} int value(s)"
         table.add_row(str(cut.index), cut.name, shapes, f"{cut.bytes_fp32 / 1024:.1f}", f"{cut.head_flops_share:.1%}")
     Console(width=args.width).print(table)
     return 0
@@ -50,11 +49,10 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from shared.models import load_model
     from splitinfer.fidelity import codec_report
     from splitinfer.samples import encode_image, synthetic_image
 
-    loaded = load_model(args.model, args.weights)
+    loaded = _load_model(args)
     if args.images:
         paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
         jpegs = [p.read_bytes() for p in paths]
@@ -64,7 +62,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         print("no images found", file=sys.stderr)
         return 2
     graph = loaded.graph()
-    rows = codec_report(loaded, graph, args.cut, jpegs, autocast=args.autocast)
+    rows = codec_report(loaded, graph, graph.cut(args.cut).name, jpegs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
@@ -251,13 +249,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import Progress
 
-    from shared.models import load_model
     from shared.planning import profile_model
     from splitinfer.bench import bench_images
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.weights)
+    loaded = _load_model(args)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"profiling {args.model}", total=None)
         profile = profile_model(
@@ -329,10 +326,52 @@ def _plot(rows: Sequence[Any], path: str, title: str) -> None:
     print(f"wrote {path}")
 
 
+_MODEL_OPTIONS = (
+    "input_size",
+    "resize_size",
+    "interpolation",
+    "mean",
+    "std",
+    "pixel_scale",
+    "labels_file",
+    "leaf_modules",
+    "autowrap_functions",
+    "autowrap_modules",
+    "concrete_args",
+)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The preprocessing, labels and tracer settings of the services, as flags of a command."""
+    from service_core.settings import ServiceSettings
+
+    group = parser.add_argument_group("model options (as the services' settings of the same names)")
+    for name in _MODEL_OPTIONS:
+        field = ServiceSettings.model_fields[name]
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """``args.model`` with ``args.weights`` and the model options; a loud note when weights are random."""
+    from service_core.settings import ServiceSettings
+    from shared.models import load_model
+
+    given = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name, None) is not None}
+    settings = ServiceSettings(model=args.model, weights=args.weights, **given)
+    loaded = load_model(args.model, args.weights, fallback_to_random=True, options=settings.model_options())
+    if loaded.weights_kind == "random":
+        print(
+            f"NOTE: {args.model} has RANDOM weights: codec errors and top-1 agreement measured on random weights "
+            "say little about a trained model (use --weights DEFAULT, a state_dict file, or efficientnet_lite0).",
+            file=sys.stderr,
+        )
+    return loaded
+
+
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--weights", default="DEFAULT", help="DEFAULT falls back to seeded random weights offline")
-    parser.add_argument("--cut", default="layer3")
+    parser.add_argument("--cut", default="default")
     parser.add_argument("--codec", default=None)
     parser.add_argument("--edge-port", type=int, default=8000)
     parser.add_argument("--cloud-port", type=int, default=8001)
@@ -350,15 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     cuts = sub.add_parser("cuts", help="list every valid cut of a model")
     cuts.add_argument("model")
     cuts.add_argument("--weights", default="none")
-    cuts.add_argument("--input-size", type=int, default=None)
+    _add_model_options(cuts)
     cuts.add_argument("--single", action="store_true", help="only cuts across which one tensor is alive")
     cuts.add_argument("--json", action="store_true")
     cuts.set_defaults(func=_cmd_cuts)
 
     codecs = sub.add_parser("codecs", help="payload size, speed and fidelity of every codec at one cut")
     codecs.add_argument("model")
-    codecs.add_argument("--cut", required=True)
-    codecs.add_argument("--weights", default="none")
+    codecs.add_argument("--cut", default="default", help="default: the single-tensor cut nearest half the FLOPs")
+    codecs.add_argument(
+        "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
+    )
+    _add_model_options(codecs)
     codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
     codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
     codecs.add_argument("--autocast", choices=["none", "bf16"], default="none", help="run the tail as the cloud would")
@@ -392,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, default=8)
     bench.add_argument("--model", default="resnet18", help="for --target cloud/local")
     bench.add_argument("--weights", default="none", help="for --target cloud/local")
-    bench.add_argument("--cut", default="layer3", help="for --target cloud: the payloads' cut")
+    bench.add_argument("--cut", default="default", help="for --target cloud: the payloads' cut")
     bench.add_argument("--codec", default="fp16", help="for --target cloud: the payloads' codec")
     bench.add_argument("--per-request", type=int, default=1, help="for --target cloud: images per payload")
     bench.add_argument("--name", default=None)
@@ -401,7 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = sub.add_parser("profile", help="measure head/tail/codec costs of every cut on this machine")
     profile.add_argument("--model", default="resnet18")
-    profile.add_argument("--weights", default="none")
+    profile.add_argument(
+        "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
+    )
+    _add_model_options(profile)
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--threads", type=int, default=None)
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
