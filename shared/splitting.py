@@ -396,7 +396,8 @@ class ModelGraph:
         middle = middle or [c for c in self.cuts if c.name not in (INPUT_CUT, OUTPUT_CUT)]
         if not middle:
             return self.cuts[-1]
-        return min(middle, key=lambda c: (abs(c.head_flops_share - 0.5), c.index))
+        # NOTE: among equal shares, the outermost module (a block rather than its last layer).
+        return min(middle, key=lambda c: (round(abs(c.head_flops_share - 0.5), 9), c.name.count("."), c.index))
 
     def cut(self, cut: str | int | Cut) -> Cut:
         """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
