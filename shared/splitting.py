@@ -263,6 +263,11 @@ class ModelGraph:
                 else:
                     with counter:
                         profiler.run(example)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(
+                f"{type(self.model).__name__} cannot run on an input of shape {list(shape)}: {exc} "
+                "(is the input size the model's? see INPUT_SIZE / --input-size)"
+            ) from exc
         finally:
             self.model.train(was_training)
         return profiler

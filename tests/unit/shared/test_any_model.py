@@ -209,3 +209,19 @@ def test_global_rng_is_not_reseeded() -> None:
     load_model("tests.fixture_models:tiny_cnn", "none")
     assert torch.equal(torch.rand(3), expected)
     assert math.isfinite(float(expected.sum()))
+
+
+def test_cli_takes_model_options_and_notes_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from splitinfer.cli import main
+
+    model = "tests.fixture_models:custom_256"
+    assert main(["cuts", model, "--input-size", "256", "--mean", "0.5,0.5,0.5", "--json"]) == 0
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)
+    assert listed["input_size"] == 256 and "act#2" in [c["name"] for c in listed["cuts"]]
+    assert "RANDOM weights" in captured.err
+    # 224 does not fit this model's head: the option is what makes it traceable at all.
+    assert main(["cuts", model, "--input-size", "224", "--json"]) == 2
+    assert main(["cuts", model, "--concrete-args", "[1]"]) == 2
