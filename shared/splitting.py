@@ -178,6 +178,8 @@ class _Profiler(fx.Interpreter):
         self.counter = counter
         self.values: dict[str, Any] = {}
         self.flops: dict[str, int] = {}
+        self.rows: dict[str, torch.Tensor] = {}
+        """A fingerprint of each tensor's rows along its first dimension (their sums, in float64)."""
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
@@ -185,6 +187,8 @@ class _Profiler(fx.Interpreter):
         if self.counter is not None:
             self.flops[n.name] = self.counter.get_total_flops() - before
         self.values[n.name] = _summary(result)
+        if isinstance(result, torch.Tensor) and result.dim() and result.numel():
+            self.rows[n.name] = result.detach().reshape(result.shape[0], -1).double().sum(1)
         return result
 
 
@@ -202,6 +206,18 @@ def _summary(value: Any) -> _Summary:
     if isinstance(value, tuple | list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return ("tuple" if isinstance(value, tuple) else "list", tuple(value), None)
     return None
+
+
+def _item_major(single: torch.Tensor | None, batched: torch.Tensor | None, batch: int) -> bool:
+    """Whether a batch of ``batch`` copies of one item holds that item's rows once per item, in order:
+    then requests can be concatenated along the first dimension (the cloud's batching does)."""
+    if single is None or batched is None:
+        return single is None and batched is None
+    if batched.numel() != batch * single.numel():
+        return False
+    expected = single.repeat(batch)
+    tolerance = 1e-4 * float(single.abs().max()) + 1e-6
+    return bool(torch.allclose(batched, expected, rtol=1e-4, atol=tolerance))
 
 
 def _affine(samples: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
@@ -252,7 +268,8 @@ class ModelGraph:
 
     def _run(self, batch: int, counter: FlopCounterMode | None) -> _Profiler:
         shape = (batch, *self.input_shape[1:])
-        example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        # NOTE: the same item repeated, so that a batch-first tensor's rows repeat per item (checked below).
+        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0)).repeat(batch, 1, 1, 1)
         profiler = _Profiler(self.traced.graph_module, counter)
         was_training = self.model.training
         self.model.eval()
@@ -275,7 +292,8 @@ class ModelGraph:
     def _profile(self) -> tuple[dict[str, TensorSpec], dict[str, ValueSpec], dict[str, int]]:
         """Run at batch 1 (shapes, FLOPs) and at two more batch sizes, to learn how each value scales."""
         first = self._run(1, FlopCounterMode(display=False))
-        others = [(b, self._run(b, None).values) for b in _PROBE_BATCHES]
+        runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
+        others = [(b, run.values) for b, run in runs]
         tensors: dict[str, TensorSpec] = {}
         values: dict[str, ValueSpec] = {}
         for name, summary in first.values.items():
@@ -286,7 +304,12 @@ class ModelGraph:
             if kind == "tensor" and dtype is not None:
                 if all(s[1:] == items[1:] and len(s) == len(items) for _, s in series) and items:
                     fit = _affine([(b, s[0]) for b, s in series])
-                    if fit is not None and fit[0] >= 1 and fit[1] == 0:
+                    if (
+                        fit is not None
+                        and fit[0] >= 1
+                        and fit[1] == 0
+                        and all(_item_major(first.rows.get(name), run.rows.get(name), b) for b, run in runs)
+                    ):
                         tensors[name] = TensorSpec(name, items, dtype, per_item=fit[0])
                 continue
             if len(items) > MAX_VALUE_ITEMS or any(len(s) != len(items) for _, s in series):

@@ -225,3 +225,26 @@ def test_cli_takes_model_options_and_notes_random_weights(capsys: pytest.Capture
     # 224 does not fit this model's head: the option is what makes it traceable at all.
     assert main(["cuts", model, "--input-size", "224", "--json"]) == 2
     assert main(["cuts", model, "--concrete-args", "[1]"]) == 2
+
+
+class GroupMajor(nn.Module):
+    """Two groups per item stacked group-major (``2 * B`` rows, but not item by item)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        groups = x.reshape(b, 2, 2, 4, 4).transpose(0, 1).reshape(2 * b, 2, 4, 4)
+        groups = self.conv(groups)
+        return groups.reshape(2, b, 2, 4, 4).transpose(0, 1).reshape(b, -1)
+
+
+def test_rows_that_are_not_item_major_do_not_cross_a_cut() -> None:
+    """The cloud concatenates requests along the first dimension: only item-major rows survive that."""
+    model = GroupMajor().eval()
+    graph = ModelGraph(model, (1, 4, 4, 4))
+    with pytest.raises(ValueError, match="cannot be split"):
+        graph.cut("conv")
+    _exact_everywhere(model, graph, batch=3)
