@@ -119,8 +119,12 @@ async def info(state: CloudStateDep) -> dict[str, Any]:
         "weights": loaded.weights_kind,
         "weights_digest": loaded.digest,
         "device": settings.device,
+        "weights_source": loaded.weights_source,
         "num_classes": state.model.num_classes,
         "cuts": len(state.model.graph.cuts),
+        "cuts_digest": state.model.cuts_digest,
+        "preprocessing": loaded.preprocessor.to_json(),
+        "tracing": loaded.trace_options.to_json(),
         "batching": {
             "max_batch_size": settings.max_batch_size,
             "max_delay_ms": settings.max_delay_ms,

@@ -23,8 +23,8 @@ from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
-from shared.splitting import INPUT_CUT, ModelGraph
-from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
+from shared.splitting import INPUT_CUT
+from shared.wire import ExpectedTensor, ExpectedValue, WireLimits, decode_payload, read_header
 
 __all__ = ["CloudModel", "TailInput"]
 
@@ -38,10 +38,8 @@ class TailInput:
 
     cut: str
     tensors: tuple[torch.Tensor, ...]
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.tensors[0].shape[0])
+    batch_size: int
+    """Items (images): a tensor may carry several rows per item (Swin's windows)."""
 
 
 class CloudModel:
@@ -66,14 +64,15 @@ class CloudModel:
         self.device = torch.device(device)
         self.wire_limits = wire_limits or WireLimits()
         self.image_limits = image_limits or ImageLimits()
-        self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        self.graph = loaded.graph()
+        self.cuts_digest = self.graph.cuts_digest()
         self.channels_last = channels_last
         self.autocast = autocast
         self.compile_tails = compile_tails
         loaded.module.to(self.device)
         if channels_last:
             loaded.module.to(memory_format=torch.channels_last)
-        self.expected: dict[str, list[ExpectedTensor]] = {
+        self.expected: dict[str, list[ExpectedTensor | ExpectedValue]] = {
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
@@ -133,20 +132,29 @@ class CloudModel:
             payload = decode_payload(body, kind="image", expected=expected, **common)  # type: ignore[arg-type]
             with self._image_decodes:
                 images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
-            return TailInput(INPUT_CUT, (images,))
+            return TailInput(INPUT_CUT, (images,), int(images.shape[0]))
         if kind == "activations":
             if metadata.get("cut") == INPUT_CUT:
                 raise ModelMismatch("cut 'input' carries images (kind 'image'), not activations")
             payload = decode_payload(body, kind="activations", expected=self.expected, **common)  # type: ignore[arg-type]
-            return TailInput(payload.cut, payload.tensors)
+            # NOTE: the payload's non-tensor values were checked against the cut; run() recomputes them
+            # for the batch it actually runs (several requests merged).
+            return TailInput(payload.cut, payload.tensors, payload.batch_size)
         raise MalformedPayload(f"payload kind {kind!r} is not accepted here; send 'activations' or 'image'")
 
     def run(self, cut: str, requests: Sequence[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-        """Run the tail of ``cut`` once over several requests; one logits tensor per request (on CPU)."""
+        """Run the tail of ``cut`` once over several requests; one logits tensor per request (on CPU).
+
+        Tensors are concatenated along their batch-first dimension; the cut's non-tensor values
+        (``bs = x.size(0)``...) are computed for the merged batch.
+        """
         tail = self.tail(cut)
-        sizes = [int(r[0].shape[0]) for r in requests]
+        spec = self.graph.cut(cut)
+        rows = spec.tensors[0].per_item if spec.tensors else 1
+        sizes = [int(r[0].shape[0]) // rows for r in requests]
         merged = [torch.cat(parts) if len(requests) > 1 else parts[0] for parts in zip(*requests, strict=True)]
-        inputs = [self._to_device(t) for t in merged]
+        inputs: list[object] = [self._to_device(t) for t in merged]
+        inputs += [value.at(sum(sizes)) for value in spec.values]
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast == "bf16")
         with torch.inference_mode(), autocast:
             try:

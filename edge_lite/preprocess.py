@@ -34,6 +34,8 @@ class NumpyPreprocessor:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     max_pixels: int = 40_000_000
+    pixel_scale: float = 1.0
+    """Pixels in 0-1 (1) or 0-255 (255) before normalizing, as ``ImagePreprocessor.pixel_scale``."""
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], max_pixels: int = 40_000_000) -> NumpyPreprocessor:
@@ -51,6 +53,7 @@ class NumpyPreprocessor:
             std=tuple(float(s) for s in raw["std"]),
             interpolation=interpolation,
             max_pixels=max_pixels,
+            pixel_scale=float(raw.get("pixel_scale", 1.0)),
         )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -74,6 +77,8 @@ class NumpyPreprocessor:
 
     def finish(self, image: Image.Image) -> np.ndarray:
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        if self.pixel_scale != 1.0:  # NOTE: the same operations in the same order as the torch path
+            pixels = pixels * np.float32(self.pixel_scale)
         mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
         normalized: np.ndarray = (pixels - mean) / std

@@ -299,7 +299,12 @@ async def info(state: EdgeStateDep) -> dict[str, Any]:
         "fallback": settings.fallback,
         "circuit_breaker": state.cloud.breaker.state,
         "in_flight": state.in_flight,
+        "weights_source": model.loaded.weights_source,
         "preprocessing": model.loaded.preprocessor.to_json(),
+        "tracing": model.loaded.trace_options.to_json(),
+        "labels": len(model.loaded.labels),
+        "cuts": len(model.graph.cuts),
+        "cuts_digest": model.cuts_digest,
         "versions": versions(),
     }
 
@@ -333,6 +338,17 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
             f"{sanitize(str(cloud.get('weights_digest')), 100)!r}; this edge has {loaded.name!r} with weights "
             f"{loaded.digest!r}"
         )
+    mine = {
+        "preprocessing": loaded.preprocessor.to_json(),
+        "tracing": loaded.trace_options.to_json(),
+        "cuts_digest": state.model.cuts_digest,
+    }
+    for key, value in mine.items():
+        if cloud.get(key) != value:
+            raise ServiceUnavailable(
+                f"{key} mismatch: the cloud has {cloud.get(key)!r}; this edge has {value!r} "
+                "(give both services the same model settings)"
+            )
     return {
         "status": "ready",
         "cloud": "ok",

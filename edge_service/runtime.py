@@ -21,7 +21,7 @@ from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for
 from shared.preprocessing import ImageLimits, decode_images
 from shared.protocol import encode_activations, encode_images, expected_logits
-from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
+from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut
 from shared.wire import WireLimits, decode_payload
 
 __all__ = ["EdgeModel", "Prepared", "Route"]
@@ -47,7 +47,8 @@ class Prepared:
     raw: list[bytes]
     route: Route
     images: list[Image.Image] = field(default_factory=list)
-    head_outputs: tuple[torch.Tensor, ...] = ()
+    head_outputs: tuple[Any, ...] = ()
+    """The cut's tensors, then its non-tensor values (see :class:`shared.splitting.Cut`)."""
     payload: bytes = b""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -80,9 +81,12 @@ class EdgeModel:
         onnx_threads: int = 1,
     ) -> None:
         self.loaded = loaded
-        self.graph = ModelGraph(loaded.module, loaded.input_shape)
+        self.graph = loaded.graph()
+        self.cuts_digest = self.graph.cuts_digest()
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        if loaded.labels and len(loaded.labels) != self.num_classes:
+            raise ValueError(f"{len(loaded.labels)} labels for a model with {self.num_classes} classes")
         self._splits: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         self._lock = threading.Lock()
         # engine (issue 20): the head runs with ONNX Runtime from a verified export, one session per cut
@@ -155,7 +159,8 @@ class EdgeModel:
         with _Stopwatch(prepared.timings_ms, "tail"), torch.inference_mode():
             route = prepared.route
             if route.runs_everything:
-                return prepared.head_outputs[0].float()
+                logits: torch.Tensor = prepared.head_outputs[0]
+                return logits.float()
             inputs = prepared.head_outputs
             if route.cut.name == INPUT_CUT:
                 inputs = (self.loaded.preprocessor.batch(prepared.images),)

@@ -17,8 +17,9 @@ __all__ = ["EdgeSettings"]
 
 class EdgeSettings(ServiceSettings):
     cut: str = Field(
-        "layer3",
-        description="Where to split: a cut name (see `splitinfer cuts`), input, output, or auto (chosen by "
+        "default",
+        description="Where to split: default (the single-tensor cut nearest half the model's FLOPs), a cut name "
+        "or index (see `splitinfer cuts`), input, output, or auto (chosen by "
         "the planner from EDGE_PROFILE and CLOUD_PROFILE, first for LINK_BANDWIDTH and LINK_RTT, then for "
         "the link measured on real requests).",
     )

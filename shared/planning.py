@@ -146,7 +146,7 @@ def profile_model(
     Times are medians over ``repeats`` runs on the first image; payload sizes and codec errors are
     means over all ``images`` (compressed sizes depend on the picture).
     """
-    graph = ModelGraph(loaded.module, loaded.input_shape)
+    graph = loaded.graph()
     target = torch.device(device)
     loaded.module.to(target)
     decoded = [decode_image(blob) for blob in images]
@@ -172,8 +172,8 @@ def profile_model(
         head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads)
         with torch.inference_mode():
             head_ms = _median_ms(partial(head, batch), repeats)
-            shipped_all = [tuple(t.cpu() for t in head(b)) for b in batches]
-            shipped = tuple(t.to(target) for t in shipped_all[0])
+            shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
+            shipped = tuple(_to(t, target) for t in shipped_all[0])
             tail_ms = _median_ms(partial(tail, *shipped), repeats)
             if cut.name == INPUT_CUT:
                 measured = [_profile_images(loaded, images, decoded, limits, repeats)]
@@ -203,6 +203,11 @@ def _halves(
     head = ort_half_for(loaded, graph, cut, "head", onnx_dir=None, options=options)
     tail = ort_half_for(loaded, graph, cut, "tail", onnx_dir=None, options=options)
     return head, tail
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """Tensors to ``device``; the shape integers a cut may carry stay as they are."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def _profile_images(
@@ -246,7 +251,7 @@ def _profile_codec(
     decode_ms = _median_ms(decode, repeats)
     errors = []
     for data, reference in zip(payloads, references, strict=True):
-        logits = tail(*(t.to(target) for t in decode(data).tensors)).float().cpu()
+        logits = tail(*(_to(t, target) for t in decode(data).arguments)).float().cpu()
         errors.append(float((logits - reference).norm() / reference.norm().clamp_min(1e-12)))
     size = statistics.fmean(len(p) for p in payloads)
     return CodecProfile(codec, float(size), encode_ms, decode_ms, max(errors))

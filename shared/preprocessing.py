@@ -8,8 +8,9 @@ can finish it, with results equal to running the whole transform in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -32,7 +33,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImagePreprocessor:
-    """The parameters of torchvision's ``ImageClassification`` transform, applied in two steps."""
+    """The parameters of torchvision's ``ImageClassification`` transform, applied in two steps.
+
+    Resize the shorter side to ``resize_size`` with ``interpolation``, center-crop ``crop_size`` (the
+    model's square input size), scale pixels to ``[0, pixel_scale]`` (1 for torchvision and timm
+    models, 255 for TF-style models such as EfficientNet-Lite) and normalize with ``mean`` and ``std``
+    (in the same scale).
+    """
 
     crop_size: int = 224
     resize_size: int = 256
@@ -40,6 +47,43 @@ class ImagePreprocessor:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: InterpolationMode = InterpolationMode.BILINEAR
     antialias: bool = True
+    pixel_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.crop_size <= 4096 or not 1 <= self.resize_size <= 8192:
+            raise ValueError(f"crop size {self.crop_size} and resize size {self.resize_size} must be 1..4096/8192")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} need 3 values each, std positive")
+        if self.pixel_scale not in (1.0, 255.0):
+            raise ValueError(f"pixel scale {self.pixel_scale} is neither 1 (pixels in 0-1) nor 255 (0-255)")
+
+    @classmethod
+    def from_timm(cls, config: Mapping[str, Any]) -> ImagePreprocessor:
+        """From ``timm.data.resolve_data_config(...)`` (``input_size``, ``crop_pct``, ``interpolation``...)."""
+        size = int(config["input_size"][-1])
+        crop_pct = float(config.get("crop_pct") or 1.0)
+        return cls(
+            crop_size=size,
+            resize_size=math.floor(size / crop_pct),
+            mean=tuple(float(m) for m in config["mean"]),
+            std=tuple(float(s) for s in config["std"]),
+            interpolation=InterpolationMode(str(config.get("interpolation", "bilinear"))),
+        )
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ImagePreprocessor:
+        """A copy with some parameters replaced (``interpolation`` may be a name such as ``bicubic``).
+
+        Changing the input size alone keeps the resize-to-crop ratio.
+        """
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(changes.get("interpolation"), str):
+            changes["interpolation"] = InterpolationMode(changes["interpolation"].lower())
+        for key in ("mean", "std"):
+            if key in changes:
+                changes[key] = tuple(float(v) for v in changes[key])
+        if "crop_size" in changes and "resize_size" not in changes:
+            changes["resize_size"] = round(changes["crop_size"] * self.resize_size / self.crop_size)
+        return replace(self, **changes)
 
     @classmethod
     def from_transform(cls, transform: Any | None) -> ImagePreprocessor:
@@ -66,6 +110,8 @@ class ImagePreprocessor:
         """A cropped image (PIL, or a ``uint8`` CHW tensor) to the normalized float CHW tensor."""
         tensor = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
         tensor = F.convert_image_dtype(tensor, torch.float)
+        if self.pixel_scale != 1.0:
+            tensor = tensor * self.pixel_scale
         normalized: torch.Tensor = F.normalize(tensor, mean=list(self.mean), std=list(self.std))
         return normalized
 
@@ -83,6 +129,7 @@ class ImagePreprocessor:
             "std": list(self.std),
             "interpolation": self.interpolation.value,
             "antialias": self.antialias,
+            "pixel_scale": self.pixel_scale,
         }
 
 

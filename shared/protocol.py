@@ -13,7 +13,7 @@ from shared.codecs import IMAGE_CODECS, parse_codec_name
 from shared.errors import InvalidImage, InvalidTensor
 from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_images
 from shared.splitting import INPUT_CUT, Cut
-from shared.wire import BATCH, ExpectedTensor, Payload, WireLimits, encode_payload
+from shared.wire import BATCH, ExpectedTensor, ExpectedValue, Payload, PerItem, WireLimits, WireValue, encode_payload
 
 __all__ = [
     "JPEG_QUALITY",
@@ -29,12 +29,13 @@ __all__ = [
 JPEG_QUALITY = 90
 
 
-def expected_for_cut(cut: Cut) -> list[ExpectedTensor]:
-    """The activations that cross ``cut``; a leading dimension of 1 at trace time is the batch."""
-    return [
-        ExpectedTensor(t.name, t.dtype, (BATCH, *t.shape[1:]) if t.shape and t.shape[0] == 1 else t.shape)
+def expected_for_cut(cut: Cut) -> list[ExpectedTensor | ExpectedValue]:
+    """What crosses ``cut``: batch-first tensors (``per_item`` rows per item), then non-tensor values."""
+    tensors: list[ExpectedTensor | ExpectedValue] = [
+        ExpectedTensor(t.name, t.dtype, (BATCH if t.per_item == 1 else PerItem(t.per_item), *t.shape[1:]))
         for t in cut.tensors
     ]
+    return tensors + [ExpectedValue(v.name, v.kind, v.slopes, v.offsets) for v in cut.values]
 
 
 def expected_images(codec: str, crop_size: int) -> list[ExpectedTensor]:
@@ -51,11 +52,30 @@ def expected_logits(num_classes: int) -> list[ExpectedTensor]:
     return [ExpectedTensor("logits", torch.float32, (BATCH, num_classes))]
 
 
-def encode_activations(tensors: Sequence[torch.Tensor], cut: Cut, *, model: str, weights: str, codec: str) -> bytes:
-    if len(tensors) != len(cut.tensors):
-        raise ValueError(f"cut {cut.name!r} ships {len(cut.tensors)} tensors, got {len(tensors)}")
-    named = {spec.name: tensor for spec, tensor in zip(cut.tensors, tensors, strict=True)}
-    return encode_payload(named, kind="activations", model=model, weights=weights, cut=cut.name, codec=codec)
+def encode_activations(
+    outputs: Sequence[torch.Tensor | WireValue], cut: Cut, *, model: str, weights: str, codec: str
+) -> bytes:
+    """What the head returned (the cut's tensors, then its non-tensor values) as an activations payload."""
+    n_tensors = len(cut.tensors)
+    if len(outputs) != n_tensors + len(cut.values):
+        raise ValueError(
+            f"cut {cut.name!r} ships {n_tensors} tensors and {len(cut.values)} values, got {len(outputs)} outputs"
+        )
+    named: dict[str, torch.Tensor] = {}
+    for spec, tensor in zip(cut.tensors, outputs[:n_tensors], strict=True):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"cut {cut.name!r}: {spec.name!r} is a {type(tensor).__name__}, not a tensor")
+        named[spec.name] = tensor
+    values = {v.name: value for v, value in zip(cut.values, outputs[n_tensors:], strict=True)}
+    return encode_payload(
+        named,
+        kind="activations",
+        model=model,
+        weights=weights,
+        cut=cut.name,
+        codec=codec,
+        values=values,  # type: ignore[arg-type]
+    )
 
 
 def encode_logits(logits: torch.Tensor, *, model: str, weights: str, cut: str) -> bytes:

@@ -3,34 +3,56 @@
 A *cut* is a position in the model's FX graph (in execution order): the head runs every node before
 it, the tail every node after it. The tensors *alive across* the cut are the values the head
 computed (or received as input) that the tail still needs; they are what travels from edge to cloud.
-A cut is valid when every value alive across it is a tensor. Parameters and buffers never cross a
-cut: each half reads them from the (shared) model itself.
+A cut is valid when every value alive across it is either a tensor whose first dimension grows with
+the batch (``k`` rows per item), or a small shape-derived Python value (an ``int``, a tuple or list of
+ints, a ``torch.Size``) whose every entry is an affine function of the batch size (``bs = x.size(0)``,
+``B, H, W, C = x.shape``). Such values travel next to the tensors and are checked against what the
+trace predicts for the batch received. Parameters and buffers never cross a cut: each half reads them
+from the (shared) model itself.
+
+Every cut has a unique name (``input``, ``output``, the outermost module ending there, or the FX node);
+a name already taken by an earlier cut gets ``#2``, ``#3``... in execution order, so the edge and the
+cloud, which build the same graph, agree on every name by construction.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared.tracing import TracedModel, trace_model
+from shared.tracing import TracedModel, TraceOptions, trace_model
+from shared.wire import MAX_VALUE_ITEMS, MAX_VALUES
 
 __all__ = [
+    "DEFAULT_CUT",
     "INPUT_CUT",
+    "MAX_VALUES_PER_CUT",
+    "MAX_VALUE_ITEMS",
     "OUTPUT_CUT",
     "Cut",
     "ModelGraph",
     "TensorSpec",
+    "ValueSpec",
     "list_cuts",
     "split_model",
 ]
 
+MAX_VALUES_PER_CUT = MAX_VALUES
+"""Most non-tensor values a cut may carry."""
+_PROBE_BATCHES = (2, 3)
+
 INPUT_CUT = "input"
+DEFAULT_CUT = "default"
+"""Resolves to :meth:`ModelGraph.default_cut` (unless a module of the model is called that)."""
 OUTPUT_CUT = "output"
 _COMPUTE_OPS = ("call_function", "call_method", "call_module")
 
@@ -42,6 +64,8 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
+    per_item: int = 1
+    """Rows of the first dimension per batch item (``shape[0]`` at batch size 1)."""
 
     @property
     def numel(self) -> int:
@@ -60,6 +84,40 @@ class TensorSpec:
             "shape": list(self.shape),
             "dtype": str(self.dtype).removeprefix("torch."),
             "bytes_fp32": self.bytes_fp32,
+            "per_item": self.per_item,
+        }
+
+
+ValueKind = Literal["int", "tuple", "list", "size"]
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """A non-tensor value alive across a cut: each integer is ``slope * batch + offset``."""
+
+    name: str
+    kind: ValueKind
+    slopes: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    def at(self, batch: int) -> int | tuple[int, ...] | list[int] | torch.Size:
+        """The value for a batch of ``batch`` items."""
+        items = [s * batch + o for s, o in zip(self.slopes, self.offsets, strict=True)]
+        if self.kind == "int":
+            return items[0]
+        if self.kind == "list":
+            return items
+        if self.kind == "size":
+            return torch.Size(items)
+        return tuple(items)
+
+    def to_json(self) -> dict[str, Any]:
+        value = self.at(1)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "value_at_batch_1": list(value) if isinstance(value, tuple | list) else value,
+            "per_item": list(self.slopes) if self.kind != "int" else self.slopes[0],
         }
 
 
@@ -80,10 +138,13 @@ class Cut:
     tensors: tuple[TensorSpec, ...]
     head_flops_share: float
     """Share of the model's FLOPs (multiply-adds counted twice) that the head runs."""
+    values: tuple[ValueSpec, ...] = ()
+    """Non-tensor values that cross with the tensors (the head returns them after the tensors)."""
 
     @property
     def single_tensor(self) -> bool:
-        return len(self.tensors) == 1
+        """One tensor with one row per item (plus, maybe, a few shape integers): the simplest thing to ship."""
+        return len(self.tensors) == 1 and self.tensors[0].per_item == 1
 
     @property
     def bytes_fp32(self) -> int:
@@ -99,6 +160,7 @@ class Cut:
             "bytes_fp32": self.bytes_fp32,
             "head_flops_share": round(self.head_flops_share, 6),
             "tensors": [t.to_json() for t in self.tensors],
+            "values": [v.to_json() for v in self.values],
         }
 
 
@@ -111,18 +173,61 @@ class _Position:
 class _Profiler(fx.Interpreter):
     """Runs the graph once, recording each node's output and FLOPs."""
 
-    def __init__(self, graph_module: fx.GraphModule, counter: FlopCounterMode) -> None:
+    def __init__(self, graph_module: fx.GraphModule, counter: FlopCounterMode | None) -> None:
         super().__init__(graph_module)
         self.counter = counter
         self.values: dict[str, Any] = {}
         self.flops: dict[str, int] = {}
+        self.rows: dict[str, torch.Tensor] = {}
+        """A fingerprint of each tensor's rows along its first dimension (sums of absolute values, float64)."""
 
     def run_node(self, n: fx.Node) -> Any:
-        before = self.counter.get_total_flops()
+        before = self.counter.get_total_flops() if self.counter is not None else 0
         result = super().run_node(n)
-        self.flops[n.name] = self.counter.get_total_flops() - before
-        self.values[n.name] = result
+        if self.counter is not None:
+            self.flops[n.name] = self.counter.get_total_flops() - before
+        self.values[n.name] = _summary(result)
+        if isinstance(result, torch.Tensor) and result.dim() and result.numel():
+            # NOTE: absolute values, so that rows summing to about zero (after a norm) still compare.
+            self.rows[n.name] = result.detach().reshape(result.shape[0], -1).double().abs().sum(1)
         return result
+
+
+_Summary = tuple[str, tuple[int, ...], torch.dtype | None] | None
+
+
+def _summary(value: Any) -> _Summary:
+    """What a cut needs to know about a value: a tensor's shape and dtype, a shape-like value's ints."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, torch.Size):
+        return ("size", tuple(int(v) for v in value), None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", (value,), None)
+    if isinstance(value, tuple | list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ("tuple" if isinstance(value, tuple) else "list", tuple(value), None)
+    return None
+
+
+def _item_major(single: torch.Tensor | None, batched: torch.Tensor | None, batch: int) -> bool:
+    """Whether a batch of ``batch`` copies of one item holds that item's rows once per item, in order:
+    then requests can be concatenated along the first dimension (the cloud's batching does)."""
+    if single is None or batched is None:
+        return single is None and batched is None
+    if batched.numel() != batch * single.numel():
+        return False
+    expected = single.repeat(batch)
+    return bool(torch.allclose(batched, expected, rtol=1e-3, atol=1e-6))
+
+
+def _affine(samples: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """``(slope, offset)`` with ``value == slope * batch + offset`` for every ``(batch, value)``, if any."""
+    (b0, v0), (b1, v1) = samples[0], samples[1]
+    if (v1 - v0) % (b1 - b0):
+        return None
+    slope = (v1 - v0) // (b1 - b0)
+    offset = v0 - slope * b0
+    return (slope, offset) if all(slope * b + offset == v for b, v in samples) else None
 
 
 class ModelGraph:
@@ -134,10 +239,16 @@ class ModelGraph:
     True
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int] = (1, 3, 224, 224),
+        options: TraceOptions | None = None,
+    ) -> None:
         self.model = model
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.traced: TracedModel = trace_model(model)
+        self.input_shape = (1, *(int(s) for s in input_shape[1:]))
+        self.options = options or TraceOptions()
+        self.traced: TracedModel = trace_model(model, self.options)
         graph = self.traced.graph
         self._placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         if len(self._placeholders) != 1:
@@ -147,7 +258,7 @@ class ModelGraph:
             )
         self._compute = [n for n in graph.nodes if n.op in _COMPUTE_OPS]
         self._output = next(n for n in graph.nodes if n.op == "output")
-        self._specs, self._flops = self._profile()
+        self._tensor_specs, self._value_specs, self._flops = self._profile()
         self._module_ends = self._find_module_ends()
         self._positions = self._find_positions()
         self.cuts: list[Cut] = self._name_cuts()
@@ -155,21 +266,63 @@ class ModelGraph:
 
     # ---------------------------------------------------------------- analysis
 
-    def _profile(self) -> tuple[dict[str, TensorSpec | None], dict[str, int]]:
-        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+    def _run(self, batch: int, counter: FlopCounterMode | None) -> _Profiler:
+        shape = (batch, *self.input_shape[1:])
+        # NOTE: the same item repeated, so that a batch-first tensor's rows repeat per item (checked below).
+        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0)).repeat(batch, 1, 1, 1)
+        profiler = _Profiler(self.traced.graph_module, counter)
         was_training = self.model.training
         self.model.eval()
-        counter = FlopCounterMode(display=False)
-        profiler = _Profiler(self.traced.graph_module, counter)
         try:
-            with torch.no_grad(), counter:
-                profiler.run(example)
+            with torch.no_grad():
+                if counter is None:
+                    profiler.run(example)
+                else:
+                    with counter:
+                        profiler.run(example)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(
+                f"{type(self.model).__name__} cannot run on an input of shape {list(shape)}: {exc} "
+                "(is the input size the model's? see INPUT_SIZE / --input-size)"
+            ) from exc
         finally:
             self.model.train(was_training)
-        specs: dict[str, TensorSpec | None] = {}
-        for name, value in profiler.values.items():
-            specs[name] = TensorSpec(name, tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else None
-        return specs, profiler.flops
+        return profiler
+
+    def _profile(self) -> tuple[dict[str, TensorSpec], dict[str, ValueSpec], dict[str, int]]:
+        """Run at batch 1 (shapes, FLOPs) and at two more batch sizes, to learn how each value scales."""
+        first = self._run(1, FlopCounterMode(display=False))
+        runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
+        others = [(b, run.values) for b, run in runs]
+        tensors: dict[str, TensorSpec] = {}
+        values: dict[str, ValueSpec] = {}
+        for name, summary in first.values.items():
+            if summary is None or any(o.get(name) is None or o[name][0] != summary[0] for _, o in others):
+                continue
+            kind, items, dtype = summary
+            series = [(1, items), *((b, o[name][1]) for b, o in others)]
+            if kind == "tensor" and dtype is not None:
+                if all(s[1:] == items[1:] and len(s) == len(items) for _, s in series) and items:
+                    fit = _affine([(b, s[0]) for b, s in series])
+                    if (
+                        fit is not None
+                        and fit[0] >= 1
+                        and fit[1] == 0
+                        and all(_item_major(first.rows.get(name), run.rows.get(name), b) for b, run in runs)
+                    ):
+                        tensors[name] = TensorSpec(name, items, dtype, per_item=fit[0])
+                continue
+            if len(items) > MAX_VALUE_ITEMS or any(len(s) != len(items) for _, s in series):
+                continue
+            fits = [_affine([(b, s[i]) for b, s in series]) for i in range(len(items))]
+            if all(f is not None for f in fits):
+                values[name] = ValueSpec(
+                    name,
+                    kind,  # type: ignore[arg-type]
+                    tuple(f[0] for f in fits if f is not None),
+                    tuple(f[1] for f in fits if f is not None),
+                )
+        return tensors, values, first.flops
 
     def _find_module_ends(self) -> dict[str, int]:
         """For every module that owns at least one compute node: the position right after its last node."""
@@ -194,7 +347,11 @@ class ModelGraph:
         positions = []
         for k in range(n_compute + 1):
             alive = [v for v, end in last_use.items() if defined_at[v] < k <= end]
-            blocking = [v.name for v in alive if self._specs.get(v.name) is None]
+            blocking = [v.name for v in alive if v.name not in self._tensor_specs and v.name not in self._value_specs]
+            n_values = sum(v.name in self._value_specs for v in alive)
+            if not blocking and (n_values > MAX_VALUES_PER_CUT or n_values == len(alive)):
+                # NOTE: a cut needs a tensor to tell the batch size, and a bounded number of values.
+                blocking = [v.name for v in alive if v.name in self._value_specs]
             positions.append(_Position(alive, blocking))
         return positions
 
@@ -205,6 +362,7 @@ class ModelGraph:
         total_flops = sum(self._flops.values()) or 1
         cumulative = 0
         cuts: list[Cut] = []
+        taken: dict[str, int] = {}
         last = len(self._compute)
         for k, pos in enumerate(self._positions):
             if k > 0:
@@ -218,7 +376,9 @@ class ModelGraph:
                 name = OUTPUT_CUT
             else:
                 name = aliases[0] if aliases else self._compute[k - 1].name
-            specs = tuple(s for v in pos.alive if (s := self._specs[v.name]) is not None)
+            taken[name] = taken.get(name, 0) + 1
+            if taken[name] > 1:
+                name = f"{name}#{taken[name]}"
             cuts.append(
                 Cut(
                     index=len(cuts),
@@ -226,30 +386,50 @@ class ModelGraph:
                     position=k,
                     node=self._compute[k - 1].name if k else "",
                     aliases=aliases,
-                    tensors=specs,
+                    tensors=tuple(self._tensor_specs[v.name] for v in pos.alive if v.name in self._tensor_specs),
                     head_flops_share=cumulative / total_flops,
+                    values=tuple(self._value_specs[v.name] for v in pos.alive if v.name in self._value_specs),
                 )
             )
         return cuts
 
     def _index_names(self) -> dict[str, int]:
-        by_name: dict[str, int] = {}
-        for k in range(len(self._positions)):
-            if k:
-                by_name.setdefault(self._compute[k - 1].name, k)
+        """Cut names first (unique, so each resolves to its own cut), then modules and FX node names."""
+        by_name: dict[str, int] = {cut.name: cut.position for cut in self.cuts}
         for module, end in self._module_ends.items():
-            by_name[module] = end
-        by_name[INPUT_CUT] = 0
-        by_name[OUTPUT_CUT] = len(self._compute)
+            by_name.setdefault(module, end)
+        for k in range(1, len(self._positions)):
+            by_name.setdefault(self._compute[k - 1].name, k)
         return by_name
 
     # ---------------------------------------------------------------- lookup
 
+    def cuts_digest(self) -> str:
+        """``sha256:<hex>`` over every cut's name, position, tensors and values: two sides that agree on
+        it resolve every cut name and index to the same split."""
+        described = [
+            [c.name, c.position, [[t.name, list(t.shape), str(t.dtype), t.per_item] for t in c.tensors]]
+            + [[v.name, v.kind, list(v.slopes), list(v.offsets)] for v in c.values]
+            for c in self.cuts
+        ]
+        return "sha256:" + hashlib.sha256(json.dumps(described).encode()).hexdigest()
+
     def single_tensor_cuts(self) -> list[Cut]:
         return [c for c in self.cuts if c.single_tensor]
 
+    def default_cut(self) -> Cut:
+        """The single-tensor cut whose head runs closest to half the FLOPs (any cut when there is none;
+        ``output`` for a model without a middle cut). Exists for every model."""
+        middle = [c for c in self.single_tensor_cuts() if c.name not in (INPUT_CUT, OUTPUT_CUT)]
+        middle = middle or [c for c in self.cuts if c.name not in (INPUT_CUT, OUTPUT_CUT)]
+        if not middle:
+            return self.cuts[-1]
+        # NOTE: among equal shares, the outermost module (a block rather than its last layer).
+        return min(middle, key=lambda c: (round(abs(c.head_flops_share - 0.5), 9), c.name.count("."), c.index))
+
     def cut(self, cut: str | int | Cut) -> Cut:
-        """Resolve a cut by name (module, node, ``input``/``output``) or by index into :attr:`cuts`."""
+        """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
+        :attr:`cuts`."""
         if isinstance(cut, Cut):
             return self.cuts[cut.index]
         if isinstance(cut, int) or (isinstance(cut, str) and cut.lstrip("-").isdigit()):
@@ -258,6 +438,8 @@ class ModelGraph:
                 raise ValueError(f"cut index {index} out of range: this model has {len(self.cuts)} cuts")
             return self.cuts[index]
         position = self._by_name.get(cut)
+        if position is None and cut == DEFAULT_CUT:
+            return self.default_cut()
         if position is None:
             close = difflib.get_close_matches(cut, list(self._by_name), n=5, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -269,7 +451,8 @@ class ModelGraph:
         if blocking:
             nearby = self._nearest_valid(position)
             raise ValueError(
-                f"cut {cut!r} cannot be split: non-tensor value(s) {', '.join(blocking)} are alive across it. "
+                f"cut {cut!r} cannot be split: value(s) {', '.join(blocking)} alive across it are neither "
+                "batch-first tensors nor shape-derived integers. "
                 f"Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
             )
         return next(c for c in self.cuts if c.position == position)
@@ -282,16 +465,18 @@ class ModelGraph:
     def split(self, cut: str | int | Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
         """Return ``(head, tail)`` with ``tail(*head(x))`` equal to ``model(x)``.
 
-        ``head`` returns a tuple of the tensors alive across the cut, in the order of ``cut.tensors``.
+        ``head`` returns a tuple of the tensors alive across the cut, in the order of ``cut.tensors``,
+        then the non-tensor values in the order of ``cut.values``; ``tail`` takes them in that order.
         Both halves share the model's parameters; neither copies them.
         """
         resolved = self.cut(cut)
         by_name = {n.name: n for n in self.traced.graph.nodes}
-        alive = [by_name[t.name] for t in resolved.tensors]
+        alive = [by_name[t.name] for t in resolved.tensors] + [by_name[v.name] for v in resolved.values]
         head_nodes = self._compute[: resolved.position]
         tail_nodes = self._compute[resolved.position :]
-        head = self._build(self._placeholders, head_nodes, alive, f"Head_{resolved.name}")
-        tail = self._build(alive, tail_nodes, None, f"Tail_{resolved.name}")
+        label = re.sub(r"\W", "_", resolved.name)
+        head = self._build(self._placeholders, head_nodes, alive, f"Head_{label}")
+        tail = self._build(alive, tail_nodes, None, f"Tail_{label}")
         return head, tail
 
     def _build(
@@ -326,13 +511,18 @@ class ModelGraph:
         return module
 
 
-def list_cuts(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> list[Cut]:
+def list_cuts(
+    model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), options: TraceOptions | None = None
+) -> list[Cut]:
     """Every valid cut of ``model`` in execution order, ``input`` first and ``output`` last."""
-    return ModelGraph(model, input_shape).cuts
+    return ModelGraph(model, input_shape, options).cuts
 
 
 def split_model(
-    model: nn.Module, cut: str | int | Cut, input_shape: Sequence[int] = (1, 3, 224, 224)
+    model: nn.Module,
+    cut: str | int | Cut,
+    input_shape: Sequence[int] = (1, 3, 224, 224),
+    options: TraceOptions | None = None,
 ) -> tuple[fx.GraphModule, fx.GraphModule]:
     """Split ``model`` at ``cut`` into ``(head, tail)`` with ``tail(*head(x)) == model(x)``."""
-    return ModelGraph(model, input_shape).split(cut)
+    return ModelGraph(model, input_shape, options).split(cut)

@@ -19,6 +19,11 @@ key             value
                 added after the first release (``intB``, ``intB-topP``, ``budgetN``, ``+ans``)
 ``tensors``     JSON list of the *logical* tensors: ``{"name", "dtype", "shape"}`` each,
                 in the order the tail takes them, with their original dtype and shape
+``values``      (optional) JSON list of the non-tensor values alive across the cut, which
+                the tail takes after the tensors: ``{"name", "kind", "items"}`` each, kind
+                ``int``, ``tuple``, ``list`` or ``size`` (``torch.Size``), items a list of
+                ints. The receiver checks each against what the cut predicts for the batch
+                size the tensors carry, so a value can never steer the tail elsewhere.
 ==============  ==========================================================================
 
 Each logical tensor ``T`` is stored as the components its codec defines: ``T`` itself, plus
@@ -71,8 +76,13 @@ __all__ = [
     "BATCH",
     "MEDIA_TYPE",
     "PROTOCOL_VERSION",
+    "MAX_VALUES",
+    "MAX_VALUE_ITEMS",
     "ExpectedTensor",
+    "ExpectedValue",
     "Payload",
+    "PerItem",
+    "WireValue",
     "PayloadKind",
     "WireLimits",
     "decode_payload",
@@ -85,6 +95,26 @@ PROTOCOL_VERSION = "1"
 FORMAT = "splitinfer"
 BATCH = "B"
 """Marks the batch dimension in an :class:`ExpectedTensor` shape."""
+MAX_VALUES = 32
+"""Most non-tensor values in one payload."""
+MAX_VALUE_ITEMS = 16
+"""Most integers in one non-tensor value."""
+
+WireValue = int | tuple[int, ...] | list[int] | torch.Size
+"""A non-tensor value the wire carries."""
+_VALUE_KINDS = ("int", "tuple", "list", "size")
+
+
+@dataclass(frozen=True)
+class PerItem:
+    """A dimension of ``rows`` per batch item (a batch-first dimension that is not the batch itself,
+    such as Swin's windows: ``64 * B``)."""
+
+    rows: int
+
+    def __str__(self) -> str:
+        return f"{self.rows}*B"
+
 
 PayloadKind = Literal["activations", "image", "logits"]
 _ZSTD_LEVEL = 3
@@ -135,11 +165,34 @@ class ExpectedTensor:
 
     name: str
     dtype: torch.dtype
-    shape: tuple[int | str | None, ...]
+    shape: tuple[int | str | PerItem | None, ...]
 
     def describe(self) -> str:
         dims = ", ".join("*" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {_dtype_name(self.dtype)}[{dims}]"
+
+
+@dataclass(frozen=True)
+class ExpectedValue:
+    """A non-tensor value the receiver expects: its kind and each integer as ``slope * batch + offset``."""
+
+    name: str
+    kind: str
+    slopes: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+    def items_at(self, batch: int) -> list[int]:
+        return [s * batch + o for s, o in zip(self.slopes, self.offsets, strict=True)]
+
+    def value_at(self, batch: int) -> WireValue:
+        items = self.items_at(batch)
+        if self.kind == "int":
+            return items[0]
+        if self.kind == "list":
+            return items
+        if self.kind == "size":
+            return torch.Size(items)
+        return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -153,10 +206,21 @@ class Payload:
     codec: str
     tensors: tuple[torch.Tensor, ...]
     names: tuple[str, ...]
+    values: tuple[WireValue, ...] = ()
+    """Non-tensor values, as checked against the expected ones (the tail takes them after the tensors)."""
+    batch: int | None = None
+    """Items in the payload, from the batch dimensions of its tensors."""
 
     @property
     def batch_size(self) -> int:
+        if self.batch is not None:
+            return self.batch
         return int(self.tensors[0].shape[0]) if self.tensors and self.tensors[0].dim() else 0
+
+    @property
+    def arguments(self) -> tuple[torch.Tensor | WireValue, ...]:
+        """What the tail takes: the tensors, then the values."""
+        return (*self.tensors, *self.values)
 
 
 def encode_payload(
@@ -167,8 +231,10 @@ def encode_payload(
     weights: str,
     cut: str,
     codec: str,
+    values: Mapping[str, WireValue] | None = None,
 ) -> bytes:
-    """Encode named logical tensors (in the order the receiver takes them) into wire bytes."""
+    """Encode named logical tensors (in the order the receiver takes them), and the non-tensor
+    ``values`` that follow them, into wire bytes."""
     base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
     use_zstd = stage == "zstd"
     tensor_codec = TensorCodec(base if kind != "image" else "fp32", ans=stage == "ans")
@@ -197,7 +263,53 @@ def encode_payload(
         "tensors": json.dumps(described, separators=(",", ":")),
         **({"layout": LAYOUT_VERSION} if kind != "image" and (is_layout_versioned(base) or stage == "ans") else {}),
     }
+    if values:
+        metadata["values"] = json.dumps([_describe_value(n, v) for n, v in values.items()], separators=(",", ":"))
     return safetensors.torch.save(stored, metadata=metadata)
+
+
+def _describe_value(name: str, value: WireValue) -> dict[str, Any]:
+    if isinstance(value, torch.Size):
+        kind, items = "size", [int(v) for v in value]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        kind, items = "int", [value]
+    elif isinstance(value, tuple | list) and _is_int_list(list(value)):
+        kind, items = ("tuple" if isinstance(value, tuple) else "list"), list(value)
+    else:
+        raise UnsupportedMediaType(f"value {name!r} is a {type(value).__name__}, which the wire cannot carry")
+    return {"name": name, "kind": kind, "items": items}
+
+
+def _check_values(raw: str | None, expected: Sequence[ExpectedValue], batch: int | None) -> tuple[WireValue, ...]:
+    """Parse the ``values`` metadata and check it against what the cut predicts for ``batch``."""
+    try:
+        items = json.loads(raw) if raw is not None else []
+    except json.JSONDecodeError as exc:
+        raise MalformedPayload(f"metadata 'values' is not JSON: {exc}") from exc
+    if not isinstance(items, list) or len(items) > MAX_VALUES:
+        raise MalformedPayload(f"metadata 'values' must be a list of at most {MAX_VALUES} values")
+    got = [item.get("name") if isinstance(item, dict) else None for item in items]
+    want = [e.name for e in expected]
+    if got != want:
+        raise InvalidTensor(f"payload carries values {got}; this cut expects {want}")
+    if batch is None:
+        if expected:
+            raise InvalidTensor("values need a batch dimension to be checked against, and no tensor has one")
+        return ()
+    checked: list[WireValue] = []
+    for item, exp in zip(items, expected, strict=True):
+        kind, ints = item.get("kind"), item.get("items")
+        if kind not in _VALUE_KINDS or not _is_int_list(ints) or len(ints) > MAX_VALUE_ITEMS:
+            raise MalformedPayload(
+                f"value {exp.name!r} needs a kind in {_VALUE_KINDS} and at most {MAX_VALUE_ITEMS} integer items"
+            )
+        if kind != exp.kind or ints != exp.items_at(batch):
+            raise InvalidTensor(
+                f"value {exp.name!r} is {kind} {ints}; at batch {batch} this cut expects {exp.kind} "
+                f"{exp.items_at(batch)}"
+            )
+        checked.append(exp.value_at(batch))
+    return tuple(checked)
 
 
 def read_header(data: bytes, limits: WireLimits) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
@@ -307,7 +419,7 @@ def _check_expected(
     declared: list[tuple[str, torch.dtype, tuple[int, ...]]],
     expected: Sequence[ExpectedTensor],
     limits: WireLimits,
-) -> None:
+) -> int | None:
     got = [name for name, _, _ in declared]
     want = [e.name for e in expected]
     if got != want:
@@ -319,17 +431,21 @@ def _check_expected(
         if len(shape) != len(exp.shape):
             raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
         for size, want_size in zip(shape, exp.shape, strict=True):
-            if want_size == BATCH:
+            if want_size == BATCH or isinstance(want_size, PerItem):
+                rows = want_size.rows if isinstance(want_size, PerItem) else 1
+                if rows < 1 or size % rows:
+                    raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
                 if batch is None:
-                    batch = size
-                if size != batch:
-                    raise InvalidTensor(f"tensor {name!r} has batch {size}; other tensors have batch {batch}")
+                    batch = size // rows
+                if size != batch * rows:
+                    raise InvalidTensor(f"tensor {name!r} has batch {size // rows}; other tensors have batch {batch}")
             elif want_size is not None and size != want_size:
                 raise InvalidTensor(f"tensor {name!r} has shape {list(shape)}; expected {exp.describe()}")
     if batch is not None and batch < 1:
         raise InvalidTensor("batch size 0: a payload carries at least one item")
     if batch is not None and batch > limits.max_batch:
         raise PayloadTooLarge(f"batch size {batch} exceeds the limit of {limits.max_batch}")
+    return batch
 
 
 def decode_payload(
@@ -338,13 +454,14 @@ def decode_payload(
     kind: PayloadKind,
     model: str,
     weights: str,
-    expected: Mapping[str, Sequence[ExpectedTensor]] | Sequence[ExpectedTensor],
+    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
     limits: WireLimits = WireLimits(),
 ) -> Payload:
     """Validate and decode untrusted wire bytes.
 
-    ``expected`` is the list of tensors the receiver expects, or a map from cut name to that list
-    (the cloud, which accepts every cut of its model). Raises only :class:`SplitInferError` subclasses.
+    ``expected`` is the list of tensors (and non-tensor values) the receiver expects, or a map from cut
+    name to that list (the cloud, which accepts every cut of its model). Raises only
+    :class:`SplitInferError` subclasses.
     """
     try:
         return _decode(data, kind, model, weights, expected, limits)
@@ -360,7 +477,7 @@ def _decode(
     kind: PayloadKind,
     model: str,
     weights: str,
-    expected: Mapping[str, Sequence[ExpectedTensor]] | Sequence[ExpectedTensor],
+    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
     limits: WireLimits,
 ) -> Payload:
     metadata, entries = read_header(data, limits)
@@ -383,9 +500,11 @@ def _decode(
     if isinstance(expected, Mapping):
         if cut not in expected:
             raise ModelMismatch(f"cut {cut!r} is not a valid cut of {model!r}")
-        expected_tensors = expected[cut]
+        expected_all = expected[cut]
     else:
-        expected_tensors = expected
+        expected_all = expected
+    expected_tensors = [e for e in expected_all if isinstance(e, ExpectedTensor)]
+    expected_values = [e for e in expected_all if isinstance(e, ExpectedValue)]
     base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
     use_zstd = stage == "zstd"
     versioned = kind != "image" and (is_layout_versioned(base) or stage == "ans")
@@ -395,7 +514,8 @@ def _decode(
             f"{LAYOUT_VERSION!r}"
         )
     declared = _parse_tensor_list(metadata.get("tensors", "[]"))
-    _check_expected(declared, expected_tensors, limits)
+    batch = _check_expected(declared, expected_tensors, limits)
+    values = _check_values(metadata.get("values"), expected_values, batch)
 
     tensor_codec = TensorCodec(base if kind != "image" else "fp32", ans=stage == "ans")
     plan: list[tuple[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]]] = []
@@ -456,6 +576,8 @@ def _decode(
         codec=codec,
         tensors=tuple(tensors),
         names=tuple(name for name, _, _ in declared),
+        values=values,
+        batch=batch,
     )
 
 

@@ -13,7 +13,7 @@ import torch
 from shared.models import LoadedModel, load_model
 from shared.preprocessing import decode_image
 from shared.protocol import encode_activations, encode_images
-from shared.splitting import INPUT_CUT, ModelGraph
+from shared.splitting import INPUT_CUT
 from shared.wire import MEDIA_TYPE
 from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
 from splitinfer.samples import encode_image, synthetic_image
@@ -45,7 +45,7 @@ def cloud_payloads(
     loaded: LoadedModel, cut: str, codec: str, images: Sequence[bytes], per_request: int = 1
 ) -> list[bytes]:
     """Wire payloads of ``per_request`` images each, as an edge at ``cut`` with ``codec`` would send them."""
-    graph = ModelGraph(loaded.module, loaded.input_shape)
+    graph = loaded.graph()
     resolved = graph.cut(cut)
     head, _ = graph.split(resolved)
     common = {"model": loaded.name, "weights": loaded.digest, "codec": codec}

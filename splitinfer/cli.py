@@ -27,12 +27,9 @@ CLOUD_URL = "http://127.0.0.1:8001"
 
 
 def _cmd_cuts(args: argparse.Namespace) -> int:
-    from shared.models import load_model
-    from shared.splitting import ModelGraph
-
-    loaded = load_model(args.model, args.weights)
-    size = args.input_size or loaded.preprocessor.crop_size
-    graph = ModelGraph(loaded.module, (1, 3, size, size))
+    loaded = _load_model(args)
+    size = loaded.preprocessor.crop_size
+    graph = loaded.graph()
     cuts = graph.single_tensor_cuts() if args.single else graph.cuts
     if args.json:
         print(json.dumps({"model": args.model, "input_size": size, "cuts": [c.to_json() for c in cuts]}, indent=2))
@@ -49,7 +46,8 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
         [
             str(cut.index),
             cut.name,
-            " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors),
+            " + ".join("x".join(str(d) for d in t.shape) for t in cut.tensors)
+            + (f" + {len(cut.values)} int value(s)" if cut.values else ""),
             f"{cut.bytes_fp32 / 1024:.1f}",
             f"{cut.head_flops_share:.1%}",
         ]
@@ -83,10 +81,10 @@ def _image_folder(folder: str) -> list[bytes]:
 
 
 def _cmd_codecs(args: argparse.Namespace) -> int:
-    from shared.models import load_model
-    from shared.splitting import ModelGraph
     from splitinfer.fidelity import codec_report
     from splitinfer.samples import encode_image, synthetic_image
+
+    loaded = _load_model(args)
 
     if args.images:
         jpegs = _image_folder(args.images)
@@ -94,10 +92,9 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         jpegs = [encode_image(synthetic_image(seed=seed)) for seed in range(args.count)]
     if not jpegs:
         raise CliError("--count must be at least 1")
-    loaded = load_model(args.model, args.weights)
-    graph = ModelGraph(loaded.module, loaded.input_shape)
+    graph = loaded.graph()
     codecs = args.codecs.split(",") if args.codecs else None
-    rows = codec_report(loaded, graph, args.cut, jpegs, codecs=codecs, autocast=args.autocast)
+    rows = codec_report(loaded, graph, graph.cut(args.cut).name, jpegs, codecs=codecs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
@@ -334,7 +331,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import Progress
 
-    from shared.models import load_model
     from shared.planning import profile_model
     from splitinfer.bench import bench_images
     from splitinfer.checks import check_device
@@ -342,7 +338,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, args.weights)
+    loaded = _load_model(args)
     with Progress(transient=True) as bar:
         task = bar.add_task(f"profiling {args.model}", total=None)
         profile = profile_model(
@@ -407,10 +403,52 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+_MODEL_OPTIONS = (
+    "input_size",
+    "resize_size",
+    "interpolation",
+    "mean",
+    "std",
+    "pixel_scale",
+    "labels_file",
+    "leaf_modules",
+    "autowrap_functions",
+    "autowrap_modules",
+    "concrete_args",
+)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The preprocessing, labels and tracer settings of the services, as flags of a command."""
+    from service_core.settings import ServiceSettings
+
+    group = parser.add_argument_group("model options (as the services' settings of the same names)")
+    for name in _MODEL_OPTIONS:
+        field = ServiceSettings.model_fields[name]
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=field.description)
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """``args.model`` with ``args.weights`` and the model options; a loud note when weights are random."""
+    from service_core.settings import ServiceSettings
+    from shared.models import load_model
+
+    given = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name, None) is not None}
+    settings = ServiceSettings(model=args.model, weights=args.weights, **given)
+    loaded = load_model(args.model, args.weights, fallback_to_random=True, options=settings.model_options())
+    if loaded.weights_kind == "random":
+        print(
+            f"NOTE: {args.model} has RANDOM weights: codec errors and top-1 agreement measured on random weights "
+            "say little about a trained model (use --weights DEFAULT, a state_dict file, or efficientnet_lite0).",
+            file=sys.stderr,
+        )
+    return loaded
+
+
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--weights", default="DEFAULT", help="DEFAULT falls back to seeded random weights offline")
-    parser.add_argument("--cut", default="layer3")
+    parser.add_argument("--cut", default="default")
     parser.add_argument("--codec", default=None)
     parser.add_argument("--edge-port", type=int, default=8000)
     parser.add_argument("--cloud-port", type=int, default=8001)
@@ -446,15 +484,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     cuts = add("cuts", "list every valid cut of a model")
     cuts.add_argument("model")
     cuts.add_argument("--weights", default="none")
-    cuts.add_argument("--input-size", type=int, default=None)
+    _add_model_options(cuts)
     cuts.add_argument("--single", action="store_true", help="only cuts across which one tensor is alive")
     cuts.add_argument("--json", action="store_true")
     cuts.set_defaults(func=_cmd_cuts)
 
     codecs = add("codecs", "payload size, speed and fidelity of every codec at one cut")
     codecs.add_argument("model")
-    codecs.add_argument("--cut", required=True)
-    codecs.add_argument("--weights", default="none")
+    codecs.add_argument("--cut", default="default", help="default: the single-tensor cut nearest half the FLOPs")
+    codecs.add_argument(
+        "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
+    )
+    _add_model_options(codecs)
     codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
     codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
     codecs.add_argument("--codecs", default=None, help="comma-separated codecs (default: every fixed one + compact)")
@@ -497,7 +538,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, default=8)
     bench.add_argument("--model", default="resnet18", help="for --target cloud/local")
     bench.add_argument("--weights", default="none", help="for --target cloud/local")
-    bench.add_argument("--cut", default="layer3", help="for --target cloud: the payloads' cut")
+    bench.add_argument("--cut", default="default", help="for --target cloud: the payloads' cut")
     bench.add_argument("--codec", default="fp16", help="for --target cloud: the payloads' codec")
     bench.add_argument("--per-request", type=int, default=1, help="for --target cloud: images per payload")
     bench.add_argument("--name", default=None)
@@ -506,7 +547,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     profile = add("profile", "measure head/tail/codec costs of every cut on this machine")
     profile.add_argument("--model", default="resnet18")
-    profile.add_argument("--weights", default="none")
+    profile.add_argument(
+        "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
+    )
+    _add_model_options(profile)
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--threads", type=int, default=None)
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")

@@ -99,7 +99,7 @@ def codec_report(
                     ),
                 )
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
-                    logits = tail(*payload.tensors).float()
+                    logits = tail(*payload.arguments).float()
             per_image = len(data) / len(jpegs)
             difference = logits - reference
             top5_ref, top5 = reference.topk(5, dim=1).indices, logits.topk(5, dim=1).indices

@@ -17,10 +17,10 @@ from PIL import Image
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.wire import decode_logits, encode_activations
 from shared.errors import BadGateway
+from shared.models import LITE0_PREPROCESSOR
 from shared.preprocessing import ImagePreprocessor
 from shared.protocol import encode_logits
 from shared.wire import ExpectedTensor, decode_payload, encode_payload
-from shared.zoo import EFFICIENTNET_LITE_PREPROCESSING
 from splitinfer.samples import synthetic_image
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -74,9 +74,7 @@ def test_logits_reply_is_decoded_and_checked() -> None:
         decode_logits(body[:-4], model="m", weights="sha256:w", batch_size=2, num_classes=10)
 
 
-@pytest.mark.parametrize(
-    "preprocessor", [ImagePreprocessor(), EFFICIENTNET_LITE_PREPROCESSING], ids=["imagenet", "tflite"]
-)
+@pytest.mark.parametrize("preprocessor", [ImagePreprocessor(), LITE0_PREPROCESSOR], ids=["imagenet", "tflite"])
 def test_numpy_preprocessing_equals_torchvision_to_the_bit(preprocessor: ImagePreprocessor) -> None:
     ours = NumpyPreprocessor.from_json(preprocessor.to_json())
     images = [synthetic_image(640, 480, seed=1), synthetic_image(300, 500, seed=2), synthetic_image(257, 256, seed=3)]

@@ -64,8 +64,8 @@ def test_every_single_tensor_cut_of_efficientnet_lite0_exports() -> None:
     from skimage import data
 
     torch.set_num_threads(1)
-    loaded = load_model("shared.zoo:efficientnet_lite0")
-    assert loaded.preprocessor.mean == (127 / 255,) * 3 and loaded.preprocessor.std == (128 / 255,) * 3
+    loaded = load_model("efficientnet_lite0", "DEFAULT")
+    assert loaded.preprocessor.mean == (127.0,) * 3 and loaded.preprocessor.pixel_scale == 255.0
     photos = [Image.fromarray(np.asarray(getattr(data, n)())).convert("RGB") for n in ("chelsea", "coffee")]
     examples = loaded.preprocessor.batch(photos)
     with torch.no_grad():

@@ -97,10 +97,11 @@ def test_multi_tensor_cut_inside_a_residual_block(resnet18: tuple[nn.Module, Mod
 def test_parameters_never_cross_a_cut() -> None:
     model, graph, x = _graph("vit_b_16")
     parameters = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
-    cut = graph.cuts[1]  # right after the patch projection, before class token and position embedding
+    # right after the patch projection, before class token and position embedding
+    cut = next(c for c in graph.cuts if [t.shape for t in c.tensors] == [(1, 768, 196)])
     head, tail = graph.split(cut)
     with torch.no_grad():
-        shipped = head(x)
+        shipped = head(x)[: len(cut.tensors)]
     assert [t.shape for t in shipped] == [torch.Size([x.shape[0], 768, 196])]
     assert not any(id(t) in parameters for t in shipped)
     tail_attrs = {n.target for n in tail.graph.nodes if n.op == "get_attr"}
@@ -109,13 +110,20 @@ def test_parameters_never_cross_a_cut() -> None:
         assert not {t.name for t in cut.tensors} & {"class_token", "encoder_pos_embedding"}
 
 
-def test_non_tensor_values_make_a_position_invalid() -> None:
-    _, graph, _ = _graph("vit_b_16")
-    # The patch grid size (h // patch) is a Python int computed before conv_proj and used after it.
-    with pytest.raises(ValueError, match=r"non-tensor value\(s\) .*floordiv.*Nearest valid cuts"):
-        graph.cut("conv_proj")
-    # nn.MultiheadAttention returns a tuple: right after it only the tuple is alive.
-    with pytest.raises(ValueError, match="non-tensor value"):
+def test_shape_integers_travel_across_a_cut() -> None:
+    model, graph, x = _graph("vit_b_16")
+    # The patch grid size (h // patch) is a Python int computed before conv_proj and used after it:
+    # it crosses the cut as a value, predicted for any batch size and reported by the cut.
+    cut = graph.cut("conv_proj")
+    assert [v.name for v in cut.values] and all(v.kind == "int" for v in cut.values)
+    assert cut.to_json()["values"][0]["per_item"] in (0, 1)
+    head, tail = graph.split(cut)
+    with torch.no_grad():
+        shipped = head(x)
+        assert list(shipped[len(cut.tensors) :]) == [v.at(x.shape[0]) for v in cut.values]
+        assert torch.equal(tail(*shipped), model(x))
+    # nn.MultiheadAttention returns a tuple of tensors: right after it only the tuple is alive.
+    with pytest.raises(ValueError, match="neither batch-first tensors nor shape-derived integers"):
         graph.cut("encoder.layers.encoder_layer_0.self_attention")
     assert graph.cut("encoder.layers.encoder_layer_5").single_tensor
 
