@@ -317,7 +317,7 @@ def load_model(
     labels = read_labels(options.labels_file) if options.labels_file is not None else built.labels
     preprocessor = built.preprocessor.with_overrides(options.preprocessing)
     if kind == "random":
-        logger.warning("%s has RANDOM weights (seed %d): predictions and codec errors say little", name, RANDOM_SEED)
+        logger.info("%s has RANDOM weights (seed %d): predictions and codec errors say little", name, RANDOM_SEED)
     return LoadedModel(
         name=name,
         module=module,

@@ -84,14 +84,13 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     from splitinfer.fidelity import codec_report
     from splitinfer.samples import encode_image, synthetic_image
 
-    loaded = _load_model(args)
-
     if args.images:
         jpegs = _image_folder(args.images)
     else:
         jpegs = [encode_image(synthetic_image(seed=seed)) for seed in range(args.count)]
     if not jpegs:
         raise CliError("--count must be at least 1")
+    loaded = _load_model(args)  # NOTE: after the cheap checks: loading DEFAULT weights may try the network
     graph = loaded.graph()
     codecs = args.codecs.split(",") if args.codecs else None
     rows = codec_report(loaded, graph, graph.cut(args.cut).name, jpegs, codecs=codecs, autocast=args.autocast)

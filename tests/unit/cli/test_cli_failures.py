@@ -183,7 +183,7 @@ def test_codecs_with_a_bad_image_names_it(capsys: pytest.CaptureFixture[str], tm
 
 
 def test_an_unknown_cut_suggests_names(capsys: pytest.CaptureFixture[str]) -> None:
-    line = _failure(capsys, ["codecs", "resnet18", "--cut", "layer5", "--count", "1"])
+    line = _failure(capsys, ["codecs", "resnet18", "--weights", "none", "--cut", "layer5", "--count", "1"])
     assert "unknown cut 'layer5'" in line
     assert "Did you mean" in line
 
