@@ -96,6 +96,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
     rows = codec_report(loaded, graph, graph.cut(args.cut).name, jpegs, codecs=codecs, autocast=args.autocast)
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
+        _random_weights_note(loaded)
         return 0
     cut = graph.cut(args.cut)
     autocast = ", tail under bf16 autocast" if args.autocast == "bf16" else ""
@@ -118,6 +119,7 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print_table(title, columns, table, width=args.width)
+    _random_weights_note(loaded)
     return 0
 
 
@@ -352,6 +354,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         )
     profile.save(args.output)
     print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine})")
+    _random_weights_note(loaded)
     return 0
 
 
@@ -428,20 +431,23 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    """``args.model`` with ``args.weights`` and the model options; a loud note when weights are random."""
+    """``args.model`` with ``args.weights`` and the model options."""
     from service_core.settings import ServiceSettings
     from shared.models import load_model
 
     given = {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name, None) is not None}
     settings = ServiceSettings(model=args.model, weights=args.weights, **given)
-    loaded = load_model(args.model, args.weights, fallback_to_random=True, options=settings.model_options())
+    return load_model(args.model, args.weights, fallback_to_random=True, options=settings.model_options())
+
+
+def _random_weights_note(loaded: Any) -> None:
+    """After a measurement: a loud note when it was made with random weights."""
     if loaded.weights_kind == "random":
         print(
-            f"NOTE: {args.model} has RANDOM weights: codec errors and top-1 agreement measured on random weights "
+            f"NOTE: {loaded.name} has RANDOM weights: codec errors and top-1 agreement measured on random weights "
             "say little about a trained model (use --weights DEFAULT, a state_dict file, or efficientnet_lite0).",
             file=sys.stderr,
         )
-    return loaded
 
 
 def _add_pair_options(parser: argparse.ArgumentParser) -> None:
