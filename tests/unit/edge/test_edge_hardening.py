@@ -37,11 +37,25 @@ def digest() -> str:
     return load_model(TINY, "none").digest
 
 
+@pytest.fixture(scope="module")
+def cloud_info() -> dict[str, object]:
+    """What a healthy cloud of the same model says on /v1/info (the edge's /readyz compares it)."""
+
+    loaded = load_model(TINY, "none")
+    return {
+        "model": TINY,
+        "weights_digest": loaded.digest,
+        "preprocessing": loaded.preprocessor.to_json(),
+        "tracing": loaded.trace_options.to_json(),
+        "cuts_digest": loaded.graph().cuts_digest(),
+    }
+
+
 class FakeCloud:
     """A cloud whose next /v1/tail answers are scripted (then healthy); /v1/info is always healthy."""
 
-    def __init__(self, digest: str) -> None:
-        self.digest = digest
+    def __init__(self, digest: str, info: dict[str, object]) -> None:
+        self.digest, self.info = digest, info
         self.script: list[Handler] = []
         self.calls = 0
 
@@ -51,17 +65,17 @@ class FakeCloud:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/info":
-            return httpx.Response(200, json={"model": TINY, "weights_digest": self.digest})
+            return httpx.Response(200, json=self.info)
         self.calls += 1
         return (self.script.pop(0) if self.script else self.healthy)(request)
 
 
 @pytest.fixture
-def edge(digest: str) -> Iterator[Callable[..., tuple[TestClient, FakeCloud]]]:
+def edge(digest: str, cloud_info: dict[str, object]) -> Iterator[Callable[..., tuple[TestClient, FakeCloud]]]:
     clients: list[TestClient] = []
 
     def build(**settings: object) -> tuple[TestClient, FakeCloud]:
-        cloud = FakeCloud(digest)
+        cloud = FakeCloud(digest, cloud_info)
         options: dict[str, object] = {
             "model": TINY,
             "weights": "none",
