@@ -16,7 +16,9 @@ cloud's image decoding and preprocessing).
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import platform
 import statistics
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import fx
 
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits, decode_image
@@ -48,10 +51,15 @@ __all__ = [
     "PROFILE_CODECS",
     "PlanRow",
     "Profile",
+    "ProgressCallback",
+    "SPREAD_WARNING",
     "pareto",
     "plan",
     "profile_model",
+    "relative_spread",
 ]
+
+logger = logging.getLogger(__name__)
 
 Objective = Literal["latency", "edge-time", "bytes"]
 PROFILE_CODECS = ("fp32", "fp16", "int8+zstd", "int6+ans", "budget10+ans", "budget20+ans")
@@ -59,6 +67,11 @@ PROFILE_CODECS = ("fp32", "fp16", "int8+zstd", "int6+ans", "budget10+ans", "budg
 # Bytes on the link per payload byte: TCP/IPv4 (with timestamps) in Ethernet frames carry 1448 bytes
 # of data in 1514 bytes.
 FRAMING_OVERHEAD = 1514 / 1448
+SPREAD_WARNING = 0.2
+"""A profile whose whole-model time has a larger relative interquartile range is logged as noisy."""
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)`` while a profile is measured."""
+_COMPUTE_OPS = ("call_function", "call_method", "call_module")
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class Profile:
     image_decode_ms: float = 0.0  # decoding one received image (every cut decodes it on the edge)
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
     reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
+    total_ms: float = 0.0  # the whole model, node by node (median of the passes)
+    spread: float = 0.0  # relative interquartile range of the whole-model time over the passes
 
     def edge_overhead_ms(self, cut: str) -> float:
         """What the edge spends on the image before the head runs at ``cut``."""
@@ -118,14 +133,72 @@ class Profile:
         return cls(**data, cuts=cuts)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
+class _NodeTimer(fx.Interpreter):
+    """One pass over the graph that times every compute node (synchronizing the device around each)."""
+
+    def __init__(self, module: fx.GraphModule, sync: Callable[[], None]) -> None:
+        super().__init__(module)
+        self._sync = sync
+        self.times: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op not in _COMPUTE_OPS:
+            return super().run_node(n)
+        self._sync()
         started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+        result = super().run_node(n)
+        self._sync()
+        self.times[n.name] = (time.perf_counter() - started) * 1000
+        return result
+
+
+class _Recorder(fx.Interpreter):
+    """One pass over the graph that keeps the values named in ``keep`` (what crosses the profiled cuts)."""
+
+    def __init__(self, module: fx.GraphModule, keep: set[str]) -> None:
+        super().__init__(module)
+        self._keep = keep
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self._keep:
+            self.values[n.name] = result
+        return result
+
+
+@dataclass
+class _CodecJob:
+    """One (cut, codec) to profile: timed encode and decode of the first image, sizes and error over all."""
+
+    codec: str
+    encode: Callable[[], object]
+    decode: Callable[[], object]
+    bytes_per_image: float
+    error: Callable[[], float]
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return partial(torch.cuda.synchronize, device)
+    return lambda: None
+
+
+def _timed_ms(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - started) * 1000
+
+
+def relative_spread(samples: Sequence[float]) -> float:
+    """Interquartile range over the median (0: steady; 1: the timings vary as much as they measure)."""
+    middle = max(statistics.median(samples), 1e-9)
+    if len(samples) < 4:
+        return (max(samples) - min(samples)) / middle
+    q1, _, q3 = statistics.quantiles(samples, n=4)
+    return (q3 - q1) / middle
 
 
 def profile_model(
@@ -136,59 +209,174 @@ def profile_model(
     all_cuts: bool = False,
     codecs: Sequence[str] = PROFILE_CODECS,
     repeats: int = 5,
-    progress: Callable[[str], None] | None = None,
+    warmup: int = 2,
+    codec_repeats: int = 3,
+    progress: ProgressCallback | None = None,
 ) -> Profile:
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
 
-    Times are medians over ``repeats`` runs on the first image; payload sizes and codec errors are
-    means over all ``images`` (compressed sizes depend on the picture).
+    Head and tail times come from per-node timings: each repeat is one pass over the whole graph that
+    times every node (synchronizing the device around each), a cut's head time is the prefix sum of its
+    nodes' times in that pass and its tail time the rest. Every cut is measured in the same passes, and
+    cuts that differ by a cheap node (a ReLU, a flatten) get consistent times by construction. Encode
+    and decode times (first image) are measured round-robin over every (cut, codec), one round in each
+    of the first ``codec_repeats`` repeats, interleaved with the graph passes, after ``warmup`` untimed
+    passes (the codecs are warmed up by measuring their sizes and errors). Times are medians. Payload
+    sizes are means over all ``images`` (compressed sizes depend on the picture);
+    a codec's error is the worst over the images of the tail's output on decoded activations against
+    its output on the original ones. ``profile.spread`` is the relative interquartile range of the
+    whole-model time; above :data:`SPREAD_WARNING` a warning is logged (a busy machine).
     """
+    if repeats < 1 or warmup < 0 or codec_repeats < 1:
+        raise ValueError("repeats and codec_repeats must be >= 1 and warmup >= 0")
+    codec_repeats = min(codec_repeats, repeats)
+    report: ProgressCallback = progress or _no_progress
     graph = ModelGraph(loaded.module, loaded.input_shape)
     target = torch.device(device)
+    sync = _synchronizer(target)
     loaded.module.to(target)
     decoded = [decode_image(blob) for blob in images]
     batches = [loaded.preprocessor.batch([image]).to(target) for image in decoded]
-    batch = batches[0]
-    with torch.inference_mode():
-        references = [loaded.module(b).float().cpu() for b in batches]
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     machine |= {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     profile = Profile(
         loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
     )
-    profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
-    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats)
     common = {"model": loaded.name, "weights": loaded.digest}
-    profile.reply_bytes = float(len(encode_logits(references[0], cut=OUTPUT_CUT, **common)))
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
-    limits = WireLimits.for_batch(1, mib_per_item=64)
-    for cut in candidates:
-        if progress is not None:
-            progress(cut.name)
-        head, tail = graph.split(cut)
+    compute = [n.name for n in graph.traced.graph.nodes if n.op in _COMPUTE_OPS]
+    was_training = loaded.module.training
+    loaded.module.eval()
+    try:
         with torch.inference_mode():
-            head_ms = _median_ms(partial(head, batch), repeats)
-            shipped_all = [tuple(t.cpu() for t in head(b)) for b in batches]
-            shipped = tuple(t.to(target) for t in shipped_all[0])
-            tail_ms = _median_ms(partial(tail, *shipped), repeats)
-            if cut.name == INPUT_CUT:
-                measured = [_profile_images(loaded, images, decoded, limits, repeats)]
-            elif cut.name == OUTPUT_CUT:
-                measured = []
-            else:
-                measured = [
-                    _profile_codec(codec, cut, shipped_all, tail, target, references, limits, repeats, common)
-                    for codec in codecs
-                ]
-        profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, tuple(measured)))
+            logits = loaded.module(batches[0]).float().cpu()
+            profile.reply_bytes = float(len(encode_logits(logits, cut=OUTPUT_CUT, **common)))
+            builders = _codec_jobs(loaded, graph, candidates, images, decoded, batches, codecs, target, common)
+            steps = len(builders) + warmup + repeats
+            # NOTE: building a job encodes every image and measuring its error decodes them: that is the
+            # codecs' warm-up, so their timed rounds below need none of their own.
+            jobs: dict[tuple[str, str], _CodecJob] = {}
+            errors: dict[tuple[str, str], float] = {}
+            for step, (pair, build) in enumerate(builders.items()):
+                report(f"codecs at {pair[0]}", step, steps)
+                jobs[pair] = build()
+                errors[pair] = jobs[pair].error()
+            timed: dict[str, Callable[[], object]] = {
+                "image decode": partial(decode_image, images[0]),
+                "preprocess": partial(loaded.preprocessor.batch, decoded[:1]),
+            }
+            for (cut_name, _), job in jobs.items():
+                timed[f"{cut_name}/{job.codec}/encode"] = job.encode
+                timed[f"{cut_name}/{job.codec}/decode"] = job.decode
+            timer = _NodeTimer(graph.traced.graph_module, sync)
+            for step in range(warmup):
+                report("warming up", len(builders) + step, steps)
+                timer.run(batches[0])
+                timed["image decode"]()
+                timed["preprocess"]()
+            passes: list[list[float]] = []
+            samples: dict[str, list[float]] = {key: [] for key in timed}
+            for step in range(repeats):
+                report("timing every node and codec", len(builders) + warmup + step, steps)
+                timer.run(batches[0])
+                passes.append(list(itertools.accumulate((timer.times[name] for name in compute), initial=0.0)))
+                for key, fn in timed.items():
+                    if step < codec_repeats or key in ("image decode", "preprocess"):
+                        samples[key].append(_timed_ms(fn, sync))
+            report("done", steps, steps)
+    finally:
+        loaded.module.train(was_training)
+    totals = [p[-1] for p in passes]
+    profile.total_ms = statistics.median(totals)
+    profile.spread = relative_spread(totals)
+    if profile.spread > SPREAD_WARNING:
+        logger.warning(
+            "the profile of %s is noisy: the whole model took %.1f to %.1f ms over %d passes (spread %.0f%%); "
+            "the machine is busy: profile again when it is idle, or with more repeats",
+            loaded.name,
+            min(totals),
+            max(totals),
+            len(totals),
+            profile.spread * 100,
+        )
+    profile.image_decode_ms = statistics.median(samples["image decode"])
+    profile.preprocess_ms = statistics.median(samples["preprocess"])
+    for cut in candidates:
+        measured = tuple(
+            CodecProfile(
+                job.codec,
+                job.bytes_per_image,
+                statistics.median(samples[f"{cut_name}/{job.codec}/encode"]),
+                statistics.median(samples[f"{cut_name}/{job.codec}/decode"]),
+                errors[(cut_name, job.codec)],
+            )
+            for (cut_name, _), job in jobs.items()
+            if cut_name == cut.name
+        )
+        head_ms = statistics.median(p[cut.position] for p in passes)
+        tail_ms = statistics.median(p[-1] - p[cut.position] for p in passes)
+        profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, measured))
     return profile
 
 
-def _profile_images(
-    loaded: LoadedModel, images: Sequence[bytes], decoded: Sequence[Any], limits: WireLimits, repeats: int
-) -> CodecProfile:
+def _no_progress(stage: str, done: int, total: int) -> None:
+    """The default progress callback: report nothing."""
+
+
+def _codec_jobs(
+    loaded: LoadedModel,
+    graph: ModelGraph,
+    candidates: Sequence[Cut],
+    images: Sequence[bytes],
+    decoded: Sequence[Any],
+    batches: Sequence[torch.Tensor],
+    codecs: Sequence[str],
+    target: torch.device,
+    common: dict[str, str],
+) -> dict[tuple[str, str], Callable[[], _CodecJob]]:
+    """What builds every (cut, codec) to profile. The tensors crossing every cut come from one pass per image."""
+    keep = {t.name for cut in candidates for t in cut.tensors}
+    shipped_by_image = []
+    for batch in batches:
+        recorder = _Recorder(graph.traced.graph_module, keep)
+        recorder.run(batch)
+        shipped_by_image.append({name: value.cpu() for name, value in recorder.values.items()})
+    limits = WireLimits.for_batch(1, mib_per_item=64)
+    references: dict[str, tuple[fx.GraphModule, torch.Tensor]] = {}
+
+    def reference_of(cut: Cut) -> tuple[fx.GraphModule, torch.Tensor]:
+        """The cut's tail and its logits on the original tensors of every image, in one batch."""
+        if cut.name not in references:
+            _, tail = graph.split(cut)
+            originals = [tuple(values[t.name] for t in cut.tensors) for values in shipped_by_image]
+            inputs = [torch.cat(parts).to(target) for parts in zip(*originals, strict=True)]
+            with torch.inference_mode():
+                references[cut.name] = tail, tail(*inputs).float().cpu()
+        return references[cut.name]
+
+    jobs: dict[tuple[str, str], Callable[[], _CodecJob]] = {}
+    for cut in candidates:
+        if cut.name == OUTPUT_CUT:
+            continue
+        if cut.name == INPUT_CUT:
+            jobs[(cut.name, "image")] = partial(_image_job, loaded, images, decoded, limits, common)
+            continue
+        shipped = [tuple(values[t.name] for t in cut.tensors) for values in shipped_by_image]
+        for codec in codecs:
+            jobs[(cut.name, codec)] = partial(
+                _activation_job, cut, codec, shipped, reference_of, target, limits, common
+            )
+    return jobs
+
+
+def _image_job(
+    loaded: LoadedModel,
+    images: Sequence[bytes],
+    decoded: Sequence[Any],
+    limits: WireLimits,
+    common: dict[str, str],
+) -> _CodecJob:
     """Cut ``input``: the received image shipped as is; "decode" is the cloud's whole path to a batch."""
-    common = {"model": loaded.name, "weights": loaded.digest}
 
     def encode(index: int = 0) -> bytes:
         return encode_images([images[index]], [decoded[index]], loaded.preprocessor, codec="image", **common)
@@ -201,34 +389,36 @@ def _profile_images(
         return images_from_payload(payload, loaded.preprocessor, ImageLimits(), limits)
 
     size = statistics.fmean(len(encode(i)) for i in range(len(images)))
-    return CodecProfile("image", float(size), _median_ms(encode, repeats), _median_ms(decode, repeats), 0.0)
+    return _CodecJob("image", encode, decode, float(size), lambda: 0.0)
 
 
-def _profile_codec(
-    codec: str,
+def _activation_job(
     cut: Cut,
-    shipped_all: Sequence[tuple[torch.Tensor, ...]],
-    tail: torch.nn.Module,
+    codec: str,
+    shipped: Sequence[tuple[torch.Tensor, ...]],
+    reference_of: Callable[[Cut], tuple[fx.GraphModule, torch.Tensor]],
     target: torch.device,
-    references: Sequence[torch.Tensor],
     limits: WireLimits,
-    repeats: int,
     common: dict[str, str],
-) -> CodecProfile:
+) -> _CodecJob:
     expected = expected_for_cut(cut)
-    payloads = [encode_activations(shipped, cut, codec=codec, **common) for shipped in shipped_all]
-    encode_ms = _median_ms(partial(encode_activations, shipped_all[0], cut, codec=codec, **common), repeats)
+    payloads = [encode_activations(tensors, cut, codec=codec, **common) for tensors in shipped]
 
-    def decode(data: bytes = payloads[0]) -> Any:
-        return decode_payload(data, kind="activations", expected=expected, limits=limits, **common)
+    def decode(data: bytes = payloads[0]) -> tuple[torch.Tensor, ...]:
+        return decode_payload(data, kind="activations", expected=expected, limits=limits, **common).tensors
 
-    decode_ms = _median_ms(decode, repeats)
-    errors = []
-    for data, reference in zip(payloads, references, strict=True):
-        logits = tail(*(t.to(target) for t in decode(data).tensors)).float().cpu()
-        errors.append(float((logits - reference).norm() / reference.norm().clamp_min(1e-12)))
+    def error() -> float:
+        received = [decode(data) for data in payloads]
+        if all(torch.equal(a, b) for r, s in zip(received, shipped, strict=True) for a, b in zip(r, s, strict=True)):
+            return 0.0  # NOTE: lossless here: no need to run the tail
+        tail, reference = reference_of(cut)
+        inputs = [torch.cat(parts).to(target) for parts in zip(*received, strict=True)]
+        logits = tail(*inputs).float().cpu()
+        norms = (logits - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return float(norms.max())
+
     size = statistics.fmean(len(p) for p in payloads)
-    return CodecProfile(codec, float(size), encode_ms, decode_ms, max(errors))
+    return _CodecJob(codec, partial(encode_activations, shipped[0], cut, codec=codec, **common), decode, size, error)
 
 
 @dataclass(frozen=True)

@@ -251,27 +251,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shared.models import load_model
-    from shared.planning import profile_model
+    from shared.planning import SPREAD_WARNING, profile_model
     from splitinfer.bench import bench_images
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, args.weights)
-    with Progress(transient=True) as bar:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"profiling {args.model}", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"profiling {args.model}: {stage}")
+
+        started = time.perf_counter()
         profile = profile_model(
             loaded,
             bench_images(args.images, 4),
             device=args.device,
             all_cuts=args.all_cuts,
             repeats=args.repeats,
-            progress=lambda name: bar.update(task, advance=1, description=f"profiling {args.model} at {name}"),
+            progress=progress,
         )
     profile.save(args.output)
-    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device}")
+    elapsed = time.perf_counter() - started
+    print(
+        f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} in {elapsed:.1f} s "
+        f"(whole model {profile.total_ms:.1f} ms, spread {profile.spread:.0%})"
+    )
+    if profile.spread > SPREAD_WARNING:
+        print(f"warning: the timings varied by {profile.spread:.0%} (a busy machine?); profile again", file=sys.stderr)
     return 0
 
 

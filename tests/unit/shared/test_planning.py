@@ -15,6 +15,7 @@ from shared.planning import (
     pareto,
     plan,
     profile_model,
+    relative_spread,
 )
 from splitinfer.samples import encode_image, synthetic_image
 
@@ -112,3 +113,34 @@ def test_compact_codecs_are_planned_per_cut_by_their_measured_error() -> None:
     assert any(codec.endswith("+ans") for _, codec in routes)
     strict = plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=0.0)
     assert all(r.relative_l2_error == 0.0 for r in strict)
+
+
+def test_cuts_a_cheap_node_apart_get_consistent_times_and_progress_is_reported() -> None:
+    """resnet18's ``add_1`` and ``layer1`` differ by one ReLU, ``avgpool`` and ``flatten`` by a flatten:
+    per-node timing with prefix sums gives them head and tail times within 10% by construction."""
+    loaded = load_model("resnet18", "none")
+    seen: list[tuple[str, int, int]] = []
+    profile = profile_model(
+        loaded,
+        [encode_image(synthetic_image())],
+        codecs=("fp16",),
+        repeats=3,
+        warmup=1,
+        progress=lambda stage, done, total: seen.append((stage, done, total)),
+    )
+    by_name = {c.name: c for c in profile.cuts}
+    for a, b in (("add_1", "layer1"), ("avgpool", "flatten")):
+        first, second = by_name[a], by_name[b]
+        assert first.head_ms <= second.head_ms <= first.head_ms * 1.1, (a, b)
+        assert second.tail_ms <= first.tail_ms <= max(second.tail_ms * 1.1, second.tail_ms + 0.05), (a, b)
+    head_ms = [c.head_ms for c in profile.cuts]
+    assert head_ms == sorted(head_ms)  # prefix sums: a later cut's head is never cheaper
+    assert all(c.head_ms + c.tail_ms == pytest.approx(profile.total_ms, rel=0.5) for c in profile.cuts)
+    assert profile.spread >= 0.0
+    assert seen[-1][1] == seen[-1][2] and [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
+
+
+def test_relative_spread_is_the_interquartile_range_over_the_median() -> None:
+    assert relative_spread([10.0, 10.0, 10.0, 10.0, 10.0]) == 0.0
+    assert relative_spread([8.0, 9.0, 10.0, 11.0, 12.0]) == pytest.approx((11.5 - 8.5) / 10.0)
+    assert relative_spread([5.0, 10.0]) == pytest.approx(5.0 / 7.5)
