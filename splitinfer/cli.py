@@ -99,6 +99,10 @@ def _cmd_cloud(args: argparse.Namespace) -> int:
     from splitinfer.serve import run_service
 
     settings = settings_from_args(CloudSettings, args)
+    if settings.workers > 1:
+        from splitinfer.workers import run_workers
+
+        return run_workers(settings)
     run_service(create_app(settings), settings)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import httpx
 import uvicorn
 
 from service_core.settings import ServiceSettings
+from splitinfer.threads import THREADS_ENV, share_of_cores
 
 __all__ = ["configure_logging", "run_service", "start_pair", "stop_processes", "wait_ready"]
 
@@ -57,7 +59,10 @@ class _DrainingServer(uvicorn.Server):
         timer.start()
 
 
-def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> None:
+def run_service(
+    app: Any, settings: ServiceSettings, sockets: list[socket.socket] | None = None, **uvicorn_options: Any
+) -> None:
+    """Serve ``app`` with uvicorn on the settings' address, or on ``sockets`` already bound (workers)."""
     configure_logging(settings.log_level)
     config = uvicorn.Config(
         app,
@@ -70,7 +75,7 @@ def run_service(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> 
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         **uvicorn_options,
     )
-    _DrainingServer(config, settings.drain_s).run()
+    _DrainingServer(config, settings.drain_s).run(sockets=sockets)
 
 
 def wait_ready(url: str, deadline_s: float, processes: Sequence[subprocess.Popen[bytes]] = ()) -> None:
@@ -95,9 +100,14 @@ def wait_ready(url: str, deadline_s: float, processes: Sequence[subprocess.Popen
 def start_pair(
     common: Sequence[str], cloud_args: Sequence[str], edge_args: Sequence[str], env: dict[str, str] | None = None
 ) -> list[subprocess.Popen[bytes]]:
-    """Start ``splitinfer cloud`` and ``splitinfer edge`` as children, each in its own process group."""
+    """Start ``splitinfer cloud`` and ``splitinfer edge`` as children, each in its own process group.
+
+    Unless ``SPLITINFER_THREADS`` is set, each gets half the host's cores for torch: two services that
+    each take every core fight over them (a head on 2 cores ran slower than the whole model alone).
+    """
     launch = [sys.executable, "-m", "splitinfer"]
     environment = {**os.environ, **(env or {})}
+    environment.setdefault(THREADS_ENV, str(share_of_cores(2)))
     cloud = subprocess.Popen([*launch, "cloud", *common, *cloud_args], env=environment, start_new_session=True)
     edge = subprocess.Popen([*launch, "edge", *common, *edge_args], env=environment, start_new_session=True)
     return [cloud, edge]
