@@ -17,7 +17,10 @@ from shared.protocol import expected_for_cut, expected_images, images_from_paylo
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
 
-__all__ = ["CloudModel", "TailInput"]
+__all__ = ["INLINE_DECODE_BYTES", "CloudModel", "TailInput"]
+
+INLINE_DECODE_BYTES = 16 * 1024
+"""Uncompressed activations up to this size decode in microseconds: cheaper than a hop to a thread."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,14 @@ class CloudModel:
             while len(self._tails) > self._tail_cache_size:
                 self._tails.popitem(last=False)
             return tail
+
+    def cheap_to_decode(self, body: bytes) -> bool:
+        """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):
+        its work is bounded by its size, so it can be decoded on the event loop."""
+        if len(body) > INLINE_DECODE_BYTES:
+            return False
+        metadata, _ = read_header(body, self.wire_limits)
+        return metadata.get("kind") == "activations" and "+" not in metadata.get("codec", "+")
 
     def decode(self, body: bytes) -> TailInput:
         """Validate a request body (activations of any cut, or images for ``input``)."""

@@ -79,7 +79,14 @@ class ClassifyOptions:
         self.top_k, self.logits, self.cut, self.codec = top_k, logits, cut, codec
 
 
-OptionsDep = Annotated[ClassifyOptions, Depends()]
+async def _classify_options(
+    top_k: TopK = 5, logits: WithLogits = False, cut: CutOverride = None, codec: CodecOverride = None
+) -> ClassifyOptions:
+    """The options from the query (async: FastAPI would build a class dependency in a worker thread)."""
+    return ClassifyOptions(top_k, logits, cut, codec)
+
+
+OptionsDep = Annotated[ClassifyOptions, Depends(_classify_options)]
 
 
 def _route(state: EdgeState, cut: str | None, codec: str | None) -> Route:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service_core.http import header_value
 from service_core.problems import domain_problem
 from shared.errors import BadRequest, PayloadTooLarge, SplitInferError
 
@@ -53,7 +53,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope)
         limit = _DEFAULT_LIMIT if limit is None else limit
         try:
-            _check_declared_length(Headers(scope=scope).get("content-length"), limit)
+            _check_declared_length(header_value(scope, b"content-length"), limit)
         except SplitInferError as exc:
             await domain_problem(exc)(scope, receive, send)
             return
