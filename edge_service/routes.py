@@ -59,6 +59,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
+_INLINE_LOGITS_BYTES = 64 * 1024  # a reply's logits (its size bounded by the classes and the batch)
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
@@ -202,7 +203,10 @@ async def _classify_admitted(
                 state.selector.observe(len(prepared.payload), reply.round_trip_ms, reply.timings)
             if reply.timings.tail_ms is not None:
                 timings["cloud_tail"] = reply.timings.tail_ms
-            logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
+            if len(reply.body) <= _INLINE_LOGITS_BYTES:  # NOTE: decoding is cheaper than a thread hop
+                logits = model.decode_logits(reply.body, len(blobs))
+            else:
+                logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
                 raise
