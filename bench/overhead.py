@@ -16,6 +16,8 @@
    tail compute the services report for it (and, in a second column, minus decode and preprocess too:
    the work the in-process path also does).
 
+3. ``splitinfer profile`` of resnet18 on this CPU: its wall time and how closely cuts a cheap node apart agree.
+
 Writes bench/results/overhead.json and prints the Markdown of docs/benchmarks.md's section.
 """
 
@@ -230,6 +232,43 @@ def end_to_end_section(logs: Path, scratch: Path, rounds: int, per_round: int) -
     }
 
 
+def profile_section(scratch: Path) -> dict[str, Any]:
+    """``splitinfer profile`` of resnet18 on this CPU as a user runs it: wall time and cut agreement."""
+    out = scratch / "profile.json"
+    command = [
+        sys.executable,
+        "-m",
+        "splitinfer",
+        "profile",
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "-o",
+        str(out),
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    profile = json.loads(out.read_text())
+    cuts = {c["name"]: c for c in profile["cuts"]}
+    pairs = {}
+    for a, b in (("add_1", "layer1"), ("add_7", "layer4"), ("avgpool", "flatten")):
+        pairs[f"{a} / {b}"] = {
+            "head": round(cuts[a]["head_ms"] / cuts[b]["head_ms"], 4),
+            "tail": round(cuts[a]["tail_ms"] / max(cuts[b]["tail_ms"], 1e-9), 4),
+        }
+    return {
+        "command": "splitinfer profile --model resnet18 --weights none -o profile.json",
+        "wall_s": round(elapsed, 1),
+        "cuts": len(profile["cuts"]),
+        "codecs_per_cut": max(len(c["codecs"]) for c in profile["cuts"]),
+        "whole_model_ms": round(profile["total_ms"], 2),
+        "spread": round(profile["spread"], 3),
+        "pairs": pairs,
+    }
+
+
 def markdown(results: dict[str, Any]) -> str:
     t, e = results["throughput"], results["end_to_end"]
     lines = [
@@ -268,6 +307,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"End to end / in-process: **{e['end_to_end_vs_in_process']:.2f}x** (target <= 1.3); framework "
         f"overhead **{e['overhead_p50_ms']:.1f} ms** median (target <= 3 ms).",
     ]
+    p = results.get("profile")
+    if p:
+        agreement = "; ".join(f"{pair}: head {r['head']:.3f}, tail {r['tail']:.3f}" for pair, r in p["pairs"].items())
+        lines += [
+            "",
+            f"`{p['command']}`: **{p['wall_s']:.1f} s** (target <= 30 s) for {p['cuts']} cuts with up to "
+            f"{p['codecs_per_cut']} codecs each; whole model {p['whole_model_ms']:.1f} ms node by node, spread "
+            f"{p['spread']:.0%}. Cuts a cheap node apart (ratios of their times): {agreement}.",
+        ]
     return "\n".join(lines)
 
 
@@ -295,6 +343,8 @@ def main() -> None:
         results["throughput"] = throughput_section(scratch, scratch, rounds, duration_s)
         print("end to end vs in-process", flush=True)
         results["end_to_end"] = end_to_end_section(scratch, scratch, rounds, per_round)
+        print("splitinfer profile", flush=True)
+        results["profile"] = profile_section(scratch)
     results["load_after"] = _load_average()
     if not args.quick:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
