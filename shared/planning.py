@@ -169,13 +169,20 @@ class _Recorder(fx.Interpreter):
 
 @dataclass
 class _CodecJob:
-    """One (cut, codec) to profile: timed encode and decode of the first image, sizes and error over all."""
+    """One (cut, codec) to profile: timed encode and decode of the first image, sizes over all images, and
+    the tensors that measure its error (the first images' originals, and the same decoded)."""
 
     codec: str
     encode: Callable[[], object]
     decode: Callable[[], object]
     bytes_per_image: float
-    error: Callable[[], float]
+    originals: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+    received: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
+
+    @property
+    def lossless(self) -> bool:
+        pairs = zip(self.received, self.originals, strict=True)
+        return all(torch.equal(a, b) for r, o in pairs for a, b in zip(r, o, strict=True))
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
@@ -210,8 +217,8 @@ def profile_model(
     codecs: Sequence[str] = PROFILE_CODECS,
     repeats: int = 5,
     warmup: int = 2,
-    codec_repeats: int = 3,
-    error_images: int = 2,
+    codec_repeats: int = 2,
+    error_images: int = 1,
     progress: ProgressCallback | None = None,
 ) -> Profile:
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
@@ -224,7 +231,7 @@ def profile_model(
     of the first ``codec_repeats`` repeats, interleaved with the graph passes, after ``warmup`` untimed
     passes (the codecs are warmed up by measuring their sizes and errors). Times are medians. Payload
     sizes are means over all ``images`` (compressed sizes depend on the picture); a codec's error is the
-    worst over the first ``error_images`` images (one batched tail run per codec) of the tail's output
+    worst over the first ``error_images`` images (one batched tail run per cut) of the tail's output
     on decoded activations against its output on the original ones. ``profile.spread`` is the relative
     interquartile range of the whole-model time; above :data:`SPREAD_WARNING` a warning is logged.
     """
@@ -252,18 +259,15 @@ def profile_model(
         with torch.inference_mode():
             logits = loaded.module(batches[0]).float().cpu()
             profile.reply_bytes = float(len(encode_logits(logits, cut=OUTPUT_CUT, **common)))
-            builders = _codec_jobs(
-                loaded, graph, candidates, images, decoded, batches, codecs, error_images, target, common
-            )
+            builders = _codec_jobs(loaded, graph, candidates, images, decoded, batches, codecs, error_images, common)
             steps = len(builders) + warmup + repeats
             # NOTE: building a job encodes every image and measuring its error decodes them: that is the
             # codecs' warm-up, so their timed rounds below need none of their own.
             jobs: dict[tuple[str, str], _CodecJob] = {}
-            errors: dict[tuple[str, str], float] = {}
             for step, (pair, build) in enumerate(builders.items()):
                 report(f"codecs at {pair[0]}", step, steps)
                 jobs[pair] = build()
-                errors[pair] = jobs[pair].error()
+            errors = _codec_errors(graph, jobs, target)
             timed: dict[str, Callable[[], object]] = {
                 "image decode": partial(decode_image, images[0]),
                 "preprocess": partial(loaded.preprocessor.batch, decoded[:1]),
@@ -335,29 +339,17 @@ def _codec_jobs(
     batches: Sequence[torch.Tensor],
     codecs: Sequence[str],
     error_images: int,
-    target: torch.device,
     common: dict[str, str],
 ) -> dict[tuple[str, str], Callable[[], _CodecJob]]:
-    """What builds every (cut, codec) to profile. The tensors crossing every cut come from one pass per image."""
+    """What builds every (cut, codec) to profile. The tensors crossing every cut come from one batched pass."""
     keep = {t.name for cut in candidates for t in cut.tensors}
-    shipped_by_image = []
-    for batch in batches:
-        recorder = _Recorder(graph.traced.graph_module, keep)
-        recorder.run(batch)
-        shipped_by_image.append({name: value.cpu() for name, value in recorder.values.items()})
+    recorder = _Recorder(graph.traced.graph_module, keep)
+    recorder.run(torch.cat(list(batches)))  # NOTE: one batched pass: each image's tensors are its rows
+    shipped_by_image = [
+        {name: value[index : index + 1].cpu().clone() for name, value in recorder.values.items()}
+        for index in range(len(batches))
+    ]
     limits = WireLimits.for_batch(1, mib_per_item=64)
-    references: dict[str, tuple[fx.GraphModule, torch.Tensor]] = {}
-
-    def reference_of(cut: Cut) -> tuple[fx.GraphModule, torch.Tensor]:
-        """The cut's tail and its logits on the original tensors of every image, in one batch."""
-        if cut.name not in references:
-            _, tail = graph.split(cut)
-            originals = [tuple(values[t.name] for t in cut.tensors) for values in shipped_by_image[:error_images]]
-            inputs = [torch.cat(parts).to(target) for parts in zip(*originals, strict=True)]
-            with torch.inference_mode():
-                references[cut.name] = tail, tail(*inputs).float().cpu()
-        return references[cut.name]
-
     jobs: dict[tuple[str, str], Callable[[], _CodecJob]] = {}
     for cut in candidates:
         if cut.name == OUTPUT_CUT:
@@ -367,9 +359,7 @@ def _codec_jobs(
             continue
         shipped = [tuple(values[t.name] for t in cut.tensors) for values in shipped_by_image]
         for codec in codecs:
-            jobs[(cut.name, codec)] = partial(
-                _activation_job, cut, codec, shipped, reference_of, error_images, target, limits, common
-            )
+            jobs[(cut.name, codec)] = partial(_activation_job, cut, codec, shipped, error_images, limits, common)
     return jobs
 
 
@@ -393,16 +383,14 @@ def _image_job(
         return images_from_payload(payload, loaded.preprocessor, ImageLimits(), limits)
 
     size = statistics.fmean(len(encode(i)) for i in range(len(images)))
-    return _CodecJob("image", encode, decode, float(size), lambda: 0.0)
+    return _CodecJob("image", encode, decode, float(size))
 
 
 def _activation_job(
     cut: Cut,
     codec: str,
     shipped: Sequence[tuple[torch.Tensor, ...]],
-    reference_of: Callable[[Cut], tuple[fx.GraphModule, torch.Tensor]],
     error_images: int,
-    target: torch.device,
     limits: WireLimits,
     common: dict[str, str],
 ) -> _CodecJob:
@@ -412,18 +400,40 @@ def _activation_job(
     def decode(data: bytes = payloads[0]) -> tuple[torch.Tensor, ...]:
         return decode_payload(data, kind="activations", expected=expected, limits=limits, **common).tensors
 
-    def error() -> float:
-        received = [decode(data) for data in payloads[:error_images]]
-        if all(torch.equal(a, b) for r, s in zip(received, shipped, strict=False) for a, b in zip(r, s, strict=True)):
-            return 0.0  # NOTE: lossless here: no need to run the tail
-        tail, reference = reference_of(cut)
-        inputs = [torch.cat(parts).to(target) for parts in zip(*received, strict=True)]
-        logits = tail(*inputs).float().cpu()
-        norms = (logits - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return float(norms.max())
+    return _CodecJob(
+        codec,
+        partial(encode_activations, shipped[0], cut, codec=codec, **common),
+        decode,
+        statistics.fmean(len(p) for p in payloads),
+        originals=list(shipped[:error_images]),
+        received=[decode(data) for data in payloads[:error_images]],
+    )
 
-    size = statistics.fmean(len(p) for p in payloads)
-    return _CodecJob(codec, partial(encode_activations, shipped[0], cut, codec=codec, **common), decode, size, error)
+
+def _codec_errors(
+    graph: ModelGraph, jobs: dict[tuple[str, str], _CodecJob], target: torch.device
+) -> dict[tuple[str, str], float]:
+    """Each codec's worst relative L2 logit error: per cut, one tail run over the original tensors and
+    every lossy codec's decoded ones in one batch (a lossless codec needs no run)."""
+    errors = {pair: 0.0 for pair, job in jobs.items() if job.lossless}
+    lossy_by_cut: dict[str, list[tuple[tuple[str, str], _CodecJob]]] = {}
+    for pair, job in jobs.items():
+        if pair not in errors:
+            lossy_by_cut.setdefault(pair[0], []).append((pair, job))
+    for cut_name, lossy in lossy_by_cut.items():
+        _, tail = graph.split(cut_name)
+        originals = lossy[0][1].originals
+        rows = [*originals, *(tensors for _, job in lossy for tensors in job.received)]
+        inputs = [torch.cat(parts).to(target) for parts in zip(*rows, strict=True)]
+        with torch.inference_mode():
+            logits = tail(*inputs).float().cpu().flatten(1)
+        count = len(originals)
+        reference = logits[:count]
+        scale = reference.norm(dim=1).clamp_min(1e-12)
+        for index, (pair, _) in enumerate(lossy, start=1):
+            restored = logits[index * count : (index + 1) * count]
+            errors[pair] = float(((restored - reference).norm(dim=1) / scale).max())
+    return errors
 
 
 @dataclass(frozen=True)
