@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import fx
@@ -17,10 +19,34 @@ from shared.protocol import expected_for_cut, expected_images, images_from_paylo
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import ExpectedTensor, WireLimits, decode_payload, read_header
 
-__all__ = ["INLINE_DECODE_BYTES", "CloudModel", "TailInput"]
+T = TypeVar("T")
+
+__all__ = ["INLINE_DECODE_BYTES", "INLINE_TAIL_FLOPS", "CloudModel", "InlineWhenCheap", "TailInput"]
 
 INLINE_DECODE_BYTES = 16 * 1024
 """Uncompressed activations up to this size decode in microseconds: cheaper than a hop to a thread."""
+INLINE_TAIL_FLOPS = 40_000_000
+"""A CPU tail run of at most this many FLOPs (a classifier layer over a batch: about a millisecond) runs
+on the event loop: handing it to a thread costs more, and under load the two threads then convoy on
+the GIL (each waits up to the 5 ms switch interval for the other)."""
+
+
+class InlineWhenCheap(ThreadPoolExecutor):
+    """The tail's one-thread executor, except that runs ``cheap(*args)`` says are cheap run in the caller."""
+
+    def __init__(self, cheap: Callable[..., bool]) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="tail")
+        self._cheap = cheap
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if not self._cheap(*args):
+            return super().submit(fn, *args, **kwargs)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # NOTE: delivered to the awaiting request, as the pool would
+            future.set_exception(exc)
+        return future
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,7 @@ class CloudModel:
         self._tails: OrderedDict[str, fx.GraphModule] = OrderedDict()
         self._tail_cache_size = tail_cache_size
         self._lock = threading.Lock()
+        self._tail_share = {cut.name: 1.0 - cut.head_flops_share for cut in self.graph.cuts}
 
     def tail(self, cut: str) -> fx.GraphModule:
         with self._lock:
@@ -81,6 +108,16 @@ class CloudModel:
             while len(self._tails) > self._tail_cache_size:
                 self._tails.popitem(last=False)
             return tail
+
+    def cheap_tail(self, cut: str, requests: Sequence[tuple[torch.Tensor, ...]], *_: object) -> bool:
+        """Whether running ``cut``'s tail over ``requests`` is cheap enough for the event loop (CPU only)."""
+        if self.device.type != "cpu" or self.compile_tails:
+            return False
+        share = self._tail_share.get(cut)
+        if share is None or cut not in self._tails:  # NOTE: a tail's first run builds it: on the thread
+            return False
+        images = sum(int(r[0].shape[0]) for r in requests)
+        return share * self.graph.total_flops * images <= INLINE_TAIL_FLOPS
 
     def cheap_to_decode(self, body: bytes) -> bool:
         """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):
