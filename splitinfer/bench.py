@@ -124,11 +124,20 @@ def local_baseline(
 
 
 def local_baseline_process(
-    image_dir: Path, requests: int, *, model: str = "resnet18", weights: str = "none", warmup_s: float = 2.0
+    image_dir: Path,
+    requests: int,
+    *,
+    model: str = "resnet18",
+    weights: str = "none",
+    warmup_s: float = 2.0,
+    threads: int | None = None,
 ) -> list[float]:
     """The in-process baseline as a user runs it: ``splitinfer bench --target local`` in a process of its
-    own with default settings (decode + preprocess + the whole model, one image at a time). Latencies in ms."""
+    own with default settings (decode + preprocess + the whole model, one image at a time), or with
+    ``threads`` torch threads (``OMP_NUM_THREADS``). Latencies in ms."""
     env = {k: v for k, v in os.environ.items() if k not in USER_DEFAULT_ENV}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "latencies.json"
         command = [sys.executable, "-m", "splitinfer", "bench", "--target", "local", "--images", str(image_dir)]
