@@ -302,6 +302,46 @@ def ray_section(data: dict[str, Any]) -> list[str]:
     ]
 
 
+_OVERHEAD_NOTES = (
+    "Conditions: the machine's 2 cores were shared with other agents' work during the whole run (load",
+    "averages above); every comparison alternates rounds within this one run, so drift hits both sides,",
+    "but absolute numbers are lower than on an idle machine. No `GOMP_SPINCOUNT` or other tuning in any",
+    "process; the services run as `splitinfer up` starts them (half the cores each), the cloud for the",
+    "throughput rows with one torch thread per process.",
+    "",
+    "What was removed from the per-request path (found with `py-spy record` on a cloud under `wrk`):",
+    "",
+    "- FastAPI ran the plain-`def` dependencies (the cloud's state and bearer check, the edge's state and",
+    "  query options) in a worker thread: two or three thread hops per request. They are `async` now.",
+    "- The tail ran on the executor thread even when it is one linear layer; the event loop and that thread",
+    "  then convoy on the GIL (each waits up to the 5 ms switch interval). Tails under 40 MFLOPs (a",
+    "  classifier over a batch) now run on the loop; bigger ones, GPU tails and a tail's first run (which",
+    "  builds it) stay on the thread.",
+    "- Small uncompressed payloads (<= 16 KiB, no zstd/ANS stage) decode on the loop instead of a thread hop;",
+    "  the edge decodes the cloud's logits reply on the loop too.",
+    "- The request-id and body-limit middleware built a `Headers` object each (decoding every header name;",
+    "  a missing `X-Request-ID` cost a raised `KeyError`): one scan of the raw headers now.",
+    "- The batcher woke its loop on every arrival (and re-scanned the queue, O(n) per wake-up) and used",
+    "  `asyncio.wait_for` (a task per wait) for its delay: it now wakes for a first request or a full batch,",
+    "  keeps a per-key count, and waits on one timer.",
+    "",
+    "Where the cloud's time still goes on the trivial tail (share of the event loop's samples, after the",
+    "changes): writing the response to the socket (two `send` calls; on loopback the receiver's TCP work runs",
+    "inside them) ~24%, validating and decoding the payload ~14%, encoding the logits ~9%, the linear layer",
+    "~8%, the ASGI middleware stack and routing ~12%, the access-log line ~3%, the rest uvicorn's parser and",
+    "the event loop. The comparator pays the same socket and uvicorn costs but no validation, no metrics,",
+    "no log line and no middleware; the cloud keeps all of those on.",
+    "",
+    "Read with care: during this run another process outside this project kept one of the 2 cores busy",
+    "(`top`: ~100% CPU). Two cloud workers then share one core with `wrk` and lose to one worker (context",
+    "switches, half-size batches): the 2-worker row measures that contention; whether two workers reach",
+    "1.5x one on free cores is not shown by this run. The same contention makes torch's default of 2 OpenMP",
+    "threads pathological: every parallel region waits for the thread whose core was taken, so the",
+    "default in-process baseline (and `splitinfer profile`, which also uses the default threads) ran",
+    "~20x slower than with one thread. The 1-thread in-process row is the meaningful comparison here.",
+)
+
+
 def overhead_section(data: dict[str, Any]) -> list[str]:
     from bench.overhead import markdown
 
@@ -311,6 +351,8 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
         "Command: `PYTHONPATH=. python bench/overhead.py`. Raw numbers: `bench/results/overhead.json`.",
         "",
         markdown(data),
+        "",
+        *_OVERHEAD_NOTES,
         "",
     ]
 
