@@ -10,16 +10,9 @@ bench/results/cpu.json and the tables of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import os
-
-# NOTE: edge, cloud and this load generator share the 2 cores of the benchmark machine (in production
-# they are separate machines). libgomp's idle threads spin-wait after every parallel region and steal
-# the core another process is computing on, so every process of the run, this one (the in-process
-# baseline) included, runs with the same setting: no spinning. Set before torch is imported.
-os.environ.setdefault("GOMP_SPINCOUNT", "0")
-
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -33,14 +26,16 @@ import httpx
 import torch
 
 from shared.models import load_model
-from shared.preprocessing import decode_image
-from splitinfer.bench import bench_images, cloud_payloads, cloud_sender, edge_sender
+from splitinfer.bench import bench_images, cloud_payloads, cloud_sender, edge_sender, local_baseline_process
 from splitinfer.loadgen import markdown_table, percentile, run_load
 from splitinfer.processes import rss_kib, start_service, wait_until
+from splitinfer.threads import THREADS_ENV, share_of_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTS = {"resnet18": ["layer2", "layer3", "layer4"], "resnet50": ["layer2", "layer3", "layer4"]}
-THREADS = {"SPLITINFER_THREADS": "2"}
+# NOTE: as `splitinfer up` starts them: half the cores each. No GOMP_SPINCOUNT or other tuning: the
+# services and the in-process baseline run with the settings a user gets.
+THREADS = {THREADS_ENV: str(share_of_cores(2))}
 
 
 def machine() -> dict[str, Any]:
@@ -58,7 +53,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", ""),
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "unset"),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -81,10 +76,15 @@ def latency_section(model: str, images: list[bytes], logs: Path, rounds: int) ->
 
     NOTE: every configuration runs at once (one edge process each, one shared cloud) and each round
     sends one image to each of them in a shuffled order, so the machine's drift (this is a shared VM)
-    hits all of them alike and the ratios are measured within one run.
+    hits all of them alike and the ratios are measured within one run. The in-process baseline runs in
+    a process of its own with default settings (``splitinfer bench --target local``), a block of
+    requests after every third of the rounds: never in this process, which also drives the load.
     """
-    torch.set_num_threads(2)
-    loaded = load_model(model, "none")
+    folder = logs / f"images-{model}"
+    folder.mkdir(exist_ok=True)
+    for index, image in enumerate(images):
+        (folder / f"{index:02d}.jpg").write_bytes(image)
+    block = max(1, rounds // 3)
     configs = [("input", "image", "all-cloud: input (b)"), *[(c, "fp16", f"{c} fp16") for c in CUTS[model]]]
     configs.append(("output", "fp16", "all-edge: output (c)"))
     cloud = start_service("cloud", ["--model", model, "--weights", "none"], logs, env=THREADS)
@@ -97,7 +97,7 @@ def latency_section(model: str, images: list[bytes], logs: Path, rounds: int) ->
             wait_until(service)
         latencies: dict[str, list[float]] = {"in-process (a)": [], **{label: [] for label in edges}}
         payload: dict[str, int] = {}
-        order = list(latencies)
+        order = list(edges)
         rng = random.Random(0)
         with httpx.Client(timeout=60) as client:
             for round_index in range(rounds + 3):
@@ -105,15 +105,13 @@ def latency_section(model: str, images: list[bytes], logs: Path, rounds: int) ->
                 rng.shuffle(order)
                 for label in order:
                     started = time.perf_counter()
-                    if label == "in-process (a)":
-                        with torch.inference_mode():
-                            loaded.module(loaded.preprocessor.batch([decode_image(image)]))
-                    else:
-                        response = client.post(f"{edges[label].url}/v1/classify", files={"image": ("i.jpg", image)})
-                        response.raise_for_status()
-                        payload[label] = response.json()["payload_bytes"]
+                    response = client.post(f"{edges[label].url}/v1/classify", files={"image": ("i.jpg", image)})
+                    response.raise_for_status()
+                    payload[label] = response.json()["payload_bytes"]
                     if round_index >= 3:  # three warm-up rounds
                         latencies[label].append((time.perf_counter() - started) * 1000)
+                if round_index >= 3 and (round_index - 2) % block == 0:
+                    latencies["in-process (a)"] += local_baseline_process(folder, block, model=model)
     finally:
         for service in [*edges.values(), cloud]:
             service.stop()

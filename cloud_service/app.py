@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloud_service.batching import DynamicBatcher
 from cloud_service.routes import ROUTES, TAIL_PATH
-from cloud_service.runtime import CloudModel
+from cloud_service.runtime import CloudModel, InlineWhenCheap
 from cloud_service.settings import CloudSettings
 from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
 from service_core.admission import Admission
@@ -78,7 +78,7 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
     async def lifespan(app: FastAPI) -> AsyncIterator[CloudState]:
         model = await run_in_threadpool(_load, settings)
         metrics.set_info(model.loaded.name, model.loaded.digest)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as executor:
+        with InlineWhenCheap(model.cheap_tail) as executor:
 
             def run(cut: str, requests: Sequence[tuple[torch.Tensor, ...]]) -> Sequence[torch.Tensor]:
                 outputs = model.run(cut, requests)

@@ -112,6 +112,7 @@ class DynamicBatcher(Generic[In, Out]):
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._pending: deque[_Item[In, Out]] = deque()
+        self._queued: dict[str, int] = {}  # images waiting per key (cancelled ones until the next take)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
@@ -130,6 +131,7 @@ class DynamicBatcher(Generic[In, Out]):
             if not item.future.done():
                 item.future.set_exception(ServiceUnavailable("the service is shutting down"))
         self._pending.clear()
+        self._queued.clear()
 
     async def submit(self, key: str, value: In, size: int = 1) -> tuple[Out, BatchStats]:
         if size > self.max_batch_size:
@@ -138,11 +140,15 @@ class DynamicBatcher(Generic[In, Out]):
             raise ServiceUnavailable(f"the batch queue is full ({self.max_queue} requests)", retry_after=1)
         item: _Item[In, Out] = _Item(key, value, size, asyncio.get_running_loop().create_future())
         self._pending.append(item)
-        self._wakeup.set()
+        queued = self._queued[key] = self._queued.get(key, 0) + size
+        # NOTE: wake the loop only when it has something to do: a first request, or a full batch. Every
+        # other arrival waits for the batch's deadline, which the loop's own timer keeps.
+        if len(self._pending) == 1 or queued >= self.max_batch_size:
+            self._wakeup.set()
         return await item.future
 
     def _ready_size(self, key: str) -> int:
-        return sum(i.size for i in self._pending if i.key == key and not i.future.done())
+        return self._queued.get(key, 0)
 
     async def _loop(self) -> None:
         while True:
@@ -152,6 +158,7 @@ class DynamicBatcher(Generic[In, Out]):
             first = self._pending[0]
             if first.future.done():  # cancelled by its client
                 self._pending.popleft()
+                self._queued[first.key] -= first.size
                 continue
             # NOTE: waiting for company only pays when there is load; a lone request goes straight through.
             deadline = first.enqueued + (self.max_delay_s if self._last_batch > 1 else 0.0)
@@ -160,8 +167,11 @@ class DynamicBatcher(Generic[In, Out]):
                 if remaining <= 0:
                     break
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                timer = asyncio.get_running_loop().call_later(remaining, self._wakeup.set)
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    timer.cancel()
             await self._execute(self._take(first.key))
 
     def _take(self, key: str) -> list[_Item[In, Out]]:
@@ -177,6 +187,9 @@ class DynamicBatcher(Generic[In, Out]):
             else:
                 keep.append(item)
         self._pending = keep
+        self._queued = {}
+        for item in keep:
+            self._queued[item.key] = self._queued.get(item.key, 0) + item.size
         return batch
 
     async def _execute(self, batch: list[_Item[In, Out]]) -> None:

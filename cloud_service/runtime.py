@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,7 +28,35 @@ from shared.protocol import expected_for_cut, expected_images, images_from_paylo
 from shared.splitting import INPUT_CUT
 from shared.wire import ExpectedTensor, ExpectedValue, WireLimits, decode_payload, read_header
 
-__all__ = ["CloudModel", "TailInput"]
+T = TypeVar("T")
+
+__all__ = ["INLINE_DECODE_BYTES", "INLINE_TAIL_FLOPS", "CloudModel", "InlineWhenCheap", "TailInput"]
+
+INLINE_DECODE_BYTES = 16 * 1024
+"""Uncompressed activations up to this size decode in microseconds: cheaper than a hop to a thread."""
+INLINE_TAIL_FLOPS = 40_000_000
+"""A CPU tail run of at most this many FLOPs (a classifier layer over a batch: about a millisecond) runs
+on the event loop: handing it to a thread costs more, and under load the two threads then convoy on
+the GIL (each waits up to the 5 ms switch interval for the other)."""
+
+
+class InlineWhenCheap(ThreadPoolExecutor):
+    """The tail's one-thread executor, except that runs ``cheap(*args)`` says are cheap run in the caller."""
+
+    def __init__(self, cheap: Callable[..., bool]) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="tail")
+        self._cheap = cheap
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if not self._cheap(*args):
+            return super().submit(fn, *args, **kwargs)
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # NOTE: delivered to the awaiting request, as the pool would
+            future.set_exception(exc)
+        return future
+
 
 _IMAGE_DECODES = 2
 """Image payloads decoded at once."""
@@ -88,6 +118,7 @@ class CloudModel:
         # NOTE: images (cut 'input') are decoded in the server's thread pool; each request is bounded by
         # MAX_BATCH_PIXELS, and this bounds how many are decoded at once, so memory stays bounded too.
         self._image_decodes = threading.BoundedSemaphore(_IMAGE_DECODES)
+        self._tail_share = {cut.name: 1.0 - cut.head_flops_share for cut in self.graph.cuts}
 
     def tail(self, cut: str) -> Callable[..., torch.Tensor]:
         with self._lock:
@@ -112,6 +143,24 @@ class CloudModel:
             while len(self._tails) > self._tail_cache_size:
                 self._tails.popitem(last=False)
             return tail
+
+    def cheap_tail(self, cut: str, requests: Sequence[tuple[torch.Tensor, ...]], *_: object) -> bool:
+        """Whether running ``cut``'s tail over ``requests`` is cheap enough for the event loop (CPU only)."""
+        if self.device.type != "cpu" or self.compile_tails:
+            return False
+        share = self._tail_share.get(cut)
+        if share is None or cut not in self._tails:  # NOTE: a tail's first run builds it: on the thread
+            return False
+        images = sum(int(r[0].shape[0]) for r in requests)
+        return share * self.graph.total_flops * images <= INLINE_TAIL_FLOPS
+
+    def cheap_to_decode(self, body: bytes) -> bool:
+        """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):
+        its work is bounded by its size, so it can be decoded on the event loop."""
+        if len(body) > INLINE_DECODE_BYTES:
+            return False
+        metadata, _ = read_header(body, self.wire_limits)
+        return metadata.get("kind") == "activations" and "+" not in metadata.get("codec", "+")
 
     def decode(self, body: bytes) -> TailInput:
         """Validate a request body (activations of any cut, or images for ``input``); raises only

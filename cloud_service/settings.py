@@ -25,3 +25,10 @@ class CloudSettings(ServiceSettings):
         "none", description="Run the tail under bf16 autocast (faster on GPUs; changes results slightly)."
     )
     compile: bool = Field(False, description="torch.compile each tail (slow first request per cut).")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes serving the port (SO_REUSEPORT), each with its own model; threads default to "
+        "cores / workers.",
+    )

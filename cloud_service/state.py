@@ -47,7 +47,8 @@ class CloudState:
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
-def cloud_state(request: Request) -> CloudState:
+async def cloud_state(request: Request) -> CloudState:
+    # NOTE: async: FastAPI runs a plain def dependency in a worker thread, a hop per request.
     return cast(CloudState, service_state(request))
 
 

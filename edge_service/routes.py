@@ -68,6 +68,7 @@ _BATCH_BODY = {
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
 _CLASSIFY_PROBLEMS = problem_responses(409, 413, 415, 422, 502, 503, 504)
+_INLINE_LOGITS_BYTES = 64 * 1024  # a reply's logits (its size bounded by the classes and the batch)
 
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return per image.")]
@@ -88,7 +89,14 @@ class ClassifyOptions:
         self.top_k, self.logits, self.cut, self.codec = top_k, logits, cut, codec
 
 
-OptionsDep = Annotated[ClassifyOptions, Depends()]
+async def _classify_options(
+    top_k: TopK = 5, logits: WithLogits = False, cut: CutOverride = None, codec: CodecOverride = None
+) -> ClassifyOptions:
+    """The options from the query (async: FastAPI would build a class dependency in a worker thread)."""
+    return ClassifyOptions(top_k, logits, cut, codec)
+
+
+OptionsDep = Annotated[ClassifyOptions, Depends(_classify_options)]
 
 
 def _route(state: EdgeState, cut: str | None, codec: str | None) -> RouteChoice:
@@ -206,7 +214,10 @@ async def _classify_admitted(
             state.routes.observe_link(len(prepared.payload), reply.round_trip_ms, reply.timings)
             if reply.timings.tail_ms is not None:
                 timings["cloud_tail"] = reply.timings.tail_ms
-            logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
+            if len(reply.body) <= _INLINE_LOGITS_BYTES:  # NOTE: decoding is cheaper than a thread hop
+                logits = model.decode_logits(reply.body, len(blobs))
+            else:
+                logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
                 raise

@@ -30,7 +30,8 @@ class EdgeState:
     in_flight: int = 0
 
 
-def edge_state(request: Request) -> EdgeState:
+async def edge_state(request: Request) -> EdgeState:
+    # NOTE: async: FastAPI runs a plain def dependency in a worker thread, a hop per request.
     return cast(EdgeState, service_state(request))
 
 

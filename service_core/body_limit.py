@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service_core.http import header_value
 from service_core.problems import domain_problem
 from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout, SplitInferError
 
@@ -69,7 +69,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope)
         limit = _DEFAULT_LIMIT if limit is None else limit
         try:
-            _check_declared_length(Headers(scope=scope).get("content-length"), limit)
+            _check_declared_length(header_value(scope, b"content-length"), limit)
         except SplitInferError as exc:
             await domain_problem(exc)(scope, receive, send)
             return
@@ -78,7 +78,7 @@ class BodyLimitMiddleware:
 
 def declared_length(scope: Scope) -> int | None:
     """The request's ``Content-Length`` when it is a plain ASCII number (``None`` otherwise)."""
-    declared = Headers(scope=scope).get("content-length")
+    declared = header_value(scope, b"content-length")
     if declared is None or not (declared.isascii() and declared.isdigit()) or len(declared) > 20:
         return None
     return int(declared)

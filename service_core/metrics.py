@@ -9,14 +9,17 @@ import uuid
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service_core.http import header_value
 
 __all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response"]
 
 logger = logging.getLogger("splitinfer.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -89,9 +92,9 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
 
 
-def request_id_of(headers: Headers) -> str:
-    incoming = headers.get(REQUEST_ID_HEADER, "")
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+def _request_id(scope: Scope) -> str:
+    incoming = header_value(scope, _REQUEST_ID_KEY)
+    return incoming if incoming is not None and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
 class _ObserveRequests:
@@ -105,7 +108,7 @@ class _ObserveRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_of(Headers(scope=scope))
+        request_id = _request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

@@ -259,6 +259,8 @@ class ModelGraph:
         self._compute = [n for n in graph.nodes if n.op in _COMPUTE_OPS]
         self._output = next(n for n in graph.nodes if n.op == "output")
         self._tensor_specs, self._value_specs, self._flops = self._profile()
+        self.total_flops: int = sum(self._flops.values())
+        """FLOPs of one forward pass at the trace input (multiply-adds counted twice)."""
         self._module_ends = self._find_module_ends()
         self._positions = self._find_positions()
         self.cuts: list[Cut] = self._name_cuts()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +23,20 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
 from splitinfer.samples import encode_image, synthetic_image
 
-__all__ = ["bench_images", "cloud_payloads", "cloud_sender", "edge_sender", "local_baseline", "run_target"]
+__all__ = [
+    "USER_DEFAULT_ENV",
+    "bench_images",
+    "cloud_payloads",
+    "cloud_sender",
+    "edge_sender",
+    "local_baseline",
+    "local_baseline_process",
+    "run_target",
+]
+
+USER_DEFAULT_ENV = ("SPLITINFER_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+"""Variables a benchmark harness may have set that a user running the model would not have: removed
+from the in-process baseline's environment, so it runs with torch's defaults."""
 
 
 def bench_images(folder: str | None = None, count: int = 8) -> list[bytes]:
@@ -103,6 +121,30 @@ def local_baseline(
         count += 1
     result.duration_s = time.perf_counter() - started
     return result
+
+
+def local_baseline_process(
+    image_dir: Path,
+    requests: int,
+    *,
+    model: str = "resnet18",
+    weights: str = "none",
+    warmup_s: float = 2.0,
+    threads: int | None = None,
+) -> list[float]:
+    """The in-process baseline as a user runs it: ``splitinfer bench --target local`` in a process of its
+    own with default settings (decode + preprocess + the whole model, one image at a time), or with
+    ``threads`` torch threads (``OMP_NUM_THREADS``). Latencies in ms."""
+    env = {k: v for k, v in os.environ.items() if k not in USER_DEFAULT_ENV}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "latencies.json"
+        command = [sys.executable, "-m", "splitinfer", "bench", "--target", "local", "--images", str(image_dir)]
+        command += ["--requests", str(requests), "--warmup", str(warmup_s), "--model", model, "--weights", weights]
+        subprocess.run([*command, "--latencies", str(out)], env=env, check=True, capture_output=True, timeout=600)
+        latencies: list[float] = json.loads(out.read_text())
+    return latencies
 
 
 def run_target(

@@ -133,6 +133,10 @@ def _cmd_cloud(args: argparse.Namespace) -> int:
     settings = settings_from_args(CloudSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
+    if settings.workers > 1:
+        from splitinfer.workers import run_workers
+
+        return run_workers(settings)
     run_service(create_app(settings), settings, debug=getattr(args, "debug", False))
     return 0
 
@@ -164,6 +168,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     from splitinfer.checks import check_model_name, check_port_free
     from splitinfer.processes import spawn, stop_all, wait_ready
     from splitinfer.serve import configure_logging
+    from splitinfer.threads import THREADS_ENV, share_of_cores
 
     check_model_name(args.model)
     check_port_free("127.0.0.1", args.cloud_port, "--cloud-port")
@@ -171,8 +176,11 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     configure_logging("info")
     common, cloud_args, edge_args = _pair_args(args)
     launch = [sys.executable, "-m", "splitinfer"]
-    cloud = spawn([*launch, "cloud", *common, *cloud_args])
-    edge = spawn([*launch, "edge", *common, *edge_args])
+    # NOTE: unless SPLITINFER_THREADS says otherwise, each service gets half the cores: two services that
+    # each take every core fight over them (a head on 2 cores ran slower than the whole model alone).
+    threads = {} if THREADS_ENV in os.environ else {THREADS_ENV: str(share_of_cores(2))}
+    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads)
+    edge = spawn([*launch, "edge", *common, *edge_args], env=threads)
     processes = [edge, cloud]
     stopping = False
 
@@ -324,13 +332,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     summary = result.summary()
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.latencies:
+        Path(args.latencies).write_text(json.dumps([round(ms, 3) for ms in result.latencies_ms]) + "\n")
     Console(width=args.width, soft_wrap=args.width is None).print(markdown_table([summary]))
     return 1 if summary["errors"] else 0
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shared.planning import profile_model
     from splitinfer.bench import bench_images
@@ -340,20 +351,30 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = _load_model(args)
-    with Progress(transient=True) as bar:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"profiling {args.model}", total=None)
+
+        def progress(cut: str) -> None:
+            bar.update(task, advance=1, description=f"profiling {args.model} at {cut}")
+
+        started = time.perf_counter()
         profile = profile_model(
             loaded,
             bench_images(args.images, 4),
             device=args.device,
             all_cuts=args.all_cuts,
             repeats=args.repeats,
-            progress=lambda name: bar.update(task, advance=1, description=f"profiling {args.model} at {name}"),
+            progress=progress,
             engine=args.engine,
             onnx_threads=args.onnx_threads,
         )
     profile.save(args.output)
-    print(f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine})")
+    elapsed = time.perf_counter() - started
+    print(
+        f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine}) in "
+        f"{elapsed:.1f} s"
+    )
     _random_weights_note(loaded)
     return 0
 
@@ -548,6 +569,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--per-request", type=int, default=1, help="for --target cloud: images per payload")
     bench.add_argument("--name", default=None)
     bench.add_argument("--json", default=None, help="write the summary to this file")
+    bench.add_argument("--latencies", default=None, help="write every request's latency (ms) to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 
     profile = add("profile", "measure head/tail/codec costs of every cut on this machine")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from types import FrameType
 from typing import Any
@@ -79,9 +80,17 @@ class _StartupFailure(logging.Filter):
         return False
 
 
-def run_service(app: Any, settings: ServiceSettings, *, debug: bool = False, **uvicorn_options: Any) -> None:
-    """Serve ``app`` until stopped; an expected startup failure (a bad cut, say) raises :class:`CliError`
-    instead of printing the lifespan's traceback (``debug``: print it)."""
+def run_service(
+    app: Any,
+    settings: ServiceSettings,
+    sockets: list[socket.socket] | None = None,
+    *,
+    debug: bool = False,
+    **uvicorn_options: Any,
+) -> None:
+    """Serve ``app`` until stopped, on the settings' address or on ``sockets`` already bound (workers); an
+    expected startup failure (a bad cut, say) raises :class:`CliError` instead of printing the lifespan's
+    traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
     config = uvicorn.Config(
         app,
@@ -100,7 +109,7 @@ def run_service(app: Any, settings: ServiceSettings, *, debug: bool = False, **u
     if not debug:
         uvicorn_log.addFilter(startup)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except SystemExit as exc:  # NOTE: uvicorn exits (status 3) when the lifespan fails
         if server.started or startup.message is None:
             raise

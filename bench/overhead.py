@@ -1,0 +1,361 @@
+"""Per-request overhead, side by side in one run (docs/benchmarks.md, "Per-request overhead").
+
+    PYTHONPATH=. .venv/bin/python bench/overhead.py              # about 4 minutes on 2 cores
+    PYTHONPATH=. .venv/bin/python bench/overhead.py --quick      # a smoke run
+
+1. Throughput of the HTTP path, with one load generator (``wrk -t1 -c32 -d10s``) POSTing the same resnet18
+   ``avgpool`` fp32 payload (the tail is one linear layer): the cloud service (one process, one torch
+   thread, access log and metrics on), ``--workers 2`` of it, and a minimal Starlette app that reads
+   the body, loads it with safetensors, runs the same ``fc`` and saves the logits
+   (bench/minimal_tail.py). Rounds alternate between the three servers.
+2. Loopback end to end at concurrency 1: edge and cloud started as ``splitinfer up`` starts them (half
+   the cores each, no other setting), resnet18 cut at ``layer3`` with ``fp16``, real photos
+   (skimage.data), against the in-process baseline (decode + preprocess + the whole model) measured by
+   ``splitinfer bench --target local`` in a process of its own with default settings; rounds
+   alternate. The framework's own overhead is each request's end-to-end time minus the head and
+   tail compute the services report for it (and, in a second column, minus decode and preprocess too:
+   the work the in-process path also does).
+
+3. ``splitinfer profile`` of resnet18 on this CPU: its wall time and how closely cuts a cheap node apart agree.
+
+Writes bench/results/overhead.json and prints the Markdown of docs/benchmarks.md's section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import safetensors.torch
+import torch
+
+from bench.photos import real_photos
+from shared.models import load_model
+from shared.wire import MEDIA_TYPE
+from splitinfer.bench import cloud_payloads, local_baseline_process
+from splitinfer.processes import free_port, start_service, wait_until
+from splitinfer.samples import encode_image, synthetic_image
+from splitinfer.threads import THREADS_ENV, share_of_cores
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "overhead.json"
+_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "{media_type}"
+local f = io.open("{path}", "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+([0-9]+)")
+_SOCKET_ERRORS = re.compile(r"Socket errors:(.*)")
+
+
+def _load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _wrk(url: str, body: bytes, media_type: str, scratch: Path, duration_s: int) -> dict[str, Any]:
+    payload = scratch / f"body-{abs(hash(body))}.bin"
+    payload.write_bytes(body)
+    script = scratch / f"post-{abs(hash((body, media_type)))}.lua"
+    script.write_text(_LUA.format(media_type=media_type, path=payload))
+    command = ["wrk", "-t1", "-c32", f"-d{duration_s}s", "--latency", "-s", str(script), url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
+    rate = _RATE.search(output)
+    if rate is None:
+        raise RuntimeError(f"wrk printed no rate:\n{output}")
+    non_2xx = _NON_2XX.search(output)
+    socket_errors = _SOCKET_ERRORS.search(output)
+    return {
+        "requests_s": float(rate.group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": socket_errors.group(1).strip() if socket_errors else "",
+    }
+
+
+def _start_comparator(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_tail:create_app", "--port", str(port)]
+    command += ["--no-access-log", "--log-level", "warning"]
+    with (logs / "comparator.log").open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(url + "/tail", content=safetensors.torch.save({"x": torch.zeros(1, 512, 1, 1)}), timeout=5)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError("the comparator did not start")
+
+
+def throughput_section(logs: Path, scratch: Path, rounds: int, duration_s: int) -> dict[str, Any]:
+    loaded = load_model("resnet18", "none")
+    wire = cloud_payloads(loaded, "avgpool", "fp32", [encode_image(synthetic_image())])[0]
+    features = torch.rand(1, 512, 1, 1, generator=torch.Generator().manual_seed(0))  # avgpool's output shape
+    minimal = safetensors.torch.save({"x": features})
+    common = ["--model", "resnet18", "--weights", "none", "--threads", "1"]
+    one = start_service("cloud", common, logs)
+    two = start_service("cloud", [*common, "--workers", "2"], logs)
+    comparator, comparator_url = _start_comparator(logs)
+    servers: dict[str, tuple[str, bytes, str]] = {
+        "minimal Starlette comparator": (comparator_url + "/tail", minimal, "application/octet-stream"),
+        "cloud service, 1 process": (one.url + "/v1/tail", wire, MEDIA_TYPE),
+        "cloud service, --workers 2": (two.url + "/v1/tail", wire, MEDIA_TYPE),
+    }
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    try:
+        for service in (one, two):
+            wait_until(service)
+        _wait_for_workers(two.url + "/v1/tail", wire)
+        for url, body, media_type in servers.values():  # NOTE: warm-up, not recorded
+            _wrk(url, body, media_type, scratch, 2)
+        for round_index in range(rounds):
+            order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+            for name in order:
+                url, body, media_type = servers[name]
+                samples[name].append(_wrk(url, body, media_type, scratch, duration_s) | {"load": _load_average()})
+                print(f"  round {round_index + 1} {name:32s} {samples[name][-1]['requests_s']:9.1f} req/s", flush=True)
+    finally:
+        for service in (one, two):
+            service.stop()
+        comparator.terminate()
+        comparator.wait(30)
+    rates = {name: statistics.median(s["requests_s"] for s in runs) for name, runs in samples.items()}
+    cloud, cloud2 = rates["cloud service, 1 process"], rates["cloud service, --workers 2"]
+    return {
+        "load_generator": f"wrk -t1 -c32 -d{duration_s}s --latency, POST",
+        "payload_bytes": {"cloud": len(wire), "comparator": len(minimal)},
+        "rounds": rounds,
+        "runs": samples,
+        "median_requests_s": rates,
+        "cloud_vs_comparator": round(cloud / rates["minimal Starlette comparator"], 3),
+        "two_workers_vs_one": round(cloud2 / cloud, 3),
+    }
+
+
+def _wait_for_workers(url: str, body: bytes, workers: int = 2, timeout_s: float = 120) -> None:
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers and time.monotonic() < deadline:
+        response = httpx.post(url, content=body, headers={"content-type": MEDIA_TYPE}, timeout=30)
+        seen.add(response.headers.get("x-served-by", ""))
+    if len(seen) < workers:
+        raise TimeoutError(f"only {len(seen)} of {workers} workers answered")
+
+
+def _photos(folder: Path) -> list[bytes]:
+    blobs = []
+    for index, (_, image) in enumerate(real_photos(crops_per_photo=0)):
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+        (folder / f"{index:02d}.jpg").write_bytes(buffer.getvalue())
+    return blobs
+
+
+def end_to_end_section(logs: Path, scratch: Path, rounds: int, per_round: int) -> dict[str, Any]:
+    folder = scratch / "photos"
+    folder.mkdir()
+    photos = _photos(folder)
+    # NOTE: as `splitinfer up` starts them: half the cores each, nothing else set.
+    env = {THREADS_ENV: str(share_of_cores(2))}
+    common = ["--model", "resnet18", "--weights", "none"]
+    cloud = start_service("cloud", common, logs, env=env)
+    edge = start_service(
+        "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], logs, env=env
+    )
+    requests: list[dict[str, float]] = []
+    baseline: list[float] = []
+    one_thread: list[float] = []  # NOTE: also measured: the default can be pathological on a shared host
+    try:
+        for service in (cloud, edge):
+            wait_until(service)
+        with httpx.Client(base_url=edge.url, timeout=60) as client:
+            for index in range(5):  # NOTE: warm-up
+                client.post("/v1/classify", files={"image": ("p.jpg", photos[index % len(photos)])}).raise_for_status()
+            for round_index in range(rounds):
+                for index in range(per_round):
+                    image = photos[(round_index * per_round + index) % len(photos)]
+                    started = time.perf_counter()
+                    response = client.post("/v1/classify", files={"image": ("p.jpg", image)})
+                    elapsed = (time.perf_counter() - started) * 1000
+                    response.raise_for_status()
+                    requests.append({"end_to_end": elapsed, **response.json()["timings_ms"]})
+                baseline += local_baseline_process(folder, per_round)
+                one_thread += local_baseline_process(folder, per_round, threads=1)
+                print(
+                    f"  round {round_index + 1}: end to end p50 "
+                    f"{statistics.median(r['end_to_end'] for r in requests):.1f} ms, "
+                    f"in-process p50 {statistics.median(baseline):.1f} ms",
+                    flush=True,
+                )
+    finally:
+        edge.stop()
+        cloud.stop()
+
+    def median(key: str) -> float:
+        return round(statistics.median(r.get(key, 0.0) for r in requests), 3)
+
+    overhead = [r["end_to_end"] - r["head"] - r.get("cloud_tail", 0.0) for r in requests]
+    framework = [o - r.get("decode", 0.0) - r.get("preprocess", 0.0) for o, r in zip(overhead, requests, strict=True)]
+    end_to_end = statistics.median(r["end_to_end"] for r in requests)
+    in_process = statistics.median(baseline)
+    return {
+        "model": "resnet18",
+        "cut": "layer3",
+        "codec": "fp16",
+        "images": f"{len(photos)} skimage.data photos, JPEG q=90",
+        "threads_per_service": share_of_cores(2),
+        "requests": len(requests),
+        "baseline_requests": len(baseline),
+        "end_to_end_p50_ms": round(end_to_end, 3),
+        "in_process_p50_ms": round(in_process, 3),
+        "end_to_end_vs_in_process": round(end_to_end / in_process, 3),
+        "in_process_1_thread_p50_ms": round(statistics.median(one_thread), 3),
+        "end_to_end_vs_in_process_1_thread": round(end_to_end / statistics.median(one_thread), 3),
+        "edge_timings_p50_ms": {
+            key: median(key) for key in ("decode", "preprocess", "head", "encode", "cloud_round_trip", "cloud_tail")
+        },
+        "overhead_p50_ms": round(statistics.median(overhead), 3),
+        "overhead_without_decode_preprocess_p50_ms": round(statistics.median(framework), 3),
+    }
+
+
+def profile_section(scratch: Path) -> dict[str, Any]:
+    """``splitinfer profile`` of resnet18 on this CPU as a user runs it: wall time and cut agreement."""
+    out = scratch / "profile.json"
+    command = [
+        sys.executable,
+        "-m",
+        "splitinfer",
+        "profile",
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "-o",
+        str(out),
+    ]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    profile = json.loads(out.read_text())
+    cuts = {c["name"]: c for c in profile["cuts"]}
+    pairs = {}
+    for a, b in (("add_1", "layer1"), ("add_7", "layer4"), ("avgpool", "flatten")):
+        pairs[f"{a} / {b}"] = {
+            "head": round(cuts[a]["head_ms"] / cuts[b]["head_ms"], 4),
+            "tail": round(cuts[a]["tail_ms"] / max(cuts[b]["tail_ms"], 1e-9), 4),
+        }
+    return {
+        "command": "splitinfer profile --model resnet18 --weights none -o profile.json",
+        "wall_s": round(elapsed, 1),
+        "cuts": len(profile["cuts"]),
+        "codecs_per_cut": max(len(c["codecs"]) for c in profile["cuts"]),
+        "whole_model_ms": round(profile["total_ms"], 2),
+        "spread": round(profile["spread"], 3),
+        "pairs": pairs,
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    t, e = results["throughput"], results["end_to_end"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']['processor']} ({results['machine']['cores']} cores, "
+        f"shared with other work: load average {results['load_before']} before, {results['load_after']} after).",
+        "",
+        f"Throughput, `{t['load_generator']}`, {t['rounds']} alternating rounds (median):",
+        "",
+        "| server | requests/s | runs |",
+        "|---|---:|---|",
+    ]
+    for name, rate in t["median_requests_s"].items():
+        runs = ", ".join(f"{run['requests_s']:.0f}" for run in t["runs"][name])
+        lines.append(f"| {name} | {rate:,.0f} | {runs} |")
+    lines += [
+        "",
+        f"Cloud / comparator: **{t['cloud_vs_comparator']:.2f}x** (target >= 0.6); "
+        f"2 workers / 1: **{t['two_workers_vs_one']:.2f}x** (target >= 1.5).",
+        "",
+        f"Loopback end to end, {e['model']} `{e['cut']}` {e['codec']}, {e['images']}, concurrency 1, "
+        f"{e['threads_per_service']} torch thread(s) per service (as `splitinfer up` starts them), "
+        f"{e['requests']} requests; in-process baseline: `splitinfer bench --target local` in its own process "
+        f"with default settings, {e['baseline_requests']} requests, alternating rounds:",
+        "",
+        "| | p50 ms |",
+        "|---|---:|",
+        f"| end to end (client) | {e['end_to_end_p50_ms']:.1f} |",
+        f"| in-process (default settings) | {e['in_process_p50_ms']:.1f} |",
+        f"| in-process, `OMP_NUM_THREADS=1` | {e.get('in_process_1_thread_p50_ms', float('nan')):.1f} |",
+    ]
+    for key, value in e["edge_timings_p50_ms"].items():
+        lines.append(f"| edge timing: {key} | {value:.1f} |")
+    lines += [
+        f"| overhead: end to end - head - tail | {e['overhead_p50_ms']:.1f} |",
+        f"| overhead without decode + preprocess | {e['overhead_without_decode_preprocess_p50_ms']:.1f} |",
+        "",
+        f"End to end / in-process: **{e['end_to_end_vs_in_process']:.2f}x** (target <= 1.3; against the "
+        f"1-thread in-process run: {e.get('end_to_end_vs_in_process_1_thread', float('nan')):.2f}x); framework "
+        f"overhead **{e['overhead_p50_ms']:.1f} ms** median (target <= 3 ms).",
+    ]
+    p = results.get("profile")
+    if p:
+        agreement = "; ".join(f"{pair}: head {r['head']:.3f}, tail {r['tail']:.3f}" for pair, r in p["pairs"].items())
+        lines += [
+            "",
+            f"`{p['command']}`: **{p['wall_s']:.1f} s** (target <= 30 s) for {p['cuts']} cuts with up to "
+            f"{p['codecs_per_cut']} codecs each; whole model {p['whole_model_ms']:.1f} ms node by node, spread "
+            f"{p['spread']:.0%}. Cuts a cheap node apart (ratios of their times): {agreement}.",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short and few rounds")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench/overhead.py needs wrk (apt-get install wrk)")
+    rounds, duration_s, per_round = (1, 2, 5) if args.quick else (3, 10, 20)
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "unset"),
+        },
+        "load_before": _load_average(),
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        scratch = Path(directory)
+        print("throughput (wrk)", flush=True)
+        results["throughput"] = throughput_section(scratch, scratch, rounds, duration_s)
+        print("end to end vs in-process", flush=True)
+        results["end_to_end"] = end_to_end_section(scratch, scratch, rounds, per_round)
+        print("splitinfer profile", flush=True)
+        results["profile"] = profile_section(scratch)
+    results["load_after"] = _load_average()
+    if not args.quick:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
