@@ -168,7 +168,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     from splitinfer.checks import check_model_name, check_port_free
     from splitinfer.processes import spawn, stop_all, wait_ready
     from splitinfer.serve import configure_logging
-    from splitinfer.threads import THREADS_ENV, share_of_cores
+    from splitinfer.threads import pair_threads_env
 
     check_model_name(args.model)
     check_port_free("127.0.0.1", args.cloud_port, "--cloud-port")
@@ -178,7 +178,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     launch = [sys.executable, "-m", "splitinfer"]
     # NOTE: unless SPLITINFER_THREADS says otherwise, each service gets half the cores: two services that
     # each take every core fight over them (a head on 2 cores ran slower than the whole model alone).
-    threads = {} if THREADS_ENV in os.environ else {THREADS_ENV: str(share_of_cores(2))}
+    threads = pair_threads_env(os.environ)
     cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads)
     edge = spawn([*launch, "edge", *common, *edge_args], env=threads)
     processes = [edge, cloud]

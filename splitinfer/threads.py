@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
-__all__ = ["THREADS_ENV", "available_cores", "share_of_cores"]
+__all__ = ["THREADS_ENV", "available_cores", "share_of_cores", "pair_threads_env"]
 
 THREADS_ENV = "SPLITINFER_THREADS"
 
@@ -22,3 +23,9 @@ def share_of_cores(processes: int, cores: int | None = None) -> int:
     if processes < 1:
         raise ValueError("processes must be >= 1")
     return max(1, (cores if cores is not None else available_cores()) // processes)
+
+
+def pair_threads_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What edge and cloud sharing this host get for torch threads: half the cores each, unless
+    ``SPLITINFER_THREADS`` is set (then it applies, unchanged, to both)."""
+    return {} if THREADS_ENV in environ else {THREADS_ENV: str(share_of_cores(2))}

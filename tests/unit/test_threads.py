@@ -1,12 +1,8 @@
 from __future__ import annotations
 
-import subprocess
-from typing import Any
-
 import pytest
 
-from splitinfer import serve
-from splitinfer.threads import THREADS_ENV, available_cores, share_of_cores
+from splitinfer.threads import THREADS_ENV, available_cores, pair_threads_env, share_of_cores
 
 
 def test_each_of_n_processes_gets_its_share_of_the_cores() -> None:
@@ -18,18 +14,6 @@ def test_each_of_n_processes_gets_its_share_of_the_cores() -> None:
         share_of_cores(0)
 
 
-def test_up_gives_edge_and_cloud_half_the_cores_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[dict[str, str]] = []
-
-    def fake_popen(command: list[str], *, env: dict[str, str], **_: Any) -> object:
-        started.append(env)
-        return object()
-
-    monkeypatch.setattr(subprocess, "Popen", fake_popen)
-    monkeypatch.delenv(THREADS_ENV, raising=False)
-    serve.start_pair([], [], [])
-    assert [env[THREADS_ENV] for env in started] == [str(share_of_cores(2))] * 2
-    started.clear()
-    monkeypatch.setenv(THREADS_ENV, "3")
-    serve.start_pair([], [], [])
-    assert [env[THREADS_ENV] for env in started] == ["3", "3"]
+def test_up_gives_edge_and_cloud_half_the_cores_unless_told() -> None:
+    assert pair_threads_env({}) == {THREADS_ENV: str(share_of_cores(2))}
+    assert pair_threads_env({THREADS_ENV: "3"}) == {}  # the environment's value reaches both, unchanged
