@@ -22,7 +22,11 @@ def _one(pattern: str, text: str) -> str:
 @pytest.mark.parametrize(
     ("claim", "readme", "benchmarks"),
     [
-        ("loopback overhead", r"on loopback: ([\d.]+)x the latency", r"Loopback overhead, resnet18 [^:]*: ([\d.]+)x"),
+        (
+            "loopback overhead",
+            r"with one torch thread \(([\d.]+)x; target",
+            r"against the 1-thread in-process run: ([\d.]+)x",
+        ),
         ("batching", r"Dynamic batching: ([\d.]+)x the throughput", r"max_delay_ms=2\) serves ([\d.]+)x the images"),
         ("prediction error", r"predicted latency within ([\d.]+)% of", r"three links: ([\d.]+)% with the live"),
         ("auto", r"`auto` at most ([\d.]+)x the better of", r"`auto` measures at most ([\d.]+)x the better"),
