@@ -13,20 +13,23 @@ __all__ = ["check_device", "check_model_name", "check_port_free", "load_profile"
 
 
 def check_model_name(name: str) -> None:
-    """Refuse an unknown torchvision model name, suggesting the closest ones (``package.module:factory`` passes)."""
-    if ":" in name:
+    """Refuse an unknown torchvision model name, suggesting the closest ones (``package.module:factory``,
+    ``timm/NAME`` and the built-in real-weight models pass: their loaders say what is wrong with them)."""
+    from shared.models import LITE0
+
+    if ":" in name or name.startswith("timm/") or name == LITE0:
         return
     from torchvision import models
 
-    known = models.list_models(module=models)
+    known = [*models.list_models(module=models), LITE0]
     if name in known:
         return
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise CliError(
         f"unknown model {name!r}: {hint}use a torchvision classification model name "
-        "(python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))') "
-        "or 'package.module:factory'"
+        "(python -c 'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'), "
+        f"timm/NAME, {LITE0} or 'package.module:factory'"
     )
 
 

@@ -157,4 +157,4 @@ def test_labels_file_fits_the_model(tmp_path: Path) -> None:
     labels.write_text("just\ntwo\n")
     loaded = load_model(CUSTOM, "none", options=ModelOptions(preprocessing={"crop_size": 256}, labels_file=labels))
     with pytest.raises(ValueError, match="2 labels for a model with 5 classes"):
-        EdgeModel(loaded, "default", "fp16", ImageLimits())
+        EdgeModel(loaded, ImageLimits())
