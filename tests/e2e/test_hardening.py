@@ -25,7 +25,7 @@ import pytest
 
 from shared.models import load_model
 from shared.wire import MEDIA_TYPE
-from splitinfer.processes import Service, free_port, start_service, wait_until
+from splitinfer.processes import Service, free_port, rss_kib, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
 from tests.support.images import png_bytes_of_size
 
@@ -38,18 +38,7 @@ MIB = 1024 * 1024
 
 
 def peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for {pid}")
-
-
-@pytest.fixture
-def stop_all() -> Iterator[list[Service]]:
-    services: list[Service] = []
-    yield services
-    for service in services:
-        service.stop(signal.SIGKILL)
+    return rss_kib(pid, "VmHWM")
 
 
 def _start(kind: str, args: list[str], logs: Path, stop_all: list[Service], ready: str = "/readyz") -> Service:

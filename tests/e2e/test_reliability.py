@@ -13,7 +13,6 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -42,14 +41,6 @@ def _classify(url: str, **kwargs: object) -> httpx.Response:
 @pytest.fixture
 def logs(tmp_path: Path) -> Path:
     return tmp_path
-
-
-@pytest.fixture
-def stop_all() -> Iterator[list[Service]]:
-    services: list[Service] = []
-    yield services
-    for service in services:
-        service.stop(signal.SIGKILL)
 
 
 async def _hammer(urls: list[str], clients: int, seconds: float) -> list[tuple[str, int, float, str]]:
