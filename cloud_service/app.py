@@ -73,12 +73,14 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
     metrics = ServiceMetrics("cloud")
 
     wire_limits = _wire_limits(settings)
+    threads = settings.torch_threads()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[CloudState]:
         model = await run_in_threadpool(_load, settings)
         metrics.set_info(model.loaded.name, model.loaded.digest)
-        with InlineWhenCheap(model.cheap_tail) as executor:
+        threads.apply()  # NOTE: the loop's thread runs cheap tails and small decodes
+        with InlineWhenCheap(model.cheap_tail, initializer=threads.apply) as executor:
 
             def run(cut: str, requests: Sequence[tuple[torch.Tensor, ...]]) -> Sequence[torch.Tensor]:
                 outputs = model.run(cut, requests)
@@ -88,7 +90,7 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
             runs = batcher(run, executor, settings)
             runs.start()
             try:
-                yield CloudState(settings, model, runs, metrics)
+                yield CloudState(settings, model, runs, metrics, threads)
             finally:
                 await runs.stop()
 
@@ -99,6 +101,7 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
         metrics=metrics,
         body_limit=lambda scope: limit if scope["path"] == TAIL_PATH else None,
         body_timeout_s=settings.body_timeout_s,
+        opentelemetry=settings.opentelemetry,
         # NOTE: payloads in flight bounded in bytes before they are read (requests are bounded by MAX_QUEUE).
         admission=Admission(
             admits=lambda scope: scope["path"] == TAIL_PATH, max_body_bytes=settings.max_body_bytes_in_flight

@@ -26,7 +26,8 @@ from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
 from shared.splitting import INPUT_CUT
-from shared.wire import ExpectedTensor, ExpectedValue, WireLimits, decode_payload, read_header
+from shared.tensor_checks import all_finite
+from shared.wire import ExpectedTensor, ExpectedValue, WireHeader, WireLimits, decode_read_payload, read_header
 
 T = TypeVar("T")
 
@@ -43,8 +44,8 @@ the GIL (each waits up to the 5 ms switch interval for the other)."""
 class InlineWhenCheap(ThreadPoolExecutor):
     """The tail's one-thread executor, except that runs ``cheap(*args)`` says are cheap run in the caller."""
 
-    def __init__(self, cheap: Callable[..., bool]) -> None:
-        super().__init__(max_workers=1, thread_name_prefix="tail")
+    def __init__(self, cheap: Callable[..., bool], initializer: Callable[[], object] | None = None) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="tail", initializer=initializer)
         self._cheap = cheap
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -154,38 +155,44 @@ class CloudModel:
         images = sum(int(r[0].shape[0]) for r in requests)
         return share * self.graph.total_flops * images <= INLINE_TAIL_FLOPS
 
-    def cheap_to_decode(self, body: bytes) -> bool:
+    def read_header(self, body: bytes) -> WireHeader:
+        """The body's parsed header (bounded; only typed errors), read once for :meth:`cheap_to_decode` and
+        :meth:`decode`."""
+        return read_header(body, self.wire_limits)
+
+    def cheap_to_decode(self, body: bytes, header: WireHeader) -> bool:
         """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):
         its work is bounded by its size, so it can be decoded on the event loop."""
         if len(body) > INLINE_DECODE_BYTES:
             return False
-        metadata, _ = read_header(body, self.wire_limits)
+        metadata, _ = header
         return metadata.get("kind") == "activations" and "+" not in metadata.get("codec", "+")
 
-    def decode(self, body: bytes) -> TailInput:
+    def decode(self, body: bytes, header: WireHeader | None = None) -> TailInput:
         """Validate a request body (activations of any cut, or images for ``input``); raises only
-        :class:`SplitInferError` subclasses (anything else a malformed body provokes is a 400)."""
+        :class:`SplitInferError` subclasses (anything else a malformed body provokes is a 400).
+        ``header``: what :meth:`read_header` returned for it, if the caller has it."""
         try:
-            return self._decode(body)
+            return self._decode(body, header or read_header(body, self.wire_limits))
         except SplitInferError:
             raise
         except (ValueError, RecursionError, TypeError, KeyError, IndexError, OverflowError) as exc:
             raise MalformedPayload(f"payload could not be decoded: {str(exc)[:200]}") from exc
 
-    def _decode(self, body: bytes) -> TailInput:
-        metadata, _ = read_header(body, self.wire_limits)
+    def _decode(self, body: bytes, header: WireHeader) -> TailInput:
+        metadata, _ = header
         kind = metadata.get("kind")
         common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": self.wire_limits}
         if kind == "image":
             expected = expected_images(metadata.get("codec", ""), self.loaded.preprocessor.crop_size)
-            payload = decode_payload(body, kind="image", expected=expected, **common)  # type: ignore[arg-type]
+            payload = decode_read_payload(body, header, kind="image", expected=expected, **common)  # type: ignore[arg-type]
             with self._image_decodes:
                 images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
             return TailInput(INPUT_CUT, (images,), int(images.shape[0]))
         if kind == "activations":
             if metadata.get("cut") == INPUT_CUT:
                 raise ModelMismatch("cut 'input' carries images (kind 'image'), not activations")
-            payload = decode_payload(body, kind="activations", expected=self.expected, **common)  # type: ignore[arg-type]
+            payload = decode_read_payload(body, header, kind="activations", expected=self.expected, **common)  # type: ignore[arg-type]
             # NOTE: the payload's non-tensor values were checked against the cut; run() recomputes them
             # for the batch it actually runs (several requests merged).
             return TailInput(payload.cut, payload.tensors, payload.batch_size)
@@ -221,7 +228,7 @@ class CloudModel:
             raise ModelFailure(f"the tail of cut {cut!r} did not return one row of logits per image")
         # NOTE: finite inputs can still overflow in the tail (3e38 activations). No head makes such values
         # from an image, and bf16 autocast keeps float32's range: the input's fault, a typed 422.
-        if not bool(torch.isfinite(output).all()):
+        if not all_finite(output):
             raise NonFiniteOutput(f"the tail of cut {cut!r} produced non-finite logits")
         return list(torch.split(output.float().cpu(), sizes))
 

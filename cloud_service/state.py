@@ -17,6 +17,7 @@ from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from service_core.app import service_state
 from service_core.metrics import ServiceMetrics
+from service_core.torch_threads import TorchThreads
 
 __all__ = ["BatcherFactory", "CloudState", "CloudStateDep", "TailBatcher", "TailRunner", "Tensors", "cloud_state"]
 
@@ -44,6 +45,7 @@ class CloudState:
     model: CloudModel
     batcher: TailBatcher
     metrics: ServiceMetrics
+    threads: TorchThreads
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 

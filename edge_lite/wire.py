@@ -18,6 +18,7 @@ import zstandard
 from safetensors.numpy import load as st_load
 
 from shared.errors import BadGateway, UnsupportedMediaType
+from shared.safetensors_io import save_arrays
 
 __all__ = ["ACTIVATION_CODECS", "decode_logits", "encode_activations", "to_bfloat16_bits"]
 
@@ -127,38 +128,7 @@ def encode_activations(
         "tensors": json.dumps(described, separators=(",", ":")),
         **(extra or {}),
     }
-    return _save(stored, bf16, metadata)
-
-
-# NOTE: safetensors lays the data out by dtype (its enum order, descending), then by name.
-_RANK = {"BOOL": 0, "U8": 1, "I8": 2, "I16": 3, "U16": 4, "F16": 5, "BF16": 6, "I32": 7, "U32": 8, "F32": 9}
-_RANK |= {"F64": 10, "I64": 11, "U64": 12}
-_CODES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "float16": "F16", "int32": "I32", "float32": "F32"}
-_CODES |= {"float64": "F64", "int64": "I64"}
-
-
-def _save(stored: Mapping[str, np.ndarray], bf16: set[str], metadata: Mapping[str, str]) -> bytes:
-    """A safetensors container (8-byte header length, JSON header padded with spaces to 8 bytes, data).
-
-    Unlike ``safetensors.save`` (whose header maps are hash maps), the header is written in a fixed order:
-    equal inputs give equal bytes.
-    """
-    entries = []
-    for name, array in stored.items():
-        code = "BF16" if name in bf16 else _CODES[str(array.dtype)]
-        entries.append((code, name, array))
-    entries.sort(key=lambda e: (-_RANK[e[0]], e[1]))
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    offset = 0
-    chunks = []
-    for code, name, array in entries:
-        raw = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        chunks.append(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return save_arrays(stored, metadata, bf16)
 
 
 def decode_logits(body: bytes, *, model: str, weights: str, batch_size: int, num_classes: int) -> np.ndarray:

@@ -104,10 +104,12 @@ def create_app(
     """
     settings = settings or EdgeSettings()
     metrics = ServiceMetrics("edge")
+    threads = settings.torch_threads()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[EdgeState]:
         model, policy = await run_in_threadpool(_load, settings, metrics)
+        threads.apply()  # NOTE: the loop's thread decodes small replies
         metrics.set_info(model.loaded.name, model.loaded.digest, policy.route.cut.name, policy.route.codec)
         cloud = CloudClient(
             settings.cloud_url,
@@ -119,9 +121,9 @@ def create_app(
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
             transport=cloud_transport,
         )
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head") as executor:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head", initializer=threads.apply) as executor:
             try:
-                yield EdgeState(settings, model, cloud, executor, metrics, policy)
+                yield EdgeState(settings, model, cloud, executor, metrics, policy, threads)
             finally:
                 await cloud.aclose()
 
@@ -132,6 +134,7 @@ def create_app(
         metrics=metrics,
         body_limit=lambda scope: limit if scope["path"] in CLASSIFY_PATHS else None,
         body_timeout_s=settings.body_timeout_s,
+        opentelemetry=settings.opentelemetry,
         # NOTE: before the body is read: held uploads cannot take more memory than these bounds allow.
         admission=Admission(
             admits=lambda scope: scope["path"] in CLASSIFY_PATHS,

@@ -36,6 +36,7 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.tail_timings import TailTimings, format_server_timing
+from shared.tensor_checks import all_finite
 from shared.wire import WireLimits
 
 __all__ = ["CLASSIFY_PATHS", "ROUTES", "readiness", "router"]
@@ -217,14 +218,14 @@ async def _classify_admitted(
             if len(reply.body) <= _INLINE_LOGITS_BYTES:  # NOTE: decoding is cheaper than a thread hop
                 logits = model.decode_logits(reply.body, len(blobs))
             else:
-                logits = await run_in_threadpool(model.decode_logits, reply.body, len(blobs))
+                logits = await run_in_threadpool(state.threads.wrap(model.decode_logits), reply.body, len(blobs))
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
                 raise
             logger.warning("cloud failed (%s: %s); finishing on the edge", type(exc).__name__, exc.detail)
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
-    if completed_on == "edge" and not bool(torch.isfinite(logits).all()):
+    if completed_on == "edge" and not all_finite(logits):
         # NOTE: the edge's own head and tail on a decoded image: a non-finite result is ours.
         raise ModelFailure(f"the model's logits at cut {route.cut.name!r} are not finite")
     timings["total"] = (time.perf_counter() - started) * 1000

@@ -14,6 +14,7 @@ from edge_service.runtime import EdgeModel
 from edge_service.settings import EdgeSettings
 from service_core.app import service_state
 from service_core.metrics import ServiceMetrics
+from service_core.torch_threads import TorchThreads
 
 __all__ = ["EdgeState", "EdgeStateDep", "edge_state"]
 
@@ -27,6 +28,8 @@ class EdgeState:
     metrics: ServiceMetrics
     routes: RoutePolicy
     """The one owner of the current route (fixed, or chosen by cut auto)."""
+    threads: TorchThreads
+    """torch's thread count, for work handed to the shared thread pool."""
     in_flight: int = 0
 
 

@@ -15,7 +15,7 @@ its routers, a readiness check and its body limits; everything else is the same 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 
 from service_core.admission import Admission, AdmissionMiddleware
 from service_core.body_limit import BodyLimitMiddleware, LimitFor
+from service_core.direct_routes import DirectRoute, DirectRoutesMiddleware
 from service_core.http import package_version
 from service_core.metrics import ServiceMetrics, install_request_middleware, metrics_response
 from service_core.openapi import ReadinessReport, install_openapi, problem_responses
@@ -46,6 +47,8 @@ class ServiceRoutes:
     summary: str
     router: APIRouter
     readiness: Readiness
+    direct: Sequence[DirectRoute] = ()
+    """Hot endpoints served ahead of FastAPI's routing (service_core.direct_routes)."""
 
 
 def service_state(request: Request) -> Any:
@@ -90,8 +93,10 @@ def create_service_app(
     body_limit: LimitFor,
     body_timeout_s: float | None = None,
     admission: Admission | None = None,
+    opentelemetry: bool = False,
 ) -> FastAPI:
-    """A FastAPI app with the shared skeleton around the service's own routes."""
+    """A FastAPI app with the shared skeleton around the service's own routes (``opentelemetry``: FastAPI's
+    native OpenTelemetry instrumentation, off unless asked for)."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
@@ -109,14 +114,18 @@ def create_service_app(
         lifespan=run,
         docs_url=None,
         redoc_url=None,
+        telemetry=None if opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    install_openapi(app)
+    install_openapi(app, routes.direct)
     # NOTE: a trailing slash is a 404 problem, not an empty 307 to the other spelling.
     app.router.redirect_slashes = False
     app.state.draining = False
     app.state.metrics = metrics
     install_problem_handlers(app)
-    # NOTE: added first, so it runs inside the request middleware: a refused body is logged and counted.
+    if routes.direct:
+        # NOTE: the innermost middleware: everything below wraps the direct routes as it wraps FastAPI's.
+        app.add_middleware(DirectRoutesMiddleware, routes=routes.direct)
+    # NOTE: added early, so it runs inside the request middleware: a refused body is logged and counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, timeout_s=body_timeout_s)
     if admission is not None:
         # NOTE: outside the body limit, so a request is admitted (or refused) before its body is read.

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Literal
 
@@ -17,9 +19,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from service_core.direct_routes import DirectRoute
 from service_core.problems import PROBLEM_MEDIA_TYPE
 
-__all__ = ["DOCS_ASSETS", "Problem", "ReadinessReport", "install_openapi", "problem_responses"]
+__all__ = ["DOCS_ASSETS", "Problem", "ReadinessReport", "install_openapi", "operation_problems", "problem_responses"]
 
 DOCS_ASSETS = "/docs/assets"
 
@@ -64,6 +67,11 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": Problem, "description": _MEANING.get(status, "An error.")} for status in statuses}
 
 
+def operation_problems(*statuses: int) -> dict[str, dict[str, Any]]:
+    """The same, as raw OpenAPI ``responses`` entries (for a DirectRoute's operation)."""
+    return {str(status): {"description": _MEANING.get(status, "An error.")} for status in statuses}
+
+
 def _problem_content(schema_ref: dict[str, Any]) -> dict[str, Any]:
     return {PROBLEM_MEDIA_TYPE: {"schema": schema_ref}}
 
@@ -91,13 +99,19 @@ def _swagger_files() -> Any:
     return resources.files("service_core") / "static" / "swagger-ui"
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Problem+json in the schema; ``/docs`` from packaged Swagger UI files (``docs_url=None`` on the app)."""
+def install_openapi(app: FastAPI, direct_routes: Sequence[DirectRoute] = ()) -> None:
+    """Problem+json in the schema, with the direct routes' operations; ``/docs`` from packaged Swagger UI
+    files (``docs_url=None`` on the app)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _rewrite_errors(generate())
+            schema = generate()
+            for route in direct_routes:
+                schema.setdefault("paths", {}).setdefault(route.path, {})[route.method.lower()] = copy.deepcopy(
+                    route.operation
+                )
+            app.openapi_schema = _rewrite_errors(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_core.torch_threads import TorchThreads
+
 if TYPE_CHECKING:
     from shared.models import LoadedModel, ModelOptions
 
@@ -63,6 +65,11 @@ class ServiceSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry (traces, metrics and logs through the global providers); "
+        "off by default: the service has its own Prometheus metrics, and the check costs every request.",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one request or model run.")
     log_level: str = Field("info", description="Python log level.")
     token: SecretStr | None = Field(
@@ -187,15 +194,16 @@ class ServiceSettings(BaseSettings):
         )
         return ModelOptions(preprocessing=preprocessing, labels_file=self.labels_file, trace=trace)
 
+    def torch_threads(self) -> TorchThreads:
+        """The intra-op thread count to apply in every thread that runs torch (see service_core.torch_threads)."""
+        return TorchThreads(self.threads)
+
     def load_model(self) -> LoadedModel:
         """Set torch's intra-op threads and load the model with its weights (random, with a loud error, when
         DEFAULT weights cannot be obtained), its preprocessing, labels and tracer options."""
-        import torch
-
         from shared.models import load_model
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        self.torch_threads().apply()
         return load_model(self.model, self.weights, fallback_to_random=True, options=self.model_options())
 
     def shared_token(self) -> str | None:

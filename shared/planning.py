@@ -92,6 +92,7 @@ class Profile:
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
     reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
     engine: str = "torch"  # what ran the halves: torch or onnxruntime (a profile is of a model, cut, codec and engine)
+    spread: float = 0.0  # the largest interquartile range / median of a cut's repeated head or tail times
 
     def image_path_ms(self, cut: str) -> float:
         """What the edge spends on the image before the head runs at ``cut`` (decode, and preprocess)."""
@@ -120,13 +121,33 @@ class Profile:
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+    return statistics.median(_interleaved_ms([fn], repeats)[0])
+
+
+def _interleaved_ms(
+    fns: Sequence[Callable[[], object]], repeats: int, sync: Callable[[], None] | None = None
+) -> list[list[float]]:
+    """``repeats`` times of each of ``fns`` (ms), measured in rounds that run each once in turn (drift hits
+    them alike), after one unmeasured warm-up round; ``sync`` waits for the device after each run (CUDA
+    kernels are asynchronous: without it only their launch is timed)."""
+    samples: list[list[float]] = [[] for _ in fns]
+    for round_index in range(repeats + 1):
+        for fn, times in zip(fns, samples, strict=True):
+            started = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            if round_index:
+                times.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def _spread(samples: Sequence[float]) -> float:
+    """How much repeated times of one thing disagree: the interquartile range over the median."""
+    if len(samples) < 4:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(samples, n=4)
+    return (q3 - q1) / median if median > 0 else 0.0
 
 
 def profile_model(
@@ -166,15 +187,17 @@ def profile_model(
     profile.reply_bytes = float(len(encode_logits(references[0], cut=OUTPUT_CUT, **common)))
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
     limits = WireLimits.for_batch(1, mib_per_item=64)
+    sync = torch.cuda.synchronize if target.type == "cuda" else None
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
         head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads)
         with torch.inference_mode():
-            head_ms = _median_ms(partial(head, batch), repeats)
             shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
             shipped = tuple(_to(t, target) for t in shipped_all[0])
-            tail_ms = _median_ms(partial(tail, *shipped), repeats)
+            head_times, tail_times = _interleaved_ms([partial(head, batch), partial(tail, *shipped)], repeats, sync)
+            head_ms, tail_ms = statistics.median(head_times), statistics.median(tail_times)
+            profile.spread = max(profile.spread, _spread(head_times), _spread(tail_times))
             if cut.name == INPUT_CUT:
                 measured = [_profile_images(loaded, images, decoded, limits, repeats)]
             elif cut.name == OUTPUT_CUT:

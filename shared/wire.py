@@ -41,7 +41,6 @@ allocates, then checks that floating-point values are finite.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import struct
@@ -71,6 +70,8 @@ from shared.errors import (
     SplitInferError,
     UnsupportedMediaType,
 )
+from shared.safetensors_io import save_arrays
+from shared.tensor_checks import all_finite
 
 __all__ = [
     "BATCH",
@@ -84,8 +85,10 @@ __all__ = [
     "PerItem",
     "WireValue",
     "PayloadKind",
+    "WireHeader",
     "WireLimits",
     "decode_payload",
+    "decode_read_payload",
     "encode_payload",
     "read_header",
 ]
@@ -265,7 +268,13 @@ def encode_payload(
     }
     if values:
         metadata["values"] = json.dumps([_describe_value(n, v) for n, v in values.items()], separators=(",", ":"))
-    return safetensors.torch.save(stored, metadata=metadata)
+    arrays = {name: _as_array(part) for name, part in stored.items()}
+    return save_arrays(arrays, metadata, bf16=[name for name, part in stored.items() if part.dtype == torch.bfloat16])
+
+
+def _as_array(tensor: torch.Tensor) -> Any:
+    """A CPU tensor's data as a numpy array (bfloat16 as its 16-bit patterns: numpy has no bfloat16)."""
+    return (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _describe_value(name: str, value: WireValue) -> dict[str, Any]:
@@ -312,7 +321,11 @@ def _check_values(raw: str | None, expected: Sequence[ExpectedValue], batch: int
     return tuple(checked)
 
 
-def read_header(data: bytes, limits: WireLimits) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+WireHeader = tuple[dict[str, str], dict[str, dict[str, Any]]]
+"""A payload's parsed and bound-checked header: ``(metadata, entries)``."""
+
+
+def read_header(data: bytes, limits: WireLimits) -> WireHeader:
     """Parse and bound-check the safetensors header: ``(metadata, entries)``."""
     if len(data) > limits.max_payload_bytes:
         raise PayloadTooLarge(f"payload is {len(data)} bytes; the limit is {limits.max_payload_bytes}")
@@ -342,13 +355,20 @@ _MAX_JSON_DEPTH = 8
 _MAX_INT_DIGITS = 20
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SAME_BRACKETS = bytes.maketrans(b"{}", b"[]")  # NOTE: mismatched kinds are json.loads' to refuse
 
 
-def _json_depth(text: bytes) -> int:
-    """The deepest nesting of ``[``/``{`` outside strings (without recursing: a header 30,000 deep is fine)."""
-    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
-    steps = (1 if b in b"[{" else -1 for b in brackets)
-    return max(itertools.accumulate(steps, initial=0))
+def _json_depth(text: bytes, limit: int) -> int:
+    """The deepest nesting of ``[``/``{`` outside strings, counted up to ``limit + 1`` (without recursing:
+    a header 30,000 deep is fine). Each pass removes the innermost pairs, one level, in C."""
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS).translate(_SAME_BRACKETS)
+    depth = 0
+    while brackets and depth <= limit:
+        inner_removed = brackets.replace(b"[]", b"")
+        if len(inner_removed) == len(brackets):
+            break  # NOTE: unbalanced; json.loads refuses it
+        brackets, depth = inner_removed, depth + 1
+    return depth
 
 
 def _bounded_int(text: str) -> int:
@@ -363,9 +383,8 @@ def _no_constant(name: str) -> Any:
 
 def _bounded_json(text: bytes, what: str) -> Any:
     """Parse a peer's JSON with its nesting and its integers bounded before anything is built."""
-    depth = _json_depth(text)
-    if depth > _MAX_JSON_DEPTH:
-        raise MalformedPayload(f"{what} is nested {depth} deep; at most {_MAX_JSON_DEPTH} levels are accepted")
+    if _json_depth(text, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
+        raise MalformedPayload(f"{what} is nested deeper than {_MAX_JSON_DEPTH} levels, the most accepted")
     try:
         return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
@@ -463,8 +482,23 @@ def decode_payload(
     name to that list (the cloud, which accepts every cut of its model). Raises only
     :class:`SplitInferError` subclasses.
     """
+    return decode_read_payload(data, None, kind=kind, model=model, weights=weights, expected=expected, limits=limits)
+
+
+def decode_read_payload(
+    data: bytes,
+    header: WireHeader | None,
+    *,
+    kind: PayloadKind,
+    model: str,
+    weights: str,
+    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
+    limits: WireLimits = WireLimits(),
+) -> Payload:
+    """:func:`decode_payload` when its header was read already (``header = read_header(data, limits)``;
+    ``None``: read it here)."""
     try:
-        return _decode(data, kind, model, weights, expected, limits)
+        return _decode(data, kind, model, weights, expected, limits, header)
     except SplitInferError:
         raise
     except (ValueError, RuntimeError, TypeError, KeyError, zstandard.ZstdError) as exc:
@@ -479,8 +513,9 @@ def _decode(
     weights: str,
     expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
     limits: WireLimits,
+    header: WireHeader | None,
 ) -> Payload:
-    metadata, entries = read_header(data, limits)
+    metadata, entries = header if header is not None else read_header(data, limits)
     if metadata.get("format") != FORMAT:
         raise UnsupportedMediaType(f"payload format is {metadata.get('format')!r}; expected {FORMAT!r}")
     if metadata.get("version") != PROTOCOL_VERSION:
@@ -565,7 +600,7 @@ def _decode(
                 part = _decompress(decompressor, name + suffix, part, part_dtype, part_shape)
             components[suffix] = part
         tensor = tensor_codec.decode(components, dtype, _shape)
-        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+        if tensor.dtype.is_floating_point and not all_finite(tensor):
             raise InvalidTensor(f"tensor {name!r} contains NaN or infinite values")
         tensors.append(tensor)
     return Payload(

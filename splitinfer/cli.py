@@ -338,6 +338,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
+_PROFILE_SPREAD_WARNING = 0.25
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
@@ -351,9 +354,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = _load_model(args)
+    graph = loaded.graph()
+    cuts = len(graph.cuts if args.all_cuts else graph.single_tensor_cuts())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"profiling {args.model}", total=None)
+        task = bar.add_task(f"profiling {args.model}", total=cuts)
 
         def progress(cut: str) -> None:
             bar.update(task, advance=1, description=f"profiling {args.model} at {cut}")
@@ -375,6 +380,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine}) in "
         f"{elapsed:.1f} s"
     )
+    if profile.spread > _PROFILE_SPREAD_WARNING:
+        print(
+            f"WARNING: repeated timings of one cut disagree by up to {profile.spread:.0%} (interquartile range over "
+            "median): the machine was busy. Re-run on a quiet machine, or with more --repeats.",
+            file=sys.stderr,
+        )
     _random_weights_note(loaded)
     return 0
 

@@ -112,3 +112,21 @@ def test_compact_codecs_are_planned_per_cut_by_their_measured_error() -> None:
     assert any(codec.endswith("+ans") for _, codec in routes)
     strict = plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=0.0)
     assert all(r.relative_l2_error == 0.0 for r in strict)
+
+
+def test_timings_are_interleaved_after_a_warm_up_round_and_wait_for_the_device() -> None:
+    from shared.planning import _interleaved_ms
+
+    calls: list[str] = []
+    samples = _interleaved_ms(
+        [lambda: calls.append("head"), lambda: calls.append("tail")], 3, sync=lambda: calls.append("sync")
+    )
+    assert calls == ["head", "sync", "tail", "sync"] * 4  # NOTE: the first round is the warm-up
+    assert [len(times) for times in samples] == [3, 3]
+
+
+def test_the_spread_of_repeated_times_is_their_interquartile_range_over_the_median() -> None:
+    from shared.planning import _spread
+
+    assert _spread([10.0, 10.0, 10.0, 10.0, 10.0]) == 0.0
+    assert _spread([8.0, 9.0, 10.0, 11.0, 12.0]) == pytest.approx(0.3)
