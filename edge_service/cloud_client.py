@@ -1,4 +1,5 @@
-"""The edge's client for the cloud: one pooled httpx client, errors translated to domain errors."""
+"""The edge's client for the cloud: one pooled client (httpx's interface over aiohttp, see
+edge_service.cloud_transport), errors translated to domain errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 
 from edge_service.breaker import CircuitBreaker
+from edge_service.cloud_transport import AiohttpTransport
 from service_core.http import SERVED_BY_HEADER
 from service_core.metrics import REQUEST_ID_HEADER
 from shared.errors import (
@@ -86,14 +88,12 @@ class CloudClient:
         self.connect_retries = connect_retries
         self.breaker = breaker or CircuitBreaker(failures=5, reset_s=5.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            verify=verify,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
-            transport=transport,
+            transport=transport or AiohttpTransport(ssl_context=context, max_connections=256, keepalive_s=30),
         )
 
     async def aclose(self) -> None:
