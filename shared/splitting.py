@@ -337,7 +337,9 @@ class ModelGraph:
                     tuple(f[0] for f in fits if f is not None),
                     tuple(f[1] for f in fits if f is not None),
                 )
-        tensor_nodes = frozenset(n for n, summary in first.values.items() if summary is not None and summary[0] == "tensor")
+        tensor_nodes = frozenset(
+            n for n, summary in first.values.items() if summary is not None and summary[0] == "tensor"
+        )
         return tensors, values, first.flops, tensor_nodes
 
     def _find_module_ends(self) -> dict[str, int]:
@@ -482,10 +484,9 @@ class ModelGraph:
                 continue
             break
         modules = sorted(aliases_at.get(self._order.get(node, -2) + 1, []), key=lambda m: (m.count("."), m))
-        if modules:
-            name = modules[0]
-        else:
-            name = str(node.target) if node.op == "call_module" else node.name
+        if not modules:
+            modules = [str(node.target) if node.op == "call_module" else node.name]
+        name = modules[0]
         return (name + suffix)[:_MAX_NAME_CHARS]
 
     def _index_names(self) -> dict[str, int]:
