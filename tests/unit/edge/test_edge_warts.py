@@ -72,6 +72,18 @@ def test_display_name_drops_paths_quotes_and_controls() -> None:
     assert display_name("y" * 10_000) == "y" * (MAX_NAME_CHARS - 3) + "..."
 
 
+@pytest.mark.parametrize(
+    ("count", "detail"),
+    [(5, "5 images exceed the batch limit of 4"), (6, "more than 4 images; the batch limit is 4")],
+)
+def test_too_many_images_is_413_however_many(client: TestClient, count: int, detail: str) -> None:
+    """One over the limit and two over it (past the multipart parser's own file limit) get the same 413."""
+    response = client.post("/v1/classify/batch", files=[("images", (f"{i}.jpg", JPEG)) for i in range(count)])
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == detail
+
+
 @pytest.mark.parametrize(("method", "path"), [("POST", "/v1/classify/"), ("GET", "/v1/info/"), ("GET", "/readyz/")])
 def test_a_trailing_slash_is_a_404_problem_not_an_empty_redirect(client: TestClient, method: str, path: str) -> None:
     response = client.request(method, path, follow_redirects=False)
