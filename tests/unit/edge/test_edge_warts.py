@@ -90,3 +90,4 @@ def test_a_trailing_slash_is_a_404_problem_not_an_empty_redirect(client: TestCli
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["status"] == 404
+    assert response.json()["detail"] == f"no route {path}; drop the trailing slash: {path.rstrip('/')}"
