@@ -137,7 +137,8 @@ class Cut:
     index: int
     """Position in :meth:`ModelGraph.cuts` (execution order)."""
     name: str
-    """Stable name: ``input``, ``output``, the shortest module ending here, or the last head node."""
+    """Stable name: ``input``, ``output``, the outermost module ending here, or what produced the tensors
+    crossing (a function's FX node, never shape bookkeeping: see the module docstring)."""
     position: int
     """Number of compute nodes the head runs."""
     node: str
@@ -406,7 +407,7 @@ class ModelGraph:
                 name = OUTPUT_CUT
             elif aliases:
                 name = aliases[0]
-            elif plain:
+            elif plain or not tensors:
                 name = self._compute[k - 1].name
             else:
                 # NOTE: named after what produced the newest tensor crossing, never after the bookkeeping node.
