@@ -111,11 +111,14 @@ def _route(state: EdgeState, cut: str | None, codec: str | None) -> RouteChoice:
         raise UnprocessableContent(str(exc)) from exc
 
 
-async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ...]) -> list[bytes]:
-    """The uploaded images (the body is bounded by the body limit of CLASSIFY_PATHS, see edge_service.app)."""
+async def _read_images(
+    request: Request, state: EdgeState, fields: tuple[str, ...]
+) -> tuple[list[bytes], list[str | None]]:
+    """The uploaded images and their file names (the body is bounded by the body limit of CLASSIFY_PATHS,
+    see edge_service.app)."""
     kind = media_type(request)
     if kind.startswith("image/"):
-        return [await request.body()]
+        return [await request.body()], [None]
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(
             f"send the image as multipart field {fields[0]!r} or as a raw body with an image/* content type, "
@@ -141,7 +144,7 @@ async def _read_images(request: Request, state: EdgeState, fields: tuple[str, ..
             )
         if len(uploads) > limit:
             raise PayloadTooLarge(f"{len(uploads)} images exceed the batch limit of {limit}")
-        return [await upload.read() for upload in uploads]
+        return [await upload.read() for upload in uploads], [upload.filename for upload in uploads]
     finally:
         await form.close()
 
@@ -166,20 +169,20 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
 
 
 async def _classify(
-    request: Request, state: EdgeState, blobs: list[bytes], choice: RouteChoice
+    request: Request, state: EdgeState, blobs: list[bytes], choice: RouteChoice, names: list[str | None]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
     read: service_core.admission, configured in edge_service.app)."""
     state.in_flight += 1
     try:
         state.routes.dispatched(choice)
-        return await _classify_admitted(request, state, blobs, choice.route)
+        return await _classify_admitted(request, state, blobs, choice.route, names)
     finally:
         state.in_flight -= 1
 
 
 async def _classify_admitted(
-    request: Request, state: EdgeState, blobs: list[bytes], route: Route
+    request: Request, state: EdgeState, blobs: list[bytes], route: Route, names: list[str | None]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
     loop = asyncio.get_running_loop()
@@ -187,7 +190,7 @@ async def _classify_admitted(
     deadline = started + settings.request_timeout_s
     try:
         async with asyncio.timeout(settings.request_timeout_s):
-            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route)
+            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route, names)
     except TimeoutError as exc:
         # NOTE: the edge's own compute, not the cloud: a busy edge (503, retry), not a CloudTimeout.
         raise EdgeOverloaded(
@@ -267,10 +270,10 @@ async def _classify_admitted(
 async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
     choice = _route(state, options.cut, options.codec)
-    blobs = await _read_images(request, state, ("image",))
+    blobs, names = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
-    output, common = await _classify(request, state, blobs, choice)
+    output, common = await _classify(request, state, blobs, choice, names)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     result = _results(output, state, options.top_k, options.logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
@@ -288,8 +291,8 @@ async def classify_batch(
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
     choice = _route(state, options.cut, options.codec)
-    blobs = await _read_images(request, state, ("images", "image"))
-    output, common = await _classify(request, state, blobs, choice)
+    blobs, names = await _read_images(request, state, ("images", "image"))
+    output, common = await _classify(request, state, blobs, choice, names)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 

@@ -118,12 +118,15 @@ class EdgeModel:
                 self._splits[cut.name] = split
         return split
 
-    def prepare(self, raw: Sequence[bytes], route: Route) -> Prepared:
-        """Decode, preprocess and run the head; encode the payload unless the edge does everything."""
+    def prepare(self, raw: Sequence[bytes], route: Route, names: Sequence[str | None] | None = None) -> Prepared:
+        """Decode, preprocess and run the head; encode the payload unless the edge does everything.
+        ``names`` (the uploaded file names) only make a refused image's error clearer."""
         prepared = Prepared(list(raw), route)
         timings = prepared.timings_ms
         with _Stopwatch(timings, "decode"):
-            prepared.images = decode_images(raw, self.image_limits, resize_size=self.loaded.preprocessor.resize_size)
+            prepared.images = decode_images(
+                raw, self.image_limits, resize_size=self.loaded.preprocessor.resize_size, names=names
+            )
         if route.cut.name == INPUT_CUT and route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(

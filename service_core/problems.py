@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from shared.errors import ClientClosedRequest, SplitInferError
 
@@ -64,7 +65,22 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     exc = cast(StarletteHTTPException, exc)  # registered for this type only
-    return problem_response(exc.status_code, _reason(exc.status_code), str(exc.detail))
+    detail = str(exc.detail)
+    if exc.status_code == 404:
+        detail = _trailing_slash_hint(request) or detail
+    return problem_response(exc.status_code, _reason(exc.status_code), detail)
+
+
+def _trailing_slash_hint(request: Request) -> str | None:
+    """For ``/v1/classify/``: name the route without the slash (no redirect: a POST body would be lost)."""
+    path = request.url.path
+    stripped = path.rstrip("/")
+    if not stripped or stripped == path or len(path) > 200:
+        return None
+    scope = {**request.scope, "path": stripped}
+    if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return None
+    return f"no route {path}; drop the trailing slash: {stripped}"
 
 
 async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:

@@ -21,9 +21,20 @@ from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, Unsupp
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_FORMATS", "ImageLimits", "check_resize", "decode_image", "decode_images", "resized_size"]
+__all__ = [
+    "DEFAULT_FORMATS",
+    "MAX_NAME_CHARS",
+    "ImageLimits",
+    "check_resize",
+    "decode_image",
+    "decode_images",
+    "display_name",
+    "resized_size",
+]
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP")
+MAX_NAME_CHARS = 64
+"""Most characters of an uploaded file's name quoted back in an error."""
 
 
 @dataclass(frozen=True)
@@ -127,30 +138,56 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_siz
 
 
 def decode_images(
-    blobs: Sequence[bytes], limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None
+    blobs: Sequence[bytes],
+    limits: ImageLimits = ImageLimits(),
+    *,
+    resize_size: int | None = None,
+    names: Sequence[str | None] | None = None,
 ) -> list[Image.Image]:
     """Decode the images of one request: every one's size is checked from its header, and their pixels
-    summed against ``max_batch_pixels``, before the first is decoded."""
+    summed against ``max_batch_pixels``, before the first is decoded. ``names`` (the uploaded file names,
+    untrusted) only make a refusal clearer: ``image 3 ("cat.png") (0-based) of 5: ...``."""
     count = len(blobs)
-    opened = [_naming(index, count, _open, blob, limits) for index, blob in enumerate(blobs)]
+    given = list(names or ())[:count]
+    labels = [_label(index, count, given[index] if index < len(given) else None) for index in range(count)]
+    opened = [_naming(labels[index], _open, blob, limits) for index, blob in enumerate(blobs)]
     total = 0
     for index, image in enumerate(opened):
         width, height = image.size
         total += width * height
         if resize_size is not None:
-            _naming(index, count, check_resize, width, height, resize_size, limits.max_pixels)
+            _naming(labels[index], check_resize, width, height, resize_size, limits.max_pixels)
     if total > limits.max_batch_pixels:
         raise PayloadTooLarge(
             f"the {len(opened)} images have {total} pixels together; the limit is {limits.max_batch_pixels}"
         )
-    return [_naming(index, count, _load, image) for index, image in enumerate(opened)]
+    return [_naming(labels[index], _load, image) for index, image in enumerate(opened)]
 
 
-def _naming(index: int, count: int, step: Callable[..., T], *args: Any) -> T:
-    """``step(*args)`` for image ``index`` of ``count``; in a batch, a refused image is named by its position."""
+def display_name(name: str) -> str:
+    """An untrusted file name made safe to quote: its last path component, every character that is not
+    printable (controls, bidi and zero-width marks) or is a quote or backslash replaced by ``_``, at most
+    :data:`MAX_NAME_CHARS` characters (longer names end in ``...``)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1][: 4 * MAX_NAME_CHARS]
+    cleaned = "".join(c if c.isprintable() and c not in '"\\' else "_" for c in base)
+    return cleaned if len(cleaned) <= MAX_NAME_CHARS else cleaned[: MAX_NAME_CHARS - 3] + "..."
+
+
+def _label(index: int, count: int, name: str | None) -> str | None:
+    """How a refusal names image ``index`` of ``count``: nothing for a single image, else its position and,
+    when it was uploaded with one, its file name."""
+    if count == 1:
+        return None
+    shown = display_name(name) if name else ""
+    quoted = f' ("{shown}")' if shown else ""
+    return f"image {index}{quoted} (0-based) of {count}"
+
+
+def _naming(label: str | None, step: Callable[..., T], *args: Any) -> T:
+    """``step(*args)``; a refusal is prefixed with the image's ``label`` (in a batch: its position and name)."""
     try:
         return step(*args)
     except SplitInferError as exc:
-        if count == 1:
+        if label is None:
             raise
-        raise type(exc)(f"image {index} (0-based) of {count}: {exc.detail}") from exc
+        raise type(exc)(f"{label}: {exc.detail}") from exc

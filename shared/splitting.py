@@ -10,16 +10,23 @@ ints, a ``torch.Size``) whose every entry is an affine function of the batch siz
 trace predicts for the batch received. Parameters and buffers never cross a cut: each half reads them
 from the (shared) model itself.
 
-Every cut has a unique name (``input``, ``output``, the outermost module ending there, or the FX node);
-a name already taken by an earlier cut gets ``#2``, ``#3``... in execution order, so the edge and the
-cloud, which build the same graph, agree on every name by construction.
+Every cut has a unique name: ``input``, ``output``, the outermost module ending there, or the function
+that produced the tensors crossing it. Shape bookkeeping (``getattr``/``getitem`` of a shape, ``dim``,
+integer arithmetic, ``torch._assert``) never names a cut: a cut after such a node that carries the same
+tensors as a neighbouring cut is dropped (its FX name still resolves, to that neighbour), and one that
+does not is named after the producer of its newest tensor (the module whose tuple output was unpacked,
+``encoder[:,0]`` for a slice of the ``encoder``'s output). A name already taken by an earlier cut gets
+``#2``, ``#3``... in execution order, so the edge and the cloud, which build the same graph, agree on
+every name by construction.
 """
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +62,8 @@ DEFAULT_CUT = "default"
 """Resolves to :meth:`ModelGraph.default_cut` (unless a module of the model is called that)."""
 OUTPUT_CUT = "output"
 _COMPUTE_OPS = ("call_function", "call_method", "call_module")
+_INDEXING = (operator.getitem, builtins.getattr)
+_MAX_NAME_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,8 @@ class Cut:
     index: int
     """Position in :meth:`ModelGraph.cuts` (execution order)."""
     name: str
-    """Stable name: ``input``, ``output``, the shortest module ending here, or the last head node."""
+    """Stable name: ``input``, ``output``, the outermost module ending here, or what produced the tensors
+    crossing (a function's FX node, never shape bookkeeping: see the module docstring)."""
     position: int
     """Number of compute nodes the head runs."""
     node: str
@@ -258,12 +268,14 @@ class ModelGraph:
             )
         self._compute = [n for n in graph.nodes if n.op in _COMPUTE_OPS]
         self._output = next(n for n in graph.nodes if n.op == "output")
-        self._tensor_specs, self._value_specs, self._flops = self._profile()
+        self._tensor_specs, self._value_specs, self._flops, self._tensor_nodes = self._profile()
         self.total_flops: int = sum(self._flops.values())
         """FLOPs of one forward pass at the trace input (multiply-adds counted twice)."""
         self._module_ends = self._find_module_ends()
         self._positions = self._find_positions()
-        self.cuts: list[Cut] = self._name_cuts()
+        self._order = {node: i for i, node in enumerate(self._compute)}
+        self.cuts: list[Cut]
+        self.cuts, self._cut_at = self._name_cuts()
         self._by_name = self._index_names()
 
     # ---------------------------------------------------------------- analysis
@@ -291,8 +303,10 @@ class ModelGraph:
             self.model.train(was_training)
         return profiler
 
-    def _profile(self) -> tuple[dict[str, TensorSpec], dict[str, ValueSpec], dict[str, int]]:
-        """Run at batch 1 (shapes, FLOPs) and at two more batch sizes, to learn how each value scales."""
+    def _profile(self) -> tuple[dict[str, TensorSpec], dict[str, ValueSpec], dict[str, int], frozenset[str]]:
+        """Run at batch 1 (shapes, FLOPs) and at two more batch sizes, to learn how each value scales.
+
+        Also returns the names of the nodes whose output is a tensor (batch-first or not)."""
         first = self._run(1, FlopCounterMode(display=False))
         runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
         others = [(b, run.values) for b, run in runs]
@@ -324,7 +338,10 @@ class ModelGraph:
                     tuple(f[0] for f in fits if f is not None),
                     tuple(f[1] for f in fits if f is not None),
                 )
-        return tensors, values, first.flops
+        tensor_nodes = frozenset(
+            n for n, summary in first.values.items() if summary is not None and summary[0] == "tensor"
+        )
+        return tensors, values, first.flops, tensor_nodes
 
     def _find_module_ends(self) -> dict[str, int]:
         """For every module that owns at least one compute node: the position right after its last node."""
@@ -357,30 +374,50 @@ class ModelGraph:
             positions.append(_Position(alive, blocking))
         return positions
 
-    def _name_cuts(self) -> list[Cut]:
+    def _name_cuts(self) -> tuple[list[Cut], dict[int, int]]:
+        """The cuts in execution order, and for every valid position the index of the cut that splits
+        there (a dropped bookkeeping position maps to the neighbour carrying the same tensors)."""
         aliases_at: dict[int, list[str]] = {}
         for module, end in self._module_ends.items():
             aliases_at.setdefault(end, []).append(module)
         total_flops = sum(self._flops.values()) or 1
         cumulative = 0
-        cuts: list[Cut] = []
-        taken: dict[str, int] = {}
         last = len(self._compute)
+        candidates: list[tuple[int, tuple[str, ...], float, bool]] = []
         for k, pos in enumerate(self._positions):
             if k > 0:
                 cumulative += self._flops.get(self._compute[k - 1].name, 0)
             if pos.blocking:
                 continue
             aliases = tuple(sorted(aliases_at.get(k, []), key=lambda m: (m.count("."), m)))
+            plain = k in (0, last) or bool(aliases) or not self._is_bookkeeping(self._compute[k - 1])
+            candidates.append((k, aliases, cumulative / total_flops, plain))
+        kept = self._drop_bookkeeping_twins(candidates)
+        cuts: list[Cut] = []
+        cut_at: dict[int, int] = {}
+        taken: dict[str, int] = {}
+        for k, aliases, share, plain in candidates:
+            if kept[k] != k:
+                continue
+            pos = self._positions[k]
+            tensors = tuple(self._tensor_specs[v.name] for v in pos.alive if v.name in self._tensor_specs)
             if k == 0:
                 name = INPUT_CUT
             elif k == last:
                 name = OUTPUT_CUT
+            elif aliases:
+                name = aliases[0]
+            elif plain or not tensors:
+                name = self._compute[k - 1].name
             else:
-                name = aliases[0] if aliases else self._compute[k - 1].name
+                # NOTE: named after what produced the newest tensor crossing, never after the bookkeeping node.
+                by_name = {v.name: v for v in pos.alive}
+                newest = max((by_name[t.name] for t in tensors), key=lambda v: self._order.get(v, -1))
+                name = self._producer_name(newest, aliases_at)
             taken[name] = taken.get(name, 0) + 1
             if taken[name] > 1:
                 name = f"{name}#{taken[name]}"
+            cut_at[k] = len(cuts)
             cuts.append(
                 Cut(
                     index=len(cuts),
@@ -388,12 +425,70 @@ class ModelGraph:
                     position=k,
                     node=self._compute[k - 1].name if k else "",
                     aliases=aliases,
-                    tensors=tuple(self._tensor_specs[v.name] for v in pos.alive if v.name in self._tensor_specs),
-                    head_flops_share=cumulative / total_flops,
+                    tensors=tensors,
+                    head_flops_share=share,
                     values=tuple(self._value_specs[v.name] for v in pos.alive if v.name in self._value_specs),
                 )
             )
-        return cuts
+        for k, kept_k in kept.items():
+            cut_at.setdefault(k, cut_at[kept_k])
+        return cuts, cut_at
+
+    def _is_bookkeeping(self, node: fx.Node) -> bool:
+        """Indexing (``getitem``/``getattr``) or a node that computes no tensor (``dim``, ``size``, integer
+        arithmetic, ``torch._assert``): no name for a cut."""
+        if node.op == "call_module":
+            return False
+        return node.target in _INDEXING or node.name not in self._tensor_nodes
+
+    def _drop_bookkeeping_twins(self, candidates: Sequence[tuple[int, tuple[str, ...], float, bool]]) -> dict[int, int]:
+        """Map each valid position to the position of the cut kept for it: runs of neighbouring cuts that
+        carry the same tensors keep their well-named cuts (or, when none is, the one shipping the fewest
+        values); a dropped position maps to the nearest kept cut of its run."""
+        kept: dict[int, int] = {}
+        run: list[tuple[int, bool]] = []
+        run_tensors: tuple[str, ...] | None = None
+
+        def close() -> None:
+            keep = [k for k, plain in run if plain]
+            if not keep:
+                keep = [min((k for k, _ in run), key=lambda k: (self._n_values(k), k))]
+            for k, _ in run:
+                kept[k] = k if k in keep else min(keep, key=lambda j: (abs(j - k), j))
+
+        for k, _, _, plain in candidates:
+            tensors = tuple(v.name for v in self._positions[k].alive if v.name in self._tensor_specs)
+            if run and tensors != run_tensors:
+                close()
+                run = []
+            run.append((k, plain))
+            run_tensors = tensors
+        if run:
+            close()
+        return kept
+
+    def _n_values(self, position: int) -> int:
+        return sum(v.name in self._value_specs for v in self._positions[position].alive)
+
+    def _producer_name(self, node: fx.Node, aliases_at: dict[int, list[str]]) -> str:
+        """What produced ``node``'s value: the outermost module ending at the producing node, else the
+        producing module or function, or ``input``; indexing into a tensor is spelled out (``encoder[:,0]``)."""
+        suffix = ""
+        for _ in range(64):  # NOTE: bounded walk up a chain of indexing nodes
+            if node.op == "placeholder":
+                return (INPUT_CUT + suffix)[:_MAX_NAME_CHARS]
+            if node.op != "call_module" and node.target in _INDEXING and isinstance(node.args[0], fx.Node):
+                base = node.args[0]
+                if base.name in self._tensor_nodes:
+                    suffix = _index_text(node) + suffix
+                node = base
+                continue
+            break
+        modules = sorted(aliases_at.get(self._order.get(node, -2) + 1, []), key=lambda m: (m.count("."), m))
+        if not modules:
+            modules = [str(node.target) if node.op == "call_module" else node.name]
+        name = modules[0]
+        return (name + suffix)[:_MAX_NAME_CHARS]
 
     def _index_names(self) -> dict[str, int]:
         """Cut names first (unique, so each resolves to its own cut), then modules and FX node names."""
@@ -426,8 +521,15 @@ class ModelGraph:
         middle = middle or [c for c in self.cuts if c.name not in (INPUT_CUT, OUTPUT_CUT)]
         if not middle:
             return self.cuts[-1]
+        distance = {c.index: round(abs(c.head_flops_share - 0.5), 9) for c in middle}
+        closest = min(distance.values())
+        ties = [c for c in middle if distance[c.index] == closest]
+        # NOTE: a function's cut at the share of an earlier module's end is inside the next block (the FLOP
+        # counter saw nothing in between, e.g. fused attention): the module boundary is the better place.
+        first_module = min((c.index for c in ties if c.aliases), default=len(self.cuts))
+        ties = [c for c in ties if c.aliases or c.index < first_module]
         # NOTE: among equal shares, the outermost module (a block rather than its last layer).
-        return min(middle, key=lambda c: (round(abs(c.head_flops_share - 0.5), 9), c.name.count("."), c.index))
+        return min(ties, key=lambda c: (c.name.count("."), c.index))
 
     def cut(self, cut: str | int | Cut) -> Cut:
         """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
@@ -457,7 +559,7 @@ class ModelGraph:
                 "batch-first tensors nor shape-derived integers. "
                 f"Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
             )
-        return next(c for c in self.cuts if c.position == position)
+        return self.cuts[self._cut_at[position]]
 
     def _nearest_valid(self, position: int) -> list[Cut]:
         return sorted(self.cuts, key=lambda c: abs(c.position - position))[:3]
@@ -511,6 +613,32 @@ class ModelGraph:
         module = fx.GraphModule(self.traced.graph_module, graph, class_name)
         module.train(self.model.training)
         return module
+
+
+def _index_text(node: fx.Node) -> str:
+    """``[:,0]`` for ``x[:, 0]``, ``.T`` for ``x.T``; ``?`` for an index computed at run time."""
+    if node.target is builtins.getattr:
+        return f".{node.args[1]}" if len(node.args) > 1 else ""
+
+    def bound(value: Any) -> str:
+        return "" if value is None else item(value)
+
+    def item(index: Any) -> str:
+        if isinstance(index, slice):
+            parts = [bound(index.start), bound(index.stop)] + ([bound(index.step)] if index.step is not None else [])
+            return ":".join(parts)
+        if index is None:
+            return "None"
+        if index is Ellipsis:
+            return "..."
+        if isinstance(index, bool | int):
+            return str(index)
+        return "?"
+
+    index = node.args[1] if len(node.args) > 1 else None
+    if isinstance(index, tuple | list):
+        return "[" + ",".join(item(i) for i in index) + "]"
+    return f"[{item(index)}]"
 
 
 def list_cuts(

@@ -452,8 +452,11 @@ _MODEL_OPTIONS = (
 )
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The preprocessing, labels and tracer settings of the services, as flags of a command."""
+def _add_model_options(parser: argparse.ArgumentParser, name: str, command: str | None) -> None:
+    """The preprocessing, labels and tracer settings of the services, as flags of command ``name``; only
+    when ``command`` is that one (their help text comes from the settings class, which imports pydantic)."""
+    if command != name:
+        return
     from service_core.settings import ServiceSettings
 
     group = parser.add_argument_group("model options (as the services' settings of the same names)")
@@ -509,8 +512,9 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; the settings flags of ``edge`` and ``cloud`` are added only when ``command`` is that
-    one, because generating them imports the services (and torch)."""
+    """The parser; the settings flags of ``edge`` and ``cloud`` (and the model options of ``cuts``,
+    ``codecs`` and ``profile``) are added only when ``command`` is that one, because generating them
+    imports the services (and torch) or pydantic: ``splitinfer --help`` stays fast."""
     common = _common_options()
     parser = argparse.ArgumentParser(prog="splitinfer", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -521,7 +525,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     cuts = add("cuts", "list every valid cut of a model")
     cuts.add_argument("model")
     cuts.add_argument("--weights", default="none")
-    _add_model_options(cuts)
+    _add_model_options(cuts, "cuts", command)
     cuts.add_argument("--single", action="store_true", help="only cuts across which one tensor is alive")
     cuts.add_argument("--json", action="store_true")
     cuts.set_defaults(func=_cmd_cuts)
@@ -532,7 +536,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     codecs.add_argument(
         "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
     )
-    _add_model_options(codecs)
+    _add_model_options(codecs, "codecs", command)
     codecs.add_argument("--images", default=None, help="a folder of JPEG/PNG/WebP images (default: generated)")
     codecs.add_argument("--count", type=int, default=8, help="generated images when --images is not given")
     codecs.add_argument("--codecs", default=None, help="comma-separated codecs (default: every fixed one + compact)")
@@ -588,7 +592,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     profile.add_argument(
         "--weights", default="DEFAULT", help="DEFAULT: real weights when available (else random, with a loud note)"
     )
-    _add_model_options(profile)
+    _add_model_options(profile, "profile", command)
     profile.add_argument("--device", default="cpu")
     profile.add_argument("--threads", type=int, default=None)
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
@@ -624,8 +628,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+_HEAVY_PARSERS = ("cloud", "edge", "cuts", "codecs", "profile")
+"""Commands whose flags are generated from the settings classes (so that `splitinfer --help` stays fast)."""
+
+
 def _command_of(argv: Sequence[str]) -> str | None:
-    return next((token for token in argv if token in ("cloud", "edge")), None)
+    return next((token for token in argv if token in _HEAVY_PARSERS), None)
 
 
 def _close_stdout_quietly() -> None:

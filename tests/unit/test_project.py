@@ -119,6 +119,6 @@ def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixtu
     from splitinfer.cli import build_parser
 
     with pytest.raises(SystemExit) as exit_info:
-        build_parser().parse_args([command, "--help"])
+        build_parser(command).parse_args([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: splitinfer" in capsys.readouterr().out

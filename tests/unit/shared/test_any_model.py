@@ -71,6 +71,18 @@ class WindowModel(nn.Module):
         return self.act(x).mean((2, 3))
 
 
+class SizeKeeper(nn.Module):
+    """``x.size()`` taken before a convolution, used after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.size()
+        return self.conv(x).flatten(1).reshape(shape)
+
+
 def _exact_everywhere(model: nn.Module, graph: ModelGraph, batch: int = 2) -> None:
     x = torch.randn(batch, *graph.input_shape[1:], generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -118,8 +130,11 @@ def test_shape_integers_and_window_rows_cross_cuts_at_any_batch() -> None:
     assert [v.kind for v in inside.values] and inside.tensors[0].per_item == 4  # 4 windows per image
     for batch in (1, 2, 5):
         _exact_everywhere(model, graph, batch)
-    shape = next(v for c in graph.cuts for v in c.values if v.kind == "size")
+    # A torch.Size alive across a module (not only across the shape bookkeeping that unpacks it).
+    keeper = ModelGraph(SizeKeeper().eval(), (1, 4, 8, 8))
+    shape = next(v for v in keeper.cut("conv").values if v.kind == "size")
     assert shape.at(3) == torch.Size([3, 4, 8, 8])
+    _exact_everywhere(keeper.model, keeper, 3)
 
 
 def test_values_travel_in_the_payload_and_are_checked() -> None:

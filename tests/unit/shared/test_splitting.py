@@ -124,8 +124,30 @@ def test_shape_integers_travel_across_a_cut() -> None:
         assert torch.equal(tail(*shipped), model(x))
     # nn.MultiheadAttention returns a tuple of tensors: right after it only the tuple is alive.
     with pytest.raises(ValueError, match="neither batch-first tensors nor shape-derived integers"):
-        graph.cut("encoder.layers.encoder_layer_0.self_attention")
+        graph.cut("encoder_layers_encoder_layer_0_self_attention")
     assert graph.cut("encoder.layers.encoder_layer_5").single_tensor
+
+
+def test_bookkeeping_nodes_never_name_a_cut() -> None:
+    """torch._assert, x.shape, x.dim() and integer arithmetic are no place to name (or offer) a cut."""
+    model, graph, x = _graph("vit_b_16")
+    names = [c.name for c in graph.cuts]
+    assert not [n for n in names if any(word in n for word in ("_assert", "getattr", "getitem", "floordiv", "dim_"))]
+    assert len(names) == len(set(names)) and not [n for n in names if "#" in n]
+    # A bookkeeping node's cut carried the same tensors as its neighbour: its FX name resolves to that neighbour.
+    layer5 = graph.cut("encoder.layers.encoder_layer_5")
+    assert graph.cut("_assert_9") == graph.cut("dim_7") == layer5 == graph.default_cut()
+    assert graph.cut("_assert") == graph.cut("getattr_1") == graph.cut("input")
+    # The attention's tuple unpacked: the cut is named after the module that produced its tensors.
+    attention = graph.cut("encoder.layers.encoder_layer_0.self_attention")
+    assert attention.node == "getitem_6" and [t.shape for t in attention.tensors] == [(1, 197, 768)] * 2
+    # The class token sliced out of the encoder's output.
+    token = graph.cut("encoder[:,0]")
+    assert [t.shape for t in token.tensors] == [(1, 768)] and token.index == len(graph.cuts) - 2
+    with torch.no_grad():
+        reference = model(x)
+    for cut in (attention, token, layer5):
+        assert _max_error(graph, cut, x, reference) == 0.0, cut.name
 
 
 def test_split_model_and_list_cuts_functions() -> None:

@@ -211,3 +211,18 @@ def test_sweep_covers_the_issue_models_and_30_families() -> None:
     assert len(set(SWEEP_MODELS)) == len(SWEEP_MODELS) >= 75
     families = {n.split("_")[0].rstrip("0123456789") for n in SWEEP_MODELS}
     assert len(families) >= 30, sorted(families)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "pit_ti_224"])
+def test_timm_cut_names_are_never_shape_bookkeeping(name: str) -> None:
+    """timm's transformers check shapes with torch._assert and unpack x.shape: none of it names a cut."""
+    model = timm.create_model(name, pretrained=False, **SAMPLE_MODELS[name]).eval()
+    graph = ModelGraph(model, (1, 3, 64, 64))
+    bookkeeping = ("_assert", "getattr", "getitem", "floordiv", "dim_", "size")
+    assert not [c.name for c in graph.cuts if any(word in c.name for word in bookkeeping)]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+        for cut in graph.cuts[:: max(1, len(graph.cuts) // 6)]:
+            head, tail = graph.split(cut)
+            assert float((tail(*head(x)) - reference).abs().max()) <= TOLERANCE, cut.name
