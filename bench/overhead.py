@@ -351,7 +351,8 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"`{p['command']}`: **{p['wall_s']:.1f} s** (target <= 30 s) for {p['cuts']} cuts with up to "
             f"{p['codecs_per_cut']} codecs each; whole model {p['whole_model_ms']:.1f} ms, largest spread of a cut's "
-            f"repeated times (interquartile range / median) {p['spread']:.0%}. Cuts a cheap node apart (ratios of their times): {agreement}.",
+            f"repeated times (interquartile range / median) {p['spread']:.0%}. Cuts a cheap node apart (ratios "
+            f"of their times): {agreement}.",
         ]
     return "\n".join(lines)
 
