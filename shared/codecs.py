@@ -15,6 +15,13 @@ Base codecs (layout version 1 for every codec added after the first release, see
   ``-log2 p(0)`` bits, i.e. the index set costs its entropy.
 * ``budgetN`` (N in 1-500, ``+ans`` only): the sender picks each row's step so that every sample's
   relative L2 error is within N per mille, and the alphabet (a power of two up to 256) that covers it.
+* ``dctN`` (N in 1-500, ``+ans`` only): spatial transform coding. Each ``H x W`` map of a rank-4
+  tensor becomes its orthonormal 2-D DCT (:mod:`shared.transform`; other ranks are not transformed),
+  the coefficients are quantized like ``budgetN`` (the transform is orthonormal, so the error budget
+  holds for the activations), and each of the transform's 4 frequency bands is coded with its own
+  rANS table: ``T.counts`` is ``U8 [4 * K]`` (band 0's K codes first), and ``T`` one stream holding
+  band 0's symbols (in C order), then band 1's, 2's, 3's. ``T.scale`` and ``T.zero_point`` are per
+  row of coefficients. The decoder decodes, dequantizes and applies the inverse DCT.
 
 Tensors that are not floating point (masks, indices) are stored unchanged by every base codec.
 """
@@ -28,9 +35,18 @@ from dataclasses import dataclass
 import torch
 
 from shared.bitpack import pack_bits, packed_size, unpack_bits
-from shared.entropy import MAX_ALPHABET, ans_decode, ans_encode, check_counts, max_stream_bytes
+from shared.entropy import (
+    MAX_ALPHABET,
+    ans_decode,
+    ans_decode_groups,
+    ans_encode,
+    ans_encode_groups,
+    check_counts,
+    max_stream_bytes,
+)
 from shared.errors import InvalidTensor, UnsupportedMediaType
 from shared.quantize import dequantize, quantize_affine, quantize_budget, row_shape, top_k_rows
+from shared.transform import BANDS, band_index, dct2, idct2, transformable
 
 __all__ = [
     "COMPACT_CODECS",
@@ -50,7 +66,17 @@ _CASTS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, 
 ACTIVATION_CODECS = ("fp32", "fp16", "bf16", "int8")
 """The fixed activation codec names; ``intB``, ``intB-topP`` and ``budgetN`` are parametric (see above)."""
 IMAGE_CODECS = ("image", "png", "jpeg", "uint8")
-COMPACT_CODECS = ("int4", "int4+ans", "int6+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget50+ans")
+COMPACT_CODECS = (
+    "int4",
+    "int4+ans",
+    "int6+ans",
+    "int5-top50+ans",
+    "budget10+ans",
+    "budget20+ans",
+    "budget50+ans",
+    "dct20+ans",
+    "dct50+ans",
+)
 """A spread of the parametric activation codecs (below) that reports and the demo page offer."""
 STAGES = ("zstd", "ans")
 LAYOUT_VERSION = "1"
@@ -58,7 +84,7 @@ LAYOUT_VERSION = "1"
 
 _INT = re.compile(r"^int([2-6])$")
 _TOP = re.compile(r"^int([2-68])-top([1-9][0-9]?)$")
-_BUDGET = re.compile(r"^budget([1-9][0-9]{0,2})$")
+_BUDGET = re.compile(r"^(budget|dct)([1-9][0-9]{0,2})$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,7 @@ class _Quant:
     bits: int  # 8 for budget (its alphabet is chosen per payload)
     keep_percent: int | None = None
     budget_permille: int | None = None
+    dct: bool = False
 
 
 def _parse_quant(base: str) -> _Quant | None:
@@ -75,8 +102,8 @@ def _parse_quant(base: str) -> _Quant | None:
         return _Quant(int(match.group(1)))
     if match := _TOP.match(base):
         return _Quant(int(match.group(1)), keep_percent=int(match.group(2)))
-    if (match := _BUDGET.match(base)) and int(match.group(1)) <= 500:
-        return _Quant(8, budget_permille=int(match.group(1)))
+    if (match := _BUDGET.match(base)) and int(match.group(2)) <= 500:
+        return _Quant(8, budget_permille=int(match.group(2)), dct=match.group(1) == "dct")
     return None
 
 
@@ -97,7 +124,7 @@ def parse_codec_name(name: str, allowed: tuple[str, ...] = ACTIVATION_CODECS) ->
     known = base in allowed or quant is not None
     if not known or (plus and stage not in STAGES):
         options = ", ".join(f"{c}[+zstd]" for c in allowed)
-        extra = "; or intB (B=2..6), intB-topP, budgetN with [+zstd|+ans]" if activations else ""
+        extra = "; or intB (B=2..6), intB-topP with [+zstd|+ans], budgetN+ans, dctN+ans" if activations else ""
         hint = ""
         if " " in name:  # NOTE: an unencoded '+' in a URL query string arrives as a space
             hint = f" (a '+' in a URL query string means a space: write codec={name.replace(' ', '%2B')})"
@@ -138,7 +165,8 @@ class TensorCodec:
     def max_component_bytes(self, suffix: str, shape: tuple[int, ...]) -> int:
         """The most bytes a variable-length component of a tensor of ``shape`` may hold."""
         if suffix == ".counts":
-            return MAX_ALPHABET
+            quant = self._quant
+            return MAX_ALPHABET * (BANDS if quant is not None and quant.dct else 1)
         return max_stream_bytes(_numel(shape))
 
     def encode(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -148,6 +176,8 @@ class TensorCodec:
         if quant is None:
             return {"": tensor.to(_CASTS[self.name]).contiguous()}
         values = tensor.detach().float()
+        if quant.dct and transformable(tuple(values.shape)):
+            values = dct2(values)
         if quant.budget_permille is not None:
             q, scale, zero_point = quantize_budget(values, quant.budget_permille / 1000)
         else:
@@ -158,9 +188,14 @@ class TensorCodec:
         if self.ans:
             alphabet = 1 << quant.bits
             if quant.budget_permille is not None:
-                top = int(q.max()) + 1 if q.numel() else 2
+                # NOTE: a row of only negative values has its zero point above its largest q
+                top = max(int(q.max()), int(zero_point.max())) + 1 if q.numel() else 2
                 alphabet = max(2, 1 << (top - 1).bit_length())
-            stream, counts = ans_encode(_symbols(q, zero_point, alphabet), alphabet)
+            symbols = _symbols(q, zero_point, alphabet)
+            if quant.dct:
+                stream, counts = ans_encode_groups(symbols, _bands(tuple(q.shape)), BANDS, alphabet)
+            else:
+                stream, counts = ans_encode(symbols, alphabet)
             return {"": stream, **parts, ".counts": counts}
         data = q.contiguous() if quant.bits == 8 else pack_bits(q, quant.bits)
         return {"": data, **parts}
@@ -175,6 +210,8 @@ class TensorCodec:
             return data.to(dtype)
         scale, zero_point = parts[".scale"], parts[".zero_point"]
         numel = _numel(shape)
+        if quant.dct:
+            return _decode_dct(data, parts[".counts"], scale, zero_point, shape).to(dtype)
         if self.ans:
             alphabet = check_counts(parts[".counts"], None if quant.budget_permille is not None else 1 << quant.bits)
             if zero_point.numel() and int(zero_point.max()) >= alphabet:
@@ -187,6 +224,39 @@ class TensorCodec:
                 raise InvalidTensor(f"zero points reach {int(zero_point.max())}; {quant.bits} bits hold {levels}")
             q = data if quant.bits == 8 else unpack_bits(data, quant.bits, numel).reshape(shape)
         return dequantize(q, scale, zero_point).to(dtype)
+
+
+def _bands(shape: tuple[int, ...]) -> torch.Tensor:
+    """The band of every coefficient of a tensor of ``shape`` (all band 0 where nothing is transformed)."""
+    if not transformable(shape):
+        return torch.zeros(shape, dtype=torch.int64)
+    return band_index(shape[-2], shape[-1]).expand(shape)
+
+
+def _decode_dct(
+    stream: torch.Tensor,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    shape: tuple[int, ...],
+) -> torch.Tensor:
+    size = int(codes.numel())
+    alphabet = size // BANDS
+    if size % BANDS:
+        raise InvalidTensor(f"dct frequency tables hold {size} codes; expected {BANDS} equal tables")
+    for band in range(BANDS):
+        check_counts(codes[band * alphabet : (band + 1) * alphabet])
+    if zero_point.numel() and int(zero_point.max()) >= alphabet:
+        raise InvalidTensor(f"zero points reach {int(zero_point.max())}; the alphabet has {alphabet} symbols")
+    bands = _bands(shape).reshape(-1)
+    masks = [bands == band for band in range(BANDS)]
+    decoded = ans_decode_groups(stream, codes, [int(mask.sum()) for mask in masks])
+    symbols = torch.empty(bands.numel(), dtype=torch.uint8)
+    for mask, part in zip(masks, decoded, strict=True):
+        symbols[mask] = part
+    q = _from_symbols(symbols.reshape(shape), zero_point, alphabet)
+    coefficients = dequantize(q, scale, zero_point)
+    return idct2(coefficients) if transformable(shape) else coefficients
 
 
 def _broadcast(zero_point: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
