@@ -15,13 +15,10 @@ Base codecs (layout version 1 for every codec added after the first release, see
   ``-log2 p(0)`` bits, i.e. the index set costs its entropy.
 * ``budgetN`` (N in 1-500, ``+ans`` only): the sender picks each row's step so that every sample's
   relative L2 error is within N per mille, and the alphabet (a power of two up to 256) that covers it.
-* ``dctN`` (N in 1-500, ``+ans`` only): spatial transform coding. Each ``H x W`` map of a rank-4
-  tensor becomes its orthonormal 2-D DCT (:mod:`shared.transform`; other ranks are not transformed),
-  the coefficients are quantized like ``budgetN`` (the transform is orthonormal, so the error budget
-  holds for the activations), and each of the transform's 4 frequency bands is coded with its own
-  rANS table: ``T.counts`` is ``U8 [4 * K]`` (band 0's K codes first), and ``T`` one stream holding
-  band 0's symbols (in C order), then band 1's, 2's, 3's. ``T.scale`` and ``T.zero_point`` are per
-  row of coefficients. The decoder decodes, dequantizes and applies the inverse DCT.
+* ``dctN`` (N in 1-500, ``+ans`` only): spatial transform coding within an error budget of N per
+  mille: a 2-D DCT of every channel map, one step per sample, and rANS under a Laplace model per
+  frequency band and channel; components ``T``, ``T.step``, ``T.bands``, ``T.spread`` (see
+  :mod:`shared.dct_codec`).
 
 Tensors that are not floating point (masks, indices) are stored unchanged by every base codec.
 """
@@ -35,18 +32,10 @@ from dataclasses import dataclass
 import torch
 
 from shared.bitpack import pack_bits, packed_size, unpack_bits
-from shared.entropy import (
-    MAX_ALPHABET,
-    ans_decode,
-    ans_decode_groups,
-    ans_encode,
-    ans_encode_groups,
-    check_counts,
-    max_stream_bytes,
-)
+from shared.dct_codec import dct_components, dct_decode, dct_encode
+from shared.entropy import MAX_ALPHABET, ans_decode, ans_encode, check_counts, max_stream_bytes
 from shared.errors import InvalidTensor, UnsupportedMediaType
 from shared.quantize import dequantize, quantize_affine, quantize_budget, row_shape, top_k_rows
-from shared.transform import BANDS, band_index, dct2, idct2, transformable
 
 __all__ = [
     "COMPACT_CODECS",
@@ -154,6 +143,8 @@ class TensorCodec:
         quant = self._quant
         if quant is None:
             return {"": (_CASTS[self.name], shape)}
+        if quant.dct:
+            return dct_components(shape)
         params = row_shape(shape)
         parts: dict[str, ComponentSpec] = {".scale": (torch.float32, params), ".zero_point": (torch.uint8, params)}
         if self.ans:
@@ -165,8 +156,7 @@ class TensorCodec:
     def max_component_bytes(self, suffix: str, shape: tuple[int, ...]) -> int:
         """The most bytes a variable-length component of a tensor of ``shape`` may hold."""
         if suffix == ".counts":
-            quant = self._quant
-            return MAX_ALPHABET * (BANDS if quant is not None and quant.dct else 1)
+            return MAX_ALPHABET
         return max_stream_bytes(_numel(shape))
 
     def encode(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -176,8 +166,8 @@ class TensorCodec:
         if quant is None:
             return {"": tensor.to(_CASTS[self.name]).contiguous()}
         values = tensor.detach().float()
-        if quant.dct and transformable(tuple(values.shape)):
-            values = dct2(values)
+        if quant.dct and quant.budget_permille is not None:
+            return dct_encode(values, quant.budget_permille / 1000)
         if quant.budget_permille is not None:
             q, scale, zero_point = quantize_budget(values, quant.budget_permille / 1000)
         else:
@@ -191,11 +181,7 @@ class TensorCodec:
                 # NOTE: a row of only negative values has its zero point above its largest q
                 top = max(int(q.max()), int(zero_point.max())) + 1 if q.numel() else 2
                 alphabet = max(2, 1 << (top - 1).bit_length())
-            symbols = _symbols(q, zero_point, alphabet)
-            if quant.dct:
-                stream, counts = ans_encode_groups(symbols, _bands(tuple(q.shape)), BANDS, alphabet)
-            else:
-                stream, counts = ans_encode(symbols, alphabet)
+            stream, counts = ans_encode(_symbols(q, zero_point, alphabet), alphabet)
             return {"": stream, **parts, ".counts": counts}
         data = q.contiguous() if quant.bits == 8 else pack_bits(q, quant.bits)
         return {"": data, **parts}
@@ -208,10 +194,10 @@ class TensorCodec:
         quant = self._quant
         if quant is None:
             return data.to(dtype)
+        if quant.dct:
+            return dct_decode(parts, shape).to(dtype)
         scale, zero_point = parts[".scale"], parts[".zero_point"]
         numel = _numel(shape)
-        if quant.dct:
-            return _decode_dct(data, parts[".counts"], scale, zero_point, shape).to(dtype)
         if self.ans:
             alphabet = check_counts(parts[".counts"], None if quant.budget_permille is not None else 1 << quant.bits)
             if zero_point.numel() and int(zero_point.max()) >= alphabet:
@@ -224,39 +210,6 @@ class TensorCodec:
                 raise InvalidTensor(f"zero points reach {int(zero_point.max())}; {quant.bits} bits hold {levels}")
             q = data if quant.bits == 8 else unpack_bits(data, quant.bits, numel).reshape(shape)
         return dequantize(q, scale, zero_point).to(dtype)
-
-
-def _bands(shape: tuple[int, ...]) -> torch.Tensor:
-    """The band of every coefficient of a tensor of ``shape`` (all band 0 where nothing is transformed)."""
-    if not transformable(shape):
-        return torch.zeros(shape, dtype=torch.int64)
-    return band_index(shape[-2], shape[-1]).expand(shape)
-
-
-def _decode_dct(
-    stream: torch.Tensor,
-    codes: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    shape: tuple[int, ...],
-) -> torch.Tensor:
-    size = int(codes.numel())
-    alphabet = size // BANDS
-    if size % BANDS:
-        raise InvalidTensor(f"dct frequency tables hold {size} codes; expected {BANDS} equal tables")
-    for band in range(BANDS):
-        check_counts(codes[band * alphabet : (band + 1) * alphabet])
-    if zero_point.numel() and int(zero_point.max()) >= alphabet:
-        raise InvalidTensor(f"zero points reach {int(zero_point.max())}; the alphabet has {alphabet} symbols")
-    bands = _bands(shape).reshape(-1)
-    masks = [bands == band for band in range(BANDS)]
-    decoded = ans_decode_groups(stream, codes, [int(mask.sum()) for mask in masks])
-    symbols = torch.empty(bands.numel(), dtype=torch.uint8)
-    for mask, part in zip(masks, decoded, strict=True):
-        symbols[mask] = part
-    q = _from_symbols(symbols.reshape(shape), zero_point, alphabet)
-    coefficients = dequantize(q, scale, zero_point)
-    return idct2(coefficients) if transformable(shape) else coefficients
 
 
 def _broadcast(zero_point: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -19,16 +19,7 @@ import torch
 
 from shared.errors import InvalidTensor, MalformedPayload
 
-__all__ = [
-    "MAX_ALPHABET",
-    "ans_decode",
-    "ans_decode_groups",
-    "ans_encode",
-    "ans_encode_groups",
-    "check_counts",
-    "frequencies",
-    "max_stream_bytes",
-]
+__all__ = ["MAX_ALPHABET", "ans_decode", "ans_encode", "check_counts", "frequencies", "max_stream_bytes"]
 
 MAX_ALPHABET = 256
 
@@ -110,54 +101,3 @@ def ans_decode(stream: torch.Tensor, counts: torch.Tensor, count: int) -> torch.
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise MalformedPayload(f"ans stream cannot be decoded: {exc}") from exc
     return torch.from_numpy(np.asarray(symbols, dtype=np.uint8))
-
-
-def ans_encode_groups(symbols: torch.Tensor, groups: torch.Tensor, count: int, alphabet: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code uint8 ``symbols`` with one frequency table per group (``groups``: int64 in ``[0, count)``,
-    the same shape): ``(stream, codes [count * alphabet])``. Groups are coded in order, each with its
-    own table, into one stream; an empty group's table is ``[1, 0, ...]``."""
-    import constriction
-
-    flat = symbols.reshape(-1).numpy().astype(np.int32)
-    index = groups.reshape(-1).numpy()
-    parts = [flat[index == g] for g in range(count)]
-    tables = []
-    for part in parts:
-        counts = np.bincount(part, minlength=alphabet)
-        if counts.size != alphabet:
-            raise ValueError(f"symbols exceed the alphabet of {alphabet}")
-        codes = _codes(counts)
-        if part.size == 0:
-            codes[0] = 1
-        tables.append(codes)
-    coder = constriction.stream.stack.AnsCoder()
-    for part, codes in reversed(list(zip(parts, tables, strict=True))):
-        if part.size:
-            coder.encode_reverse(part, _model(codes))
-    words = coder.get_compressed().astype("<u4")
-    return torch.from_numpy(words.view(np.uint8).copy()), torch.from_numpy(np.concatenate(tables))
-
-
-def ans_decode_groups(stream: torch.Tensor, codes: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """Decode exactly ``sizes[g]`` symbols of every group ``g`` from one stream, after
-    :func:`check_counts` on each group's slice of ``codes`` (``len(sizes)`` equal slices)."""
-    import constriction
-
-    total = sum(sizes)
-    size = int(stream.numel())
-    if size % 4 or size > max_stream_bytes(total):
-        raise MalformedPayload(
-            f"ans stream of {size} bytes for {total} symbols (whole 32-bit words, at most {max_stream_bytes(total)})"
-        )
-    alphabet = int(codes.numel()) // max(len(sizes), 1)
-    tables = codes.numpy().reshape(len(sizes), alphabet)
-    words = stream.numpy().view("<u4").astype(np.uint32)
-    out = []
-    try:
-        coder = constriction.stream.stack.AnsCoder(words)
-        for count, table in zip(sizes, tables, strict=True):
-            decoded = coder.decode(_model(table), count) if count else np.empty(0, dtype=np.int32)
-            out.append(torch.from_numpy(np.asarray(decoded, dtype=np.uint8)))
-    except (ValueError, RuntimeError, AssertionError) as exc:
-        raise MalformedPayload(f"ans stream cannot be decoded: {exc}") from exc
-    return out
