@@ -74,11 +74,13 @@ def _model_scales(bands: np.ndarray, spread: np.ndarray, band_of: np.ndarray) ->
     """The Laplace scale (float64) of every symbol, ``[N, C, P]``, in the band-major order of the stream."""
     channel = np.exp2((spread.astype(np.float64) - 128.0) / 16.0)  # N, C
     per_band = bands.astype(np.float64)[:, None, :] * channel[:, :, None]  # N, C, BANDS
-    return np.maximum(per_band[:, :, np.sort(band_of)], MIN_SCALE)
+    scales: np.ndarray = np.maximum(per_band[:, :, np.sort(band_of)], MIN_SCALE)
+    return scales
 
 
 def _classes(scales: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(2 * np.log2(scales)) + 12, 0, _CLASSES - 1).astype(np.int64)
+    classes: np.ndarray = np.clip(np.round(2 * np.log2(scales)) + 12, 0, _CLASSES - 1).astype(np.int64)
+    return classes
 
 
 def _class_model(k: int) -> object:
