@@ -6,7 +6,8 @@
 For EfficientNet-Lite0 (224x224) and Lite2 (260x260) with their real ImageNet weights, at the two
 block outputs nearest half the FLOPs and the last smaller block output before them, every codec codes
 each of 117 real photos and crops *one image per payload*, the tail runs on the decoded tensor, and
-the logits are compared with the unsplit model's on the same image: top-1 agreement, mean top-5 overlap, relative L2 logit error.
+the logits are compared with the unsplit model's on the same image: top-1 agreement, mean top-5 overlap,
+relative L2 logit error.
 The ``input`` cut's JPEG (q90 of the model's own center crop, as the ``jpeg`` codec ships it) is
 measured on the same footing. Encode and decode are timed single-threaded on the first images (min and
 median of repeats: the machine is shared). Writes bench/results/compression.json and

@@ -25,6 +25,7 @@ decodes exactly the number of symbols the declared shape has; the model's range 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -83,6 +84,7 @@ def _classes(scales: np.ndarray) -> np.ndarray:
     return classes
 
 
+@functools.lru_cache(maxsize=_CLASSES)  # NOTE: 32 constant tables; building one costs about a millisecond
 def _class_model(k: int) -> object:
     import constriction
 
