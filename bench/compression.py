@@ -1,12 +1,13 @@
 """The compression frontier behind docs/benchmarks.md "Compression": training-free codecs on real weights.
 
-    PYTHONPATH=. .venv/bin/python bench/compression.py            # both models, every codec (~15 min on 2 cores)
+    PYTHONPATH=. .venv/bin/python bench/compression.py            # both models, every codec (~25 min on 2 cores)
     PYTHONPATH=. .venv/bin/python bench/compression.py --quick    # a smoke run
 
 For EfficientNet-Lite0 (224x224) and Lite2 (260x260) with their real ImageNet weights, at the two
-block outputs nearest half the FLOPs, every codec codes each of 117 real photos and crops
-*one image per payload*, the tail runs on the decoded tensor, and the logits are compared with the
-unsplit model's on the same image: top-1 agreement, mean top-5 overlap, relative L2 logit error.
+block outputs nearest half the FLOPs and the last smaller block output before them, every codec codes
+each of 117 real photos and crops *one image per payload*, the tail runs on the decoded tensor, and
+the logits are compared with the unsplit model's on the same image: top-1 agreement, mean top-5 overlap,
+relative L2 logit error.
 The ``input`` cut's JPEG (q90 of the model's own center crop, as the ``jpeg`` codec ships it) is
 measured on the same footing. Encode and decode are timed single-threaded on the first images (min and
 median of repeats: the machine is shared). Writes bench/results/compression.json and
@@ -38,24 +39,26 @@ __all__ = ["main"]
 
 MODELS = ("efficientnet-lite0", "efficientnet-lite2")
 CODECS = (
-    ["fp16", "int8", "int8+zstd", "int8+ans"]
-    + [f"int{b}" for b in (2, 3, 4, 5, 6)]
-    + [f"int{b}+zstd" for b in (3, 4, 5)]
+    ["fp16", "int8+zstd", "int8+ans", "int4", "int6", "int4+zstd"]
     + [f"int{b}+ans" for b in (2, 3, 4, 5, 6)]
-    + [f"int{b}-top{p}+ans" for b in (4, 5, 8) for p in (25, 50, 75)]
-    + [f"budget{n}+ans" for n in (10, 20, 30, 40, 50, 60, 75, 100, 150, 200)]
+    + ["int5-top50+ans", "int8-top75+ans"]
+    + [f"budget{n}+ans" for n in (10, 20, 30, 40, 50, 100, 200)]
+    + [f"dct{n}+ans" for n in (10, 20, 30, 40, 50, 60, 75, 100, 150, 200)]
 )
-QUICK_CODECS = ["int8+zstd", "int4", "int4+ans", "int5-top50+ans", "budget50+ans"]
+QUICK_CODECS = ["int8+zstd", "int4+ans", "budget50+ans", "dct20+ans", "dct50+ans"]
 AGREEMENT_TARGET = 0.99
 CODING_MS_TARGET = 5.0
 
 
 def middle_cuts(graph: ModelGraph) -> list[Cut]:
-    """The block outputs (cuts named ``net._blocks.N``) nearest half the FLOPs, one on each side."""
+    """The block outputs (cuts named ``net._blocks.N``) nearest half the FLOPs, one on each side, and before
+    them the last block output below half the FLOPs with a smaller tensor (the end of the previous stage)."""
     blocks = [c for c in graph.single_tensor_cuts() if c.name.count(".") == 2 and c.name.startswith("net._blocks.")]
     below = max((c for c in blocks if c.head_flops_share <= 0.5), key=lambda c: c.head_flops_share)
     above = min((c for c in blocks if c.head_flops_share > 0.5), key=lambda c: c.head_flops_share)
-    return [below, above]
+    smaller = [c for c in blocks if c.head_flops_share < below.head_flops_share and c.bytes_fp32 < below.bytes_fp32]
+    earlier = [max(smaller, key=lambda c: c.head_flops_share)] if smaller else []
+    return [*earlier, below, above]
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -170,6 +173,7 @@ FAMILIES = (
     ("intB+ans", lambda c: c.startswith("int") and c.endswith("+ans") and "top" not in c),
     ("intB-topP+ans", lambda c: "top" in c),
     ("budgetN+ans", lambda c: c.startswith("budget")),
+    ("dctN+ans", lambda c: c.startswith("dct")),
 )
 
 
@@ -179,9 +183,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = 2
+    columns = 3
     rows_ = (len(results) + columns - 1) // columns
-    figure, axes = plt.subplots(rows_, columns, figsize=(13, 4.8 * rows_), squeeze=False)
+    figure, axes = plt.subplots(rows_, columns, figsize=(6 * columns, 4.8 * rows_), squeeze=False)
     for ax, result in zip(axes.flat, results, strict=False):
         for label, member in FAMILIES:
             rows = sorted((r for r in result["codecs"] if member(r["codec"])), key=lambda r: r["bytes_per_image"])
@@ -243,7 +247,8 @@ def retime(path: Path, repeats: int = 25) -> None:
 TABLE_CODECS = (
     "fp16", "int8+zstd", "int8+ans", "int6", "int6+ans", "int5+ans", "int4", "int4+zstd", "int4+ans", "int3+ans",
     "int2+ans", "int8-top75+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget30+ans",
-    "budget40+ans", "budget50+ans", "budget100+ans", "budget200+ans",
+    "budget40+ans", "budget50+ans", "budget100+ans", "budget200+ans", "dct10+ans", "dct20+ans", "dct30+ans",
+    "dct40+ans", "dct50+ans", "dct60+ans", "dct75+ans", "dct100+ans", "dct150+ans", "dct200+ans",
 )  # fmt: skip
 
 

@@ -15,6 +15,10 @@ Base codecs (layout version 1 for every codec added after the first release, see
   ``-log2 p(0)`` bits, i.e. the index set costs its entropy.
 * ``budgetN`` (N in 1-500, ``+ans`` only): the sender picks each row's step so that every sample's
   relative L2 error is within N per mille, and the alphabet (a power of two up to 256) that covers it.
+* ``dctN`` (N in 1-500, ``+ans`` only): spatial transform coding within an error budget of N per
+  mille: a 2-D DCT of every channel map, one step per sample, and rANS under a Laplace model per
+  frequency band and channel; components ``T``, ``T.step``, ``T.bands``, ``T.spread`` (see
+  :mod:`shared.dct_codec`).
 
 Tensors that are not floating point (masks, indices) are stored unchanged by every base codec.
 """
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.bitpack import pack_bits, packed_size, unpack_bits
+from shared.dct_codec import dct_components, dct_decode, dct_encode
 from shared.entropy import MAX_ALPHABET, ans_decode, ans_encode, check_counts, max_stream_bytes
 from shared.errors import InvalidTensor, UnsupportedMediaType
 from shared.quantize import dequantize, quantize_affine, quantize_budget, row_shape, top_k_rows
@@ -50,7 +55,17 @@ _CASTS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, 
 ACTIVATION_CODECS = ("fp32", "fp16", "bf16", "int8")
 """The fixed activation codec names; ``intB``, ``intB-topP`` and ``budgetN`` are parametric (see above)."""
 IMAGE_CODECS = ("image", "png", "jpeg", "uint8")
-COMPACT_CODECS = ("int4", "int4+ans", "int6+ans", "int5-top50+ans", "budget10+ans", "budget20+ans", "budget50+ans")
+COMPACT_CODECS = (
+    "int4",
+    "int4+ans",
+    "int6+ans",
+    "int5-top50+ans",
+    "budget10+ans",
+    "budget20+ans",
+    "budget50+ans",
+    "dct20+ans",
+    "dct50+ans",
+)
 """A spread of the parametric activation codecs (below) that reports and the demo page offer."""
 STAGES = ("zstd", "ans")
 LAYOUT_VERSION = "1"
@@ -58,7 +73,7 @@ LAYOUT_VERSION = "1"
 
 _INT = re.compile(r"^int([2-6])$")
 _TOP = re.compile(r"^int([2-68])-top([1-9][0-9]?)$")
-_BUDGET = re.compile(r"^budget([1-9][0-9]{0,2})$")
+_BUDGET = re.compile(r"^(budget|dct)([1-9][0-9]{0,2})$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,7 @@ class _Quant:
     bits: int  # 8 for budget (its alphabet is chosen per payload)
     keep_percent: int | None = None
     budget_permille: int | None = None
+    dct: bool = False
 
 
 def _parse_quant(base: str) -> _Quant | None:
@@ -75,8 +91,8 @@ def _parse_quant(base: str) -> _Quant | None:
         return _Quant(int(match.group(1)))
     if match := _TOP.match(base):
         return _Quant(int(match.group(1)), keep_percent=int(match.group(2)))
-    if (match := _BUDGET.match(base)) and int(match.group(1)) <= 500:
-        return _Quant(8, budget_permille=int(match.group(1)))
+    if (match := _BUDGET.match(base)) and int(match.group(2)) <= 500:
+        return _Quant(8, budget_permille=int(match.group(2)), dct=match.group(1) == "dct")
     return None
 
 
@@ -97,7 +113,7 @@ def parse_codec_name(name: str, allowed: tuple[str, ...] = ACTIVATION_CODECS) ->
     known = base in allowed or quant is not None
     if not known or (plus and stage not in STAGES):
         options = ", ".join(f"{c}[+zstd]" for c in allowed)
-        extra = "; or intB (B=2..6), intB-topP, budgetN with [+zstd|+ans]" if activations else ""
+        extra = "; or intB (B=2..6), intB-topP with [+zstd|+ans], budgetN+ans, dctN+ans" if activations else ""
         hint = ""
         if " " in name:  # NOTE: an unencoded '+' in a URL query string arrives as a space
             hint = f" (a '+' in a URL query string means a space: write codec={name.replace(' ', '%2B')})"
@@ -127,6 +143,8 @@ class TensorCodec:
         quant = self._quant
         if quant is None:
             return {"": (_CASTS[self.name], shape)}
+        if quant.dct:
+            return dct_components(shape)
         params = row_shape(shape)
         parts: dict[str, ComponentSpec] = {".scale": (torch.float32, params), ".zero_point": (torch.uint8, params)}
         if self.ans:
@@ -148,6 +166,8 @@ class TensorCodec:
         if quant is None:
             return {"": tensor.to(_CASTS[self.name]).contiguous()}
         values = tensor.detach().float()
+        if quant.dct and quant.budget_permille is not None:
+            return dct_encode(values, quant.budget_permille / 1000)
         if quant.budget_permille is not None:
             q, scale, zero_point = quantize_budget(values, quant.budget_permille / 1000)
         else:
@@ -158,7 +178,8 @@ class TensorCodec:
         if self.ans:
             alphabet = 1 << quant.bits
             if quant.budget_permille is not None:
-                top = int(q.max()) + 1 if q.numel() else 2
+                # NOTE: a row of only negative values has its zero point above its largest q
+                top = max(int(q.max()), int(zero_point.max())) + 1 if q.numel() else 2
                 alphabet = max(2, 1 << (top - 1).bit_length())
             stream, counts = ans_encode(_symbols(q, zero_point, alphabet), alphabet)
             return {"": stream, **parts, ".counts": counts}
@@ -173,6 +194,8 @@ class TensorCodec:
         quant = self._quant
         if quant is None:
             return data.to(dtype)
+        if quant.dct:
+            return dct_decode(parts, shape).to(dtype)
         scale, zero_point = parts[".scale"], parts[".zero_point"]
         numel = _numel(shape)
         if self.ans:

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 Objective = Literal["latency", "edge-time", "bytes"]
-PROFILE_CODECS = ("fp32", "fp16", "int8+zstd", "int6+ans", "budget10+ans", "budget20+ans")
+PROFILE_CODECS = ("fp32", "fp16", "int8+zstd", "int6+ans", "budget10+ans", "budget20+ans", "dct10+ans", "dct20+ans")
 """Profiled at every cut; the planner keeps a lossy one only where its measured logit error passes the guard."""
 # Bytes on the link per payload byte: TCP/IPv4 (with timestamps) in Ethernet frames carry 1448 bytes
 # of data in 1514 bytes.

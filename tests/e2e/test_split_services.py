@@ -98,6 +98,25 @@ def test_logits_equal_the_unsplit_model(
         assert body["weights"] == "file"
 
 
+def test_dct_codec_per_request(services: dict[str, Service], reference: tuple[list[bytes], torch.Tensor]) -> None:
+    """``codec=dct10+ans`` on one request: the edge sends the transform-coded tensor, the cloud decodes it."""
+    images, expected = reference
+    edge = services["layer3"]
+    plain = httpx.post(f"{edge.url}/v1/classify", files={"image": ("a.jpg", images[0])}, timeout=60).json()
+    response = httpx.post(
+        f"{edge.url}/v1/classify",
+        params={"logits": "true", "codec": "dct10+ans"},
+        files={"image": ("a.jpg", images[0])},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["codec"] == "dct10+ans" and body["payload_bytes"] < plain["payload_bytes"] / 3
+    logits = torch.tensor(body["logits"])
+    assert float((logits - expected[0]).norm() / expected[0].norm()) <= 0.05
+    assert int(logits.argmax()) == int(expected[0].argmax())
+
+
 def test_raw_body_and_batch_endpoint(services: dict[str, Service], reference: tuple[list[bytes], torch.Tensor]) -> None:
     images, expected = reference
     edge = services["layer3"]

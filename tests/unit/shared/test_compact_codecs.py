@@ -285,3 +285,10 @@ def test_mutated_payloads_only_raise_typed_errors(base: bytes, flips: list[tuple
     limits = WireLimits(max_batch=8, max_payload_bytes=8192, max_decoded_bytes=8192)
     with contextlib.suppress(SplitInferError):  # anything else fails the test
         _decode(bytes(data), SHAPE, limits)
+
+
+def test_budget_with_a_row_of_only_negative_values_decodes() -> None:
+    """The alphabet covers every zero point: an all-negative row's zero point is above its largest q."""
+    original = -1 - torch.rand(1, 4, 1, 1, generator=torch.Generator().manual_seed(0))
+    decoded = _decode(_encode(original, "budget20+ans"), (1, 4, 1, 1))
+    assert float((decoded - original).norm() / original.norm()) <= 0.02

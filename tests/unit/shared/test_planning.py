@@ -68,7 +68,7 @@ def test_profile_a_model_and_round_trip_the_file(tmp_path: Path) -> None:
     assert names[0] == "input" and names[-1] == "output"
     middle = next(c for c in profile.cuts if c.name == "stem")
     assert {p.codec for p in middle.codecs} == set(PROFILE_CODECS)
-    assert {"int6+ans", "budget10+ans"} <= set(PROFILE_CODECS)
+    assert {"int6+ans", "budget10+ans", "dct10+ans"} <= set(PROFILE_CODECS)
     assert next(p for p in middle.codecs if p.codec == "fp32").relative_l2_error == 0.0
     path = tmp_path / "profile.json"
     profile.save(path)
