@@ -181,7 +181,7 @@ class _LeanClient:
 
     def classify(self, image: bytes) -> dict[str, Any]:
         head = (
-            f"--{self._BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\n"
+            f'--{self._BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
         ).encode()
         body = head + image + f"\r\n--{self._BOUNDARY}--\r\n".encode()
