@@ -49,7 +49,7 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads, local_baseline_process
 from splitinfer.processes import free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
-from splitinfer.threads import pair_threads_env, share_of_cores
+from splitinfer.threads import THREADS_ENV, pair_threads_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "overhead.json"
@@ -251,7 +251,8 @@ def end_to_end_section(logs: Path, scratch: Path, rounds: int, per_round: int) -
         "cut": "layer3",
         "codec": "fp16",
         "images": f"{len(photos)} skimage.data photos, JPEG q=90",
-        "threads_per_service": share_of_cores(2),
+        "threads_per_service": int(env[THREADS_ENV]),
+        "service_env": env,
         "requests": len(requests),
         "baseline_requests": len(baseline),
         "end_to_end_p50_ms": round(end_to_end, 3),
@@ -324,7 +325,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"2 workers / 1: **{t['two_workers_vs_one']:.2f}x** (target >= 1.5).",
         "",
         f"Loopback end to end, {e['model']} `{e['cut']}` {e['codec']}, {e['images']}, concurrency 1, "
-        f"{e['threads_per_service']} torch thread(s) per service (as `splitinfer up` starts them), "
+        f"{e['threads_per_service']} torch thread(s) per service with `OMP_WAIT_POLICY=PASSIVE` (as `splitinfer up` "
+        "starts them), "
         f"{e['requests']} requests; in-process baseline: `splitinfer bench --target local` in its own process "
         f"with default settings, {e['baseline_requests']} requests, alternating rounds:",
         "",

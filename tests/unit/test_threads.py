@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitinfer.threads import THREADS_ENV, available_cores, pair_threads_env, share_of_cores
+from splitinfer.threads import THREADS_ENV, WAIT_POLICY_ENV, available_cores, pair_threads_env, share_of_cores
 
 
 def test_each_of_n_processes_gets_its_share_of_the_cores() -> None:
@@ -14,6 +14,7 @@ def test_each_of_n_processes_gets_its_share_of_the_cores() -> None:
         share_of_cores(0)
 
 
-def test_up_gives_edge_and_cloud_half_the_cores_unless_told() -> None:
-    assert pair_threads_env({}) == {THREADS_ENV: str(share_of_cores(2))}
-    assert pair_threads_env({THREADS_ENV: "3"}) == {}  # the environment's value reaches both, unchanged
+def test_up_gives_edge_and_cloud_every_core_with_sleeping_idle_threads_unless_told() -> None:
+    assert pair_threads_env({}) == {THREADS_ENV: str(available_cores()), WAIT_POLICY_ENV: "PASSIVE"}
+    assert pair_threads_env({THREADS_ENV: "3"}) == {WAIT_POLICY_ENV: "PASSIVE"}  # the environment's reaches both
+    assert pair_threads_env({THREADS_ENV: "3", WAIT_POLICY_ENV: "ACTIVE"}) == {}
