@@ -41,6 +41,7 @@ def _load(settings: CloudSettings) -> CloudModel:
         engine=settings.engine,
         onnx_dir=settings.onnx_dir,
         onnx_threads=settings.onnx_threads,
+        openvino_precision=settings.openvino_precision,
     )
     logger.info(
         "cloud serving %s (%s weights %s) on %s, %d cuts",
