@@ -21,6 +21,7 @@ from shared.errors import (
     ServiceUnavailable,
     SplitInferError,
 )
+from shared.folding import fold_batchnorm
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
@@ -90,6 +91,7 @@ class CloudModel:
         onnx_dir: Path | None = None,
         onnx_threads: int = 1,
         openvino_precision: str = "f32",
+        fold_bn: bool = False,
     ) -> None:
         self.loaded = loaded
         self.device = torch.device(device)
@@ -113,6 +115,7 @@ class CloudModel:
         # engine (issue 20): tails run with ONNX Runtime or OpenVINO from verified exports, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
+        self.fold_bn = fold_bn
         self.engine_options = engine_options(engine, threads=onnx_threads, device=device, precision=openvino_precision)
         if self.engine_options is not None and onnx_dir is not None:
             verify_exports(loaded, self.graph, onnx_dir, half="tail")
@@ -137,7 +140,8 @@ class CloudModel:
                     options=self.engine_options,
                 )
             else:
-                _, tail = self.graph.split(cut)
+                _, split_tail = self.graph.split(cut)
+                tail = fold_batchnorm(split_tail) if self.fold_bn else split_tail
                 if self.compile_tails:
                     tail = torch.compile(tail)
             self._tails[cut] = tail

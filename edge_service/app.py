@@ -45,6 +45,7 @@ def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
         "onnx_dir": settings.onnx_dir,
         "onnx_threads": settings.onnx_threads,
         "openvino_precision": settings.openvino_precision,
+        "fold_bn": settings.fold_bn,
     }
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from shared.engines import Engine, engine_options
 from shared.errors import BadGateway, SplitInferError
+from shared.folding import fold_batchnorm
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for
 from shared.preprocessing import ImageLimits, decode_images
@@ -80,6 +81,7 @@ class EdgeModel:
         onnx_dir: Path | None = None,
         onnx_threads: int = 1,
         openvino_precision: str = "f32",
+        fold_bn: bool = False,
     ) -> None:
         self.loaded = loaded
         self.graph = loaded.graph()
@@ -93,6 +95,7 @@ class EdgeModel:
         # engine (issue 20): the head runs with ONNX Runtime or OpenVINO from a verified export, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
+        self.fold_bn = fold_bn
         self.engine_options = engine_options(engine, threads=onnx_threads, device="cpu", precision=openvino_precision)
 
     def route_for(self, cut: str, codec: str | None) -> Route:
@@ -111,6 +114,8 @@ class EdgeModel:
             split = self._splits.get(cut.name)
             if split is None:
                 split = self.graph.split(cut)
+                if self.fold_bn and self.engine_options is None:
+                    split = (fold_batchnorm(split[0]), fold_batchnorm(split[1]))
                 if self.engine_options is not None and cut.name != INPUT_CUT:
                     head = ort_half_for(
                         self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=self.engine_options

@@ -86,6 +86,11 @@ class ServiceSettings(BaseSettings):
         description="Threads of each ONNX Runtime session (intra-op) or OpenVINO compiled model (engines "
         "onnxruntime, openvino).",
     )
+    fold_bn: bool = Field(
+        False,
+        description="Engine torch: fold each BatchNorm into the convolution before it in this side's halves (a copy "
+        "per cut; faster, logits within 1e-4 of the unfolded model but not bit-exact).",
+    )
     openvino_precision: Literal["f32", "bf16"] = Field(
         "f32",
         description="Engine openvino's inference precision: f32 (within 1e-4 of torch) or bf16 (faster on CPUs with "
