@@ -27,3 +27,33 @@ def test_the_doc_has_the_generated_sections() -> None:
     text = DOC.read_text()
     for name in ("openvino-bf16", "peer-onnx"):
         assert text.count(f"<!-- begin {name} ") == 1 and text.count(f"<!-- end {name} -->") == 1
+
+
+def test_the_peer_table_has_a_row_per_engine_and_says_which_targets_are_met() -> None:
+    from bench.peer_onnx import markdown
+
+    def row(p50: float, rps: float) -> dict[str, float | int]:
+        return {"p50_ms": p50, "p95_ms": p50 * 1.2, "requests_per_s": rps, "requests": 10, "errors": 0}
+
+    speeds = {"ours": (50.0, 10.0), "ours-openvino-bf16": (40.0, 13.0), "peer": (50.0, 10.0)}
+    report = {
+        "command": "python bench/peer_onnx.py --peer PEER",
+        "when": "now",
+        "machine": {
+            "cpu": "x",
+            "cores": 2,
+            "load_before": [1.0],
+            "load_after": [2.0],
+            "onnxruntime": "1",
+            "openvino": "2",
+        },
+        "results": {f"{n}@{c}": row(p50 * c, rps) for n, (p50, rps) in speeds.items() for c in (1, 8)},
+        "top1": {"peer": ["a", "b"]},
+        "top1_agreement_with_peer": {"ours": 2, "ours-openvino-bf16": 1, "peer": 2},
+        "targets_met": {"ours": False, "ours-openvino-bf16": True},
+    }
+    table = markdown(report)
+    assert "| this project, OpenVINO **bf16 (not exact)** | 40.0 / 48.0 ms | 13.0 |" in table
+    assert "| 0.80x | 1.30x | 1/2 |" in table
+    assert "this project, ONNX Runtime: not met; this project, OpenVINO **bf16 (not exact)**: met." in table
+    assert "OpenVINO f32" not in table  # an engine that did not run has no row
