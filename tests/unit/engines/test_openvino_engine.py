@@ -106,6 +106,21 @@ def test_bf16_is_refused_on_a_cpu_without_it() -> None:
         engine_options("openvino", device="cuda")
 
 
+def test_a_service_asked_for_bf16_on_a_cpu_without_it_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.engines
+
+    monkeypatch.setattr(shared.engines, "cpu_capabilities", lambda: ("FP32", "INT8"))
+    with pytest.raises(EngineUnavailable, match="bfloat16"):
+        CloudModel(load_model("tests.fixture_models:tiny_cnn", "none"), engine="openvino", openvino_precision="bf16")
+    with pytest.raises(EngineUnavailable, match="bfloat16"):
+        EdgeModel(
+            load_model("tests.fixture_models:tiny_cnn", "none"),
+            ImageLimits(),
+            engine="openvino",
+            openvino_precision="bf16",
+        )
+
+
 @pytest.mark.skipif("BF16" not in cpu_capabilities(), reason="this CPU has no bfloat16 instructions")
 def test_bf16_runs_where_the_cpu_has_it(export_dir: Path) -> None:
     path = export_dir / "layer3" / "tail.onnx"
