@@ -3,9 +3,8 @@
     PYTHONPATH=. .venv/bin/python bench/openvino_bf16.py [--out bench/results/openvino_bf16.json]
 
 EfficientNet-Lite0 with its real ImageNet weights (the ``lite0`` extra), the whole graph exported to ONNX
-(a head and a tail both in bf16 run the whole graph in bf16, the worst case for the answers; the export of
-Lite0's split halves is refused today because every cut of it carries the batch size as an integer, which
-``shared.onnx_export`` does not export); 117 real photos and crops (bench/photos.py: 13 scikit-image
+(an edge and a cloud both at bf16 run the whole graph in bf16, whatever the cut: the worst case for the
+answers, and one number for every cut); 117 real photos and crops (bench/photos.py: 13 scikit-image
 photos, 8 seeded crops each). OpenVINO at f32 and at bf16 is compared with the torch float32 model: top-1
 agreement, whether torch's top-1 is in the top 5, and the largest absolute and relative-L2 logit error.
 Times are medians of one image, one thread per engine. Needs a CPU with bfloat16 instructions for the bf16

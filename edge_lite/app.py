@@ -63,6 +63,12 @@ class EdgeLiteState:
 def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreprocessor]:
     manifest = Manifest.read(settings.onnx_dir)
     manifest.verify(settings.onnx_dir, halves=("head",))
+    if manifest.cut_values:
+        names = ", ".join(str(v.get("name")) for v in manifest.cut_values)
+        raise ValueError(
+            f"cut {manifest.cut!r} also carries non-tensor values ({names}), which the torch-free edge cannot send "
+            "yet: export a cut without them, or run the torch edge (edge_service)"
+        )
     options = engine_options(settings.engine, threads=settings.onnx_threads, precision=settings.openvino_precision)
     if options is None:  # NOTE: unreachable: the settings allow onnxruntime and openvino only
         raise ValueError(f"engine {settings.engine!r} cannot run an ONNX head")

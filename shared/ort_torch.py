@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -20,7 +20,7 @@ from shared.models import LoadedModel
 from shared.onnx_export import cut_tensors, export_split
 from shared.onnx_manifest import MANIFEST_FILE, Manifest
 from shared.ov_engine import OvOptions
-from shared.splitting import Cut, ModelGraph
+from shared.splitting import Cut, ModelGraph, ValueSpec
 
 __all__ = ["OrtTorchHalf", "find_export", "ort_half_for", "verify_exports"]
 
@@ -31,14 +31,20 @@ class OrtTorchHalf:
     """An ONNX half (ONNX Runtime or OpenVINO) called like a torch half: tensors in, a tuple of tensors (or
     one tensor) out."""
 
-    def __init__(self, half: OnnxHalf, *, single_output: bool) -> None:
+    def __init__(self, half: OnnxHalf, *, single_output: bool, values: tuple[ValueSpec, ...] = ()) -> None:
         self.half = half
         self.single_output = single_output
+        self.values = values
+        """The cut's non-tensor values (``bs = x.size(0)``): a head appends them, computed from its batch."""
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        arrays = [x.detach().cpu().contiguous().numpy() for x in inputs]
+    def __call__(self, *inputs: Any) -> Any:
+        # NOTE: a tail is also given the cut's values; its ONNX graph computes them from the batch axis itself.
+        arrays = [x.detach().cpu().contiguous().numpy() for x in inputs if isinstance(x, torch.Tensor)]
         outputs = tuple(torch.from_numpy(o) for o in self.half(*arrays))
-        return outputs[0] if self.single_output else outputs
+        if self.single_output:
+            return outputs[0]
+        batch = int(inputs[0].shape[0])
+        return outputs + tuple(value.at(batch) for value in self.values)
 
 
 def find_export(onnx_dir: Path, cut: str) -> Path | None:
@@ -86,7 +92,7 @@ def ort_half_for(
         )
         session = open_half(exported.head if half == "head" else exported.tail, options)
         logger.info("%s of %s at %s: exported to ONNX in memory, on %s", half, loaded.name, cut.name, engine)
-    return OrtTorchHalf(session, single_output=half == "tail")
+    return OrtTorchHalf(session, single_output=half == "tail", values=cut.values if half == "head" else ())
 
 
 def verify_exports(loaded: LoadedModel, graph: ModelGraph, onnx_dir: Path, *, half: Literal["head", "tail"]) -> int:
