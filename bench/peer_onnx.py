@@ -1,7 +1,10 @@
 """Side by side with a peer project: Open-Edge-Robotics' A.EdgeAI-Split-Computing, its ONNX variant.
 
     git clone https://github.com/Open-Edge-Robotics/A.EdgeAI-Split-Computing /tmp/peer   # not vendored
-    .venv/bin/python bench/peer_onnx.py --peer /tmp/peer [--rounds 6] [--out bench/results/peer_onnx.json]
+    PYTHONPATH=. .venv/bin/python bench/peer_onnx.py --peer /tmp/peer [--rounds 6] [--engines E1,E2]
+
+It writes bench/results/peer_onnx.json and its table into docs/benchmarks.md ("Against a peer project");
+``--out FILE --no-doc`` for a smoke run that changes neither.
 
 ``--peer`` is a checkout or a bare git directory of the peer's repository; its ``tail_server`` folder is
 copied into a temporary folder and run from there. Both sides run the same graph: resnet18 split at
@@ -12,12 +15,15 @@ sides load), the peer's ``models/head.onnx`` and ``models/tail.onnx`` being our 
   and its client's steps (``robot-run.py``: PIL decode, its ``preprocess``, the head on ONNX Runtime, the
   raw float32 activations and a JSON shape in a multipart POST), the head session cached (the peer's
   client opens one per image);
-* this project: the edge (``ENGINE=onnxruntime``, codec fp16) in front of the cloud (``ENGINE=onnxruntime``),
-  the client POSTing the JPEG to ``/v1/classify``; validation, Prometheus metrics and access logs on.
+* this project: the edge (codec fp16) in front of the cloud, both on the same engine, once per ``--engines``
+  entry: ``onnxruntime``, ``openvino`` (f32, within 1e-4 of torch) and ``openvino-bf16`` (OpenVINO's bf16
+  kernels: not exact, labelled as such; skipped on a CPU without bf16); the client POSTing the JPEG to
+  ``/v1/classify``; validation, Prometheus metrics and access logs on.
 
 Every process runs with one thread (ONNX Runtime intra-op 1, torch 1; the peer's session options are
-set by a launcher, bench/peer_launch.py, since its code takes the default). Rounds alternate the two
-systems (ABBA order) request by request on the same images, at concurrency 1 and 8.
+set by a launcher, bench/peer_launch.py, since its code takes the default). Rounds alternate the
+systems (forward, backward, backward, forward: ABBA for two) on the same images, at concurrency 1 and 8.
+Top-1 answers of every system on the photos are compared with the peer's (by label).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.doc_section import write_section
 from shared.engines import OrtHalf, OrtOptions
 from shared.models import load_model
 from shared.onnx_export import export_split
@@ -81,6 +88,11 @@ def copy_peer(peer: Path, into: Path) -> Path:
     return into / "tail_server"
 
 
+def normalized_label(label: str) -> str:
+    """A class label compared across the two projects (ours ``cowboy boot``, the peer's ``cowboy_boot``)."""
+    return label.strip().lower().replace(" ", "_")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -107,7 +119,7 @@ class PeerClient:
         }
         response = client.post(self.url, files=files)
         response.raise_for_status()
-        return str(response.json()["label"])
+        return normalized_label(str(response.json()["label"]))
 
 
 def ours(url: str, timings: list[dict[str, float]]) -> Callable[[httpx.Client, bytes], str]:
@@ -116,7 +128,7 @@ def ours(url: str, timings: list[dict[str, float]]) -> Callable[[httpx.Client, b
         response.raise_for_status()
         body = response.json()
         timings.append(body["timings_ms"])
-        return str(body["predictions"][0]["index"])
+        return normalized_label(str(body["predictions"][0]["label"]))
 
     return send
 
@@ -158,27 +170,56 @@ def run_round(
     return latencies, time.perf_counter() - start, errors
 
 
+LABELS = {
+    "ours": "this project, ONNX Runtime",
+    "ours-openvino": "this project, OpenVINO f32",
+    "ours-openvino-bf16": "this project, OpenVINO **bf16 (not exact)**",
+    "peer": "the peer (ONNX Runtime, session cached)",
+}
+ENGINES = {
+    "onnxruntime": ("ours", "f32"),
+    "openvino": ("ours-openvino", "f32"),
+    "openvino-bf16": ("ours-openvino-bf16", "bf16"),
+}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The table of docs/benchmarks.md for one run."""
+    """The table of docs/benchmarks.md for one run: one row per system, ratios against the peer."""
     rows = report["results"]
+    systems = [name for name in LABELS if f"{name}@1" in rows]
+    m = report["machine"]
     lines = [
-        "| | this project (ONNX Runtime, fp16 wire) | the peer (ONNX Runtime, session cached) | ours / peer |",
-        "|---|---|---|---|",
+        f"`{report['command']}`, {report['when']}, {m['cpu']} ({m['cores']} cores; load average "
+        f"{', '.join(str(v) for v in m['load_before'])} before, {', '.join(str(v) for v in m['load_after'])} "
+        f"after), onnxruntime {m['onnxruntime']}, openvino {m['openvino']}. Raw numbers: "
+        f"`{report.get('out', 'bench/results/peer_onnx.json')}`.",
+        "",
+        "| system | p50 / p95 at c=1 | req/s at c=1 | p50 / p95 at c=8 | req/s at c=8 | p50 at c=1 / peer's "
+        "| req/s at c=8 / peer's | top-1 = peer's |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for c in (1, 8):
-        ours_row, peer_row = rows[f"ours@{c}"], rows[f"peer@{c}"]
+    peer1, peer8 = rows["peer@1"], rows["peer@8"]
+    for name in systems:
+        one, eight = rows[f"{name}@1"], rows[f"{name}@8"]
+        agree = report["top1_agreement_with_peer"][name]
         lines.append(
-            f"| latency at concurrency {c}, p50 / p95 | {ours_row['p50_ms']:.1f} / {ours_row['p95_ms']:.1f} ms "
-            f"| {peer_row['p50_ms']:.1f} / {peer_row['p95_ms']:.1f} ms "
-            f"| {ours_row['p50_ms'] / peer_row['p50_ms']:.2f}x |"
-        )
-        lines.append(
-            f"| requests/s at concurrency {c} | {ours_row['requests_per_s']:.1f} | {peer_row['requests_per_s']:.1f} "
-            f"| {ours_row['requests_per_s'] / peer_row['requests_per_s']:.2f}x |"
+            f"| {LABELS[name]} | {one['p50_ms']:.1f} / {one['p95_ms']:.1f} ms | {one['requests_per_s']:.1f} "
+            f"| {eight['p50_ms']:.1f} / {eight['p95_ms']:.1f} ms | {eight['requests_per_s']:.1f} "
+            f"| {one['p50_ms'] / peer1['p50_ms']:.2f}x | {eight['requests_per_s'] / peer8['requests_per_s']:.2f}x "
+            f"| {agree}/{len(report['top1']['peer'])} |"
         )
     errors = sum(r["errors"] for r in rows.values())
     lines.append("")
-    lines.append(f"Requests: {sum(r['requests'] for r in rows.values())}, errors: {errors}.")
+    lines.append(
+        f"Requests: {sum(r['requests'] for r in rows.values())}, errors: {errors}. Targets (p50 at c=1 <= 0.9x "
+        "the peer's, req/s at c=8 >= 1.1x): "
+        + "; ".join(
+            f"{LABELS[name]}: {'met' if report['targets_met'][name] else 'not met'}"
+            for name in systems
+            if name != "peer"
+        )
+        + "."
+    )
     return "\n".join(lines)
 
 
@@ -188,7 +229,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=30, help="requests per round at concurrency 1")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "peer_onnx.json")
+    parser.add_argument(
+        "--engines", default="onnxruntime,openvino,openvino-bf16", help=f"ours, comma-separated: {', '.join(ENGINES)}"
+    )
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md as it is (smoke runs)")
     args = parser.parse_args()
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engines {unknown}; expected {', '.join(ENGINES)}")
+    skipped: list[str] = []
+    if "openvino-bf16" in engines:
+        from shared.ov_engine import cpu_capabilities
+
+        if "BF16" not in cpu_capabilities():
+            engines.remove("openvino-bf16")
+            skipped.append("openvino-bf16 (this CPU has no bfloat16 instructions)")
+    load_before = [round(v, 2) for v in os.getloadavg()]
     torch.set_num_threads(1)
     images = photos()
     work = Path(tempfile.mkdtemp(prefix="peer-onnx-"))
@@ -211,14 +268,18 @@ def main() -> int:
         shutil.copy(work / "export" / "tail.onnx", folder / "models" / "tail.onnx")
 
         one_thread = {"SPLITINFER_THREADS": "1", "OMP_NUM_THREADS": "1", "GOMP_SPINCOUNT": "0"}
-        common = ["--model", "resnet18", "--weights", str(weights), "--engine", "onnxruntime"]
-        common += ["--onnx-dir", str(work / "export"), "--onnx-threads", "1"]
-        cloud = start_service("cloud", common, work, env=one_thread)
-        services.append(cloud)
-        edge = start_service(
-            "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], work, env=one_thread
-        )
-        services.append(edge)
+        edges: dict[str, Service] = {}
+        for engine in engines:
+            name, precision = ENGINES[engine]
+            common = ["--model", "resnet18", "--weights", str(weights), "--engine", engine.removesuffix("-bf16")]
+            common += ["--onnx-dir", str(work / "export"), "--onnx-threads", "1", "--openvino-precision", precision]
+            cloud = start_service("cloud", common, work, env=one_thread)
+            services.append(cloud)
+            edge = start_service(
+                "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], work, env=one_thread
+            )
+            services.append(edge)
+            edges[name] = edge
         port = free_port()
         log = work / "peer.log"
         with log.open("wb") as sink:
@@ -232,20 +293,21 @@ def main() -> int:
             )
         peer = Service("peer", port, process, log)
         services.append(peer)
-        for service in (cloud, edge):
+        for service in services[:-1]:
             wait_until(service)
         wait_until(peer, "/docs")
 
-        timings: list[dict[str, float]] = []
+        timings: dict[str, list[dict[str, float]]] = {name: [] for name in edges}
         systems: dict[str, Callable[[httpx.Client, bytes], str]] = {
-            "ours": ours(edge.url, timings),
-            "peer": PeerClient(folder, peer.url),
+            name: ours(edge.url, timings[name]) for name, edge in edges.items()
         }
+        systems["peer"] = PeerClient(folder, peer.url)
         for send in systems.values():  # warm-up: sessions, connections, first-request paths
             run_round(send, images, 1, 10)
-        timings.clear()
+        for recorded in timings.values():
+            recorded.clear()
         results: dict[str, Any] = {}
-        at_one: list[dict[str, float]] = []
+        at_one: dict[str, list[dict[str, float]]] = {}
         for concurrency in (1, 8):
             count = args.requests * (1 if concurrency == 1 else 4)
             samples: dict[str, dict[str, Any]] = {
@@ -261,7 +323,7 @@ def main() -> int:
                     sample["requests"] += len(latencies)
                     sample["errors"] += errors
             if concurrency == 1:
-                at_one = list(timings)
+                at_one = {name: list(recorded) for name, recorded in timings.items()}
             for name, sample in samples.items():
                 lat = sample["latencies"]
                 results[f"{name}@{concurrency}"] = {
@@ -273,23 +335,49 @@ def main() -> int:
                     "p95_ms": round(percentile(lat, 95), 2),
                     "requests_per_s": round(sample["requests"] / sample["seconds"], 2),
                 }
-        labels = {name: [send(httpx.Client(timeout=60), jpeg) for jpeg in images] for name, send in systems.items()}
+        with httpx.Client(timeout=60) as client:
+            labels = {name: [send(client, jpeg) for jpeg in images] for name, send in systems.items()}
+        import onnxruntime
+        import openvino
+
+        p50_ratio = {n: results[f"{n}@1"]["p50_ms"] / results["peer@1"]["p50_ms"] for n in edges}
+        rps_ratio = {n: results[f"{n}@8"]["requests_per_s"] / results["peer@8"]["requests_per_s"] for n in edges}
+        command = f"python bench/peer_onnx.py --peer PEER --rounds {args.rounds} --requests {args.requests}"
         report = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "command": command
+            + ("" if args.engines == parser.get_default("engines") else f" --engines {args.engines}"),
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "onnxruntime": onnxruntime.__version__,
+                "openvino": openvino.__version__.split("-")[0],
+                "load_before": load_before,
+                "load_after": [round(v, 2) for v in os.getloadavg()],
+            },
+            "skipped": skipped,
+            "out": str(args.out.resolve().relative_to(ROOT))
+            if args.out.resolve().is_relative_to(ROOT)
+            else str(args.out),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rounds": args.rounds,
             "requests_per_round": {"1": args.requests, "8": args.requests * 4},
             "results": results,
             "ratios": {
-                "p50_at_1_ours_over_peer": round(results["ours@1"]["p50_ms"] / results["peer@1"]["p50_ms"], 3),
-                "rps_at_8_ours_over_peer": round(
-                    results["ours@8"]["requests_per_s"] / results["peer@8"]["requests_per_s"], 3
-                ),
+                name: {"p50_at_1_over_peer": round(p50_ratio[name], 3), "rps_at_8_over_peer": round(rps_ratio[name], 3)}
+                for name in edges
             },
+            "targets_met": {name: p50_ratio[name] <= 0.9 and rps_ratio[name] >= 1.1 for name in edges},
             "top1": labels,
+            "top1_agreement_with_peer": {
+                name: sum(a == b for a, b in zip(answers, labels["peer"], strict=True))
+                for name, answers in labels.items()
+            },
             "our_edge_timings_ms_median_at_1": {
-                key: round(statistics.median(t[key] for t in at_one if key in t), 2)
-                for key in sorted({k for t in at_one for k in t})
+                name: {
+                    key: round(statistics.median(t[key] for t in recorded if key in t), 2)
+                    for key in sorted({k for t in recorded for k in t})
+                }
+                for name, recorded in at_one.items()
             },
             "export_max_abs_error": {
                 "head": exported.manifest.head.max_abs_error,
@@ -298,6 +386,8 @@ def main() -> int:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+        if not args.no_doc:
+            write_section("peer-onnx", "peer_onnx.py", markdown(report))
         print(markdown(report))
         return 0
     finally:

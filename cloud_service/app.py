@@ -41,6 +41,8 @@ def _load(settings: CloudSettings) -> CloudModel:
         engine=settings.engine,
         onnx_dir=settings.onnx_dir,
         onnx_threads=settings.onnx_threads,
+        openvino_precision=settings.openvino_precision,
+        fold_bn=settings.fold_bn,
     )
     logger.info(
         "cloud serving %s (%s weights %s) on %s, %d cuts",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from shared.engines import Engine, OrtOptions
+from shared.engines import Engine, engine_options
 from shared.errors import (
     MalformedPayload,
     ModelFailure,
@@ -21,6 +21,7 @@ from shared.errors import (
     ServiceUnavailable,
     SplitInferError,
 )
+from shared.folding import fold_batchnorm
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
@@ -90,6 +91,8 @@ class CloudModel:
         engine: Engine = "torch",
         onnx_dir: Path | None = None,
         onnx_threads: int = 1,
+        openvino_precision: str = "f32",
+        fold_bn: bool = False,
     ) -> None:
         self.loaded = loaded
         self.device = torch.device(device)
@@ -110,11 +113,12 @@ class CloudModel:
         self._tails: OrderedDict[str, Callable[..., torch.Tensor]] = OrderedDict()
         self._tail_cache_size = tail_cache_size
         self._lock = threading.Lock()
-        # engine (issue 20): tails run with ONNX Runtime from verified exports, one session per cut
+        # engine (issue 20): tails run with ONNX Runtime or OpenVINO from verified exports, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
-        self.ort_options = OrtOptions(intra_op_threads=onnx_threads, device=device)
-        if engine == "onnxruntime" and onnx_dir is not None:
+        self.fold_bn = fold_bn
+        self.engine_options = engine_options(engine, threads=onnx_threads, device=device, precision=openvino_precision)
+        if self.engine_options is not None and onnx_dir is not None:
             verify_exports(loaded, self.graph, onnx_dir, half="tail")
         # NOTE: images (cut 'input') are decoded in the server's thread pool; each request is bounded by
         # MAX_BATCH_PIXELS, and this bounds how many are decoded at once, so memory stays bounded too.
@@ -127,17 +131,18 @@ class CloudModel:
                 self._tails.move_to_end(cut)
                 return self._tails[cut]
             tail: Callable[..., torch.Tensor]
-            if self.engine == "onnxruntime":
+            if self.engine_options is not None:
                 tail = ort_half_for(  # type: ignore[assignment]
                     self.loaded,
                     self.graph,
                     self.graph.cut(cut),
                     "tail",
                     onnx_dir=self.onnx_dir,
-                    options=self.ort_options,
+                    options=self.engine_options,
                 )
             else:
-                _, tail = self.graph.split(cut)
+                _, split_tail = self.graph.split(cut)
+                tail = fold_batchnorm(split_tail) if self.fold_bn else split_tail
                 if self.compile_tails:
                     tail = torch.compile(tail)
             self._tails[cut] = tail

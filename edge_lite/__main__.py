@@ -1,4 +1,5 @@
-"""``python -m edge_lite [--onnx-dir DIR] [--cloud-url URL] [--port N] [--codec C]``: run the torch-free edge.
+"""``python -m edge_lite [--onnx-dir DIR] [--cloud-url URL] [--port N] [--codec C] [--engine E]``: run the
+torch-free edge (engine onnxruntime, or openvino with the `openvino` extra installed).
 
 Flags override the ``SPLITINFER_`` environment variables of :class:`edge_lite.settings.EdgeLiteSettings`.
 """
@@ -19,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge_lite.settings import EdgeLiteSettings
 
     parser = argparse.ArgumentParser(prog="python -m edge_lite", description=__doc__)
-    for flag in ("onnx-dir", "cloud-url", "host", "port", "codec", "onnx-threads", "log-level"):
+    flags = ("onnx-dir", "cloud-url", "host", "port", "codec", "engine", "onnx-threads", "openvino-precision")
+    for flag in (*flags, "log-level"):
         parser.add_argument(f"--{flag}", default=None)
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}

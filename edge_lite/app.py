@@ -25,7 +25,7 @@ from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
 from service_core.problems import install_problem_handlers
-from shared.engines import OrtHalf, OrtOptions
+from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
     BadGateway,
     CloudTimeout,
@@ -50,7 +50,7 @@ _MAX_REPLY_BYTES = 64 * 1024 * 1024
 class EdgeLiteState:
     settings: EdgeLiteSettings
     manifest: Manifest
-    head: OrtHalf
+    head: OnnxHalf
     preprocessor: NumpyPreprocessor
     limits: ImageLimits
     client: httpx.AsyncClient
@@ -60,10 +60,19 @@ class EdgeLiteState:
     in_flight: int = 0
 
 
-def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OrtHalf, NumpyPreprocessor]:
+def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreprocessor]:
     manifest = Manifest.read(settings.onnx_dir)
     manifest.verify(settings.onnx_dir, halves=("head",))
-    head = OrtHalf(settings.onnx_dir / manifest.head.file, OrtOptions(intra_op_threads=settings.onnx_threads))
+    if manifest.cut_values:
+        names = ", ".join(str(v.get("name")) for v in manifest.cut_values)
+        raise ValueError(
+            f"cut {manifest.cut!r} also carries non-tensor values ({names}), which the torch-free edge cannot send "
+            "yet: export a cut without them, or run the torch edge (edge_service)"
+        )
+    options = engine_options(settings.engine, threads=settings.onnx_threads, precision=settings.openvino_precision)
+    if options is None:  # NOTE: unreachable: the settings allow onnxruntime and openvino only
+        raise ValueError(f"engine {settings.engine!r} cannot run an ONNX head")
+    head = open_half(settings.onnx_dir / manifest.head.file, options)
     if list(head.output_names) != [t.name for t in manifest.cut_tensors]:
         raise ValueError(f"head.onnx returns {list(head.output_names)}; its manifest says {manifest.cut_tensors}")
     preprocessor = NumpyPreprocessor.from_json(manifest.preprocessing, settings.max_image_pixels)
@@ -259,7 +268,7 @@ async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_log
         "weights_digest": manifest.weights,
         "cut": manifest.cut,
         "codec": state.settings.codec,
-        "engine": "onnxruntime",
+        "engine": state.settings.engine,
         "payload_bytes": len(payload),
         "completed_on": "cloud",
         "timings_ms": timings,
@@ -297,7 +306,8 @@ async def info(state: StateDep) -> dict[str, Any]:
         "cut": manifest.cut,
         "tensors": [t.to_json() for t in manifest.cut_tensors],
         "codec": state.settings.codec,
-        "engine": "onnxruntime",
+        "engine": state.settings.engine,
+        "precision": state.settings.openvino_precision if state.settings.engine == "openvino" else "f32",
         "providers": list(state.head.providers),
         "preprocessing": manifest.preprocessing,
         "cloud_url": state.settings.cloud_url,

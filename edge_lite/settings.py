@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +19,13 @@ class EdgeLiteSettings(BaseSettings):
     cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
-    onnx_threads: int = Field(1, ge=1, description="Intra-op threads of the head's ONNX Runtime session.")
+    engine: Literal["onnxruntime", "openvino"] = Field(
+        "onnxruntime", description="What runs the head: onnxruntime, or openvino (the `openvino` extra)."
+    )
+    onnx_threads: int = Field(1, ge=1, description="Threads of the head's ONNX Runtime session or OpenVINO model.")
+    openvino_precision: Literal["f32", "bf16"] = Field(
+        "f32", description="Engine openvino's precision: f32, or bf16 (CPUs with bfloat16 only; not exact)."
+    )
     token: SecretStr | None = Field(None, description="Bearer token the cloud requires (never logged).")
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of calls to the cloud.")
     read_timeout_s: float = Field(15.0, gt=0, description="Read timeout of calls to the cloud.")

@@ -39,8 +39,14 @@ def _selector_settings(settings: EdgeSettings) -> SelectorSettings:
 
 
 def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
-    """What runs the head (issue 20): torch, or ONNX Runtime from a verified export."""
-    return {"engine": settings.engine, "onnx_dir": settings.onnx_dir, "onnx_threads": settings.onnx_threads}
+    """What runs the head (issue 20): torch, or ONNX Runtime / OpenVINO from a verified export."""
+    return {
+        "engine": settings.engine,
+        "onnx_dir": settings.onnx_dir,
+        "onnx_threads": settings.onnx_threads,
+        "openvino_precision": settings.openvino_precision,
+        "fold_bn": settings.fold_bn,
+    }
 
 
 def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, RoutePolicy]:

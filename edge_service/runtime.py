@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from shared.engines import Engine, OrtOptions
+from shared.engines import Engine, engine_options
 from shared.errors import BadGateway, SplitInferError
+from shared.folding import fold_batchnorm
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for
 from shared.preprocessing import ImageLimits, decode_images
@@ -79,6 +80,8 @@ class EdgeModel:
         engine: Engine = "torch",
         onnx_dir: Path | None = None,
         onnx_threads: int = 1,
+        openvino_precision: str = "f32",
+        fold_bn: bool = False,
     ) -> None:
         self.loaded = loaded
         self.graph = loaded.graph()
@@ -89,10 +92,11 @@ class EdgeModel:
             raise ValueError(f"{len(loaded.labels)} labels for a model with {self.num_classes} classes")
         self._splits: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         self._lock = threading.Lock()
-        # engine (issue 20): the head runs with ONNX Runtime from a verified export, one session per cut
+        # engine (issue 20): the head runs with ONNX Runtime or OpenVINO from a verified export, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
-        self.ort_options = OrtOptions(intra_op_threads=onnx_threads, device="cpu")
+        self.fold_bn = fold_bn
+        self.engine_options = engine_options(engine, threads=onnx_threads, device="cpu", precision=openvino_precision)
 
     def route_for(self, cut: str, codec: str | None) -> Route:
         """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut; the codec
@@ -110,9 +114,11 @@ class EdgeModel:
             split = self._splits.get(cut.name)
             if split is None:
                 split = self.graph.split(cut)
-                if self.engine == "onnxruntime" and cut.name != INPUT_CUT:
+                if self.fold_bn and self.engine_options is None:
+                    split = (fold_batchnorm(split[0]), fold_batchnorm(split[1]))
+                if self.engine_options is not None and cut.name != INPUT_CUT:
                     head = ort_half_for(
-                        self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=self.ort_options
+                        self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=self.engine_options
                     )
                     split = (head, split[1])
                 self._splits[cut.name] = split

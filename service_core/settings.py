@@ -78,13 +78,31 @@ class ServiceSettings(BaseSettings):
     token_file: Path | None = Field(None, description="A file holding the token (instead of TOKEN).")
     ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM).")
     ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
-    engine: Literal["torch", "onnxruntime"] = Field(
+    engine: Literal["torch", "onnxruntime", "openvino"] = Field(
         "torch",
-        description="What runs this side's half: torch, or onnxruntime (from ONNX_DIR's verified export of the cut, "
-        "else exported when the cut is first built; CUDA execution provider on a cuda DEVICE where available).",
+        description="What runs this side's half: torch, or onnxruntime / openvino (from ONNX_DIR's verified export "
+        "of the cut, else exported when the cut is first built; onnxruntime puts the CUDA execution provider first "
+        "on a cuda DEVICE where available; openvino runs on the CPU only).",
     )
-    onnx_dir: Path | None = Field(None, description="Folder written by `splitinfer export` (engine onnxruntime).")
-    onnx_threads: int = Field(1, ge=1, description="Intra-op threads of each ONNX Runtime session (onnxruntime).")
+    onnx_dir: Path | None = Field(
+        None, description="Folder written by `splitinfer export` (engines onnxruntime, openvino)."
+    )
+    onnx_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads of each ONNX Runtime session (intra-op) or OpenVINO compiled model (engines "
+        "onnxruntime, openvino).",
+    )
+    fold_bn: bool = Field(
+        False,
+        description="Engine torch: fold each BatchNorm into the convolution before it in this side's halves (a copy "
+        "per cut; faster, logits within 1e-4 of the unfolded model but not bit-exact).",
+    )
+    openvino_precision: Literal["f32", "bf16"] = Field(
+        "f32",
+        description="Engine openvino's inference precision: f32 (within 1e-4 of torch) or bf16 (faster on CPUs with "
+        "bfloat16 instructions, refused elsewhere; not exact: see docs/benchmarks.md).",
+    )
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024,
         ge=1,

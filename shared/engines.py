@@ -1,4 +1,5 @@
-"""Engines that run a half: ``torch`` (the FX halves as they are) or ``onnxruntime`` (an exported ONNX file).
+"""Engines that run a half: ``torch`` (the FX halves as they are), ``onnxruntime`` or ``openvino`` (an exported
+ONNX file; the OpenVINO half is :class:`shared.ov_engine.OvHalf`).
 
 This module imports neither torch nor onnxruntime at import time; :class:`OrtHalf` needs onnxruntime and
 numpy only, so the torch-free edge uses it as it is. Thread settings are always explicit: one
@@ -17,10 +18,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ENGINES", "Engine", "OrtHalf", "OrtOptions", "SessionCache", "providers_for"]
+from shared.ov_engine import EngineUnavailable, OvHalf, OvOptions, check_precision, cpu_capabilities
 
-Engine = Literal["torch", "onnxruntime"]
-ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineOptions",
+    "EngineUnavailable",
+    "OnnxHalf",
+    "OrtHalf",
+    "OrtOptions",
+    "SessionCache",
+    "engine_options",
+    "open_half",
+    "providers_for",
+]
+
+Engine = Literal["torch", "onnxruntime", "openvino"]
+ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,36 @@ class OrtHalf:
 
     def run_named(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self(*(inputs[name] for name in self.input_names)), strict=True))
+
+
+EngineOptions = OrtOptions | OvOptions
+"""The settings of an engine that runs an exported ONNX half."""
+OnnxHalf = OrtHalf | OvHalf
+"""An exported ONNX half on its engine: numpy arrays in input order, a list of arrays out."""
+
+
+def engine_options(
+    engine: str, *, threads: int = 1, device: str = "cpu", precision: str = "f32"
+) -> EngineOptions | None:
+    """The options of ``engine`` for a service's settings (``None`` for ``torch``); raises
+    :class:`EngineUnavailable` for openvino off the CPU, or at a precision this CPU lacks."""
+    if engine == "torch":
+        return None
+    if engine == "onnxruntime":
+        return OrtOptions(intra_op_threads=threads, device=device)
+    if engine == "openvino":
+        if device != "cpu":
+            raise EngineUnavailable(f"engine openvino runs on the CPU here, not on {device!r}: use onnxruntime")
+        check_precision(precision, cpu_capabilities())  # NOTE: at startup, not at the first request
+        return OvOptions(threads=threads, device=device, precision=precision)  # type: ignore[arg-type]
+    raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+
+
+def open_half(model: Path | bytes, options: EngineOptions) -> OnnxHalf:
+    """The ONNX half ``model`` on the engine that ``options`` configure."""
+    if isinstance(options, OvOptions):
+        return OvHalf(model, options)
+    return OrtHalf(model, options)
 
 
 class SessionCache:

@@ -135,6 +135,31 @@ def _as_tuple(value: Any) -> tuple[torch.Tensor, ...]:
     return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
+class _TensorsOnly(nn.Module):
+    """A head whose cut also carries non-tensor values (``bs = x.size(0)``): its tensors only. The values
+    are functions of the batch size (:class:`shared.splitting.ValueSpec`), recomputed wherever needed."""
+
+    def __init__(self, head: nn.Module, tensors: int) -> None:
+        super().__init__()
+        self.head, self.tensors = head, tensors
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _as_tuple(self.head(x))[: self.tensors]
+
+
+class _ValuesFromBatch(nn.Module):
+    """A tail that takes the cut's tensors only and computes the cut's values from their batch axis, so the
+    exported graph reads the batch size at run time instead of baking in the example's."""
+
+    def __init__(self, tail: nn.Module, cut: Cut) -> None:
+        super().__init__()
+        self.tail, self.values, self.per_item = tail, cut.values, cut.tensors[0].per_item
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        batch = tensors[0].shape[0] // self.per_item
+        return self.tail(*tensors, *(value.at(batch) for value in self.values))
+
+
 def export_split(
     graph: ModelGraph,
     cut: str | int | Cut,
@@ -166,6 +191,11 @@ def export_split(
             examples = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         names = [t.name for t in resolved.tensors]
         input_name = _unique_input_name(resolved)
+        if resolved.values:  # NOTE: the ONNX halves carry the tensors; the values follow from the batch size
+            # NOTE: eval() as well: the exporter restores the training flag of the module it is given, recursively,
+            # and a fresh wrapper's (True) would put the model's shared BatchNorms into training mode.
+            head = _TensorsOnly(head, len(names)).eval()  # type: ignore[assignment]
+            tail = _ValuesFromBatch(tail, resolved).eval()  # type: ignore[assignment]
         with torch.no_grad():
             crossing = _as_tuple(head(examples))
             logits = tail(*(t.clone() for t in crossing))
@@ -209,6 +239,7 @@ def export_split(
         tail=HalfSpec(TAIL_FILE, _digest(tail_bytes), tensors, (out,), *errors["tail"]),
         preprocessing=preprocessing,
         labels=tuple(labels),
+        cut_values=tuple(value.to_json() for value in resolved.values),
         opset=opset,
         tolerance=tolerance,
     )

@@ -132,6 +132,9 @@ class Manifest:
     preprocessing: dict[str, Any]
     """``ImagePreprocessor.to_json()``: crop and resize sizes, mean, std (of 0-1 pixels), interpolation."""
     labels: tuple[str, ...] = ()
+    cut_values: tuple[dict[str, Any], ...] = ()
+    """The cut's non-tensor values (``ValueSpec.to_json()``: ``bs = x.size(0)``...): not in the ONNX files (the
+    tail computes them from its batch axis), but a payload carries them, so an edge must send them."""
     opset: int = 17
     tolerance: float = 1e-4
     """Each half's ``max_abs_error <= tolerance * max(1, max_abs_value)``: absolute for outputs up to 1 in
@@ -156,6 +159,7 @@ class Manifest:
             "head": self.head.to_json(),
             "tail": self.tail.to_json(),
             "labels": list(self.labels),
+            "cut_values": list(self.cut_values),
         }
 
     def write(self, directory: Path) -> Path:
@@ -179,6 +183,7 @@ class Manifest:
                 tail=HalfSpec.from_json(raw["tail"]),
                 preprocessing=dict(raw["preprocessing"]),
                 labels=tuple(str(label) for label in raw.get("labels", [])),
+                cut_values=tuple(dict(v) for v in raw.get("cut_values", [])),
                 opset=int(raw.get("opset", 17)),
                 tolerance=float(raw.get("tolerance", 1e-4)),
             )

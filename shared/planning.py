@@ -91,8 +91,14 @@ class Profile:
     image_decode_ms: float = 0.0  # decoding one received image (every cut decodes it on the edge)
     preprocess_ms: float = 0.0  # resize, crop and normalise it (on the edge for every cut but input)
     reply_bytes: float = 0.0  # the cloud's answer (one image's logits)
-    engine: str = "torch"  # what ran the halves: torch or onnxruntime (a profile is of a model, cut, codec and engine)
+    engine: str = "torch"  # torch, onnxruntime or openvino (a profile is of a model, cut, codec and engine)
+    precision: str = "f32"  # engine openvino's precision (f32 or bf16); f32 for the others
     spread: float = 0.0  # the largest interquartile range / median of a cut's repeated head or tail times
+
+    @property
+    def engine_label(self) -> str:
+        """The engine, with its precision where that is not f32 (``openvino (bf16)``)."""
+        return self.engine if self.precision == "f32" else f"{self.engine} ({self.precision})"
 
     def image_path_ms(self, cut: str) -> float:
         """What the edge spends on the image before the head runs at ``cut`` (decode, and preprocess)."""
@@ -161,6 +167,7 @@ def profile_model(
     progress: Callable[[str], None] | None = None,
     engine: str = "torch",
     onnx_threads: int = 1,
+    openvino_precision: str = "f32",
 ) -> Profile:
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
 
@@ -181,6 +188,7 @@ def profile_model(
         loaded.name, loaded.digest, device, torch.get_num_threads(), loaded.preprocessor.crop_size, machine
     )
     profile.engine = engine
+    profile.precision = openvino_precision if engine == "openvino" else "f32"
     profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
     profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats)
     common = {"model": loaded.name, "weights": loaded.digest}
@@ -191,7 +199,7 @@ def profile_model(
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
-        head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads)
+        head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads, openvino_precision)
         with torch.inference_mode():
             shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
             shipped = tuple(_to(t, target) for t in shipped_all[0])
@@ -212,17 +220,23 @@ def profile_model(
 
 
 def _halves(
-    loaded: LoadedModel, graph: ModelGraph, cut: Cut, engine: str, device: str, onnx_threads: int
+    loaded: LoadedModel,
+    graph: ModelGraph,
+    cut: Cut,
+    engine: str,
+    device: str,
+    onnx_threads: int,
+    openvino_precision: str = "f32",
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The two halves as the services would run them with ``engine``."""
     if engine == "torch":
         return graph.split(cut)
-    if engine != "onnxruntime":
-        raise ValueError(f"unknown engine {engine!r}; expected torch or onnxruntime")
-    from shared.engines import OrtOptions
+    from shared.engines import engine_options
     from shared.ort_torch import ort_half_for
 
-    options = OrtOptions(intra_op_threads=onnx_threads, device=device)
+    options = engine_options(engine, threads=onnx_threads, device=device, precision=openvino_precision)
+    if options is None:  # NOTE: unreachable: engine is not torch here
+        raise ValueError(f"engine {engine!r} runs no ONNX half")
     head = ort_half_for(loaded, graph, cut, "head", onnx_dir=None, options=options)
     tail = ort_half_for(loaded, graph, cut, "tail", onnx_dir=None, options=options)
     return head, tail

@@ -372,6 +372,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             progress=progress,
             engine=args.engine,
             onnx_threads=args.onnx_threads,
+            openvino_precision=args.openvino_precision,
         )
     profile.save(args.output)
     elapsed = time.perf_counter() - started
@@ -426,7 +427,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             ]
             for rank, r in enumerate(rows[: args.top], 1)
         ]
-        engines = f"edge {edge.engine}, cloud {cloud.engine}"
+        engines = f"edge {edge.engine_label}, cloud {cloud.engine_label}"
         title = f"{edge.model} ({engines}): {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
         print_table(title, columns, table, width=args.width)
     if args.plot:
@@ -597,8 +598,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     profile.add_argument("--all-cuts", action="store_true", help="every cut, not only single-tensor ones")
     profile.add_argument("--repeats", type=int, default=5)
     profile.add_argument("--images", default=None)
-    profile.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch", help="what runs the halves")
-    profile.add_argument("--onnx-threads", type=int, default=1, help="intra-op threads (engine onnxruntime)")
+    profile.add_argument(
+        "--engine", choices=["torch", "onnxruntime", "openvino"], default="torch", help="what runs the halves"
+    )
+    profile.add_argument("--onnx-threads", type=int, default=1, help="threads (engines onnxruntime, openvino)")
+    profile.add_argument(
+        "--openvino-precision", choices=["f32", "bf16"], default="f32", help="engine openvino's precision"
+    )
     profile.add_argument("-o", "--output", required=True)
     profile.set_defaults(func=_cmd_profile)
 

@@ -30,11 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 EDGE_VENV = Path("/tmp/edge-venv")
 
 
-def start_edge_lite(python: str, onnx_dir: Path, cloud_url: str, logs: Path, codec: str = "fp32") -> Service:
+def start_edge_lite(
+    python: str, onnx_dir: Path, cloud_url: str, logs: Path, codec: str = "fp32", engine: str = "onnxruntime"
+) -> Service:
     port = free_port()
     log = logs / f"edge-lite-{port}.log"
     command = [python, "-m", "edge_lite", "--onnx-dir", str(onnx_dir), "--cloud-url", cloud_url]
-    command += ["--port", str(port), "--codec", codec]
+    command += ["--port", str(port), "--codec", codec, "--engine", engine]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if python == sys.executable:  # the test's venv runs the worktree; a fresh venv runs what it installed
@@ -67,7 +69,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Serv
         cloud.stop()
 
 
-def _check_logits(edge: Service, model: torch.nn.Module) -> None:
+def _check_logits(edge: Service, model: torch.nn.Module, engine: str = "onnxruntime") -> None:
     loaded_pre = load_model("resnet18", "none").preprocessor
     for seed in range(3):
         image = encode_image(synthetic_image(seed=seed))
@@ -76,7 +78,7 @@ def _check_logits(edge: Service, model: torch.nn.Module) -> None:
         )
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["engine"] == "onnxruntime" and body["cut"] == "layer3" and body["completed_on"] == "cloud"
+        assert body["engine"] == engine and body["cut"] == "layer3" and body["completed_on"] == "cloud"
         with torch.no_grad():
             want = model(loaded_pre(decode_image(image))[None])[0].numpy()
         got = np.asarray(body["logits"], dtype=np.float32)
@@ -106,6 +108,32 @@ def test_edge_lite_serves_classify_within_1e4_of_torch(setup: tuple[Path, Servic
         assert "splitinfer_requests_total" in httpx.get(f"{edge.url}/metrics").text
     finally:
         edge.stop()
+
+
+def test_edge_lite_on_openvino_in_front_of_an_openvino_cloud_within_1e4_of_torch(
+    setup: tuple[Path, Service, Path, torch.nn.Module],
+) -> None:
+    pytest.importorskip("openvino", reason="engine openvino needs the `openvino` extra")
+    export, _, logs, model = setup
+    weights = logs / "resnet18.pt"
+    cloud = start_service(
+        "cloud",
+        ["--model", "resnet18", "--weights", str(weights), "--engine", "openvino", "--onnx-dir", str(export)],
+        logs,
+    )
+    edge: Service | None = None
+    try:
+        wait_until(cloud)
+        edge = start_edge_lite(sys.executable, export, cloud.url, logs, engine="openvino")
+        wait_until(edge)
+        _check_logits(edge, model, engine="openvino")
+        assert not _uses_torch(edge.process.pid)
+        info = httpx.get(f"{edge.url}/v1/info").json()
+        assert (info["engine"], info["precision"]) == ("openvino", "f32")
+    finally:
+        if edge is not None:
+            edge.stop()
+        cloud.stop()
 
 
 def test_edge_lite_refuses_a_tampered_export(
