@@ -186,8 +186,14 @@ class _LeanClient:
         ).encode()
         body = head + image + f"\r\n--{self._BOUNDARY}--\r\n".encode()
         headers = {"Content-Type": f"multipart/form-data; boundary={self._BOUNDARY}"}
-        self._connection.request("POST", "/v1/classify", body=body, headers=headers)
-        response = self._connection.getresponse()
+        try:
+            self._connection.request("POST", "/v1/classify", body=body, headers=headers)
+            response = self._connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # NOTE: the server closed the idle kept-alive connection between rounds: send again on a new one
+            self._connection.close()
+            self._connection.request("POST", "/v1/classify", body=body, headers=headers)
+            response = self._connection.getresponse()
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"the edge answered {response.status}: {data[:300]!r}")

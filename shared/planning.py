@@ -16,6 +16,7 @@ cloud's image decoding and preprocessing).
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import statistics
@@ -137,23 +138,35 @@ def _interleaved_ms(
     them alike), after one unmeasured warm-up round; ``sync`` waits for the device after each run (CUDA
     kernels are asynchronous: without it only their launch is timed)."""
     samples: list[list[float]] = [[] for _ in fns]
-    for round_index in range(repeats + 1):
-        for fn, times in zip(fns, samples, strict=True):
-            started = time.perf_counter()
-            fn()
-            if sync is not None:
-                sync()
-            if round_index:
-                times.append((time.perf_counter() - started) * 1000)
+    collecting = gc.isenabled()
+    gc.disable()  # NOTE: as timeit does: a collection inside one run would be charged to that cut
+    try:
+        for round_index in range(repeats + 1):
+            for fn, times in zip(fns, samples, strict=True):
+                started = time.perf_counter()
+                fn()
+                if sync is not None:
+                    sync()
+                if round_index:
+                    times.append((time.perf_counter() - started) * 1000)
+    finally:
+        if collecting:
+            gc.enable()
     return samples
+
+
+_SPREAD_FLOOR_MS = 1.0
+"""Times below this are left out of the spread: scheduler and timer noise dominate them, and they weigh
+little in a plan."""
 
 
 def _spread(samples: Sequence[float]) -> float:
     """How much repeated times of one thing disagree: the interquartile range over the median."""
     if len(samples) < 4:
         return 0.0
-    q1, median, q3 = statistics.quantiles(samples, n=4)
-    return (q3 - q1) / median if median > 0 else 0.0
+    # NOTE: inclusive quartiles: of 5 repeats, one outlier (a page fault, a preempted thread) moves them little
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q3 - q1) / median if median >= _SPREAD_FLOOR_MS else 0.0
 
 
 def profile_model(
@@ -196,6 +209,8 @@ def profile_model(
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
     limits = WireLimits.for_batch(1, mib_per_item=64)
     sync = torch.cuda.synchronize if target.type == "cuda" else None
+    timed: list[Callable[[], object]] = []  # head and tail of every cut, timed together below
+    measured_codecs: list[tuple[CodecProfile, ...]] = []
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
@@ -203,9 +218,7 @@ def profile_model(
         with torch.inference_mode():
             shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
             shipped = tuple(_to(t, target) for t in shipped_all[0])
-            head_times, tail_times = _interleaved_ms([partial(head, batch), partial(tail, *shipped)], repeats, sync)
-            head_ms, tail_ms = statistics.median(head_times), statistics.median(tail_times)
-            profile.spread = max(profile.spread, _spread(head_times), _spread(tail_times))
+            timed += [partial(head, batch), partial(tail, *shipped)]
             if cut.name == INPUT_CUT:
                 measured = [_profile_images(loaded, images, decoded, limits, repeats)]
             elif cut.name == OUTPUT_CUT:
@@ -215,7 +228,18 @@ def profile_model(
                     _profile_codec(codec, cut, shipped_all, tail, target, references, limits, repeats, common)
                     for codec in codecs
                 ]
-        profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, tuple(measured)))
+        measured_codecs.append(tuple(measured))
+    # NOTE: every round times every cut's head and tail in turn, so a busy moment of the machine hits all
+    # cuts alike and cuts that carry the same tensors get the same times.
+    if progress is not None:
+        progress("timing")
+    with torch.inference_mode():
+        times = _interleaved_ms(timed, repeats, sync)
+    for index, (cut, codec_profiles) in enumerate(zip(candidates, measured_codecs, strict=True)):
+        head_times, tail_times = times[2 * index], times[2 * index + 1]
+        profile.spread = max(profile.spread, _spread(head_times), _spread(tail_times))
+        head_ms, tail_ms = statistics.median(head_times), statistics.median(tail_times)
+        profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, codec_profiles))
     return profile
 
 
@@ -286,10 +310,16 @@ def _profile_codec(
         return decode_payload(data, kind="activations", expected=expected, limits=limits, **common)
 
     decode_ms = _median_ms(decode, repeats)
-    errors = []
-    for data, reference in zip(payloads, references, strict=True):
-        logits = tail(*(_to(t, target) for t in decode(data).arguments)).float().cpu()
-        errors.append(float((logits - reference).norm() / reference.norm().clamp_min(1e-12)))
+    decoded = [decode(data) for data in payloads]
+    if cut.values:  # NOTE: values such as the batch size are per payload: one tail run each
+        outputs = [tail(*(_to(t, target) for t in d.arguments)).float().cpu() for d in decoded]
+    else:  # NOTE: one tail run for every image: the same logits, a fraction of the profile's time
+        merged = [torch.cat(parts) for parts in zip(*(d.tensors for d in decoded), strict=True)]
+        outputs = list(tail(*(_to(t, target) for t in merged)).float().cpu().split(1))
+    errors = [
+        float((logits - reference).norm() / reference.norm().clamp_min(1e-12))
+        for logits, reference in zip(outputs, references, strict=True)
+    ]
     size = statistics.fmean(len(p) for p in payloads)
     return CodecProfile(codec, float(size), encode_ms, decode_ms, max(errors))
 

@@ -357,7 +357,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     cuts = len(graph.cuts if args.all_cuts else graph.single_tensor_cuts())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"profiling {args.model}", total=cuts)
+        task = bar.add_task(f"profiling {args.model}", total=cuts + 1)  # NOTE: + the timing of every cut
 
         def progress(cut: str) -> None:
             bar.update(task, advance=1, description=f"profiling {args.model} at {cut}")
