@@ -18,7 +18,7 @@
 
 3. ``splitinfer profile`` of resnet18 on this CPU: its wall time and how closely cuts a cheap node apart agree.
 
-Writes bench/results/overhead.json and prints the Markdown of docs/benchmarks.md's section.
+Writes bench/results/overhead.json and its table into docs/benchmarks.md (between the ``overhead`` markers).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import httpx
 import safetensors.torch
 import torch
 
+from bench.doc_section import write_section
 from bench.photos import real_photos
 from shared.models import load_model
 from shared.wire import MEDIA_TYPE
@@ -394,6 +395,7 @@ def main() -> None:
     results["load_after"] = _load_average()
     if not args.quick:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
+        write_section("overhead", "overhead.py", markdown(results))
     print(markdown(results))
 
 

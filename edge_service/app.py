@@ -127,7 +127,8 @@ def create_app(
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
             transport=cloud_transport,
         )
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="head", initializer=threads.apply) as executor:
+        workers = settings.resolved_head_workers()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="head", initializer=threads.apply) as executor:
             try:
                 yield EdgeState(settings, model, cloud, executor, metrics, policy, threads)
             finally:

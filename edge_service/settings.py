@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -87,6 +88,13 @@ class EdgeSettings(ServiceSettings):
         description="Upload bytes the edge admits at once (Content-Length, or MAX_UPLOAD_BYTES when none is "
         "declared); beyond it new requests get 503 + Retry-After before their body is read.",
     )
+    head_workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Requests whose head runs at once (default: the cores over each run's intra-op threads, "
+        "so one torch head on every core runs alone, one-thread ONNX Runtime or OpenVINO heads one per core).",
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
@@ -121,6 +129,14 @@ class EdgeSettings(ServiceSettings):
     @classmethod
     def _duration_with_unit(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
+
+    def resolved_head_workers(self) -> int:
+        """``head_workers``, or the cores this process may use over the threads one head run takes."""
+        if self.head_workers is not None:
+            return self.head_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_run = self.onnx_threads if self.engine != "torch" else (self.threads or cores)
+        return max(1, cores // per_run)
 
     def resolved_codec(self, cut: str, codec: str | None = None) -> str | None:
         """``codec`` (default: the configured one) for ``cut``, checked to fit (image codecs for ``input``;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -164,3 +165,13 @@ def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after(
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert refused.headers["content-type"] == "application/problem+json"
     assert "the limit is 1" in refused.json()["detail"]
+
+
+def test_heads_run_one_per_core_when_each_takes_one_thread() -> None:
+    from edge_service.settings import EdgeSettings
+
+    cores = len(os.sched_getaffinity(0))
+    assert EdgeSettings(engine="onnxruntime", onnx_threads=1).resolved_head_workers() == cores
+    assert EdgeSettings(threads=1).resolved_head_workers() == cores
+    assert EdgeSettings().resolved_head_workers() == 1  # NOTE: torch's default: one head on every core
+    assert EdgeSettings(head_workers=3).resolved_head_workers() == 3
