@@ -24,9 +24,13 @@ def _one(pattern: str, text: str) -> str:
     [
         (
             "loopback overhead",
-            r"with one torch thread \(([\d.]+)x; target",
-            r"against the 1-thread in-process run: ([\d.]+)x",
+            r"with default settings \(([\d.]+)x; target",
+            r"End to end / in-process: \*\*([\d.]+)x\*\*",
         ),
+        ("cloud vs comparator", r"logs [\d,]+ \(([\d.]+)x the comparator", r"Cloud / comparator: \*\*([\d.]+)x\*\*"),
+        ("two workers", r"`--workers 2` serves ([\d.]+)x one process", r"2 workers / 1: \*\*([\d.]+)x\*\*"),
+        ("profile", r"resnet18 with torch's default threads: ([\d.]+) s wall", r"-o profile.json`: \*\*([\d.]+) s\*\*"),
+        ("peer c=1", r"concurrency 1 is ([\d.]+)x the peer's", r"\| this project, ONNX Runtime \|.*?\| ([\d.]+)x \|"),
         ("batching", r"Dynamic batching: ([\d.]+)x the throughput", r"max_delay_ms=2\) serves ([\d.]+)x the images"),
         ("prediction error", r"predicted latency within ([\d.]+)% of", r"three links: ([\d.]+)% with the live"),
         ("auto", r"`auto` at most ([\d.]+)x the better of", r"`auto` measures at most ([\d.]+)x the better"),
