@@ -96,7 +96,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     arrived = time.perf_counter()
     arrival = BodyArrival()
     body = await _read_body(receive, arrival)
-    state.metrics.payload_bytes.labels("received").observe(len(body))
+    state.metrics.received_bytes.observe(len(body))
     started = time.perf_counter()
     model = state.model
     header = model.read_header(body)
@@ -106,7 +106,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
         tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
     decode_ms = (time.perf_counter() - started) * 1000
     logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
-    state.metrics.compute.labels("tail").observe(stats.compute_ms / 1000)
+    state.metrics.tail_seconds.observe(stats.compute_ms / 1000)
     timings = TailTimings(
         recv_ms=(started - arrived) * 1000,
         stream_ms=arrival.streamed_ms,

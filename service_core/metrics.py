@@ -73,6 +73,9 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._service = labels["service"]
+        # NOTE: the children the cloud's hot path observes, looked up once
+        self.received_bytes = self.payload_bytes.labels("received")
+        self.tail_seconds = self.compute.labels("tail")
 
     def set_info(self, model: str, weights: str, cut: str = "", codec: str | None = "") -> None:
         self.info.clear()

@@ -70,11 +70,7 @@ class TailTimings:
 
     def format(self) -> str:
         """The ``Server-Timing`` header value (``stream`` carries its bytes as ``desc``)."""
-        timings = {
-            name.removesuffix("_ms"): value
-            for name, value in ((f.name, getattr(self, f.name)) for f in fields(self))
-            if name.endswith("_ms") and value is not None
-        }
+        timings = {name.removesuffix("_ms"): value for name in _DURATIONS if (value := getattr(self, name)) is not None}
         descriptions = {"stream": str(self.stream_bytes)} if self.stream_bytes is not None else {}
         return format_server_timing(timings, descriptions)
 
@@ -106,6 +102,10 @@ class TailTimings:
         if self.decode_ms is None or self.tail_ms is None:
             return None
         return self.decode_ms + self.tail_ms
+
+
+_DURATIONS = tuple(f.name for f in fields(TailTimings) if f.name.endswith("_ms"))
+"""TailTimings' durations, in the order they are reported (looked up once, not per request)."""
 
 
 def format_server_timing(timings_ms: Mapping[str, float], descriptions: Mapping[str, str] | None = None) -> str:
