@@ -7,7 +7,6 @@ import resource
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,9 +23,8 @@ from shared.errors import (
 )
 from shared.quantize import row_shape
 from shared.wire import BATCH, ExpectedTensor, WireLimits, decode_payload, encode_payload, read_header
+from tests.support.payloads import LIMITS, MODEL, WEIGHTS, decode_one, encode_one, rebuild
 
-MODEL, WEIGHTS = "m", "sha256:abc"
-LIMITS = WireLimits.for_batch(64)
 PACKED = [f"int{b}" for b in (2, 3, 4, 5, 6)]
 STAGED = [f"{c}{s}" for c in (*PACKED, "int8", "int4-top30", "int8-top50") for s in ("", "+zstd", "+ans")]
 NEW_CODECS = [*STAGED, "budget10+ans", "budget100+ans"]
@@ -38,21 +36,6 @@ def _activation(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * torch.rand(
         shape[:2] + (1,) * (len(shape) - 2), generator=generator
     )
-
-
-def _encode(tensor: torch.Tensor, codec: str) -> bytes:
-    return encode_payload({"t": tensor}, kind="activations", model=MODEL, weights=WEIGHTS, cut="c", codec=codec)
-
-
-def _expected(shape: tuple[int, ...]) -> list[ExpectedTensor]:
-    return [ExpectedTensor("t", torch.float32, (BATCH, *shape[1:]))]
-
-
-def _decode(data: bytes, shape: tuple[int, ...], limits: WireLimits = LIMITS) -> torch.Tensor:
-    payload = decode_payload(
-        data, kind="activations", model=MODEL, weights=WEIGHTS, expected=_expected(shape), limits=limits
-    )
-    return payload.tensors[0]
 
 
 def _rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -67,7 +50,7 @@ def _rows(tensor: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_roundtrip_keeps_dtype_shape_and_zeros(codec: str, shape: tuple[int, ...]) -> None:
     original = torch.relu(_activation(shape))
-    decoded = _decode(_encode(original, codec), shape)
+    decoded = decode_one(encode_one(original, codec), shape)
     assert decoded.dtype == original.dtype and decoded.shape == original.shape
     assert bool((decoded[original == 0] == 0).all())  # zeros stay exact zeros
 
@@ -78,7 +61,7 @@ def test_affine_error_is_within_half_a_step_per_row(bits: int) -> None:
     rows = _rows(original)
     step = (rows.amax(1).clamp(min=0) - rows.amin(1).clamp(max=0)) / ((1 << bits) - 1)
     for stage in ("", "+zstd", "+ans"):
-        decoded = _rows(_decode(_encode(original, f"int{bits}{stage}"), tuple(original.shape)))
+        decoded = _rows(decode_one(encode_one(original, f"int{bits}{stage}"), tuple(original.shape)))
         assert bool(((decoded - rows).abs() <= step[:, None] / 2 + 1e-5).all())
 
 
@@ -86,23 +69,23 @@ def test_affine_error_is_within_half_a_step_per_row(bits: int) -> None:
 def test_entropy_stages_are_lossless_on_the_symbols(base: str) -> None:
     original = _activation((2, 16, 6, 6), seed=3)
     shape = tuple(original.shape)
-    plain = _decode(_encode(original, base), shape)
-    assert torch.equal(_decode(_encode(original, f"{base}+ans"), shape), plain)
-    assert torch.equal(_decode(_encode(original, f"{base}+zstd"), shape), plain)
+    plain = decode_one(encode_one(original, base), shape)
+    assert torch.equal(decode_one(encode_one(original, f"{base}+ans"), shape), plain)
+    assert torch.equal(decode_one(encode_one(original, f"{base}+zstd"), shape), plain)
 
 
 def test_int8_layout_is_unchanged_and_int8_ans_decodes_identically() -> None:
     original = _activation((2, 16, 6, 6))
-    data = _encode(original, "int8")
+    data = encode_one(original, "int8")
     _, entries = read_header(data, LIMITS)
     assert entries["t"]["shape"] == (2, 16, 6, 6) and "layout" not in read_header(data, LIMITS)[0]
-    assert torch.equal(_decode(_encode(original, "int8+ans"), (2, 16, 6, 6)), _decode(data, (2, 16, 6, 6)))
+    assert torch.equal(decode_one(encode_one(original, "int8+ans"), (2, 16, 6, 6)), decode_one(data, (2, 16, 6, 6)))
 
 
 @pytest.mark.parametrize("keep", [10, 30, 75])
 def test_top_k_keeps_at_most_its_share_of_every_row(keep: int) -> None:
     original = _activation((2, 8, 10, 10), seed=1)
-    decoded = _rows(_decode(_encode(original, f"int8-top{keep}+ans"), (2, 8, 10, 10)))
+    decoded = _rows(decode_one(encode_one(original, f"int8-top{keep}+ans"), (2, 8, 10, 10)))
     kept = (decoded != 0).sum(1)
     assert bool((kept <= int(np.ceil(100 * keep / 100))).all())
     largest = _rows(original).abs().argmax(1)
@@ -112,29 +95,29 @@ def test_top_k_keeps_at_most_its_share_of_every_row(keep: int) -> None:
 @pytest.mark.parametrize("permille", [10, 20, 50, 200])
 def test_budget_meets_its_error_target_per_sample(permille: int) -> None:
     original = _activation((3, 32, 9, 9), seed=2)
-    decoded = _decode(_encode(original, f"budget{permille}+ans"), (3, 32, 9, 9))
+    decoded = decode_one(encode_one(original, f"budget{permille}+ans"), (3, 32, 9, 9))
     error = (decoded - original).flatten(1).norm(dim=1) / original.flatten(1).norm(dim=1)
     assert bool((error <= permille / 1000).all()), error
 
 
 def test_budget_below_what_256_levels_reach_is_best_effort() -> None:
     original = _activation((3, 32, 9, 9), seed=2)
-    budget = _decode(_encode(original, "budget1+ans"), (3, 32, 9, 9))
-    int8 = _decode(_encode(original, "int8"), (3, 32, 9, 9))
+    budget = decode_one(encode_one(original, "budget1+ans"), (3, 32, 9, 9))
+    int8 = decode_one(encode_one(original, "int8"), (3, 32, 9, 9))
     assert (budget - original).norm() <= (int8 - original).norm() * 1.001
 
 
 def test_budget_spends_fewer_bytes_for_a_looser_target() -> None:
     original = _activation((1, 64, 14, 14), seed=4)
-    sizes = [len(_encode(original, f"budget{n}+ans")) for n in (10, 50, 200)]
+    sizes = [len(encode_one(original, f"budget{n}+ans")) for n in (10, 50, 200)]
     assert sizes[0] > sizes[1] > sizes[2]
 
 
 def test_fewer_bits_mean_fewer_bytes_and_ans_beats_zstd() -> None:
     original = _activation((1, 112, 14, 14), seed=5)
-    packed = [len(_encode(original, f"int{b}")) for b in (2, 3, 4, 5, 6)]
+    packed = [len(encode_one(original, f"int{b}")) for b in (2, 3, 4, 5, 6)]
     assert packed == sorted(packed)
-    assert len(_encode(original, "int4+ans")) < len(_encode(original, "int4+zstd"))
+    assert len(encode_one(original, "int4+ans")) < len(encode_one(original, "int4+zstd"))
 
 
 def test_non_float_tensors_travel_unchanged() -> None:
@@ -168,7 +151,7 @@ def test_ans_round_trips_exactly(alphabet: int, values: list[int]) -> None:
 def test_a_constant_tensor_codes_to_an_empty_stream() -> None:
     stream, codes = ans_encode(torch.zeros(50, dtype=torch.uint8), 4)
     assert stream.numel() == 0 and torch.equal(ans_decode(stream, codes, 50), torch.zeros(50, dtype=torch.uint8))
-    decoded = _decode(_encode(torch.zeros(SHAPE), "int4+ans"), SHAPE)
+    decoded = decode_one(encode_one(torch.zeros(SHAPE), "int4+ans"), SHAPE)
     assert torch.equal(decoded, torch.zeros(SHAPE))
 
 
@@ -198,61 +181,45 @@ def test_unknown_or_undefined_codec_names_are_415(name: str) -> None:
         parse_codec_name(name)
 
 
-def _rebuild(data: bytes, parts: dict[str, torch.Tensor | None] | None = None, **meta: str | None) -> bytes:
-    metadata, _ = read_header(data, LIMITS)
-    stored = dict(safetensors.torch.load(data))
-    for name, tensor in (parts or {}).items():
-        if tensor is None:
-            stored.pop(name)
-        else:
-            stored[name] = tensor
-    for key, value in meta.items():
-        if value is None:
-            metadata.pop(key)
-        else:
-            metadata[key] = value
-    return safetensors.torch.save(stored, metadata=metadata)
-
-
 SHAPE = (1, 8, 4, 4)
-ANS = _encode(_activation(SHAPE), "int4+ans")
-BUDGET = _encode(_activation(SHAPE), "budget30+ans")
-PACKED4 = _encode(_activation(SHAPE), "int4")
+ANS = encode_one(_activation(SHAPE), "int4+ans")
+BUDGET = encode_one(_activation(SHAPE), "budget30+ans")
+PACKED4 = encode_one(_activation(SHAPE), "int4")
 
 
 @pytest.mark.parametrize(
     ("data", "error", "message"),
     [
-        (_rebuild(ANS, layout=None), UnsupportedMediaType, "layout None is not supported"),
-        (_rebuild(ANS, layout="2"), UnsupportedMediaType, "layout '2' is not supported"),
-        (_rebuild(PACKED4, layout=None), UnsupportedMediaType, "layout"),
-        (_rebuild(ANS, {"t.counts": None}), MalformedPayload, "'t.counts' of codec 'int4\\+ans' is missing"),
-        (_rebuild(ANS, {"t.extra": torch.zeros(1)}), MalformedPayload, "unexpected tensors"),
-        (_rebuild(ANS, {"t.counts": torch.ones(8, dtype=torch.uint8)}), InvalidTensor, "codes 16 symbols"),
-        (_rebuild(BUDGET, {"t.counts": torch.ones(12, dtype=torch.uint8)}), InvalidTensor, "power of two"),
-        (_rebuild(BUDGET, {"t.counts": torch.ones(1, dtype=torch.uint8)}), InvalidTensor, "power of two"),
-        (_rebuild(ANS, {"t.counts": torch.zeros(16, dtype=torch.uint8)}), InvalidTensor, "all zeros"),
-        (_rebuild(ANS, {"t.counts": torch.ones(16, dtype=torch.int32)}), InvalidTensor, "needs a 1-D uint8"),
-        (_rebuild(ANS, {"t.counts": torch.ones(2, 8, dtype=torch.uint8)}), InvalidTensor, "needs a 1-D uint8"),
-        (_rebuild(ANS, {"t.counts": torch.ones(512, dtype=torch.uint8)}), PayloadTooLarge, "at most 256"),
-        (_rebuild(ANS, {"t": torch.ones(6, dtype=torch.uint8)}), MalformedPayload, "whole 32-bit words"),
-        (_rebuild(ANS, {"t": torch.ones(4 * 128 + 32, dtype=torch.uint8)}), PayloadTooLarge, "at most 528"),
-        (_rebuild(ANS, {"t.zero_point": torch.full((1, 8), 16, dtype=torch.uint8)}), InvalidTensor, "zero points"),
-        (_rebuild(PACKED4, {"t.zero_point": torch.full((1, 8), 16, dtype=torch.uint8)}), InvalidTensor, "4 bits"),
-        (_rebuild(PACKED4, {"t": torch.ones(65, dtype=torch.uint8)}), InvalidTensor, r"needs uint8\[64\]"),
-        (_rebuild(PACKED4, {"t.scale": torch.full((1, 8), float("inf"))}), InvalidTensor, "NaN or infinite"),
-        (_rebuild(ANS, codec="budget30+zstd"), UnsupportedMediaType, "only defined with the \\+ans stage"),
+        (rebuild(ANS, layout=None), UnsupportedMediaType, "layout None is not supported"),
+        (rebuild(ANS, layout="2"), UnsupportedMediaType, "layout '2' is not supported"),
+        (rebuild(PACKED4, layout=None), UnsupportedMediaType, "layout"),
+        (rebuild(ANS, {"t.counts": None}), MalformedPayload, "'t.counts' of codec 'int4\\+ans' is missing"),
+        (rebuild(ANS, {"t.extra": torch.zeros(1)}), MalformedPayload, "unexpected tensors"),
+        (rebuild(ANS, {"t.counts": torch.ones(8, dtype=torch.uint8)}), InvalidTensor, "codes 16 symbols"),
+        (rebuild(BUDGET, {"t.counts": torch.ones(12, dtype=torch.uint8)}), InvalidTensor, "power of two"),
+        (rebuild(BUDGET, {"t.counts": torch.ones(1, dtype=torch.uint8)}), InvalidTensor, "power of two"),
+        (rebuild(ANS, {"t.counts": torch.zeros(16, dtype=torch.uint8)}), InvalidTensor, "all zeros"),
+        (rebuild(ANS, {"t.counts": torch.ones(16, dtype=torch.int32)}), InvalidTensor, "needs a 1-D uint8"),
+        (rebuild(ANS, {"t.counts": torch.ones(2, 8, dtype=torch.uint8)}), InvalidTensor, "needs a 1-D uint8"),
+        (rebuild(ANS, {"t.counts": torch.ones(512, dtype=torch.uint8)}), PayloadTooLarge, "at most 256"),
+        (rebuild(ANS, {"t": torch.ones(6, dtype=torch.uint8)}), MalformedPayload, "whole 32-bit words"),
+        (rebuild(ANS, {"t": torch.ones(4 * 128 + 32, dtype=torch.uint8)}), PayloadTooLarge, "at most 528"),
+        (rebuild(ANS, {"t.zero_point": torch.full((1, 8), 16, dtype=torch.uint8)}), InvalidTensor, "zero points"),
+        (rebuild(PACKED4, {"t.zero_point": torch.full((1, 8), 16, dtype=torch.uint8)}), InvalidTensor, "4 bits"),
+        (rebuild(PACKED4, {"t": torch.ones(65, dtype=torch.uint8)}), InvalidTensor, r"needs uint8\[64\]"),
+        (rebuild(PACKED4, {"t.scale": torch.full((1, 8), float("inf"))}), InvalidTensor, "NaN or infinite"),
+        (rebuild(ANS, codec="budget30+zstd"), UnsupportedMediaType, "only defined with the \\+ans stage"),
     ],
 )  # fmt: skip
 def test_malformed_layouts_get_typed_errors(data: bytes, error: type[SplitInferError], message: str) -> None:
     with pytest.raises(error, match=message):
-        _decode(data, SHAPE)
+        decode_one(data, SHAPE)
 
 
 def test_huge_declared_tensor_is_refused_before_decoding() -> None:
     """A 4-byte stream that declares 10^9 values: refused on the declared size, nothing allocated."""
     params = {"t.scale": torch.ones(1, 10**3), "t.zero_point": torch.zeros(1, 10**3, dtype=torch.uint8)}
-    data = _rebuild(
+    data = rebuild(
         ANS,
         {"t": torch.ones(4, dtype=torch.uint8), **params},
         tensors='[{"name":"t","dtype":"float32","shape":[1,1000,1000,1000]}]',
@@ -273,7 +240,7 @@ def test_garbage_stream_decodes_to_exactly_the_declared_count() -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from([ANS, BUDGET, PACKED4, _encode(_activation(SHAPE), "int3-top50+ans")]),
+    st.sampled_from([ANS, BUDGET, PACKED4, encode_one(_activation(SHAPE), "int3-top50+ans")]),
     st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
     st.integers(0, 10_000),
 )
@@ -284,11 +251,11 @@ def test_mutated_payloads_only_raise_typed_errors(base: bytes, flips: list[tuple
     data = data[: max(8, len(data) - cut_at % 64)]
     limits = WireLimits(max_batch=8, max_payload_bytes=8192, max_decoded_bytes=8192)
     with contextlib.suppress(SplitInferError):  # anything else fails the test
-        _decode(bytes(data), SHAPE, limits)
+        decode_one(bytes(data), SHAPE, limits)
 
 
 def test_budget_with_a_row_of_only_negative_values_decodes() -> None:
     """The alphabet covers every zero point: an all-negative row's zero point is above its largest q."""
     original = -1 - torch.rand(1, 4, 1, 1, generator=torch.Generator().manual_seed(0))
-    decoded = _decode(_encode(original, "budget20+ans"), (1, 4, 1, 1))
+    decoded = decode_one(encode_one(original, "budget20+ans"), (1, 4, 1, 1))
     assert float((decoded - original).norm() / original.norm()) <= 0.02

@@ -6,7 +6,6 @@ import contextlib
 import resource
 
 import pytest
-import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,10 +13,9 @@ from hypothesis import strategies as st
 from shared.codecs import parse_codec_name
 from shared.errors import InvalidTensor, MalformedPayload, PayloadTooLarge, SplitInferError, UnsupportedMediaType
 from shared.transform import BANDS, band_index, dct2, idct2
-from shared.wire import BATCH, ExpectedTensor, WireLimits, decode_payload, encode_payload, read_header
+from shared.wire import BATCH, ExpectedTensor, WireLimits, decode_payload
+from tests.support.payloads import LIMITS, MODEL, WEIGHTS, decode_one, encode_one, rebuild
 
-MODEL, WEIGHTS = "m", "sha256:abc"
-LIMITS = WireLimits.for_batch(64)
 SHAPES = [(1, 16), (3, 8, 5), (2, 32, 7, 7), (1, 4, 3, 5, 5), (1, 6, 1, 1), (2, 3, 14, 14)]
 
 
@@ -32,19 +30,6 @@ def _smooth(shape: tuple[int, int, int, int], seed: int = 0) -> torch.Tensor:
     noise = _activation(shape, seed)
     kernel = torch.ones(shape[1], 1, 3, 3) / 9
     return torch.nn.functional.conv2d(noise, kernel, padding=1, groups=shape[1])
-
-
-def _encode(tensor: torch.Tensor, codec: str) -> bytes:
-    return encode_payload({"t": tensor}, kind="activations", model=MODEL, weights=WEIGHTS, cut="c", codec=codec)
-
-
-def _decode(
-    data: bytes, shape: tuple[int, ...], limits: WireLimits = LIMITS, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    expected = [ExpectedTensor("t", dtype, (BATCH, *shape[1:]))]
-    payload = decode_payload(data, kind="activations", model=MODEL, weights=WEIGHTS, expected=expected, limits=limits)
-    tensor: torch.Tensor = payload.tensors[0]
-    return tensor
 
 
 def _relative_errors(decoded: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -64,29 +49,29 @@ def test_the_transform_is_orthonormal_and_inverts() -> None:
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_roundtrip_meets_the_error_budget_per_sample(permille: int, shape: tuple[int, ...]) -> None:
     original = _activation(shape, seed=permille)
-    decoded = _decode(_encode(original, f"dct{permille}+ans"), shape)
+    decoded = decode_one(encode_one(original, f"dct{permille}+ans"), shape)
     assert decoded.dtype == original.dtype and decoded.shape == original.shape
     assert bool((_relative_errors(decoded, original) <= permille / 1000 + 1e-6).all())
 
 
 def test_fp16_activations_come_back_as_fp16() -> None:
     original = _activation((1, 4, 6, 6)).half()
-    assert _decode(_encode(original, "dct20+ans"), (1, 4, 6, 6), dtype=torch.float16).dtype == torch.float16
+    assert decode_one(encode_one(original, "dct20+ans"), (1, 4, 6, 6), dtype=torch.float16).dtype == torch.float16
 
 
 def test_looser_budgets_spend_fewer_bytes() -> None:
     original = _smooth((1, 64, 14, 14), seed=4)
-    sizes = [len(_encode(original, f"dct{n}+ans")) for n in (10, 50, 200)]
+    sizes = [len(encode_one(original, f"dct{n}+ans")) for n in (10, 50, 200)]
     assert sizes[0] > sizes[1] > sizes[2]
 
 
 def test_on_correlated_maps_it_beats_budget_at_the_same_error() -> None:
     original = _smooth((1, 112, 14, 14), seed=5)
     for permille in (20, 50):
-        dct = _encode(original, f"dct{permille}+ans")
-        budget = _encode(original, f"budget{permille}+ans")
+        dct = encode_one(original, f"dct{permille}+ans")
+        budget = encode_one(original, f"budget{permille}+ans")
         assert len(dct) < 0.9 * len(budget)
-        assert float(_relative_errors(_decode(dct, (1, 112, 14, 14)), original).max()) <= permille / 1000 + 1e-6
+        assert float(_relative_errors(decode_one(dct, (1, 112, 14, 14)), original).max()) <= permille / 1000 + 1e-6
 
 
 @pytest.mark.parametrize(("name", "parsed"), [("dct20+ans", ("dct20", "ans")), ("dct500+ans", ("dct500", "ans"))])
@@ -100,52 +85,36 @@ def test_undefined_names_are_415(name: str) -> None:
         parse_codec_name(name)
 
 
-def _rebuild(data: bytes, parts: dict[str, torch.Tensor | None] | None = None, **meta: str | None) -> bytes:
-    metadata, _ = read_header(data, LIMITS)
-    stored = dict(safetensors.torch.load(data))
-    for name, tensor in (parts or {}).items():
-        if tensor is None:
-            stored.pop(name)
-        else:
-            stored[name] = tensor
-    for key, value in meta.items():
-        if value is None:
-            metadata.pop(key)
-        else:
-            metadata[key] = value
-    return safetensors.torch.save(stored, metadata=metadata)
-
-
 SHAPE = (1, 8, 4, 4)
-DCT = _encode(_activation(SHAPE), "dct30+ans")
+DCT = encode_one(_activation(SHAPE), "dct30+ans")
 
 
 @pytest.mark.parametrize(
     ("data", "error", "message"),
     [
-        (_rebuild(DCT, layout=None), UnsupportedMediaType, "layout None is not supported"),
-        (_rebuild(DCT, {"t.step": None}), MalformedPayload, "'t.step' of codec 'dct30\\+ans' is missing"),
-        (_rebuild(DCT, {"t.counts": torch.ones(4, dtype=torch.uint8)}), MalformedPayload, "unexpected tensors"),
-        (_rebuild(DCT, {"t.step": torch.zeros(1)}), InvalidTensor, "step must be finite and positive"),
-        (_rebuild(DCT, {"t.step": torch.full((1,), -1.0)}), InvalidTensor, "step must be finite and positive"),
-        (_rebuild(DCT, {"t.step": torch.full((1,), float("nan"))}), InvalidTensor, "step must be finite"),
-        (_rebuild(DCT, {"t.bands": torch.full((1, 4), float("inf"))}), InvalidTensor, "bands must be finite"),
-        (_rebuild(DCT, {"t.bands": torch.ones(1, 5)}), InvalidTensor, r"needs float32\[1, 4\]"),
-        (_rebuild(DCT, {"t.spread": torch.ones(1, 9, dtype=torch.uint8)}), InvalidTensor, r"needs uint8\[1, 8\]"),
-        (_rebuild(DCT, {"t": torch.ones(6, dtype=torch.uint8)}), MalformedPayload, "whole 32-bit words"),
-        (_rebuild(DCT, {"t": torch.ones(4 * 128 + 32, dtype=torch.uint8)}), PayloadTooLarge, "at most 528"),
-        (_rebuild(DCT, {"t.step": torch.full((1,), 1e38)}), InvalidTensor, "NaN or infinite"),
-        (_rebuild(DCT, codec="dct30+zstd"), UnsupportedMediaType, "only defined with the \\+ans stage"),
+        (rebuild(DCT, layout=None), UnsupportedMediaType, "layout None is not supported"),
+        (rebuild(DCT, {"t.step": None}), MalformedPayload, "'t.step' of codec 'dct30\\+ans' is missing"),
+        (rebuild(DCT, {"t.counts": torch.ones(4, dtype=torch.uint8)}), MalformedPayload, "unexpected tensors"),
+        (rebuild(DCT, {"t.step": torch.zeros(1)}), InvalidTensor, "step must be finite and positive"),
+        (rebuild(DCT, {"t.step": torch.full((1,), -1.0)}), InvalidTensor, "step must be finite and positive"),
+        (rebuild(DCT, {"t.step": torch.full((1,), float("nan"))}), InvalidTensor, "step must be finite"),
+        (rebuild(DCT, {"t.bands": torch.full((1, 4), float("inf"))}), InvalidTensor, "bands must be finite"),
+        (rebuild(DCT, {"t.bands": torch.ones(1, 5)}), InvalidTensor, r"needs float32\[1, 4\]"),
+        (rebuild(DCT, {"t.spread": torch.ones(1, 9, dtype=torch.uint8)}), InvalidTensor, r"needs uint8\[1, 8\]"),
+        (rebuild(DCT, {"t": torch.ones(6, dtype=torch.uint8)}), MalformedPayload, "whole 32-bit words"),
+        (rebuild(DCT, {"t": torch.ones(4 * 128 + 32, dtype=torch.uint8)}), PayloadTooLarge, "at most 528"),
+        (rebuild(DCT, {"t.step": torch.full((1,), 1e38)}), InvalidTensor, "NaN or infinite"),
+        (rebuild(DCT, codec="dct30+zstd"), UnsupportedMediaType, "only defined with the \\+ans stage"),
     ],
 )  # fmt: skip
 def test_malformed_layouts_get_typed_errors(data: bytes, error: type[SplitInferError], message: str) -> None:
     with pytest.raises(error, match=message):
-        _decode(data, SHAPE)
+        decode_one(data, SHAPE)
 
 
 def test_huge_declared_tensor_is_refused_before_decoding() -> None:
     params = {"t.step": torch.ones(1), "t.bands": torch.ones(1, 4), "t.spread": torch.zeros(1, 1000, dtype=torch.uint8)}
-    data = _rebuild(
+    data = rebuild(
         DCT,
         {"t": torch.ones(4, dtype=torch.uint8), **params},
         tensors='[{"name":"t","dtype":"float32","shape":[1,1000,1000,1000]}]',
@@ -160,7 +129,7 @@ def test_huge_declared_tensor_is_refused_before_decoding() -> None:
 def test_a_garbage_stream_decodes_to_the_declared_shape_or_a_typed_error() -> None:
     garbage = torch.frombuffer(bytearray(b"\xff\x00\x13\x77" * 3), dtype=torch.uint8)
     with contextlib.suppress(SplitInferError):
-        assert _decode(_rebuild(DCT, {"t": garbage}), SHAPE).shape == SHAPE
+        assert decode_one(rebuild(DCT, {"t": garbage}), SHAPE).shape == SHAPE
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -175,4 +144,4 @@ def test_mutated_payloads_only_raise_typed_errors(flips: list[tuple[int, int]], 
     data = data[: max(8, len(data) - cut_at % 64)]
     limits = WireLimits(max_batch=8, max_payload_bytes=8192, max_decoded_bytes=8192)
     with contextlib.suppress(SplitInferError):  # anything else fails the test
-        _decode(bytes(data), SHAPE, limits)
+        decode_one(bytes(data), SHAPE, limits)
