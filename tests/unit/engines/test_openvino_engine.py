@@ -18,25 +18,11 @@ from cloud_service.runtime import CloudModel
 from edge_service.runtime import EdgeModel
 from shared.engines import EngineUnavailable, engine_options
 from shared.models import load_model
-from shared.onnx_export import export_split
 from shared.ort_torch import OrtTorchHalf
 from shared.ov_engine import OvHalf, OvOptions, check_precision, cpu_capabilities
 from shared.planning import Profile, profile_model
 from shared.preprocessing import ImageLimits
-from shared.splitting import ModelGraph
 from splitinfer.samples import encode_image, synthetic_image
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    loaded = load_model("resnet18", "none")
-    graph = ModelGraph(loaded.module, loaded.input_shape)
-    out = tmp_path_factory.mktemp("export")
-    export_split(
-        graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-    ).write(out / "layer3")
-    return out
 
 
 def test_edge_and_cloud_on_openvino_match_torch_at_f32(export_dir: Path) -> None:

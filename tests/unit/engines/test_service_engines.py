@@ -11,24 +11,9 @@ from cloud_service.runtime import CloudModel
 from edge_service.runtime import EdgeModel
 from shared.errors import ModelMismatch
 from shared.models import load_model
-from shared.onnx_export import export_split
 from shared.ort_torch import OrtTorchHalf
 from shared.preprocessing import ImageLimits
 from splitinfer.samples import encode_image, synthetic_image
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    loaded = load_model("resnet18", "none")
-    from shared.splitting import ModelGraph
-
-    graph = ModelGraph(loaded.module, loaded.input_shape)
-    out = tmp_path_factory.mktemp("export")
-    export_split(
-        graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-    ).write(out / "layer3")
-    return out
 
 
 def test_edge_and_cloud_on_onnxruntime_match_torch(export_dir: Path) -> None:
