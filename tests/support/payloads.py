@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import resource
+
+import pytest
 import safetensors.torch
 import torch
 
+from shared.errors import PayloadTooLarge
 from shared.wire import BATCH, ExpectedTensor, WireLimits, decode_payload, encode_payload, read_header
 
-__all__ = ["LIMITS", "MODEL", "WEIGHTS", "decode_one", "encode_one", "expected_one", "rebuild"]
+__all__ = [
+    "LIMITS",
+    "MODEL",
+    "WEIGHTS",
+    "assert_huge_declaration_refused",
+    "decode_one",
+    "encode_one",
+    "expected_one",
+    "rebuild",
+]
 
 MODEL, WEIGHTS = "m", "sha256:abc"
 LIMITS = WireLimits.for_batch(64)
@@ -47,3 +60,18 @@ def rebuild(data: bytes, parts: dict[str, torch.Tensor | None] | None = None, **
         else:
             metadata[key] = value
     return safetensors.torch.save(stored, metadata=metadata)
+
+
+def assert_huge_declaration_refused(payload: bytes, parts: dict[str, torch.Tensor]) -> None:
+    """``payload`` rebuilt with a 4-byte stream (and ``parts``) that declares 10^9 values: refused on the
+    declared size, with nothing of that size allocated."""
+    data = rebuild(
+        payload,
+        {"t": torch.ones(4, dtype=torch.uint8), **parts},
+        tensors='[{"name":"t","dtype":"float32","shape":[1,1000,1000,1000]}]',
+    )
+    expected = [ExpectedTensor("t", torch.float32, (BATCH, None, None, None))]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PayloadTooLarge, match="decodes to"):
+        decode_payload(data, kind="activations", model=MODEL, weights=WEIGHTS, expected=expected, limits=LIMITS)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import resource
 
 import numpy as np
 import pytest
@@ -23,7 +22,15 @@ from shared.errors import (
 )
 from shared.quantize import row_shape
 from shared.wire import BATCH, ExpectedTensor, WireLimits, decode_payload, encode_payload, read_header
-from tests.support.payloads import LIMITS, MODEL, WEIGHTS, decode_one, encode_one, rebuild
+from tests.support.payloads import (
+    LIMITS,
+    MODEL,
+    WEIGHTS,
+    assert_huge_declaration_refused,
+    decode_one,
+    encode_one,
+    rebuild,
+)
 
 PACKED = [f"int{b}" for b in (2, 3, 4, 5, 6)]
 STAGED = [f"{c}{s}" for c in (*PACKED, "int8", "int4-top30", "int8-top50") for s in ("", "+zstd", "+ans")]
@@ -218,17 +225,8 @@ def test_malformed_layouts_get_typed_errors(data: bytes, error: type[SplitInferE
 
 def test_huge_declared_tensor_is_refused_before_decoding() -> None:
     """A 4-byte stream that declares 10^9 values: refused on the declared size, nothing allocated."""
-    params = {"t.scale": torch.ones(1, 10**3), "t.zero_point": torch.zeros(1, 10**3, dtype=torch.uint8)}
-    data = rebuild(
-        ANS,
-        {"t": torch.ones(4, dtype=torch.uint8), **params},
-        tensors='[{"name":"t","dtype":"float32","shape":[1,1000,1000,1000]}]',
-    )
-    expected = [ExpectedTensor("t", torch.float32, (BATCH, None, None, None))]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(PayloadTooLarge, match="decodes to"):
-        decode_payload(data, kind="activations", model=MODEL, weights=WEIGHTS, expected=expected, limits=LIMITS)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB
+    parts = {"t.scale": torch.ones(1, 10**3), "t.zero_point": torch.zeros(1, 10**3, dtype=torch.uint8)}
+    assert_huge_declaration_refused(ANS, parts)
 
 
 def test_garbage_stream_decodes_to_exactly_the_declared_count() -> None:
