@@ -25,6 +25,7 @@ from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
 from service_core.problems import install_problem_handlers
+from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
     BadGateway,
@@ -69,7 +70,13 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
             f"cut {manifest.cut!r} also carries non-tensor values ({names}), which the torch-free edge cannot send "
             "yet: export a cut without them, or run the torch edge (edge_service)"
         )
-    options = engine_options(settings.engine, threads=settings.onnx_threads, precision=settings.openvino_precision)
+    # NOTE: heads run in the server's thread pool, so up to one per core runs at once (OpenVINO: a stream each)
+    options = engine_options(
+        settings.engine,
+        threads=settings.onnx_threads,
+        precision=settings.openvino_precision,
+        parallel_runs=max(1, available_cores() // settings.onnx_threads),
+    )
     if options is None:  # NOTE: unreachable: the settings allow onnxruntime and openvino only
         raise ValueError(f"engine {settings.engine!r} cannot run an ONNX head")
     head = open_half(settings.onnx_dir / manifest.head.file, options)

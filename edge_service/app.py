@@ -46,6 +46,7 @@ def _engine_options(settings: EdgeSettings) -> dict[str, Any]:
         "onnx_threads": settings.onnx_threads,
         "openvino_precision": settings.openvino_precision,
         "fold_bn": settings.fold_bn,
+        "head_workers": settings.resolved_head_workers(),
     }
 
 

@@ -82,6 +82,7 @@ class EdgeModel:
         onnx_threads: int = 1,
         openvino_precision: str = "f32",
         fold_bn: bool = False,
+        head_workers: int = 1,
     ) -> None:
         self.loaded = loaded
         self.graph = loaded.graph()
@@ -96,7 +97,9 @@ class EdgeModel:
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
         self.fold_bn = fold_bn
-        self.engine_options = engine_options(engine, threads=onnx_threads, device="cpu", precision=openvino_precision)
+        self.engine_options = engine_options(
+            engine, threads=onnx_threads, device="cpu", precision=openvino_precision, parallel_runs=head_workers
+        )
 
     def route_for(self, cut: str, codec: str | None) -> Route:
         """The route through ``cut`` with ``codec`` (``ValueError`` with a hint for an unknown cut; the codec

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from service_core.settings import ServiceSettings
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
+from shared.cores import available_cores
 from shared.errors import UnsupportedMediaType
 from shared.units import parse_bandwidth, parse_duration
 
@@ -134,7 +134,7 @@ class EdgeSettings(ServiceSettings):
         """``head_workers``, or the cores this process may use over the threads one head run takes."""
         if self.head_workers is not None:
             return self.head_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         per_run = self.onnx_threads if self.engine != "torch" else (self.threads or cores)
         return max(1, cores // per_run)
 

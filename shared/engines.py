@@ -99,10 +99,12 @@ OnnxHalf = OrtHalf | OvHalf
 
 
 def engine_options(
-    engine: str, *, threads: int = 1, device: str = "cpu", precision: str = "f32"
+    engine: str, *, threads: int = 1, device: str = "cpu", precision: str = "f32", parallel_runs: int = 1
 ) -> EngineOptions | None:
     """The options of ``engine`` for a service's settings (``None`` for ``torch``); raises
-    :class:`EngineUnavailable` for openvino off the CPU, or at a precision this CPU lacks."""
+    :class:`EngineUnavailable` for openvino off the CPU, or at a precision this CPU lacks. ``parallel_runs``:
+    how many threads of the service call one half at once (OpenVINO gets a stream each; an ONNX Runtime
+    session runs concurrent calls on their callers' threads anyway)."""
     if engine == "torch":
         return None
     if engine == "onnxruntime":
@@ -111,7 +113,12 @@ def engine_options(
         if device != "cpu":
             raise EngineUnavailable(f"engine openvino runs on the CPU here, not on {device!r}: use onnxruntime")
         check_precision(precision, cpu_capabilities())  # NOTE: at startup, not at the first request
-        return OvOptions(threads=threads, device=device, precision=precision)  # type: ignore[arg-type]
+        return OvOptions(
+            threads=threads,
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            streams=parallel_runs,
+        )
     raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
 
 

@@ -2,7 +2,8 @@
 
 Imports neither torch nor openvino at import time and needs only numpy and openvino at run time, so the
 torch-free edge uses it as it is. Settings are explicit, as for ONNX Runtime: ``INFERENCE_NUM_THREADS``
-threads, one stream, the latency hint, and the inference precision:
+threads per run, one stream per caller that may run at once (``OvOptions.streams``), the latency hint, and
+the inference precision:
 
 * ``f32`` (the default): float32 throughout, within 1e-4 of the torch halves (tests/unit/engines);
 * ``bf16``: OpenVINO's bfloat16 kernels where the CPU has them (AVX512-BF16 or AMX). The logits are no
@@ -42,7 +43,11 @@ class OvOptions:
     threads: int = 1
     precision: Precision = "f32"
     requests: int = 4
-    """Infer requests per half: how many calls run (or wait for the one stream) at once."""
+    """Infer requests per half: how many calls run (or wait for a stream) at once."""
+    streams: int = 1
+    """Runs that execute at once, each on ``threads`` threads of its own. OpenVINO's CPU plugin runs one
+    inference at a time per stream, so a service calling a half from N threads needs N streams for them
+    to run in parallel (with one, they queue: the edge's two one-thread head workers ran as one)."""
     device: str = "cpu"
 
 
@@ -78,8 +83,8 @@ class OvHalf:
     def __init__(self, model: Path | bytes, options: OvOptions = OvOptions()) -> None:
         if options.device != "cpu":
             raise EngineUnavailable(f"engine openvino runs on the CPU here, not on {options.device!r}")
-        if options.threads < 1 or options.requests < 1:
-            raise ValueError("openvino threads and requests must be at least 1")
+        if options.threads < 1 or options.requests < 1 or options.streams < 1:
+            raise ValueError("openvino threads, requests and streams must be at least 1")
         ov = _openvino()
         core = ov.Core()
         check_precision(options.precision, tuple(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
@@ -88,8 +93,8 @@ class OvHalf:
         else:
             graph = core.read_model(str(model))
         config = {
-            "INFERENCE_NUM_THREADS": options.threads,
-            "NUM_STREAMS": 1,
+            "INFERENCE_NUM_THREADS": options.threads * options.streams,
+            "NUM_STREAMS": options.streams,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": options.precision,
         }
@@ -101,7 +106,7 @@ class OvHalf:
         self.input_names: tuple[str, ...] = tuple(i.get_any_name() for i in self.compiled.inputs)
         self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in self.compiled.outputs)
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._slots = threading.BoundedSemaphore(options.requests)
+        self._slots = threading.BoundedSemaphore(max(options.requests, options.streams))
         self._made = 0
         self._lock = threading.Lock()
 
@@ -130,7 +135,7 @@ class OvHalf:
 
     @property
     def requests_made(self) -> int:
-        """Infer requests created so far (at most ``options.requests``)."""
+        """Infer requests created so far (at most ``options.requests``, or ``options.streams`` if more)."""
         return self._made
 
     def run_named(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

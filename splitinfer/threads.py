@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+
+from shared.cores import available_cores
 
 __all__ = ["THREADS_ENV", "WAIT_POLICY_ENV", "available_cores", "pair_threads_env", "share_of_cores"]
 
 THREADS_ENV = "SPLITINFER_THREADS"
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # NOTE: not on macOS or Windows
-        return os.cpu_count() or 1
 
 
 def share_of_cores(processes: int, cores: int | None = None) -> int:

@@ -127,3 +127,25 @@ def test_profile_with_openvino_records_engine_and_precision(tmp_path: Path) -> N
     assert next(p for p in stem.codecs if p.codec == "fp32").relative_l2_error < 1e-5
     profile.save(tmp_path / "profile.json")
     assert Profile.load(tmp_path / "profile.json") == profile
+
+
+def test_each_head_worker_gets_a_stream_of_its_own(export_dir: Path) -> None:
+    # OpenVINO's CPU plugin runs one inference at a time per stream: with one stream, the edge's two
+    # one-thread head workers queued behind each other and served like one.
+    half = OvHalf(export_dir / "layer3" / "tail.onnx", OvOptions(threads=1, streams=2, requests=1))
+    assert int(half.compiled.get_property("NUM_STREAMS")) == 2
+    assert int(half.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+    edge = EdgeModel(
+        load_model("resnet18", "none"), ImageLimits(), engine="openvino", onnx_dir=export_dir, head_workers=2
+    )
+    head = edge._split(edge.route_for("layer3", "fp32").cut)[0]
+    assert isinstance(head, OrtTorchHalf) and isinstance(head.half, OvHalf)
+    assert int(head.half.compiled.get_property("NUM_STREAMS")) == 2
+    # as many infer requests as streams, whatever the pool size says, so every stream can be busy
+    x = np.zeros((1, 256, 14, 14), dtype=np.float32)
+    calls = [threading.Thread(target=half, args=(x,)) for _ in range(4)]
+    for call in calls:
+        call.start()
+    for call in calls:
+        call.join(timeout=120)
+    assert 1 <= half.requests_made <= 2
