@@ -1,8 +1,11 @@
-"""Write docs/benchmarks.md from bench/results/*.json (run after bench/cpu_suite.py or bench/gpu.sh)."""
+"""Write the CPU, soak, emulated-link, Ray and GPU sections of docs/benchmarks.md from bench/results/*.json
+(run after bench/cpu_suite.py, bench/soak.py, bench/netlink.py, bench/ray_scaleout.py or bench/gpu.sh); every
+other section is left as it is (bench/doc_section.py: scripts that write their own tables between markers)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +64,7 @@ def cpu_section(data: dict[str, Any]) -> list[str]:
         "## CPU",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, torch {m['torch']}; "
-        f"`GOMP_SPINCOUNT={m.get('GOMP_SPINCOUNT', '') or 'unset'}`. {m['date']}.",
+        f"`GOMP_SPINCOUNT={m.get('GOMP_SPINCOUNT', '') or 'unset'}` for every process. {m['date']}.",
         f"Command: `{data['command']}` then `python bench/report.py`. Raw numbers: `bench/results/cpu.json`.",
         "",
         *_tuning_note(m),
@@ -307,94 +310,40 @@ def ray_section(data: dict[str, Any]) -> list[str]:
     ]
 
 
-_OVERHEAD_NOTES = (
-    "Conditions: the machine's 2 cores were shared with other agents' work during the whole run (load",
-    "averages above); every comparison alternates rounds within this one run, so drift hits both sides,",
-    "but absolute numbers are lower than on an idle machine. No `GOMP_SPINCOUNT` or other tuning in any",
-    "process; the services run as `splitinfer up` starts them (half the cores each), the cloud for the",
-    "throughput rows with one torch thread per process.",
-    "",
-    "What was removed from the per-request path (found with `py-spy record` on a cloud under `wrk`):",
-    "",
-    "- FastAPI ran the plain-`def` dependencies (the cloud's state and bearer check, the edge's state and",
-    "  query options) in a worker thread: two or three thread hops per request. They are `async` now.",
-    "- The tail ran on the executor thread even when it is one linear layer; the event loop and that thread",
-    "  then convoy on the GIL (each waits up to the 5 ms switch interval). Tails under 40 MFLOPs (a",
-    "  classifier over a batch) now run on the loop; bigger ones, GPU tails and a tail's first run (which",
-    "  builds it) stay on the thread.",
-    "- Small uncompressed payloads (<= 16 KiB, no zstd/ANS stage) decode on the loop instead of a thread hop;",
-    "  the edge decodes the cloud's logits reply on the loop too.",
-    "- The request-id and body-limit middleware built a `Headers` object each (decoding every header name;",
-    "  a missing `X-Request-ID` cost a raised `KeyError`): one scan of the raw headers now.",
-    "- The batcher woke its loop on every arrival (and re-scanned the queue, O(n) per wake-up) and used",
-    "  `asyncio.wait_for` (a task per wait) for its delay: it now wakes for a first request or a full batch,",
-    "  keeps a per-key count, and waits on one timer.",
-    "",
-    "Where the cloud's time still goes on the trivial tail (share of the event loop's samples, after the",
-    "changes): writing the response to the socket (two `send` calls; on loopback the receiver's TCP work runs",
-    "inside them) ~24%, validating and decoding the payload ~14%, encoding the logits ~9%, the linear layer",
-    "~8%, the ASGI middleware stack and routing ~12%, the access-log line ~3%, the rest uvicorn's parser and",
-    "the event loop. The comparator pays the same socket and uvicorn costs but no validation, no metrics,",
-    "no log line and no middleware; the cloud keeps all of those on.",
-    "",
-    "Read with care: during this run another process outside this project kept one of the 2 cores busy",
-    "(`top`: ~100% CPU). Two cloud workers then share one core with `wrk` and lose to one worker (context",
-    "switches, half-size batches): the 2-worker row measures that contention; whether two workers reach",
-    "1.5x one on free cores is not shown by this run. The same contention makes torch's default of 2 OpenMP",
-    "threads pathological: every parallel region waits for the thread whose core was taken, so the",
-    "default in-process baseline (and `splitinfer profile`, which also uses the default threads) ran",
-    "~20x slower than with one thread. The 1-thread in-process row is the meaningful comparison here.",
-    "",
-    "`splitinfer profile --model resnet18 --weights none --threads 1` right after this run (16:00 UTC, the",
-    "same foreign process on one core): **5.7 s** of profiling, 10.2 s wall with start-up (target 30 s),",
-    "whole model 45.6 ms node by node, spread 6%; with the default threads it took 76.8 s (whole model",
-    "949 ms). Heads of `add_1`/`layer1`, `add_7`/`layer4`, `avgpool`/`flatten` agree within 0.2%, the tail",
-    "of `add_1` and `layer1` within 0.1%; the sub-millisecond tails after `add_7`/`layer4` (0.46 vs 0.42 ms)",
-    "and `avgpool`/`flatten` (0.30 vs 0.28 ms) differ by 8% and 7%: the ReLU and flatten between them.",
-    "Output: `bench/results/profile-resnet18-cpu-1thread.json`.",
-)
-
-
-def overhead_section(data: dict[str, Any]) -> list[str]:
-    from bench.overhead import markdown
-
-    return [
-        "## Per-request overhead",
-        "",
-        "Command: `PYTHONPATH=. python bench/overhead.py`. Raw numbers: `bench/results/overhead.json`.",
-        "",
-        markdown(data),
-        "",
-        *_OVERHEAD_NOTES,
-        "",
-    ]
+def merge_sections(doc: str, generated: list[list[str]]) -> str:
+    """``doc`` with each generated ``## `` section replacing the section of the same heading; sections this
+    script does not generate (the ones other bench scripts write between markers, and hand-written ones)
+    stay where they are, and a generated section the doc lacks is appended."""
+    preamble, *rest = re.split(r"(?m)^(?=## )", doc)
+    sections = {block.splitlines()[0]: block for block in rest}
+    fresh = {lines[0]: "\n".join(lines).rstrip("\n") + "\n\n" for lines in generated}
+    merged = [fresh.pop(heading, block) for heading, block in sections.items()]
+    return (preamble + "".join(merged) + "".join(fresh.values())).rstrip("\n") + "\n"
 
 
 def main() -> None:
-    lines = [
+    header = [
         "# Benchmarks",
         "",
         "Every number below comes from one run of the named command; ratios compare rows of the same run.",
-        "The tables are generated by `bench/report.py`; do not edit them by hand.",
+        "`bench/report.py` generates the CPU, soak, emulated-link, Ray and GPU sections from bench/results and",
+        "leaves the others as they are: each of those is written by its own script between markers (do not",
+        "edit those tables by hand) or is prose around them.",
         "",
     ]
-    cpu = RESULTS / "cpu.json"
-    if cpu.exists():
-        lines += cpu_section(json.loads(cpu.read_text()))
-    soak = RESULTS / "soak.json"
-    if soak.exists():
-        lines += soak_section(json.loads(soak.read_text()))
-    netlink = RESULTS / "netlink.json"
-    if netlink.exists():
-        lines += netlink_section(json.loads(netlink.read_text()))
-    overhead = RESULTS / "overhead.json"
-    if overhead.exists():
-        lines += overhead_section(json.loads(overhead.read_text()))
-    ray = RESULTS / "ray.json"
-    if ray.exists():
-        lines += ray_section(json.loads(ray.read_text()))
-    lines += gpu_section()
-    DOC.write_text("\n".join(lines))
+    generated: list[list[str]] = []
+    for name, section in (
+        ("cpu.json", cpu_section),
+        ("soak.json", soak_section),
+        ("netlink.json", netlink_section),
+        ("ray.json", ray_section),
+    ):
+        path = RESULTS / name
+        if path.exists():
+            generated.append(section(json.loads(path.read_text())))
+    generated.append(gpu_section())
+    doc = DOC.read_text() if DOC.exists() else "\n".join(header) + "\n"
+    DOC.write_text(merge_sections(doc, generated))
     print(f"wrote {DOC}")
 
 
