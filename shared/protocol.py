@@ -17,6 +17,7 @@ from shared.wire import BATCH, ExpectedTensor, ExpectedValue, Payload, PerItem, 
 
 __all__ = [
     "JPEG_QUALITY",
+    "encode_picture",
     "encode_activations",
     "encode_images",
     "encode_logits",
@@ -84,7 +85,8 @@ def encode_logits(logits: torch.Tensor, *, model: str, weights: str, cut: str) -
     )
 
 
-def _encode_picture(image: Image.Image, fmt: str) -> bytes:
+def encode_picture(image: Image.Image, fmt: str) -> bytes:
+    """``image`` as the ``jpeg`` (quality ``JPEG_QUALITY``) or ``png`` image codec ships it."""
     buffer = io.BytesIO()
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
@@ -111,7 +113,7 @@ def encode_images(
         if base == "image":
             blobs = list(raw)
         else:
-            blobs = [_encode_picture(preprocessor.crop(image), base.upper()) for image in images]
+            blobs = [encode_picture(preprocessor.crop(image), base.upper()) for image in images]
         tensors = {
             "image_sizes": torch.tensor([len(b) for b in blobs], dtype=torch.int64),
             "image_bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)

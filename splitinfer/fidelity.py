@@ -12,7 +12,14 @@ import torch
 from shared.codecs import ACTIVATION_CODECS, COMPACT_CODECS, IMAGE_CODECS
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits, decode_image
-from shared.protocol import encode_activations, encode_images, expected_for_cut, expected_images, images_from_payload
+from shared.protocol import (
+    encode_activations,
+    encode_images,
+    encode_picture,
+    expected_for_cut,
+    expected_images,
+    images_from_payload,
+)
 from shared.splitting import INPUT_CUT, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
@@ -60,7 +67,9 @@ def codec_report(
     repeats: int = 3,
     autocast: str = "none",
 ) -> list[CodecRow]:
-    """Measure each codec at ``cut_name`` over ``jpegs`` (the input images, as JPEG bytes).
+    """Measure each codec at ``cut_name`` over ``jpegs`` (the input images, as JPEG bytes). ``ratio_to_jpeg``
+    compares a payload with the JPEG (quality 90) of the model's own crop of each image, the picture the
+    ``jpeg`` codec sends: what shipping the image instead would cost.
 
     With ``autocast="bf16"`` the tail runs under bf16 autocast, as the cloud's ``--autocast bf16`` does,
     so the errors include that change too.
@@ -70,7 +79,8 @@ def codec_report(
     images = [decode_image(blob) for blob in jpegs]
     batch = loaded.preprocessor.batch(images)
     limits = WireLimits.for_batch(max(len(jpegs), 1), mib_per_item=64)
-    jpeg_bytes = sum(len(b) for b in jpegs) / len(jpegs)
+    # NOTE: what sending the image would cost: the model's own crop as a JPEG (the `jpeg` codec's picture)
+    jpeg_bytes = sum(len(encode_picture(loaded.preprocessor.crop(image), "JPEG")) for image in images) / len(images)
     common = {"model": loaded.name, "weights": loaded.digest}
     rows = []
     with torch.inference_mode():
