@@ -332,7 +332,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"2 workers / 1: **{t['two_workers_vs_one']:.2f}x** (target >= 1.5).",
         "",
         f"Loopback end to end, {e['model']} `{e['cut']}` {e['codec']}, {e['images']}, concurrency 1, "
-        f"{e['threads_per_service']} torch thread(s) per service with `OMP_WAIT_POLICY=PASSIVE` (as `splitinfer up` "
+        f"{e['threads_per_service']} torch thread(s) per service"
+        f"{''.join(f', `{k}={v}`' for k, v in e['service_env'].items() if k != THREADS_ENV)} (as `splitinfer up` "
         "starts them), "
         f"{e['requests']} requests; in-process baseline: `splitinfer bench --target local` in its own process "
         f"with default settings, {e['baseline_requests']} requests, alternating rounds:",

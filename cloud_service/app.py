@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from cloud_service.batching import DynamicBatcher
 from cloud_service.routes import ROUTES, TAIL_PATH
@@ -19,6 +18,7 @@ from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRun
 from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
+from service_core.torch_threads import load_in_own_thread
 from shared.preprocessing import ImageLimits
 from shared.wire import WireLimits
 
@@ -79,9 +79,9 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[CloudState]:
-        model = await run_in_threadpool(_load, settings)
+        model = await load_in_own_thread(_load, settings)
         metrics.set_info(model.loaded.name, model.loaded.digest)
-        threads.apply()  # NOTE: the loop's thread runs cheap tails and small decodes
+        threads.apply_light()  # NOTE: the loop's thread runs cheap tails and small decodes
         with InlineWhenCheap(model.cheap_tail, initializer=threads.apply) as executor:
 
             def run(cut: str, requests: Sequence[tuple[torch.Tensor, ...]]) -> Sequence[torch.Tensor]:

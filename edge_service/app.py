@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_client import CloudClient
@@ -24,6 +23,7 @@ from edge_service.state import EdgeState
 from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
+from service_core.torch_threads import load_in_own_thread
 from shared.planning import Profile
 from shared.preprocessing import ImageLimits
 
@@ -115,8 +115,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[EdgeState]:
-        model, policy = await run_in_threadpool(_load, settings, metrics)
-        threads.apply()  # NOTE: the loop's thread decodes small replies
+        model, policy = await load_in_own_thread(_load, settings, metrics)
+        threads.apply_light()  # NOTE: the loop's thread decodes small replies
         metrics.set_info(model.loaded.name, model.loaded.digest, policy.route.cut.name, policy.route.codec)
         cloud = CloudClient(
             settings.cloud_url,

@@ -62,3 +62,62 @@ def test_wrap_applies_in_the_thread_that_runs() -> None:
     wrapped = TorchThreads(None).wrap(lambda a, b: seen.append(a + b))
     wrapped(1, 2)
     assert seen == [3]
+
+
+# NOTE: as a service runs: the model loaded off the loop, the loop's thread doing torch work, an executor
+# running the model; prints the process's OS threads at the end. ``mode`` undoes one of the two measures.
+_SERVICE_PROBE = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from concurrent.futures import ThreadPoolExecutor
+    import torch
+    from service_core.torch_threads import TorchThreads, load_in_own_thread
+
+    mode = sys.argv[1]
+    threads = TorchThreads(2)
+
+    def work():
+        x = torch.rand(256, 2048)
+        for _ in range(20):
+            x @ x.T
+
+    def load():
+        threads.apply()
+        work()
+
+    async def main():
+        if mode == "loader kept":
+            loader = ThreadPoolExecutor(1)
+            await asyncio.get_running_loop().run_in_executor(loader, load)
+        else:
+            await load_in_own_thread(load)
+        threads.apply() if mode == "loop counted" else threads.apply_light()
+        work()  # the event loop's thread
+        with ThreadPoolExecutor(1, initializer=threads.apply) as executor:
+            executor.submit(work).result()
+            print(len(os.listdir("/proc/self/task")))
+
+    asyncio.run(main())
+    """
+)
+
+
+def _service_threads(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = os.getcwd()
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVICE_PROBE, mode], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.strip())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for OpenMP to start a team")
+def test_only_the_model_executor_keeps_an_openmp_team() -> None:
+    # NOTE: a second team (kept by the thread that loaded the model, or by the loop's thread) makes GNU
+    # OpenMP throttle every team's spin-wait once the process has more OpenMP threads than cores: the
+    # model's parallel regions then wait on futexes. Each such team shows as one more OS thread here
+    # (a kept loader also counts itself).
+    served = _service_threads("as served")
+    assert _service_threads("loader kept") == served + 2
+    assert _service_threads("loop counted") == served + 1
