@@ -30,7 +30,21 @@ def _one(pattern: str, text: str) -> str:
         ("cloud vs comparator", r"logs [\d,]+ \(([\d.]+)x the comparator", r"Cloud / comparator: \*\*([\d.]+)x\*\*"),
         ("two workers", r"`--workers 2` serves ([\d.]+)x one process", r"2 workers / 1: \*\*([\d.]+)x\*\*"),
         ("profile", r"resnet18 with torch's default threads: ([\d.]+) s wall", r"-o profile.json`: \*\*([\d.]+) s\*\*"),
-        ("peer c=1", r"concurrency 1 is ([\d.]+)x the peer's", r"\| this project, ONNX Runtime \|.*?\| ([\d.]+)x \|"),
+        (
+            "peer c=1",
+            r"\(exact\) our p50 at\s+concurrency 1 is ([\d.]+)x the peer's",
+            r"\| this project, ONNX Runtime \|.*?\| ([\d.]+)x \|",
+        ),
+        (
+            "peer bf16 c=1",
+            r"bf16 p50 at concurrency 1 is ([\d.]+)x",
+            r"\| this project, OpenVINO \*\*bf16 \(not exact\)\*\* \|.*?\| ([\d.]+)x \|",
+        ),
+        (
+            "peer bf16 c=8",
+            r"bf16 requests/s at concurrency 8 ([\d.]+)x",
+            r"\| this project, OpenVINO \*\*bf16 \(not exact\)\*\* \|.*?\| [\d.]+x \| ([\d.]+)x \|",
+        ),
         ("batching", r"Dynamic batching: ([\d.]+)x the throughput", r"max_delay_ms=2\) serves ([\d.]+)x the images"),
         ("prediction error", r"predicted latency within ([\d.]+)% of", r"three links: ([\d.]+)% with the live"),
         ("auto", r"`auto` at most ([\d.]+)x the better of", r"`auto` measures at most ([\d.]+)x the better"),
