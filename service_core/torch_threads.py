@@ -9,8 +9,9 @@ thread ran two, and two services sharing two cores fought for them.
 Every thread that runs a parallel region with more than one thread also gets an OpenMP team of its own,
 kept while the thread lives. Once a process has more of those threads than the machine has cores, GNU
 OpenMP throttles every team's spin-wait (to 100 spins), so each of the model's parallel regions pays a
-futex wake-up of its idle threads: on 2 cores resnet18's head took 40 ms instead of 27 ms whenever the
-thread that had loaded the model stayed alive beside the one running the heads. So:
+futex wake-up of its idle threads: on 2 cores resnet18's head took 32 ms instead of 24 ms whenever the
+thread that had loaded the model stayed alive beside the one running the heads (bench/openmp_teams.py).
+So:
 
 * the threads that run the model (the head and tail executors) take :meth:`TorchThreads.apply`, the
   configured count;

@@ -39,11 +39,11 @@ def pair_threads_env(environ: Mapping[str, str]) -> dict[str, str]:
     briefly when idle (``GOMP_SPINCOUNT=10000``), then sleep instead of holding the cores the other needs.
 
     One request's head and tail never run at the same time, so each gets the whole machine; under load
-    both compute at once and share it. Measured on 2 cores (docs/benchmarks.md, "Per-request overhead"):
-    at concurrency 1 resnet18 split at ``layer3`` answered in 42.5 ms with the short spin, 52.2 ms with
-    idle threads that sleep at once (``OMP_WAIT_POLICY=PASSIVE``: every parallel region then waits for a
-    wake-up) and 50.5 ms with GNU OpenMP's default spin, which held a core through the other service's
-    work; at concurrency 8 the short spin and PASSIVE served about the same (21-22 requests/s).
+    both compute at once and share it. Measured on 2 cores (bench/openmp_teams.py, docs/benchmarks.md
+    "Per-request overhead"): at concurrency 1 resnet18 split at ``layer3`` answered in 52.6 ms with the
+    short spin, 67.4 ms with idle threads that sleep at once (``OMP_WAIT_POLICY=PASSIVE``: every parallel
+    region then waits for a wake-up) and 54.8 ms with GNU OpenMP's default spin, which held a core through
+    the other service's work.
     ``SPLITINFER_THREADS``, ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` in the environment apply unchanged."""
     env = {} if THREADS_ENV in environ else {THREADS_ENV: str(available_cores())}
     if WAIT_POLICY_ENV in environ or SPIN_COUNT_ENV in environ:
