@@ -132,3 +132,21 @@ def test_the_spread_of_repeated_times_is_their_interquartile_range_over_the_medi
     assert _spread([8.0, 9.0, 10.0, 11.0, 12.0]) == pytest.approx(0.2)
     assert _spread([10.0, 10.0, 10.0, 10.0, 30.0]) == 0.0  # NOTE: one outlier of five does not make a spread
     assert _spread([0.08, 0.09, 0.1, 0.11, 0.12]) == 0.0  # NOTE: sub-millisecond times are noise-dominated
+
+
+def test_the_profile_times_the_encodes_and_decodes_it_needs_anyway() -> None:
+    from shared.planning import _timed_over
+
+    calls: list[int] = []
+
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    outputs, median_ms = _timed_over(double, [5, 6, 7, 8], repeats=5)
+    assert outputs == [10, 12, 14, 16]
+    assert calls == [5, 6, 7, 8, 5, 6]  # a warm-up run, then five timed runs cycling through the inputs
+    assert median_ms >= 0
+    calls.clear()
+    assert _timed_over(double, [1, 2, 3, 4, 5, 6, 7], repeats=2)[0] == [2, 4, 6, 8, 10, 12, 14]
+    assert calls == [1, 2, 3, 4, 5, 6, 7]  # every input once, whatever the repeats
