@@ -26,13 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
-from bench.peer_onnx import ours, photos, run_round
+from bench.peer_onnx import ours, photos, run_round, seeded_export
 from shared.engines import OrtHalf, OrtOptions
-from shared.models import load_model
-from shared.onnx_export import export_split
-from shared.splitting import ModelGraph
 from splitinfer.processes import start_service, stop_all, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,14 +110,7 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="peer-cpu-") as scratch:
         work = Path(scratch)
-        torch.manual_seed(20)  # NOTE: the same seeded weights as bench/peer_onnx.py; this process only benchmarks
-        weights = work / "resnet18.pt"
-        torch.save(torchvision.models.resnet18().state_dict(), weights)
-        loaded = load_model("resnet18", str(weights))
-        graph = ModelGraph(loaded.module, loaded.input_shape)
-        export_split(
-            graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-        ).write(work / "export")
+        weights, _ = seeded_export(work)  # NOTE: the same weights and export as bench/peer_onnx.py
         report: dict[str, Any] = {
             "command": "PYTHONPATH=. python bench/peer_cpu.py",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -56,7 +56,7 @@ from PIL import Image
 from bench.doc_section import write_section
 from shared.engines import OrtHalf, OrtOptions
 from shared.models import load_model
-from shared.onnx_export import export_split
+from shared.onnx_export import ExportedSplit, export_split
 from shared.splitting import ModelGraph
 from splitinfer.processes import Service, free_port, start_service, wait_until
 
@@ -74,6 +74,23 @@ def photos() -> list[bytes]:
         image.save(buffer, format="JPEG", quality=90)
         blobs.append(buffer.getvalue())
     return blobs
+
+
+def seeded_export(work: Path) -> tuple[Path, ExportedSplit]:
+    """resnet18 with seeded random weights saved to ``work/resnet18.pt`` (the file both sides load) and its
+    verified split at ``layer3`` written to ``work/export``."""
+    import torchvision
+
+    torch.manual_seed(20)  # NOTE: torchvision initialises with the global RNG; this process only benchmarks
+    weights = work / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    loaded = load_model("resnet18", str(weights))
+    graph = ModelGraph(loaded.module, loaded.input_shape)
+    exported = export_split(
+        graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
+    )
+    exported.write(work / "export")
+    return weights, exported
 
 
 def copy_peer(peer: Path, into: Path) -> Path:
@@ -252,17 +269,7 @@ def main() -> int:
     services: list[Service] = []
     try:
         folder = copy_peer(args.peer, work)
-        torch.manual_seed(20)
-        import torchvision
-
-        weights = work / "resnet18.pt"
-        torch.save(torchvision.models.resnet18().state_dict(), weights)
-        loaded = load_model("resnet18", str(weights))
-        graph = ModelGraph(loaded.module, loaded.input_shape)
-        exported = export_split(
-            graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-        )
-        exported.write(work / "export")
+        weights, exported = seeded_export(work)
         (folder / "models").mkdir(exist_ok=True)
         shutil.copy(work / "export" / "head.onnx", folder / "models" / "head.onnx")
         shutil.copy(work / "export" / "tail.onnx", folder / "models" / "tail.onnx")
