@@ -64,12 +64,7 @@ class EdgeLiteState:
 def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreprocessor]:
     manifest = Manifest.read(settings.onnx_dir)
     manifest.verify(settings.onnx_dir, halves=("head",))
-    if manifest.cut_values:
-        names = ", ".join(str(v.get("name")) for v in manifest.cut_values)
-        raise ValueError(
-            f"cut {manifest.cut!r} also carries non-tensor values ({names}), which the torch-free edge cannot send "
-            "yet: export a cut without them, or run the torch edge (edge_service)"
-        )
+    manifest.values_at(1)  # NOTE: a value the edge could not send stops it here, not at the first request
     # NOTE: heads run in the server's thread pool, so up to one per core runs at once (OpenVINO: a stream each)
     options = engine_options(
         settings.engine,
@@ -197,7 +192,12 @@ def _run_head(state: EdgeLiteState, blob: bytes, timings: dict[str, float]) -> b
     payload: bytes = timed(
         "encode",
         lambda: encode_activations(
-            named, model=manifest.model, weights=manifest.weights, cut=manifest.cut, codec=state.settings.codec
+            named,
+            model=manifest.model,
+            weights=manifest.weights,
+            cut=manifest.cut,
+            codec=state.settings.codec,
+            values=manifest.values_at(len(batch)),
         ),
     )
     return payload

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,9 +98,11 @@ def encode_activations(
     weights: str,
     cut: str,
     codec: str,
+    values: Sequence[Mapping[str, Any]] = (),
     extra: Mapping[str, str] | None = None,
 ) -> bytes:
-    """Named activations (in the order the tail takes them) to wire bytes (kind ``activations``)."""
+    """Named activations (in the order the tail takes them) to wire bytes (kind ``activations``); ``values``
+    are the cut's non-tensor values as ``Manifest.values_at`` describes them."""
     base, use_zstd = _parse_codec(codec)
     compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_content_size=True) if use_zstd else None
     stored: dict[str, np.ndarray] = {}
@@ -128,6 +130,10 @@ def encode_activations(
         "tensors": json.dumps(described, separators=(",", ":")),
         **(extra or {}),
     }
+    if values:
+        metadata["values"] = json.dumps(
+            [{"name": v["name"], "kind": v["kind"], "items": list(v["items"])} for v in values], separators=(",", ":")
+        )
     return save_arrays(stored, metadata, bf16)
 
 

@@ -134,7 +134,8 @@ class Manifest:
     labels: tuple[str, ...] = ()
     cut_values: tuple[dict[str, Any], ...] = ()
     """The cut's non-tensor values (``ValueSpec.to_json()``: ``bs = x.size(0)``...): not in the ONNX files (the
-    tail computes them from its batch axis), but a payload carries them, so an edge must send them."""
+    tail computes them from its batch axis), but a payload carries them, so an edge must send them
+    (:meth:`values_at`)."""
     opset: int = 17
     tolerance: float = 1e-4
     """Each half's ``max_abs_error <= tolerance * max(1, max_abs_value)``: absolute for outputs up to 1 in
@@ -144,6 +145,21 @@ class Manifest:
     def cut_tensors(self) -> tuple[OnnxTensor, ...]:
         """The tensors alive across the cut (the head's outputs, the tail's inputs, the payload's tensors)."""
         return self.head.outputs
+
+    def values_at(self, batch: int) -> list[dict[str, Any]]:
+        """The cut's non-tensor values for a batch of ``batch`` items, described as a payload carries them
+        (``name``, ``kind``, ``items``): each integer is ``per_item * batch`` plus its value at batch 1 less
+        ``per_item``. ``ValueError`` for an entry that is not of that form (a hand-edited manifest)."""
+        described = []
+        for value in self.cut_values:
+            at_one, per_item = value.get("value_at_batch_1"), value.get("per_item")
+            ones = at_one if isinstance(at_one, list) else [at_one]
+            slopes = per_item if isinstance(per_item, list) else [per_item]
+            if len(ones) != len(slopes) or not all(isinstance(v, int) for v in (*ones, *slopes)):
+                raise ValueError(f"manifest value {value.get('name')!r} is not a per-item affine integer value")
+            items = [slope * batch + one - slope for one, slope in zip(ones, slopes, strict=True)]
+            described.append({"name": value.get("name"), "kind": value.get("kind"), "items": items})
+        return described
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -52,6 +52,21 @@ def test_numpy_encoder_writes_the_torch_encoders_payload(codec: str) -> None:
             assert torch.equal(a, b)
 
 
+def test_numpy_encoder_writes_the_values_a_cut_carries_as_the_torch_encoder_does() -> None:
+    tensor = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(1))
+    values = {"size": 2, "shape": torch.Size([2, 8]), "pair": (2, 7)}
+    theirs = encode_payload(
+        {"x": tensor}, kind="activations", model="m", weights="w", cut="c", codec="fp16", values=values
+    )
+    described = [
+        {"name": "size", "kind": "int", "items": [2]},
+        {"name": "shape", "kind": "size", "items": [2, 8]},
+        {"name": "pair", "kind": "tuple", "items": [2, 7]},
+    ]
+    ours = encode_activations({"x": tensor.numpy()}, model="m", weights="w", cut="c", codec="fp16", values=described)
+    assert _parts(ours) == _parts(theirs)
+
+
 def test_numpy_encoder_is_deterministic() -> None:
     array = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
     first = encode_activations({"x": array, "y": array}, model="m", weights="w", cut="c", codec="int8+zstd")

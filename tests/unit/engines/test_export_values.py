@@ -18,7 +18,9 @@ pytest.importorskip(
 from cloud_service.runtime import CloudModel
 from edge_lite.app import _load
 from edge_lite.settings import EdgeLiteSettings
+from edge_lite.wire import encode_activations
 from edge_service.runtime import EdgeModel
+from shared.images import decode_image
 from shared.models import load_model
 from shared.onnx_export import export_split
 from shared.onnx_manifest import Manifest
@@ -45,13 +47,29 @@ def test_a_cut_with_values_exports_and_the_model_stays_in_eval_mode(tmp_path: Pa
     assert exported.manifest.head.max_abs_error <= 1e-4 * max(1.0, exported.manifest.head.max_abs_value)
     assert exported.manifest.tail.max_abs_error <= 1e-4
     assert not any(module.training for module in loaded.module.modules())
-    # the manifest names the values; the torch-free edge, which cannot send them yet, refuses the export
+    # the manifest names the values, and the torch-free edge sends them: the torch cloud takes its payload
     exported.write(tmp_path)
-    assert Manifest.read(tmp_path).cut_values == (
-        {"name": "size", "kind": "int", "value_at_batch_1": 1, "per_item": 1},
+    manifest = Manifest.read(tmp_path)
+    assert manifest.cut_values == ({"name": "size", "kind": "int", "value_at_batch_1": 1, "per_item": 1},)
+    assert manifest.values_at(3) == [{"name": "size", "kind": "int", "items": [3]}]
+    lite_manifest, head, preprocessor = _load(EdgeLiteSettings(onnx_dir=tmp_path))
+    images = [decode_image(blob) for blob in _photos()]
+    batch = preprocessor.batch(images)
+    named = {t.name: out for t, out in zip(lite_manifest.cut_tensors, head(batch), strict=True)}
+    payload = encode_activations(
+        named,
+        model=manifest.model,
+        weights=manifest.weights,
+        cut=CUT,
+        codec="fp32",
+        values=manifest.values_at(len(images)),
     )
-    with pytest.raises(ValueError, match="non-tensor values"):
-        _load(EdgeLiteSettings(onnx_dir=tmp_path))
+    cloud = CloudModel(load_model("efficientnet_lite0", "DEFAULT"))
+    (logits,) = cloud.run(CUT, [cloud.decode(payload).tensors])  # NOTE: decode checks the values against the cut
+    with torch.inference_mode():
+        want = loaded.module(loaded.preprocessor.batch(images))
+    assert logits.shape == (2, 1000)
+    assert (logits - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
