@@ -109,7 +109,7 @@ def test_compact_codecs_are_planned_per_cut_by_their_measured_error() -> None:
     routes = {(r.cut, r.codec) for r in plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=bound)}
     for cut, codec in measured:
         assert ((cut, codec.codec) in routes) == (codec.relative_l2_error <= bound), (cut, codec)
-    assert any(codec.endswith("+ans") for _, codec in routes)
+    assert any(codec is not None and codec.endswith("+ans") for _, codec in routes)  # NOTE: output sends none
     strict = plan(profile, profile, bandwidth_bps=1e6, rtt_s=0.01, max_logit_error=0.0)
     assert all(r.relative_l2_error == 0.0 for r in strict)
 
