@@ -220,7 +220,7 @@ def per_cut_rows(
     """The planner's best codec for every cut on this link, best cut first."""
     rows, seen = [], set()
     overheads = {"edge_calibration_ms": edge_calibration_ms, "cloud_calibration_ms": cloud_calibration_ms}
-    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, **overheads):
+    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, objective="latency", **overheads):
         if row.cut not in seen:
             seen.add(row.cut)
             rows.append(row)

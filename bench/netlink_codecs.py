@@ -1,6 +1,6 @@
 """The emulated 5 Mbit/s + 50 ms link: ``--cut auto`` with issue 16's codecs against today's best, side by side.
 
-    sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py                     # about 10 minutes a model
+    sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py                     # about 20 minutes on 2 cores
     sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py --quick --no-doc    # a smoke run
 
 The testbed is bench/netlink.py's (imported, not copied): namespaces ``si-edge``/``si-cloud``, ``tc tbf``
@@ -141,6 +141,10 @@ class Side:
             "samples_ms": [round(ms, 1) for ms in self.ms],
             "settled": f"{info['cut']['name']}/{info['codec']}",
             "routes": dict(Counter(self.routes)),
+            "route_median_ms": {
+                route: round(statistics.median(ms for r, ms in zip(self.routes, self.ms, strict=True) if r == route), 1)
+                for route in dict.fromkeys(self.routes)
+            },
             "median_payload_bytes": round(statistics.median(self.payload_bytes)),
             "top1_agreement": round(sum(agree) / len(agree), 3),
             "estimated_link": selection["estimated_link"],
@@ -224,29 +228,34 @@ def _route(pick: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    profiled = {codec for data in results["models"].values() for codec in data["profiled_codecs"]}
+    added = ", ".join(f"`{codec}`" for codec in sorted(profiled - OLD_CODECS))
     lines = [
         f"Command: `{results['command']}`. {results['date']}, load average before/after "
         f"{results['load_average']['before']} / {results['load_average']['after']}, {results['elapsed_s']} s in all. "
         "Raw numbers: `bench/results/netlink_codecs.json`.",
         "",
         f"Link {LINK.name} (bench/netlink.py's testbed: `tc tbf` rate, delaying relay); the edge capped at "
-        f"{results['edge_cpu']:.0%} of a core, one torch thread each side. One cloud, two edges with `--cut auto` "
-        "in the same cgroup, through the same relay: **old** = the planner given only the codecs that existed "
+        f"{results['edge_cpu']:.0%} of a core, one torch thread each process. One cloud, two edges with `--cut auto` "
+        "in that one cgroup (one request at a time), through the same relay: **old** = the planner given only the "
+        "codecs that existed "
         "before issue 16 (`fp32`, `fp16`, `int8+zstd`, `image` at the input cut; a copy of both profiles "
-        "without the rest), **new** = the full profiles (`int6+ans`, `budget10+ans`, `budget20+ans`, "
-        "`dct10+ans`, `dct20+ans` too; the default `--max-logit-error` 1 % guard). "
+        f"without the rest), **new** = the full profiles ({added} too; the default `--max-logit-error` 1 % guard). "
         f"Images: {results['images']}. {results['settle_s']:g} s of traffic through both in turn to settle "
         f"(auto explores), then {results['requests']} requests each, interleaved ABBA. Top-1: agreement "
         "with the unsplit model (the same edge, `cut=output`) on the measured requests.",
         "",
-        "| model | weights | side | settled on | routes of the measured requests | payload B | median ms | p90 ms "
-        "| top-1 |",
+        "| model | weights | side | settled on | routes of the measured requests (their median) | payload B "
+        "| median ms | p90 ms | top-1 |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for model, data in results["models"].items():
         for side in ("old", "new"):
             s = data[side]
-            routes = ", ".join(f"`{r}` x{n}" for r, n in sorted(s["routes"].items(), key=lambda kv: -kv[1]))
+            routes = ", ".join(
+                f"`{r}` x{n} ({s['route_median_ms'][r]:.0f} ms)"
+                for r, n in sorted(s["routes"].items(), key=lambda kv: -kv[1])
+            )
             lines.append(
                 f"| {model} | {data['weights']} | {side} | `{s['settled']}` | {routes} | "
                 f"{s['median_payload_bytes']:,} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} "
@@ -301,9 +310,9 @@ def inside(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 requests, 2 profile repeats, 10 s settle")
-    parser.add_argument("--models", nargs="+", default=["efficientnet_lite0"], choices=sorted(MODELS))
-    parser.add_argument("--requests", type=int, default=20, help="measured requests per edge")
-    parser.add_argument("--repeats", type=int, default=5, help="profile repeats per measurement")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=sorted(MODELS))
+    parser.add_argument("--requests", type=int, default=25, help="measured requests per edge")
+    parser.add_argument("--repeats", type=int, default=3, help="profile repeats per measurement")
     parser.add_argument("--images", type=int, default=4, help="camera-like JPEGs (requests cycle through them)")
     parser.add_argument("--edge-cpu", type=float, default=0.25, help="the edges' CPU quota, in cores")
     parser.add_argument("--settle-s", type=float, default=60.0, help="traffic through both autos before measuring")
@@ -322,7 +331,7 @@ def main() -> None:
         sys.exit("bench/netlink_codecs.py needs root, iproute2 (ip, tc) and nsenter")
     work = tempfile.mkdtemp(prefix="si-netlink-codecs-")  # kept: the services' logs are there
     print(f"work directory: {work}")
-    command = "PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py " + shlex.join(sys.argv[1:])
+    command = "sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py " + shlex.join(sys.argv[1:])
     with testbed(args.edge_cpu):
         inner = [sys.executable, "-m", "bench.netlink_codecs", "--inside", "--work", work, "--command", command,
                  "--models", *args.models, "--requests", str(args.requests), "--repeats", str(args.repeats),
