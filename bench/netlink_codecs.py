@@ -331,7 +331,7 @@ def main() -> None:
         sys.exit("bench/netlink_codecs.py needs root, iproute2 (ip, tc) and nsenter")
     work = tempfile.mkdtemp(prefix="si-netlink-codecs-")  # kept: the services' logs are there
     print(f"work directory: {work}")
-    command = "sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py " + shlex.join(sys.argv[1:])
+    command = " ".join(["sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py", shlex.join(sys.argv[1:])]).strip()
     with testbed(args.edge_cpu):
         inner = [sys.executable, "-m", "bench.netlink_codecs", "--inside", "--work", work, "--command", command,
                  "--models", *args.models, "--requests", str(args.requests), "--repeats", str(args.repeats),
