@@ -227,6 +227,16 @@ def _route(pick: dict[str, Any]) -> str:
     return f"`{pick['cut']}`" if pick["codec"] is None else f"`{pick['cut']}/{pick['codec']}`"
 
 
+def _same_route_note(data: dict[str, Any]) -> str:
+    """Said when both settled on one route: their difference is then two edges' noise, not the codecs'."""
+    if data["old"]["settled"] != data["new"]["settled"]:
+        return ""
+    return (
+        f" Both settled on the same route, `{data['old']['settled']}`: the difference is between two edges "
+        "running the same route (the noise floor of this comparison), not the codecs'."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     profiled = {codec for data in results["models"].values() for codec in data["profiled_codecs"]}
     added = ", ".join(f"`{codec}`" for codec in sorted(profiled - OLD_CODECS))
@@ -268,6 +278,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"- **{model}: new codecs faster than today's best: {verdict}** ({data['new_over_old_median']:.3f}x the "
             f"median latency; new faster in {data['new_faster_in_pairs']:.0%} of the ABBA pairs). The profiles alone "
             f"picked {_route(data['profiles_pick']['old'])} (old) and {_route(data['profiles_pick']['new'])} (new)."
+            + _same_route_note(data)
         )
     return "\n".join(lines) + "\n"
 
@@ -318,12 +329,16 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=60.0, help="traffic through both autos before measuring")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md as it is")
+    parser.add_argument("--doc-from", metavar="JSON", help="only rewrite the doc section from a results file")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--command", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.requests, args.repeats, args.settle_s = 4, 2, 10.0
+    if args.doc_from:
+        write_section("netlink-codecs", "netlink_codecs.py", markdown(json.loads(Path(args.doc_from).read_text())))
+        return
     if args.inside:
         inside(args)
         return
