@@ -163,8 +163,8 @@ class Processes:
         self.running.clear()
 
 
-def profile(model: str, images: Path, output: Path, *, edge: bool, repeats: int) -> Profile:
-    command = [sys.executable, "-m", "splitinfer", "profile", "--model", model, "--weights", "none",
+def profile(model: str, images: Path, output: Path, *, edge: bool, repeats: int, weights: str = "none") -> Profile:
+    command = [sys.executable, "-m", "splitinfer", "profile", "--model", model, "--weights", weights,
                "--threads", "1", "--images", str(images), "--repeats", str(repeats), "-o", str(output)]  # fmt: skip
     if edge:
         command = ["sh", "-c", f'echo $$ > {CGROUP}/cgroup.procs && exec "$@"', "sh", *command]
@@ -185,8 +185,8 @@ def photo_like(seed: int, width: int = 1280, height: int = 960) -> bytes:
 
 
 class Edge:
-    def __init__(self, images: list[bytes]) -> None:
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{EDGE_PORT}", timeout=180)
+    def __init__(self, images: list[bytes], port: int = EDGE_PORT) -> None:
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
         self.images = images
         self.sent = 0
 
@@ -220,7 +220,7 @@ def per_cut_rows(
     """The planner's best codec for every cut on this link, best cut first."""
     rows, seen = [], set()
     overheads = {"edge_calibration_ms": edge_calibration_ms, "cloud_calibration_ms": cloud_calibration_ms}
-    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, **overheads):
+    for row in plan(edge, cloud, bandwidth_bps=link.bandwidth_bps, rtt_s=link.rtt_s, objective="latency", **overheads):
         if row.cut not in seen:
             seen.add(row.cut)
             rows.append(row)
