@@ -467,6 +467,22 @@ def summarize(models: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def start_cloud_and_relay(processes: Processes, model: str, weights: str, delay_file: Path) -> None:
+    """The cloud in its namespace, and the delaying relay to it in the edge's (edges connect to the relay)."""
+    python = sys.executable
+    processes.start(
+        f"{model}-cloud",
+        [python, "-m", "splitinfer", "cloud", "--model", model, "--weights", weights,
+         "--host", CLOUD_IP, "--port", str(CLOUD_PORT)],
+        netns=NS_CLOUD,
+    )  # fmt: skip
+    processes.start(
+        f"{model}-relay",
+        [python, str(ROOT / "bench/delay_relay.py"), "--listen", f"127.0.0.1:{RELAY_PORT}",
+         "--upstream", f"{CLOUD_IP}:{CLOUD_PORT}", "--delay-file", str(delay_file)],
+    )  # fmt: skip
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -496,17 +512,7 @@ def inside(args: argparse.Namespace) -> None:
         cloud_profile = profile(model, images_dir, work / f"{model}-cloud.json", edge=False, repeats=args.repeats)
         python = sys.executable
         try:
-            processes.start(
-                f"{model}-cloud",
-                [python, "-m", "splitinfer", "cloud", "--model", model, "--weights", "none",
-                 "--host", CLOUD_IP, "--port", str(CLOUD_PORT)],
-                netns=NS_CLOUD,
-            )  # fmt: skip
-            processes.start(
-                f"{model}-relay",
-                [python, str(ROOT / "bench/delay_relay.py"), "--listen", f"127.0.0.1:{RELAY_PORT}",
-                 "--upstream", f"{CLOUD_IP}:{CLOUD_PORT}", "--delay-file", str(delay_file)],
-            )  # fmt: skip
+            start_cloud_and_relay(processes, model, "none", delay_file)
             processes.start(
                 f"{model}-edge",
                 [python, "-m", "splitinfer", "edge", "--model", model, "--weights", "none", "--host", "127.0.0.1",

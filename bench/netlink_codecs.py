@@ -41,10 +41,7 @@ from typing import Any
 
 from bench.doc_section import write_section
 from bench.netlink import (
-    CLOUD_IP,
-    CLOUD_PORT,
     EDGE_PORT,
-    NS_CLOUD,
     NS_EDGE,
     RELAY_PORT,
     Edge,
@@ -54,6 +51,7 @@ from bench.netlink import (
     photo_like,
     profile,
     shape,
+    start_cloud_and_relay,
     testbed,
 )
 from shared.planning import Profile, plan
@@ -85,17 +83,7 @@ def planned(edge: Profile, cloud: Profile) -> dict[str, Any]:
 
 def start_services(processes: Processes, model: str, weights: str, work: Path, delay_file: Path) -> None:
     python = sys.executable
-    processes.start(
-        f"{model}-cloud",
-        [python, "-m", "splitinfer", "cloud", "--model", model, "--weights", weights,
-         "--host", CLOUD_IP, "--port", str(CLOUD_PORT)],
-        netns=NS_CLOUD,
-    )  # fmt: skip
-    processes.start(
-        f"{model}-relay",
-        [python, str(ROOT / "bench/delay_relay.py"), "--listen", f"127.0.0.1:{RELAY_PORT}",
-         "--upstream", f"{CLOUD_IP}:{CLOUD_PORT}", "--delay-file", str(delay_file)],
-    )  # fmt: skip
+    start_cloud_and_relay(processes, model, weights, delay_file)
     for side, port in (("new", EDGE_PORT), ("old", OLD_EDGE_PORT)):
         processes.start(
             f"{model}-edge-{side}",
