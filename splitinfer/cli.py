@@ -176,7 +176,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     configure_logging("info")
     common, cloud_args, edge_args = _pair_args(args)
     launch = [sys.executable, "-m", "splitinfer"]
-    # NOTE: every core each, with idle OpenMP threads sleeping instead of spinning (splitinfer.threads).
+    # NOTE: every core each, with idle OpenMP threads spinning briefly, then sleeping (splitinfer.threads).
     threads = pair_threads_env(os.environ)
     cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads)
     edge = spawn([*launch, "edge", *common, *edge_args], env=threads)
