@@ -292,7 +292,15 @@ def test_14_ctrl_c_on_up_under_load_loses_no_request(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "splitinfer", "up", "--model", "resnet18", "--weights", "none"]
     command += ["--cut", "layer3", "--edge-port", str(edge_port), "--cloud-port", str(cloud_port)]
     with (tmp_path / "up.log").open("wb") as log:
-        up = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # NOTE: as a terminal starts it: a shell running the suite in the background (`make test &`) ignores
+        # SIGINT, children inherit that, and Python then installs no Ctrl-C handler at all
+        up = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     url = f"http://127.0.0.1:{edge_port}"
     try:
         deadline = time.monotonic() + 180
