@@ -21,7 +21,8 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -42,9 +43,6 @@ from shared.protocol import (
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
-In = TypeVar("In")
-Out = TypeVar("Out")
-
 __all__ = [
     "CodecProfile",
     "CutProfile",
@@ -56,6 +54,9 @@ __all__ = [
     "plan",
     "profile_model",
 ]
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 Objective = Literal["latency", "edge-time", "bytes"]
 PROFILE_CODECS = ("fp32", "fp16", "int8+zstd", "int6+ans", "budget10+ans", "budget20+ans", "dct10+ans", "dct20+ans")
@@ -134,24 +135,32 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(_interleaved_ms([fn], repeats)[0])
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The garbage collector off while timing, as timeit does: a collection inside one run would be charged
+    to that run."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def _timed_over(fn: Callable[[In], Out], inputs: Sequence[In], repeats: int) -> tuple[list[Out], float]:
     """``fn`` of every input, and its median time (ms) over ``repeats`` runs (at least one per input but the
     first) that cycle through the inputs after an unmeasured warm-up run on the first: the runs the profile
     needs anyway (each image's payload, each payload decoded) are the ones timed."""
     outputs: dict[int, Out] = {0: fn(inputs[0])}
     times: list[float] = []
-    collecting = gc.isenabled()
-    gc.disable()  # NOTE: as in _interleaved_ms
-    try:
+    with _gc_paused():
         for run in range(1, 1 + max(repeats, len(inputs) - 1)):
             index = run % len(inputs)
             started = time.perf_counter()
             output = fn(inputs[index])
             times.append((time.perf_counter() - started) * 1000)
             outputs.setdefault(index, output)
-    finally:
-        if collecting:
-            gc.enable()
     return [outputs[index] for index in range(len(inputs))], statistics.median(times)
 
 
@@ -162,9 +171,7 @@ def _interleaved_ms(
     them alike), after one unmeasured warm-up round; ``sync`` waits for the device after each run (CUDA
     kernels are asynchronous: without it only their launch is timed)."""
     samples: list[list[float]] = [[] for _ in fns]
-    collecting = gc.isenabled()
-    gc.disable()  # NOTE: as timeit does: a collection inside one run would be charged to that cut
-    try:
+    with _gc_paused():
         for round_index in range(repeats + 1):
             for fn, times in zip(fns, samples, strict=True):
                 started = time.perf_counter()
@@ -173,9 +180,6 @@ def _interleaved_ms(
                     sync()
                 if round_index:
                     times.append((time.perf_counter() - started) * 1000)
-    finally:
-        if collecting:
-            gc.enable()
     return samples
 
 
