@@ -20,7 +20,6 @@ from cloud_service.state import CloudState
 from service_core.http import SERVED_BY_HEADER
 from service_core.openapi import operation_problems
 from shared.errors import ClientClosedRequest, ServiceUnavailable, UnsupportedMediaType
-from shared.protocol import encode_logits
 from shared.tail_timings import BodyArrival, TailTimings
 from shared.wire import MEDIA_TYPE
 
@@ -129,7 +128,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
         data = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         content_type = _JSON
     else:
-        data = encode_logits(logits, model=loaded.name, weights=loaded.digest, cut=tail_input.cut)
+        data = model.encode_logits(logits, tail_input.cut)
         content_type = _MEDIA_TYPE_BYTES
     total = replace(timings, total_ms=(time.perf_counter() - arrived) * 1000)
     response_headers = [

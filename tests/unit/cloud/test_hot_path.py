@@ -45,5 +45,5 @@ def test_small_fixed_size_activations_decode_on_the_loop_and_compressed_ones_do_
     assert len(small) <= INLINE_DECODE_BYTES and model.cheap_to_decode(small, model.read_header(small))
     zstd = encode_activations((torch.rand(1, 512),), cut, codec="int8+zstd", **common)
     assert not model.cheap_to_decode(zstd, model.read_header(zstd))
-    big = encode_activations((torch.rand(8, 512),), cut, codec="fp32", **common)
+    big = encode_activations((torch.rand(600, 512),), cut, codec="fp32", **common)
     assert len(big) > INLINE_DECODE_BYTES and not model.cheap_to_decode(big, model.read_header(big))
