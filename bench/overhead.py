@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,22 +70,52 @@ def _load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _wrk(url: str, body: bytes, media_type: str, scratch: Path, duration_s: int) -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process and its descendants (Linux ``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / ticks
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += _cpu_s(int(child))
+    return total
+
+
+def _wrk(
+    url: str, body: bytes, media_type: str, scratch: Path, duration_s: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    """One wrk run; with ``server_pid``, also the CPU the server (its process tree) and wrk used."""
     payload = scratch / f"body-{abs(hash(body))}.bin"
     payload.write_bytes(body)
     script = scratch / f"post-{abs(hash((body, media_type)))}.lua"
     script.write_text(_LUA.format(media_type=media_type, path=payload))
     command = ["wrk", "-t1", "-c32", f"-d{duration_s}s", "--latency", "-s", str(script), url]
+    server_before = _cpu_s(server_pid) if server_pid is not None else 0.0
+    wrk_before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
+    wall = time.perf_counter() - started
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = _cpu_s(server_pid) - server_before if server_pid is not None else 0.0
+    wrk_cpu = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
     rate = _RATE.search(output)
     if rate is None:
         raise RuntimeError(f"wrk printed no rate:\n{output}")
     non_2xx = _NON_2XX.search(output)
     socket_errors = _SOCKET_ERRORS.search(output)
+    requests = float(rate.group(1)) * duration_s
     return {
         "requests_s": float(rate.group(1)),
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": socket_errors.group(1).strip() if socket_errors else "",
+        **(
+            {
+                "server_cores": round(server_cpu / wall, 3),
+                "server_cpu_ms_per_request": round(server_cpu / requests * 1000, 4),
+                "wrk_cores": round(wrk_cpu / wall, 3),
+            }
+            if server_pid is not None
+            else {}
+        ),
     }
 
 
@@ -114,23 +145,24 @@ def throughput_section(logs: Path, scratch: Path, rounds: int, duration_s: int) 
     one = start_service("cloud", common, logs)
     two = start_service("cloud", [*common, "--workers", "2"], logs)
     comparator, comparator_url = _start_comparator(logs)
-    servers: dict[str, tuple[str, bytes, str]] = {
-        "minimal Starlette comparator": (comparator_url + "/tail", minimal, "application/octet-stream"),
-        "cloud service, 1 process": (one.url + "/v1/tail", wire, MEDIA_TYPE),
-        "cloud service, --workers 2": (two.url + "/v1/tail", wire, MEDIA_TYPE),
+    servers: dict[str, tuple[str, bytes, str, int]] = {
+        "minimal Starlette comparator": (comparator_url + "/tail", minimal, "application/octet-stream", comparator.pid),
+        "cloud service, 1 process": (one.url + "/v1/tail", wire, MEDIA_TYPE, one.process.pid),
+        "cloud service, --workers 2": (two.url + "/v1/tail", wire, MEDIA_TYPE, two.process.pid),
     }
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     try:
         for service in (one, two):
             wait_until(service)
         _wait_for_workers(two.url + "/v1/tail", wire)
-        for url, body, media_type in servers.values():  # NOTE: warm-up, not recorded
+        for url, body, media_type, _ in servers.values():  # NOTE: warm-up, not recorded
             _wrk(url, body, media_type, scratch, 2)
         for round_index in range(rounds):
             order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
             for name in order:
-                url, body, media_type = servers[name]
-                samples[name].append(_wrk(url, body, media_type, scratch, duration_s) | {"load": _load_average()})
+                url, body, media_type, pid = servers[name]
+                run = _wrk(url, body, media_type, scratch, duration_s, server_pid=pid)
+                samples[name].append(run | {"load": _load_average()})
                 print(f"  round {round_index + 1} {name:32s} {samples[name][-1]['requests_s']:9.1f} req/s", flush=True)
     finally:
         for service in (one, two):
@@ -320,12 +352,15 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Throughput, `{t['load_generator']}`, {t['rounds']} alternating rounds (median):",
         "",
-        "| server | requests/s | runs |",
-        "|---|---:|---|",
+        "| server | requests/s | runs | server CPU ms / request | cores: server, wrk |",
+        "|---|---:|---|---:|---|",
     ]
     for name, rate in t["median_requests_s"].items():
         runs = ", ".join(f"{run['requests_s']:.0f}" for run in t["runs"][name])
-        lines.append(f"| {name} | {rate:,.0f} | {runs} |")
+        cpu = statistics.median(run.get("server_cpu_ms_per_request", float("nan")) for run in t["runs"][name])
+        cores = statistics.median(run.get("server_cores", float("nan")) for run in t["runs"][name])
+        wrk = statistics.median(run.get("wrk_cores", float("nan")) for run in t["runs"][name])
+        lines.append(f"| {name} | {rate:,.0f} | {runs} | {cpu:.3f} | {cores:.2f}, {wrk:.2f} |")
     lines += [
         "",
         f"Cloud / comparator: **{t['cloud_vs_comparator']:.2f}x** (target >= 0.6); "

@@ -8,6 +8,7 @@ import json
 import random
 import ssl
 import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,12 +91,19 @@ class CloudClient:
         self.breaker = breaker or CircuitBreaker(failures=5, reset_s=5.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        transport = transport or AiohttpTransport(ssl_context=context, max_connections=256, keepalive_s=30)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            transport=transport or AiohttpTransport(ssl_context=context, max_connections=256, keepalive_s=30),
+            transport=transport,
         )
+        # NOTE: /v1/tail, every request's path, goes straight to aiohttp when that is the transport (tests
+        # pass httpx.MockTransport and take httpx's path): the same pool, headers and errors.
+        self._direct = transport if isinstance(transport, AiohttpTransport) else None
+        self._tail_url = self.base_url + "/v1/tail"
+        self._auth = headers
+        self._connect_s, self._read_s = connect_timeout_s, read_timeout_s
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -122,7 +130,7 @@ class CloudClient:
 
     async def _post_with_retries(
         self, payload: bytes, request_id: str, max_reply_bytes: int
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         headers = {
             "Content-Type": MEDIA_TYPE,
             "Accept": MEDIA_TYPE,
@@ -132,11 +140,18 @@ class CloudClient:
         attempt = 0
         while True:
             try:
+                if self._direct is not None:
+                    async with self._direct.post(
+                        self._tail_url, payload, self._auth | headers, connect_s=self._connect_s, read_s=self._read_s
+                    ) as reply:
+                        limit = max_reply_bytes if reply.status == 200 else MAX_ERROR_BODY_BYTES
+                        body = await _read_bounded(reply.headers, reply.chunks, limit, truncate=reply.status != 200)
+                        return reply.status, reply.headers, body
                 async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
                     if response.status_code == 200:
-                        body = await _read_bounded(response, max_reply_bytes)
+                        body = await _read_bounded_response(response, max_reply_bytes)
                     else:  # NOTE: only its detail is used: the start of it is enough
-                        body = await _read_bounded(response, MAX_ERROR_BODY_BYTES, truncate=True)
+                        body = await _read_bounded_response(response, MAX_ERROR_BODY_BYTES, truncate=True)
                     return response.status_code, response.headers, body
             except httpx.ConnectError as exc:
                 # NOTE: a refused connection sent nothing, so retrying cannot run the tail twice.
@@ -159,7 +174,7 @@ class CloudClient:
                 ) from exc
 
     @staticmethod
-    def _raise_for_status(status: int, headers: httpx.Headers, body: bytes) -> None:
+    def _raise_for_status(status: int, headers: Mapping[str, str], body: bytes) -> None:
         if status == 200:
             return
         detail = _problem_detail(status, body)
@@ -182,7 +197,7 @@ class CloudClient:
             async with self._client.stream(
                 "GET", "/v1/info", timeout=timeout_s, headers={"Accept-Encoding": "identity"}
             ) as response:
-                body = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+                body = await _read_bounded_response(response, MAX_ERROR_BODY_BYTES)
                 status, headers = response.status_code, response.headers
         except httpx.TimeoutException as exc:
             raise CloudTimeout(f"the cloud at {self.base_url} did not answer /v1/info in time") from exc
@@ -198,31 +213,43 @@ class CloudClient:
         return info
 
 
-async def _read_bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
-    """The reply's body as sent (no decoding), refused (502) past ``limit`` bytes (``truncate``: its first
-    ``limit`` bytes) or in an encoding we did not ask for: a small compressed reply can inflate to any size."""
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise BadGateway(
-            f"the cloud's reply has Content-Encoding {sanitize(encoding, 40)!r}; this edge asked for identity"
-        )
-    declared = response.headers.get("content-length")
-    if not truncate and declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise BadGateway(f"the cloud's reply declares {sanitize(declared, 24)} bytes; the limit is {limit}")
+async def _read_bounded_response(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """:func:`_read_bounded` of an httpx response."""
     if response.is_stream_consumed:  # NOTE: an in-process transport (tests) hands over a body already read
+        _check_reply_headers(response.headers, limit, truncate)
         if truncate:
             return response.content[:limit]
         if len(response.content) > limit:
             raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
         return response.content
-    chunks: list[bytes] = []
+    return await _read_bounded(response.headers, response.aiter_raw(), limit, truncate=truncate)
+
+
+def _check_reply_headers(headers: Mapping[str, str], limit: int, truncate: bool) -> None:
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadGateway(
+            f"the cloud's reply has Content-Encoding {sanitize(encoding, 40)!r}; this edge asked for identity"
+        )
+    declared = headers.get("content-length")
+    if not truncate and declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BadGateway(f"the cloud's reply declares {sanitize(declared, 24)} bytes; the limit is {limit}")
+
+
+async def _read_bounded(
+    headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int, *, truncate: bool = False
+) -> bytes:
+    """The reply's body as sent (no decoding), refused (502) past ``limit`` bytes (``truncate``: its first
+    ``limit`` bytes) or in an encoding we did not ask for: a small compressed reply can inflate to any size."""
+    _check_reply_headers(headers, limit, truncate)
+    received_chunks: list[bytes] = []
     received = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in chunks:
         received += len(chunk)
         if received > limit and truncate:
-            chunks.append(chunk[: limit - (received - len(chunk))])
+            received_chunks.append(chunk[: limit - (received - len(chunk))])
             break
         if received > limit:
             raise BadGateway(f"the cloud's reply exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        received_chunks.append(chunk)
+    return b"".join(received_chunks)

@@ -11,15 +11,19 @@ httpx's so the client's handling of them is unchanged.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "DirectReply"]
 
 # NOTE: aiohttp writes these itself (from the URL and the body); passing httpx's too would duplicate them.
 _OWN_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_SKIPPED = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+"""Headers aiohttp would add on its own: the caller's, or none."""
 
 
 def _httpx_error(exc: Exception, request: httpx.Request) -> httpx.HTTPError:
@@ -38,17 +42,33 @@ def _httpx_error(exc: Exception, request: httpx.Request) -> httpx.HTTPError:
     return httpx.TransportError(message, request=request)
 
 
+@dataclass(frozen=True)
+class DirectReply:
+    """A reply of :meth:`AiohttpTransport.post`: its body still to be read from ``chunks``."""
+
+    status: int
+    headers: Mapping[str, str]
+    """Case-insensitive, as received."""
+    chunks: AsyncIterator[bytes]
+    """The body as sent; aiohttp's failures raised as httpx's errors."""
+
+
+async def _chunks(response: aiohttp.ClientResponse, request: httpx.Request | None, url: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise _httpx_error(exc, request or httpx.Request("POST", url)) from exc
+
+
 class _ReplyStream(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
         self._response = response
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise _httpx_error(exc, self._request) from exc
+        async for chunk in _chunks(self._response, self._request, str(self._request.url)):
+            yield chunk
 
     async def aclose(self) -> None:
         # NOTE: a reply read to its end goes back to the pool; one abandoned half-way closes its connection.
@@ -75,6 +95,30 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         return self._session
 
+    @asynccontextmanager
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, connect_s: float | None, read_s: float | None
+    ) -> AsyncIterator[DirectReply]:
+        """POST ``body`` through the same pool without building httpx's request and response (about 0.6 ms
+        of CPU per exchange here): the cloud client's hot path. Failures raise the same httpx errors."""
+        timeout = aiohttp.ClientTimeout(sock_connect=connect_s, sock_read=read_s)
+        try:
+            response = await self._open().request(
+                "POST",
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                skip_auto_headers=_SKIPPED,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _httpx_error(exc, httpx.Request("POST", url)) from exc
+        try:
+            yield DirectReply(response.status, response.headers, _chunks(response, None, url))
+        finally:
+            response.release()  # NOTE: as _ReplyStream.aclose: back to the pool only if read to its end
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read"))
@@ -92,7 +136,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                skip_auto_headers=_SKIPPED,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _httpx_error(exc, request) from exc
