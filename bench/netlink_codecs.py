@@ -4,8 +4,11 @@
     sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py --quick --no-doc    # a smoke run
 
 The testbed is bench/netlink.py's (imported, not copied): namespaces ``si-edge``/``si-cloud``, ``tc tbf``
-at 5 Mbit/s (but with a bucket of two frames, :func:`bench.netlink.packet_burst`, not netlink.py's 16 KB), the delaying relay adding 50 ms of RTT, the edge's cgroup at ``--edge-cpu`` of one core. Per
-model it profiles the edge (in the cgroup) and the cloud once (``shared.planning.PROFILE_CODECS``), then
+at 5 Mbit/s (with a bucket of two frames, :func:`bench.netlink.packet_burst`, not netlink.py's 16 KB under
+which a payload of up to 16 KB crosses at the veth's speed), the delaying relay adding 50 ms of RTT, the
+edge's cgroup at ``--edge-cpu`` of one core. Per model it profiles the edge (in the cgroup: its times are
+taken as under that quota, see ``shared.planning.profile_model``) and the cloud once
+(``shared.planning.PROFILE_CODECS``), then
 starts one cloud and TWO edges with ``--cut auto`` in the same cgroup, through the same relay and link:
 
 * ``old``: today's best, the planner given only the codecs that existed before issue 16 (``fp32``,
