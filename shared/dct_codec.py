@@ -69,6 +69,7 @@ class _MapLayout:
     band_of: torch.Tensor  # the band of every position, in the tensor's order
     order: torch.Tensor  # the positions in stream (band-major, stable) order
     sorted_bands: np.ndarray  # the band of every position in stream order
+    sorted_bands_tensor: torch.Tensor  # the same, as a tensor
     band_slices: tuple[tuple[int, int], ...]  # each band's positions in stream order: [start, end)
     dc_row: np.ndarray  # which positions of a row are DC terms, in stream order
 
@@ -88,7 +89,7 @@ def _map_layout_of(shape: tuple[int, ...]) -> _MapLayout:
     for array in (sorted_np, dc_row):
         array.flags.writeable = False
     slices = tuple((edges[b], edges[b + 1]) for b in range(BANDS))
-    return _MapLayout(band_of, order, sorted_np, slices, dc_row)
+    return _MapLayout(band_of, order, sorted_np, sorted_bands, slices, dc_row)
 
 
 def _dc_mask(samples: int, channels: int, layout: _MapLayout) -> np.ndarray:
@@ -106,12 +107,12 @@ def dct_components(shape: tuple[int, ...]) -> dict[str, tuple[torch.dtype, tuple
     }
 
 
-def _model_scales(bands: np.ndarray, spread: np.ndarray, sorted_bands: np.ndarray) -> np.ndarray:
-    """The Laplace scale (float64) of every symbol, ``[N, C, P]``, in the band-major order of the stream
-    (``sorted_bands``: the band of each position in that order)."""
+def _band_scales(bands: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """The Laplace scale (float64) of the symbols of every sample, channel and band, ``[N, C, BANDS]`` (every
+    symbol's scale is its band's: computed per band, not per symbol)."""
     channel = np.exp2((spread.astype(np.float64) - 128.0) / 16.0)  # N, C
     per_band = bands.astype(np.float64)[:, None, :] * channel[:, :, None]  # N, C, BANDS
-    scales: np.ndarray = np.maximum(per_band[:, :, sorted_bands], MIN_SCALE)
+    scales: np.ndarray = np.maximum(per_band, MIN_SCALE)
     return scales
 
 
@@ -130,15 +131,21 @@ def _class_model(k: int) -> object:
     return constriction.stream.model.Categorical(probabilities / probabilities.sum(), perfect=False)
 
 
-def _split(scales: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The stream's groups: the positions of the DC symbols, then those of every class, each in increasing
-    order (one stable sort by group instead of a scan per class)."""
-    group = (np.where(dc, -1, _classes(scales)) + 1).astype(np.uint8)  # NOTE: 0 is DC, 1 + k class k
+def _split(
+    band_scales: np.ndarray, layout: _MapLayout, samples: int, channels: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The stream's groups: the positions of the DC symbols and their scales, then the positions of every
+    class, each in increasing order (one stable sort by group instead of a scan per class)."""
+    classes = _classes(band_scales)[:, :, layout.sorted_bands].reshape(-1)  # NOTE: a class per band, spread out
+    dc = _dc_mask(samples, channels, layout)
+    group = (np.where(dc, -1, classes) + 1).astype(np.uint8)  # NOTE: 0 is DC, 1 + k class k
     by_group = np.argsort(group, kind="stable")  # NOTE: a radix sort for 8-bit keys
     ends = np.cumsum(np.bincount(group, minlength=_CLASSES + 1)).tolist()
     starts = [0, *ends[:-1]]
     parts = [by_group[start:end] for start, end in zip(starts, ends, strict=True)]
-    return parts[0], parts[1:]
+    # NOTE: every DC term is in band 0; rows come in order, each with the same DC positions
+    dc_scales = np.repeat(band_scales[:, :, 0].reshape(-1), int(layout.dc_row.sum()))
+    return parts[0], dc_scales, parts[1:]
 
 
 def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.Tensor]:
@@ -173,13 +180,11 @@ def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.T
         ],
         dim=1,
     ).clamp_min(MIN_SCALE).float()  # fmt: skip
-    sorted_bands = torch.from_numpy(layout.sorted_bands.copy())
-    relative = magnitude / bands.double()[:, None, :][:, :, sorted_bands]
+    relative = magnitude / bands.double()[:, None, :][:, :, layout.sorted_bands_tensor]
     ratio = relative.mean(dim=2).clamp_min(1e-6) if positions else torch.ones(samples, channels, dtype=torch.float64)
     spread = torch.clamp(torch.round(torch.log2(ratio) * 16 + 128), 0, 255).to(torch.uint8)
     symbols = q.to(torch.int32).numpy().reshape(-1)
-    scales = _model_scales(bands.numpy(), spread.numpy(), layout.sorted_bands).reshape(-1)
-    dc_index, groups = _split(scales, _dc_mask(samples, channels, layout))
+    dc_index, dc_scales, groups = _split(_band_scales(bands.numpy(), spread.numpy()), layout, samples, channels)
     ac_symbols = np.clip(symbols, -AC_LIMIT, AC_LIMIT) + AC_LIMIT
     coder = constriction.stream.stack.AnsCoder()
     for k in reversed(range(_CLASSES)):
@@ -187,7 +192,7 @@ def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.T
             coder.encode_reverse(ac_symbols[groups[k]], _class_model(k))
     if dc_index.size:
         laplace = constriction.stream.model.QuantizedLaplace(-LIMIT, LIMIT)
-        coder.encode_reverse(symbols[dc_index], laplace, np.zeros(dc_index.size), scales[dc_index])
+        coder.encode_reverse(symbols[dc_index], laplace, np.zeros(dc_index.size), dc_scales)
     words = coder.get_compressed().astype("<u4")
     return {
         "": torch.from_numpy(words.view(np.uint8).copy()),
@@ -214,14 +219,13 @@ def dct_decode(parts: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> tor
         )
     q = np.zeros(count, dtype=np.int32)
     if count:
-        scales = _model_scales(bands.numpy(), spread.numpy(), layout.sorted_bands).reshape(-1)
-        dc_index, groups = _split(scales, _dc_mask(samples, channels, layout))
+        dc_index, dc_scales, groups = _split(_band_scales(bands.numpy(), spread.numpy()), layout, samples, channels)
         words = stream.numpy().view("<u4").astype(np.uint32)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             if dc_index.size:
                 laplace = constriction.stream.model.QuantizedLaplace(-LIMIT, LIMIT)
-                q[dc_index] = coder.decode(laplace, np.zeros(dc_index.size), scales[dc_index])
+                q[dc_index] = coder.decode(laplace, np.zeros(dc_index.size), dc_scales)
             for k in range(_CLASSES):
                 if groups[k].size:
                     q[groups[k]] = np.asarray(coder.decode(_class_model(k), groups[k].size)) - AC_LIMIT
