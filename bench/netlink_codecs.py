@@ -4,8 +4,11 @@
     sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py --quick --no-doc    # a smoke run
 
 The testbed is bench/netlink.py's (imported, not copied): namespaces ``si-edge``/``si-cloud``, ``tc tbf``
-at 5 Mbit/s, the delaying relay adding 50 ms of RTT, the edge's cgroup at ``--edge-cpu`` of one core. Per
-model it profiles the edge (in the cgroup) and the cloud once (``shared.planning.PROFILE_CODECS``), then
+at 5 Mbit/s (with a bucket of two frames, :func:`bench.netlink.packet_burst`, not netlink.py's 16 KB under
+which a payload of up to 16 KB crosses at the veth's speed), the delaying relay adding 50 ms of RTT, the
+edge's cgroup at ``--edge-cpu`` of one core. Per model it profiles the edge (in the cgroup: its times are
+taken as under that quota, see ``shared.planning.profile_model``) and the cloud once
+(``shared.planning.PROFILE_CODECS``), then
 starts one cloud and TWO edges with ``--cut auto`` in the same cgroup, through the same relay and link:
 
 * ``old``: today's best, the planner given only the codecs that existed before issue 16 (``fp32``,
@@ -48,6 +51,7 @@ from bench.netlink import (
     Link,
     Processes,
     in_netns,
+    packet_burst,
     photo_like,
     profile,
     shape,
@@ -181,7 +185,7 @@ def run_model(model: str, weights: str, args: argparse.Namespace, work: Path, im
     plans = {"old": planned(old_edge, old_cloud), "new": planned(edge_profile, cloud_profile)}
     print(f"  profiles' picks on {LINK.name}: {plans}")
     delay_file = work / "delay_ms"
-    shape(LINK, delay_file)
+    shape(LINK, delay_file, burst=packet_burst(LINK))
     processes = Processes(work)
     try:
         start_services(processes, model, weights, work, delay_file)
@@ -198,6 +202,7 @@ def run_model(model: str, weights: str, args: argparse.Namespace, work: Path, im
         "weights": "real (packaged ImageNet)" if weights == "DEFAULT" else "random (seed 0)",
         "profiled_codecs": sorted({c.codec for cut in edge_profile.cuts for c in cut.codecs}),
         "profile_s": round(profiled_s),
+        "edge_profile_cpu_quota": edge_profile.cpu_quota,
         "profiles_pick": plans,
         "old": sides["old"],
         "new": sides["new"],
@@ -233,7 +238,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['load_average']['before']} / {results['load_average']['after']}, {results['elapsed_s']} s in all. "
         "Raw numbers: `bench/results/netlink_codecs.json`.",
         "",
-        f"Link {LINK.name} (bench/netlink.py's testbed: `tc tbf` rate, delaying relay); the edge capped at "
+        f"Link {LINK.name} (bench/netlink.py's testbed: `tc tbf` rate, delaying relay), with a tbf bucket of "
+        f"{results.get('tbf_burst_bytes', 16_000):,} B"
+        + (
+            " (two frames: a payload crosses at the link's rate, as on a real link; `bench/netlink.py` itself uses "
+            "16 KB, under which a payload crosses at the veth's speed between sequential requests, "
+            "`bench/results/tbf_burst.txt`)"
+            if "tbf_burst_bytes" in results
+            else " (bench/netlink.py's default: a payload under about 16 KB crosses at the veth's speed)"
+        )
+        + "; the edge capped at "
         f"{results['edge_cpu']:.0%} of a core, one torch thread each process. One cloud, two edges with `--cut auto` "
         "in that one cgroup (one request at a time), through the same relay: **old** = the planner given only the "
         "codecs that existed "
@@ -260,6 +274,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['top1_agreement']:.0%} |"
             )
     lines.append("")
+    quotas = {data.get("edge_profile_cpu_quota") for data in results["models"].values()}
+    if quotas != {None}:
+        lines += [
+            "The edge's profile was timed as under its CPU quota ("
+            + ", ".join(f"{q:g}" for q in sorted(q for q in quotas if q is not None))
+            + " cores, read from its cgroup): each time is the longer of wall time and CPU time over the quota "
+            "(a short encode timed alone fits in one period's quota and looks 4x faster than a request sees it).",
+            "",
+        ]
     for model, data in results["models"].items():
         verdict = "yes" if data["new_faster"] else "no"
         lines.append(
@@ -286,6 +309,7 @@ def inside(args: argparse.Namespace) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": {"before": " ".join(f"{x:.2f}" for x in os.getloadavg())},
         "link": LINK.name,
+        "tbf_burst_bytes": packet_burst(LINK),
         "edge_cpu": args.edge_cpu,
         "images": f"{len(images)} camera-like 1280x960 JPEGs (~{statistics.fmean(map(len, images)) / 1000:.0f} KB)",
         "requests": args.requests,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,6 +48,11 @@ _ROUNDS = 3
 
 def _layout(shape: tuple[int, ...]) -> tuple[int, int, int, torch.Tensor]:
     """``(samples, channels, positions, band of each position)`` of a tensor of ``shape``."""
+    return _layout_of(tuple(shape))
+
+
+@functools.lru_cache(maxsize=64)  # NOTE: the band tensor is read, never written
+def _layout_of(shape: tuple[int, ...]) -> tuple[int, int, int, torch.Tensor]:
     samples = shape[0] if shape else 1
     if transformable(shape):
         return samples, shape[1], shape[2] * shape[3], band_index(shape[2], shape[3]).reshape(-1)
@@ -55,10 +61,40 @@ def _layout(shape: tuple[int, ...]) -> tuple[int, int, int, torch.Tensor]:
     return samples, channels, positions, torch.zeros(positions, dtype=torch.int64)
 
 
-def _dc_mask(samples: int, channels: int, band_of: torch.Tensor, transformed: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class _MapLayout:
+    """What depends only on the shape of one row's positions: computed once per shape (the encoder and the
+    decoder of a cut see the same shape on every request). Nothing here is ever written to."""
+
+    band_of: torch.Tensor  # the band of every position, in the tensor's order
+    order: torch.Tensor  # the positions in stream (band-major, stable) order
+    sorted_bands: np.ndarray  # the band of every position in stream order
+    sorted_bands_tensor: torch.Tensor  # the same, as a tensor
+    band_slices: tuple[tuple[int, int], ...]  # each band's positions in stream order: [start, end)
+    dc_row: np.ndarray  # which positions of a row are DC terms, in stream order
+
+
+def _map_layout(shape: tuple[int, ...]) -> _MapLayout:
+    return _map_layout_of(tuple(shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _map_layout_of(shape: tuple[int, ...]) -> _MapLayout:
+    _, _, _, band_of = _layout(shape)
+    order = torch.argsort(band_of, stable=True)
+    sorted_bands = torch.sort(band_of).values
+    edges = torch.searchsorted(sorted_bands, torch.arange(BANDS + 1)).tolist()
+    sorted_np = sorted_bands.numpy().copy()
+    dc_row = (sorted_np == 0) & transformable(shape)
+    for array in (sorted_np, dc_row):
+        array.flags.writeable = False
+    slices = tuple((edges[b], edges[b + 1]) for b in range(BANDS))
+    return _MapLayout(band_of, order, sorted_np, sorted_bands, slices, dc_row)
+
+
+def _dc_mask(samples: int, channels: int, layout: _MapLayout) -> np.ndarray:
     """Which symbols (in stream order) are DC terms: band 0 of a transformed tensor."""
-    per_row = (torch.sort(band_of).values == 0).numpy() & transformed
-    return np.tile(per_row, samples * channels)
+    return np.tile(layout.dc_row, samples * channels)
 
 
 def dct_components(shape: tuple[int, ...]) -> dict[str, tuple[torch.dtype, tuple[int | None, ...]]]:
@@ -71,11 +107,12 @@ def dct_components(shape: tuple[int, ...]) -> dict[str, tuple[torch.dtype, tuple
     }
 
 
-def _model_scales(bands: np.ndarray, spread: np.ndarray, band_of: np.ndarray) -> np.ndarray:
-    """The Laplace scale (float64) of every symbol, ``[N, C, P]``, in the band-major order of the stream."""
+def _band_scales(bands: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """The Laplace scale (float64) of the symbols of every sample, channel and band, ``[N, C, BANDS]`` (every
+    symbol's scale is its band's: computed per band, not per symbol)."""
     channel = np.exp2((spread.astype(np.float64) - 128.0) / 16.0)  # N, C
     per_band = bands.astype(np.float64)[:, None, :] * channel[:, :, None]  # N, C, BANDS
-    scales: np.ndarray = np.maximum(per_band[:, :, np.sort(band_of)], MIN_SCALE)
+    scales: np.ndarray = np.maximum(per_band, MIN_SCALE)
     return scales
 
 
@@ -94,14 +131,21 @@ def _class_model(k: int) -> object:
     return constriction.stream.model.Categorical(probabilities / probabilities.sum(), perfect=False)
 
 
-def _split(symbols: np.ndarray, scales: np.ndarray, dc: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The stream's groups: the positions of the DC symbols, then those of every used class."""
-    ac_classes = np.where(dc, -1, _classes(scales))
-    return np.flatnonzero(dc), [np.flatnonzero(ac_classes == k) for k in range(_CLASSES)]
-
-
-def _order(band_of: torch.Tensor) -> torch.Tensor:
-    return torch.argsort(band_of, stable=True)
+def _split(
+    band_scales: np.ndarray, layout: _MapLayout, samples: int, channels: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The stream's groups: the positions of the DC symbols and their scales, then the positions of every
+    class, each in increasing order (one stable sort by group instead of a scan per class)."""
+    classes = _classes(band_scales)[:, :, layout.sorted_bands].reshape(-1)  # NOTE: a class per band, spread out
+    dc = _dc_mask(samples, channels, layout)
+    group = (np.where(dc, -1, classes) + 1).astype(np.uint8)  # NOTE: 0 is DC, 1 + k class k
+    by_group = np.argsort(group, kind="stable")  # NOTE: a radix sort for 8-bit keys
+    ends = np.cumsum(np.bincount(group, minlength=_CLASSES + 1)).tolist()
+    starts = [0, *ends[:-1]]
+    parts = [by_group[start:end] for start, end in zip(starts, ends, strict=True)]
+    # NOTE: every DC term is in band 0; rows come in order, each with the same DC positions
+    dc_scales = np.repeat(band_scales[:, :, 0].reshape(-1), int(layout.dc_row.sum()))
+    return parts[0], dc_scales, parts[1:]
 
 
 def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.Tensor]:
@@ -110,10 +154,11 @@ def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.T
     if not 0 < relative_error < 1:
         raise ValueError(f"relative error budget must be in (0, 1), got {relative_error}")
     shape = tuple(tensor.shape)
-    samples, channels, positions, band_of = _layout(shape)
+    samples, channels, positions, _ = _layout(shape)
+    layout = _map_layout(shape)
     values = tensor.detach().float()
     coefficients = dct2(values) if transformable(shape) else values
-    y = coefficients.reshape(samples, channels, positions)[:, :, _order(band_of)]
+    y = coefficients.reshape(samples, channels, positions)[:, :, layout.order]
     norm = values.reshape(samples, -1).norm(dim=1).clamp_min(1e-30)
     count = max(channels * positions, 1)
     step = math.sqrt(12) * relative_error * norm / math.sqrt(count)
@@ -124,30 +169,30 @@ def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.T
             break
         step = step * (relative_error / achieved.clamp_min(1e-30)).clamp(max=1.0) * 0.97
     step = torch.where(step > 0, step, torch.ones_like(step))
-    sorted_bands = torch.sort(band_of).values
     magnitude = q.abs().double()
+    # NOTE: each band's positions are one slice in stream order; made contiguous, it is the very tensor a
+    # boolean mask would select, so the mean (and the payload) is bit for bit the same
     bands = torch.stack(
         [
-            magnitude[:, :, sorted_bands == b].mean(dim=(1, 2)) if bool((sorted_bands == b).any()) else
+            magnitude[:, :, start:end].contiguous().mean(dim=(1, 2)) if end > start else
             torch.zeros(samples, dtype=torch.float64)
-            for b in range(BANDS)
+            for start, end in layout.band_slices
         ],
         dim=1,
     ).clamp_min(MIN_SCALE).float()  # fmt: skip
-    relative = magnitude / bands.double()[:, None, :][:, :, sorted_bands]
+    relative = magnitude / bands.double()[:, None, :][:, :, layout.sorted_bands_tensor]
     ratio = relative.mean(dim=2).clamp_min(1e-6) if positions else torch.ones(samples, channels, dtype=torch.float64)
     spread = torch.clamp(torch.round(torch.log2(ratio) * 16 + 128), 0, 255).to(torch.uint8)
     symbols = q.to(torch.int32).numpy().reshape(-1)
-    scales = _model_scales(bands.numpy(), spread.numpy(), band_of.numpy()).reshape(-1)
-    dc = _dc_mask(samples, channels, band_of, transformable(shape))
-    dc_index, groups = _split(symbols, scales, dc)
+    dc_index, dc_scales, groups = _split(_band_scales(bands.numpy(), spread.numpy()), layout, samples, channels)
+    ac_symbols = np.clip(symbols, -AC_LIMIT, AC_LIMIT) + AC_LIMIT
     coder = constriction.stream.stack.AnsCoder()
     for k in reversed(range(_CLASSES)):
         if groups[k].size:
-            coder.encode_reverse(np.clip(symbols[groups[k]], -AC_LIMIT, AC_LIMIT) + AC_LIMIT, _class_model(k))
+            coder.encode_reverse(ac_symbols[groups[k]], _class_model(k))
     if dc_index.size:
         laplace = constriction.stream.model.QuantizedLaplace(-LIMIT, LIMIT)
-        coder.encode_reverse(symbols[dc_index], laplace, np.zeros(dc_index.size), scales[dc_index])
+        coder.encode_reverse(symbols[dc_index], laplace, np.zeros(dc_index.size), dc_scales)
     words = coder.get_compressed().astype("<u4")
     return {
         "": torch.from_numpy(words.view(np.uint8).copy()),
@@ -160,7 +205,8 @@ def dct_encode(tensor: torch.Tensor, relative_error: float) -> dict[str, torch.T
 def dct_decode(parts: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
     import constriction
 
-    samples, channels, positions, band_of = _layout(shape)
+    samples, channels, positions, _ = _layout(shape)
+    layout = _map_layout(shape)
     step, bands, spread, stream = parts[".step"], parts[".bands"], parts[".spread"], parts[""]
     for name, values in ((".step", step), (".bands", bands)):
         if not bool(torch.isfinite(values).all()) or not bool((values > 0).all()):
@@ -173,15 +219,13 @@ def dct_decode(parts: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> tor
         )
     q = np.zeros(count, dtype=np.int32)
     if count:
-        scales = _model_scales(bands.numpy(), spread.numpy(), band_of.numpy()).reshape(-1)
-        dc = _dc_mask(samples, channels, band_of, transformable(shape))
-        dc_index, groups = _split(q, scales, dc)
+        dc_index, dc_scales, groups = _split(_band_scales(bands.numpy(), spread.numpy()), layout, samples, channels)
         words = stream.numpy().view("<u4").astype(np.uint32)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             if dc_index.size:
                 laplace = constriction.stream.model.QuantizedLaplace(-LIMIT, LIMIT)
-                q[dc_index] = coder.decode(laplace, np.zeros(dc_index.size), scales[dc_index])
+                q[dc_index] = coder.decode(laplace, np.zeros(dc_index.size), dc_scales)
             for k in range(_CLASSES):
                 if groups[k].size:
                     q[groups[k]] = np.asarray(coder.decode(_class_model(k), groups[k].size)) - AC_LIMIT
@@ -189,6 +233,6 @@ def dct_decode(parts: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> tor
             raise MalformedPayload(f"dct stream cannot be decoded: {exc}") from exc
     ordered = torch.from_numpy(q).reshape(samples, channels, positions).float() * step[:, None, None]
     coefficients = torch.empty_like(ordered)
-    coefficients[:, :, _order(band_of)] = ordered
+    coefficients[:, :, layout.order] = ordered
     coefficients = coefficients.reshape(shape)
     return idct2(coefficients) if transformable(shape) else coefficients

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from shared.cores import cpu_quota_cores
 from shared.models import LoadedModel
 from shared.preprocessing import ImageLimits, decode_image
 from shared.protocol import (
@@ -99,6 +100,7 @@ class Profile:
     engine: str = "torch"  # torch, onnxruntime or openvino (a profile is of a model, cut, codec and engine)
     precision: str = "f32"  # engine openvino's precision (f32 or bf16); f32 for the others
     spread: float = 0.0  # the largest interquartile range / median of a cut's repeated head or tail times
+    cpu_quota: float | None = None  # the CPU quota (cores) the times were taken under: see profile_model
 
     @property
     def engine_label(self) -> str:
@@ -131,8 +133,33 @@ class Profile:
         return cls(**data, cuts=cuts)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    return statistics.median(_interleaved_ms([fn], repeats)[0])
+@dataclass(frozen=True)
+class _Stopwatch:
+    """Times work as a request will see it: wall time, or, inside a CPU quota (``cpu_quota`` cores), the
+    process's CPU time over the quota when that is longer.
+
+    NOTE: under a CFS quota, work shorter than the slice left in the current period runs at full speed, so a
+    short encode timed alone looks as fast as on an uncapped machine; a request, which runs many such pieces
+    back to back, gets only ``cpu_quota`` of a core on average. CPU time over the quota is that steady-state
+    time (e.g. 1 ms of CPU is 4 ms at 0.25 core)."""
+
+    cpu_quota: float | None = None
+
+    def start(self) -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def ms(self, started: tuple[float, float]) -> float:
+        wall_ms = (time.perf_counter() - started[0]) * 1000
+        if self.cpu_quota is None:
+            return wall_ms
+        return max(wall_ms, (time.process_time() - started[1]) * 1000 / self.cpu_quota)
+
+
+_WALL = _Stopwatch()
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, watch: _Stopwatch = _WALL) -> float:
+    return statistics.median(_interleaved_ms([fn], repeats, watch=watch)[0])
 
 
 @contextmanager
@@ -148,38 +175,44 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _timed_over(fn: Callable[[In], Out], inputs: Sequence[In], repeats: int) -> tuple[list[Out], float]:
-    """``fn`` of every input, and its median time (ms) over ``repeats`` runs (at least one per input but the
-    first) that cycle through the inputs after an unmeasured warm-up run on the first: the runs the profile
-    needs anyway (each image's payload, each payload decoded) are the ones timed."""
+def _timed_over(
+    fn: Callable[[In], Out], inputs: Sequence[In], repeats: int, watch: _Stopwatch = _WALL
+) -> tuple[list[Out], float]:
+    """``fn`` of every input, and its median time (ms, by ``watch``) over ``repeats`` runs (at least one per
+    input but the first) that cycle through the inputs after an unmeasured warm-up run on the first: the runs
+    the profile needs anyway (each image's payload, each payload decoded) are the ones timed."""
     outputs: dict[int, Out] = {0: fn(inputs[0])}
     times: list[float] = []
     with _gc_paused():
         for run in range(1, 1 + max(repeats, len(inputs) - 1)):
             index = run % len(inputs)
-            started = time.perf_counter()
+            started = watch.start()
             output = fn(inputs[index])
-            times.append((time.perf_counter() - started) * 1000)
+            times.append(watch.ms(started))
             outputs.setdefault(index, output)
     return [outputs[index] for index in range(len(inputs))], statistics.median(times)
 
 
 def _interleaved_ms(
-    fns: Sequence[Callable[[], object]], repeats: int, sync: Callable[[], None] | None = None
+    fns: Sequence[Callable[[], object]],
+    repeats: int,
+    sync: Callable[[], None] | None = None,
+    *,
+    watch: _Stopwatch = _WALL,
 ) -> list[list[float]]:
-    """``repeats`` times of each of ``fns`` (ms), measured in rounds that run each once in turn (drift hits
-    them alike), after one unmeasured warm-up round; ``sync`` waits for the device after each run (CUDA
-    kernels are asynchronous: without it only their launch is timed)."""
+    """``repeats`` times of each of ``fns`` (ms, by ``watch``), measured in rounds that run each once in turn
+    (drift hits them alike), after one unmeasured warm-up round; ``sync`` waits for the device after each run
+    (CUDA kernels are asynchronous: without it only their launch is timed)."""
     samples: list[list[float]] = [[] for _ in fns]
     with _gc_paused():
         for round_index in range(repeats + 1):
             for fn, times in zip(fns, samples, strict=True):
-                started = time.perf_counter()
+                started = watch.start()
                 fn()
                 if sync is not None:
                     sync()
                 if round_index:
-                    times.append((time.perf_counter() - started) * 1000)
+                    times.append(watch.ms(started))
     return samples
 
 
@@ -209,12 +242,21 @@ def profile_model(
     engine: str = "torch",
     onnx_threads: int = 1,
     openvino_precision: str = "f32",
+    cpu_quota: float | Literal["detect"] | None = "detect",
 ) -> Profile:
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
 
     Times are medians over ``repeats`` runs on the first image; payload sizes and codec errors are
-    means over all ``images`` (compressed sizes depend on the picture).
+    means over all ``images`` (compressed sizes depend on the picture). ``cpu_quota`` is the CPU quota
+    in cores this process runs under (``"detect"``: read from its cgroup; ``None``: none): with one,
+    every time is the longer of the wall time and the process's CPU time over the quota, the time a
+    request sees once the quota throttles it (a short piece of work timed alone often fits in one
+    period's quota and runs at full speed).
     """
+    quota = cpu_quota_cores() if cpu_quota == "detect" else cpu_quota
+    if quota is not None and quota <= 0:
+        raise ValueError(f"cpu_quota must be positive cores or None, not {quota}")
+    watch = _Stopwatch(quota)
     graph = loaded.graph()
     target = torch.device(device)
     loaded.module.to(target)
@@ -230,8 +272,9 @@ def profile_model(
     )
     profile.engine = engine
     profile.precision = openvino_precision if engine == "openvino" else "f32"
-    profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats)
-    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats)
+    profile.cpu_quota = quota
+    profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats, watch)
+    profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats, watch)
     common = {"model": loaded.name, "weights": loaded.digest}
     profile.reply_bytes = float(len(encode_logits(references[0], cut=OUTPUT_CUT, **common)))
     candidates = graph.cuts if all_cuts else graph.single_tensor_cuts()
@@ -248,12 +291,12 @@ def profile_model(
             shipped = tuple(_to(t, target) for t in shipped_all[0])
             timed += [partial(head, batch), partial(tail, *shipped)]
             if cut.name == INPUT_CUT:
-                measured = [_profile_images(loaded, images, decoded, limits, repeats)]
+                measured = [_profile_images(loaded, images, decoded, limits, repeats, watch)]
             elif cut.name == OUTPUT_CUT:
                 measured = []
             else:
                 measured = [
-                    _profile_codec(codec, cut, shipped_all, tail, target, references, limits, repeats, common)
+                    _profile_codec(codec, cut, shipped_all, tail, target, references, limits, repeats, common, watch)
                     for codec in codecs
                 ]
         measured_codecs.append(tuple(measured))
@@ -262,7 +305,7 @@ def profile_model(
     if progress is not None:
         progress("timing")
     with torch.inference_mode():
-        times = _interleaved_ms(timed, repeats, sync)
+        times = _interleaved_ms(timed, repeats, sync, watch=watch)
     for index, (cut, codec_profiles) in enumerate(zip(candidates, measured_codecs, strict=True)):
         head_times, tail_times = times[2 * index], times[2 * index + 1]
         profile.spread = max(profile.spread, _spread(head_times), _spread(tail_times))
@@ -300,7 +343,12 @@ def _to(value: Any, device: torch.device) -> Any:
 
 
 def _profile_images(
-    loaded: LoadedModel, images: Sequence[bytes], decoded: Sequence[Any], limits: WireLimits, repeats: int
+    loaded: LoadedModel,
+    images: Sequence[bytes],
+    decoded: Sequence[Any],
+    limits: WireLimits,
+    repeats: int,
+    watch: _Stopwatch = _WALL,
 ) -> CodecProfile:
     """Cut ``input``: the received image shipped as is; "decode" is the cloud's whole path to a batch."""
     common = {"model": loaded.name, "weights": loaded.digest}
@@ -316,7 +364,8 @@ def _profile_images(
         return images_from_payload(payload, loaded.preprocessor, ImageLimits(), limits)
 
     size = statistics.fmean(len(encode(i)) for i in range(len(images)))
-    return CodecProfile("image", float(size), _median_ms(encode, repeats), _median_ms(decode, repeats), 0.0)
+    encode_ms, decode_ms = _median_ms(encode, repeats, watch), _median_ms(decode, repeats, watch)
+    return CodecProfile("image", float(size), encode_ms, decode_ms, 0.0)
 
 
 def _profile_codec(
@@ -329,6 +378,7 @@ def _profile_codec(
     limits: WireLimits,
     repeats: int,
     common: dict[str, str],
+    watch: _Stopwatch = _WALL,
 ) -> CodecProfile:
     expected = expected_for_cut(cut)
 
@@ -338,8 +388,8 @@ def _profile_codec(
     def decode(data: bytes) -> Any:
         return decode_payload(data, kind="activations", expected=expected, limits=limits, **common)
 
-    payloads, encode_ms = _timed_over(encode, shipped_all, repeats)
-    decoded, decode_ms = _timed_over(decode, payloads, repeats)
+    payloads, encode_ms = _timed_over(encode, shipped_all, repeats, watch)
+    decoded, decode_ms = _timed_over(decode, payloads, repeats, watch)
     if cut.values:  # NOTE: values such as the batch size are per payload: one tail run each
         outputs = [tail(*(_to(t, target) for t in d.arguments)).float().cpu() for d in decoded]
     else:  # NOTE: one tail run for every image: the same logits, a fraction of the profile's time

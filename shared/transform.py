@@ -13,6 +13,7 @@ entropy model (their statistics differ by an order of magnitude), see :mod:`shar
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,7 @@ def transformable(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4
 
 
+@functools.lru_cache(maxsize=32)  # NOTE: one per map size; read, never written (only matmul uses it)
 def _matrix(n: int) -> torch.Tensor:
     k = torch.arange(n, dtype=torch.float64)[:, None]
     i = torch.arange(n, dtype=torch.float64)[None, :]

@@ -373,12 +373,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             engine=args.engine,
             onnx_threads=args.onnx_threads,
             openvino_precision=args.openvino_precision,
+            cpu_quota="detect" if args.cpu_quota is None else (args.cpu_quota or None),
         )
     profile.save(args.output)
     elapsed = time.perf_counter() - started
+    quota = f", timed as under its CPU quota of {profile.cpu_quota:g} cores" if profile.cpu_quota else ""
     print(
         f"wrote {args.output}: {len(profile.cuts)} cuts of {args.model} on {args.device} ({args.engine}) in "
-        f"{elapsed:.1f} s"
+        f"{elapsed:.1f} s{quota}"
     )
     if profile.spread > _PROFILE_SPREAD_WARNING:
         print(
@@ -604,6 +606,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     profile.add_argument("--onnx-threads", type=int, default=1, help="threads (engines onnxruntime, openvino)")
     profile.add_argument(
         "--openvino-precision", choices=["f32", "bf16"], default="f32", help="engine openvino's precision"
+    )
+    profile.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=None,
+        metavar="CORES",
+        help="the CPU quota the times are taken under (default: read from this process's cgroup; 0: none): times "
+        "are then the longer of wall time and CPU time / quota, what a request sees once the quota throttles it",
     )
     profile.add_argument("-o", "--output", required=True)
     profile.set_defaults(func=_cmd_profile)

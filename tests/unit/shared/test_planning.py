@@ -150,3 +150,53 @@ def test_the_profile_times_the_encodes_and_decodes_it_needs_anyway() -> None:
     calls.clear()
     assert _timed_over(double, [1, 2, 3, 4, 5, 6, 7], repeats=2)[0] == [2, 4, 6, 8, 10, 12, 14]
     assert calls == [1, 2, 3, 4, 5, 6, 7]  # every input once, whatever the repeats
+
+
+def _spin(cpu_ms: float) -> None:
+    """Busy for ``cpu_ms`` of this process's CPU time."""
+    import time
+
+    until = time.process_time() + cpu_ms / 1000
+    while time.process_time() < until:
+        pass
+
+
+def test_inside_a_cpu_quota_work_is_timed_as_its_cpu_time_over_the_quota() -> None:
+    import time
+
+    from shared.planning import _Stopwatch, _timed_over
+
+    half_a_core = _Stopwatch(cpu_quota=0.5)
+    # 5 ms of CPU fits in one period's quota when timed alone; a request running at half a core takes 10 ms
+    _, spun_ms = _timed_over(_spin, [5.0], repeats=3, watch=half_a_core)
+    assert spun_ms >= 10.0
+    # waiting is not CPU: its wall time stands
+    _, slept_ms = _timed_over(time.sleep, [0.02], repeats=3, watch=half_a_core)
+    assert 20.0 <= slept_ms < 40.0
+    # without a quota, wall time (3 ms of CPU takes 3 ms and more)
+    _, wall_ms = _timed_over(_spin, [3.0], repeats=3)
+    assert wall_ms >= 3.0
+
+
+def test_a_cpu_quota_lengthens_every_profiled_time_and_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.planning
+
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    images = [encode_image(synthetic_image())]
+    free = profile_model(loaded, images, repeats=3, cpu_quota=None)
+    capped = profile_model(loaded, images, repeats=3, cpu_quota=0.001)  # a thousandth of a core
+    assert (free.cpu_quota, capped.cpu_quota) == (None, 0.001)
+    assert capped.image_decode_ms > 10 * free.image_decode_ms
+    assert capped.preprocess_ms > 10 * free.preprocess_ms
+    for free_cut, capped_cut in zip(free.cuts, capped.cuts, strict=True):
+        assert capped_cut.head_ms > 10 * free_cut.head_ms, capped_cut.name
+        assert capped_cut.tail_ms > 10 * free_cut.tail_ms, capped_cut.name
+        for free_codec, capped_codec in zip(free_cut.codecs, capped_cut.codecs, strict=True):
+            assert capped_codec.encode_ms > 10 * free_codec.encode_ms, (capped_cut.name, capped_codec.codec)
+            assert capped_codec.decode_ms > 10 * free_codec.decode_ms, (capped_cut.name, capped_codec.codec)
+            assert capped_codec.bytes_per_image == free_codec.bytes_per_image
+    # "detect" (the default) reads the quota of this process's cgroup
+    monkeypatch.setattr(shared.planning, "cpu_quota_cores", lambda: 0.25)
+    assert profile_model(loaded, images, repeats=1).cpu_quota == 0.25
+    with pytest.raises(ValueError, match="positive"):
+        profile_model(loaded, images, repeats=1, cpu_quota=0.0)
