@@ -14,8 +14,8 @@ luckiest does not always win), or, for a route not yet measured, plus the typica
 routes that were. Residuals expire after ``measurement_ttl_s``, and as soon as the route's prediction
 has moved by more than 20% since they were measured (the link changed under them).
 Routes expected within ``explore_margin`` of the best but not yet measured are *explored*: every other
-request goes through one of them until it has ``explore_samples`` measurements (at most
-``explore_routes`` of them, best first). As measurements expire this repeats now and then, at a
+request goes through one of them until it has ``explore_samples`` measurements (the best route of each
+of the ``explore_routes`` best cuts, best first). As measurements expire this repeats now and then, at a
 cost of a few requests.
 
 The edge moves to the route with the best expected latency only when that is at least
@@ -198,6 +198,19 @@ class _SelectorMetrics:
         )
 
 
+def _best_of_each_cut(ranked: list[tuple[float, PlanRow]], limit: float) -> list[PlanRow]:
+    """The best-ranked route of each cut expected within ``limit``, best first. Exploring only these keeps
+    a cut's codecs from crowding out other cuts: with a dozen codecs a cut, the few routes nearest the best
+    were often one cut's codecs (which the profile tells apart well: bytes and encode time), and a cut
+    nearby that was better in fact (its compute mispredicted under load) was never measured."""
+    best: dict[str, PlanRow] = {}
+    for expected, row in ranked:
+        if expected > limit:
+            break
+        best.setdefault(row.cut, row)
+    return list(best.values())
+
+
 def _key(row: PlanRow) -> Key:
     return row.cut, row.codec
 
@@ -366,9 +379,7 @@ class CutSelector:
             learned = self.learned(now)
             ranked = self._ranked(learned)
             limit = ranked[0][0] * (1 + self.settings.explore_margin)
-            for expected, row in ranked[: self.settings.explore_routes]:
-                if expected > limit:
-                    break
+            for row in _best_of_each_cut(ranked, limit)[: self.settings.explore_routes]:
                 if _key(row) != _key(self.current) and not learned.known(_key(row)):
                     chosen = row
                     break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +278,25 @@ def test_measurements_from_a_different_link_are_not_trusted(loaded: LoadedModel)
         recv_ms = 100_000 * 8 / 20e6 * 1000
         _observe(selector, 100_000, recv_ms + 14, TailTimings(recv_ms=recv_ms, total_ms=recv_ms + 4))
     assert not selector.learned().known(("input", "image"))
+
+
+def test_one_cut_s_codecs_do_not_crowd_other_cuts_out_of_exploring(loaded: LoadedModel) -> None:
+    # `mean` with three more codecs, each predicted a little better than the last: the three routes nearest
+    # the best are all `mean`'s. `input`, within the margin too, must still be explored.
+    edge, cloud = _profiles(loaded)
+    extra = tuple(CodecProfile(f"int{bits}+ans", 400 - bits, 0.1 + bits / 100, 0.1, 0.001) for bits in (4, 5, 6))
+    for profile in (edge, cloud):
+        mean = next(cut for cut in profile.cuts if cut.name == "mean")
+        profile.cuts[profile.cuts.index(mean)] = dataclasses.replace(mean, codecs=mean.codecs + extra)
+    settings = SelectorSettings(link_bandwidth=47e6, link_rtt=0.01, max_logit_error=0.01, explore_samples=3)
+    selector = CutSelector(
+        EdgeModel(loaded, ImageLimits()), edge, cloud, settings,
+        codec_for=lambda cut: "image" if cut == "input" else "fp32", registry=CollectorRegistry(), clock=Clock(),
+    )  # fmt: skip
+    ranked = [(row.cut, row.codec) for row in sorted(selector.rows, key=lambda row: row.latency_ms)]
+    assert [cut for cut, _ in ranked[:4]] == ["mean"] * 4 and ranked[4] == ("input", "image")
+    assert selector.current.cut == "mean"
+    assert selector.exploring is not None and (selector.exploring.cut, selector.exploring.codec) == ("input", "image")
 
 
 def test_exploring_can_be_turned_off(loaded: LoadedModel) -> None:
