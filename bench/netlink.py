@@ -97,20 +97,27 @@ def run(*command: str) -> None:
 # --- the testbed: namespaces, veth, shaping, the edge's cgroup ------------------------------------
 
 
-def setup(edge_cpu: float) -> None:
-    teardown()
-    run("ip", "netns", "add", NS_EDGE)
-    run("ip", "netns", "add", NS_CLOUD)
-    run("ip", "link", "add", VETH_EDGE, "type", "veth", "peer", "name", VETH_CLOUD)
-    for dev in (VETH_EDGE, VETH_CLOUD):
+def veth_pair(ends: tuple[tuple[str, str, str], tuple[str, str, str]]) -> None:
+    """Two network namespaces joined by a veth pair: each end ``(namespace, device, address)``, up, with
+    its loopback up too."""
+    (ns_a, dev_a, _), (ns_b, dev_b, _) = ends
+    run("ip", "netns", "add", ns_a)
+    run("ip", "netns", "add", ns_b)
+    run("ip", "link", "add", dev_a, "type", "veth", "peer", "name", dev_b)
+    for dev in (dev_a, dev_b):
         # NOTE: no GSO super-packets: tbf never sends a packet larger than its burst, so one queued at a
         # high rate (large burst) would block the queue for good once the rate is lowered.
         run("ip", "link", "set", "dev", dev, "gso_max_size", "1500", "gso_max_segs", "1")
-    for ns, dev, ip in ((NS_EDGE, VETH_EDGE, EDGE_IP), (NS_CLOUD, VETH_CLOUD, CLOUD_IP)):
+    for ns, dev, ip in ends:
         run("ip", "link", "set", dev, "netns", ns)
         run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
         run("ip", "-n", ns, "link", "set", dev, "up")
         run("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def setup(edge_cpu: float) -> None:
+    teardown()
+    veth_pair(((NS_EDGE, VETH_EDGE, EDGE_IP), (NS_CLOUD, VETH_CLOUD, CLOUD_IP)))
     CGROUP.mkdir(exist_ok=True)
     # Short periods: a uniformly slower CPU rather than bursts of full speed and long stalls (the
     # kernel refuses quotas under 1 ms).

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from bench.netlink import Link, default_burst, packet_burst
+from bench.netlink import Link, default_burst, packet_burst, veth_pair
 
 __all__ = ["main"]
 
@@ -34,15 +34,7 @@ def _run(*command: str) -> None:
 
 def _setup() -> None:
     _teardown()
-    _run("ip", "netns", "add", NS_A)
-    _run("ip", "netns", "add", NS_B)
-    _run("ip", "link", "add", DEV_A, "type", "veth", "peer", "name", DEV_B)
-    for dev in (DEV_A, DEV_B):
-        _run("ip", "link", "set", "dev", dev, "gso_max_size", "1500", "gso_max_segs", "1")
-    for ns, dev, ip in ((NS_A, DEV_A, "10.232.0.1"), (NS_B, DEV_B, SERVER[0])):
-        _run("ip", "link", "set", dev, "netns", ns)
-        _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        _run("ip", "-n", ns, "link", "set", dev, "up")
+    veth_pair(((NS_A, DEV_A, "10.232.0.1"), (NS_B, DEV_B, SERVER[0])))
 
 
 def _teardown() -> None:
