@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,16 @@ def test_timings_are_interleaved_after_a_warm_up_round_and_wait_for_the_device()
     )
     assert calls == ["head", "sync", "tail", "sync"] * 4  # NOTE: the first round is the warm-up
     assert [len(times) for times in samples] == [3, 3]
+
+
+def test_runs_of_microseconds_are_timed_over_more_rounds() -> None:
+    from shared.planning import _SHORT_ROUNDS, _rounds_ms
+
+    def slow() -> None:
+        time.sleep(0.002)
+
+    samples = _rounds_ms([slow, lambda: None], 3)
+    assert [len(times) for times in samples] == [3, 3 + _SHORT_ROUNDS * 3]
 
 
 def test_the_spread_of_repeated_times_is_their_interquartile_range_over_the_median() -> None:
