@@ -574,6 +574,16 @@ def testbed(edge_cpu: float) -> Any:
         teardown()
 
 
+def root_work_directory(script: str, prefix: str) -> str:
+    """Exit unless this runs as root with iproute2 and nsenter (the testbed needs them); else a new work
+    directory, kept afterwards (the services' logs are there)."""
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "tc", "nsenter")):
+        sys.exit(f"{script} needs root, iproute2 (ip, tc) and nsenter")
+    work = tempfile.mkdtemp(prefix=prefix)
+    print(f"work directory: {work}")
+    return work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="resnet18 only, 3 requests per point")
@@ -590,10 +600,7 @@ def main() -> None:
     if args.inside:
         inside(args)
         return
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "tc", "nsenter")):
-        sys.exit("bench/netlink.py needs root, iproute2 (ip, tc) and nsenter")
-    work = tempfile.mkdtemp(prefix="si-netlink-")  # kept: the services' logs are there
-    print(f"work directory: {work}")
+    work = root_work_directory("bench/netlink.py", "si-netlink-")
     with testbed(args.edge_cpu):
         command = [sys.executable, str(Path(__file__).resolve()), "--inside", "--work", work,
                    "--models", *args.models, "--requests", str(args.requests), "--repeats", str(args.repeats),

@@ -31,11 +31,9 @@ os.environ.setdefault("GOMP_SPINCOUNT", "0")  # see bench/cpu_suite.py: processe
 import argparse
 import json
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -54,6 +52,7 @@ from bench.netlink import (
     packet_burst,
     photo_like,
     profile,
+    root_work_directory,
     shape,
     start_cloud_and_relay,
     testbed,
@@ -354,10 +353,7 @@ def main() -> None:
     if args.inside:
         inside(args)
         return
-    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "tc", "nsenter")):
-        sys.exit("bench/netlink_codecs.py needs root, iproute2 (ip, tc) and nsenter")
-    work = tempfile.mkdtemp(prefix="si-netlink-codecs-")  # kept: the services' logs are there
-    print(f"work directory: {work}")
+    work = root_work_directory("bench/netlink_codecs.py", "si-netlink-codecs-")
     command = " ".join(["sudo PYTHONPATH=. .venv/bin/python bench/netlink_codecs.py", shlex.join(sys.argv[1:])]).strip()
     with testbed(args.edge_cpu):
         inner = [sys.executable, "-m", "bench.netlink_codecs", "--inside", "--work", work, "--command", command,
