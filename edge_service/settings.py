@@ -49,6 +49,13 @@ class EdgeSettings(ServiceSettings):
         description="Cut auto: measure, with a few requests, the cuts expected within this much of the best "
         "that have not been measured lately, so that near-ties are decided by measurement (0: predictions only).",
     )
+    explore_budget: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Cut auto: spend at most this fraction of the latency served on exploring routes expected "
+        "to be slower (0.02 = 2%; a route expected no slower is explored every other request).",
+    )
     measurement_ttl_s: float = Field(
         60.0, gt=0, description="Cut auto: how long a cut's measured latency is trusted before it is measured again."
     )
