@@ -28,7 +28,8 @@ from shared.preprocessing import ImageLimits
 from shared.protocol import expected_for_cut, expected_images, images_from_payload
 from shared.splitting import INPUT_CUT
 from shared.tensor_checks import all_finite
-from shared.wire import ExpectedTensor, ExpectedValue, WireHeader, WireLimits, decode_read_payload
+from shared.values import ValueSpec
+from shared.wire import ExpectedTensor, WireHeader, WireLimits, decode_read_payload
 from shared.wire_cache import HeaderCache, LogitsWriter
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ class CloudModel:
         loaded.module.to(self.device)
         if channels_last:
             loaded.module.to(memory_format=torch.channels_last)
-        self.expected: dict[str, list[ExpectedTensor | ExpectedValue]] = {
+        self.expected: dict[str, list[ExpectedTensor | ValueSpec]] = {
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])

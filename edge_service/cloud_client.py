@@ -28,7 +28,7 @@ from shared.errors import (
 from shared.tail_timings import TailTimings
 from shared.wire import MEDIA_TYPE
 
-__all__ = ["MAX_DETAIL_CHARS", "CloudClient", "CloudReply", "sanitize"]
+__all__ = ["MAX_DETAIL_CHARS", "POOL_KEEPALIVE_S", "CloudClient", "CloudReply", "sanitize"]
 
 
 MAX_DETAIL_CHARS = 300
@@ -36,6 +36,9 @@ MAX_DETAIL_CHARS = 300
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """The most of a cloud's error reply the edge reads."""
 _MAX_RETRY_AFTER_S = 3600
+POOL_KEEPALIVE_S = 30.0
+"""How long the edge keeps an idle connection to the cloud for the next request (the services keep theirs
+open longer: ``splitinfer.serve.KEEP_ALIVE_S``)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ def _retry_after(header: str) -> float | None:
 
 class CloudClient:
     """Calls the cloud's ``/v1/tail`` and ``/v1/info``: pooled, authenticated, with bounded retries of
-    refused connections (nothing was sent, so a retry is safe) and a circuit breaker."""
+    refused connections (nothing was sent, so a retry is safe), one resend when a connection drops before
+    any reply (a kept-alive connection closed by the other end as the request went out), and a circuit
+    breaker."""
 
     def __init__(
         self,
@@ -91,7 +96,9 @@ class CloudClient:
         self.breaker = breaker or CircuitBreaker(failures=5, reset_s=5.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-        transport = transport or AiohttpTransport(ssl_context=context, max_connections=256, keepalive_s=30)
+        transport = transport or AiohttpTransport(
+            ssl_context=context, max_connections=256, keepalive_s=POOL_KEEPALIVE_S
+        )
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -138,16 +145,20 @@ class CloudClient:
             REQUEST_ID_HEADER: request_id,
         }
         attempt = 0
+        resent = False
         while True:
+            replied = False
             try:
                 if self._direct is not None:
                     async with self._direct.post(
                         self._tail_url, payload, self._auth | headers, connect_s=self._connect_s, read_s=self._read_s
                     ) as reply:
+                        replied = True
                         limit = max_reply_bytes if reply.status == 200 else MAX_ERROR_BODY_BYTES
                         body = await _read_bounded(reply.headers, reply.chunks, limit, truncate=reply.status != 200)
                         return reply.status, reply.headers, body
                 async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
+                    replied = True
                     if response.status_code == 200:
                         body = await _read_bounded_response(response, max_reply_bytes)
                     else:  # NOTE: only its detail is used: the start of it is enough
@@ -164,7 +175,12 @@ class CloudClient:
             except httpx.TimeoutException as exc:
                 raise CloudTimeout(f"the cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                # NOTE: the connection dropped mid-request: the cloud died or restarted.
+                # NOTE: a kept-alive connection the cloud (or a proxy) closed as this request went out fails
+                # before any reply: sent once more, on a new connection (a tail is a pure function, so even
+                # one that ran is safe to run again). Otherwise the cloud died or restarted mid-request.
+                if not replied and not resent:
+                    resent = True
+                    continue
                 raise CloudUnavailable(
                     f"the cloud dropped the connection: {type(exc).__name__}: {sanitize(str(exc))}"
                 ) from exc

@@ -13,7 +13,8 @@ from shared.codecs import IMAGE_CODECS, parse_codec_name
 from shared.errors import InvalidImage, InvalidTensor
 from shared.preprocessing import ImageLimits, ImagePreprocessor, decode_images
 from shared.splitting import INPUT_CUT, Cut
-from shared.wire import BATCH, ExpectedTensor, ExpectedValue, Payload, PerItem, WireLimits, WireValue, encode_payload
+from shared.values import ValueSpec
+from shared.wire import BATCH, ExpectedTensor, Payload, PerItem, WireLimits, WireValue, encode_payload
 
 __all__ = [
     "JPEG_QUALITY",
@@ -30,13 +31,13 @@ __all__ = [
 JPEG_QUALITY = 90
 
 
-def expected_for_cut(cut: Cut) -> list[ExpectedTensor | ExpectedValue]:
+def expected_for_cut(cut: Cut) -> list[ExpectedTensor | ValueSpec]:
     """What crosses ``cut``: batch-first tensors (``per_item`` rows per item), then non-tensor values."""
-    tensors: list[ExpectedTensor | ExpectedValue] = [
+    tensors: list[ExpectedTensor | ValueSpec] = [
         ExpectedTensor(t.name, t.dtype, (BATCH if t.per_item == 1 else PerItem(t.per_item), *t.shape[1:]))
         for t in cut.tensors
     ]
-    return tensors + [ExpectedValue(v.name, v.kind, v.slopes, v.offsets) for v in cut.values]
+    return [*tensors, *cut.values]
 
 
 def expected_images(codec: str, crop_size: int) -> list[ExpectedTensor]:

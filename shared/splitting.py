@@ -30,13 +30,14 @@ import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from shared.tracing import TracedModel, TraceOptions, trace_model
+from shared.values import ValueSpec
 from shared.wire import MAX_VALUE_ITEMS, MAX_VALUES
 
 __all__ = [
@@ -94,39 +95,6 @@ class TensorSpec:
             "dtype": str(self.dtype).removeprefix("torch."),
             "bytes_fp32": self.bytes_fp32,
             "per_item": self.per_item,
-        }
-
-
-ValueKind = Literal["int", "tuple", "list", "size"]
-
-
-@dataclass(frozen=True)
-class ValueSpec:
-    """A non-tensor value alive across a cut: each integer is ``slope * batch + offset``."""
-
-    name: str
-    kind: ValueKind
-    slopes: tuple[int, ...]
-    offsets: tuple[int, ...]
-
-    def at(self, batch: int) -> int | tuple[int, ...] | list[int] | torch.Size:
-        """The value for a batch of ``batch`` items."""
-        items = [s * batch + o for s, o in zip(self.slopes, self.offsets, strict=True)]
-        if self.kind == "int":
-            return items[0]
-        if self.kind == "list":
-            return items
-        if self.kind == "size":
-            return torch.Size(items)
-        return tuple(items)
-
-    def to_json(self) -> dict[str, Any]:
-        value = self.at(1)
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "value_at_batch_1": list(value) if isinstance(value, tuple | list) else value,
-            "per_item": list(self.slopes) if self.kind != "int" else self.slopes[0],
         }
 
 

@@ -72,6 +72,7 @@ from shared.errors import (
 )
 from shared.safetensors_io import save_arrays
 from shared.tensor_checks import all_finite
+from shared.values import ValueSpec, WireValue
 
 __all__ = [
     "BATCH",
@@ -80,7 +81,6 @@ __all__ = [
     "MAX_VALUES",
     "MAX_VALUE_ITEMS",
     "ExpectedTensor",
-    "ExpectedValue",
     "Payload",
     "PerItem",
     "WireValue",
@@ -103,7 +103,6 @@ MAX_VALUES = 32
 MAX_VALUE_ITEMS = 16
 """Most integers in one non-tensor value."""
 
-WireValue = int | tuple[int, ...] | list[int] | torch.Size
 """A non-tensor value the wire carries."""
 _VALUE_KINDS = ("int", "tuple", "list", "size")
 
@@ -173,29 +172,6 @@ class ExpectedTensor:
     def describe(self) -> str:
         dims = ", ".join("*" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {_dtype_name(self.dtype)}[{dims}]"
-
-
-@dataclass(frozen=True)
-class ExpectedValue:
-    """A non-tensor value the receiver expects: its kind and each integer as ``slope * batch + offset``."""
-
-    name: str
-    kind: str
-    slopes: tuple[int, ...]
-    offsets: tuple[int, ...]
-
-    def items_at(self, batch: int) -> list[int]:
-        return [s * batch + o for s, o in zip(self.slopes, self.offsets, strict=True)]
-
-    def value_at(self, batch: int) -> WireValue:
-        items = self.items_at(batch)
-        if self.kind == "int":
-            return items[0]
-        if self.kind == "list":
-            return items
-        if self.kind == "size":
-            return torch.Size(items)
-        return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -289,7 +265,7 @@ def _describe_value(name: str, value: WireValue) -> dict[str, Any]:
     return {"name": name, "kind": kind, "items": items}
 
 
-def _check_values(raw: str | None, expected: Sequence[ExpectedValue], batch: int | None) -> tuple[WireValue, ...]:
+def _check_values(raw: str | None, expected: Sequence[ValueSpec], batch: int | None) -> tuple[WireValue, ...]:
     """Parse the ``values`` metadata and check it against what the cut predicts for ``batch``."""
     try:
         items = json.loads(raw) if raw is not None else []
@@ -317,7 +293,7 @@ def _check_values(raw: str | None, expected: Sequence[ExpectedValue], batch: int
                 f"value {exp.name!r} is {kind} {ints}; at batch {batch} this cut expects {exp.kind} "
                 f"{exp.items_at(batch)}"
             )
-        checked.append(exp.value_at(batch))
+        checked.append(exp.at(batch))
     return tuple(checked)
 
 
@@ -473,7 +449,7 @@ def decode_payload(
     kind: PayloadKind,
     model: str,
     weights: str,
-    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
+    expected: Mapping[str, Sequence[ExpectedTensor | ValueSpec]] | Sequence[ExpectedTensor | ValueSpec],
     limits: WireLimits = WireLimits(),
 ) -> Payload:
     """Validate and decode untrusted wire bytes.
@@ -492,7 +468,7 @@ def decode_read_payload(
     kind: PayloadKind,
     model: str,
     weights: str,
-    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
+    expected: Mapping[str, Sequence[ExpectedTensor | ValueSpec]] | Sequence[ExpectedTensor | ValueSpec],
     limits: WireLimits = WireLimits(),
 ) -> Payload:
     """:func:`decode_payload` when its header was read already (``header = read_header(data, limits)``;
@@ -511,7 +487,7 @@ def _decode(
     kind: PayloadKind,
     model: str,
     weights: str,
-    expected: Mapping[str, Sequence[ExpectedTensor | ExpectedValue]] | Sequence[ExpectedTensor | ExpectedValue],
+    expected: Mapping[str, Sequence[ExpectedTensor | ValueSpec]] | Sequence[ExpectedTensor | ValueSpec],
     limits: WireLimits,
     header: WireHeader | None,
 ) -> Payload:
@@ -539,7 +515,7 @@ def _decode(
     else:
         expected_all = expected
     expected_tensors = [e for e in expected_all if isinstance(e, ExpectedTensor)]
-    expected_values = [e for e in expected_all if isinstance(e, ExpectedValue)]
+    expected_values = [e for e in expected_all if isinstance(e, ValueSpec)]
     base, stage = parse_codec_name(codec, IMAGE_CODECS if kind == "image" else ACTIVATION_CODECS)
     use_zstd = stage == "zstd"
     versioned = kind != "image" and (is_layout_versioned(base) or stage == "ans")

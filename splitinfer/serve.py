@@ -14,7 +14,12 @@ from service_core.settings import ServiceSettings
 from shared import errors
 from splitinfer.failures import CliError, one_line
 
-__all__ = ["configure_logging", "run_service"]
+__all__ = ["KEEP_ALIVE_S", "configure_logging", "run_service", "uvicorn_config"]
+
+KEEP_ALIVE_S = 65
+"""How long a service keeps an idle kept-alive connection open: longer than the edge's pool keeps one
+(``edge_service.cloud_client.POOL_KEEPALIVE_S``), so the edge closes its idle connections to the cloud
+first and never sends a request on one that the cloud is closing (uvicorn's default is 5 s)."""
 
 logger = logging.getLogger("splitinfer")
 
@@ -80,6 +85,21 @@ class _StartupFailure(logging.Filter):
         return False
 
 
+def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> uvicorn.Config:
+    """How every service runs under uvicorn (``uvicorn_options`` override)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+    }
+    return uvicorn.Config(app, **(options | uvicorn_options))
+
+
 def run_service(
     app: Any,
     settings: ServiceSettings,
@@ -92,18 +112,7 @@ def run_service(
     expected startup failure (a bad cut, say) raises :class:`CliError` instead of printing the lifespan's
     traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        **uvicorn_options,
-    )
-    server = _DrainingServer(config, settings.drain_s)
+    server = _DrainingServer(uvicorn_config(app, settings, **uvicorn_options), settings.drain_s)
     startup = _StartupFailure()
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not debug:
