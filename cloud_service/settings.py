@@ -13,6 +13,13 @@ __all__ = ["CloudSettings"]
 
 class CloudSettings(ServiceSettings):
     port: int = Field(8001, ge=0, le=65535, description="Port to listen on.")
+    keep_alive_s: float = Field(
+        65.0,
+        gt=0,
+        le=3600,
+        description="Seconds an idle kept-alive connection stays open: longer than edges keep theirs (30 s), so "
+        "an edge closes its idle connections first and never sends on one the cloud is closing.",
+    )
     max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for others to join its batch.")
     max_queue: int = Field(512, ge=1, description="Requests waiting for the model before 503 + Retry-After.")
     max_payload_mib_per_image: int = Field(

@@ -37,8 +37,8 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 """The most of a cloud's error reply the edge reads."""
 _MAX_RETRY_AFTER_S = 3600
 POOL_KEEPALIVE_S = 30.0
-"""How long the edge keeps an idle connection to the cloud for the next request (the services keep theirs
-open longer: ``splitinfer.serve.KEEP_ALIVE_S``)."""
+"""How long the edge keeps an idle connection to the cloud for the next request (the cloud keeps its
+end open longer: ``CloudSettings.keep_alive_s``)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def _retry_after(header: str) -> float | None:
 class CloudClient:
     """Calls the cloud's ``/v1/tail`` and ``/v1/info``: pooled, authenticated, with bounded retries of
     refused connections (nothing was sent, so a retry is safe), one resend when a connection drops before
-    any reply (a kept-alive connection closed by the other end as the request went out), and a circuit
-    breaker."""
+    any reply (most often a kept-alive connection closed by the other end as the request went out), and a
+    circuit breaker."""
 
     def __init__(
         self,
@@ -121,15 +121,15 @@ class CloudClient:
         The reply is read as a stream of at most ``max_reply_bytes`` (an error reply: of at most
         :data:`MAX_ERROR_BODY_BYTES`), in no content encoding but ``identity``.
         """
-        # NOTE: not loop.time(): uvloop's counts whole milliseconds
-        started = time.perf_counter()
         async with self.breaker.call():
             try:
                 async with asyncio.timeout(deadline_s):
-                    status, headers, body = await self._post_with_retries(payload, request_id, max_reply_bytes)
+                    status, headers, body, started = await self._post_with_retries(payload, request_id, max_reply_bytes)
             except TimeoutError as exc:
                 raise CloudTimeout(f"the cloud did not answer within the {deadline_s:.1f} s deadline") from exc
             self._raise_for_status(status, headers, body)
+        # NOTE: the attempt that was answered only: a refused or dropped one before it would tell the link
+        # estimate and the cut selector of a round trip the payload never made
         round_trip_ms = (time.perf_counter() - started) * 1000
         timings = TailTimings.parse(headers.get("server-timing", ""))
         served_by = headers.get(SERVED_BY_HEADER)
@@ -137,7 +137,9 @@ class CloudClient:
 
     async def _post_with_retries(
         self, payload: bytes, request_id: str, max_reply_bytes: int
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes, float]:
+        """The reply's status, headers and body, and when (``time.perf_counter()``: uvloop's loop.time()
+        counts whole milliseconds) the attempt that got it started."""
         headers = {
             "Content-Type": MEDIA_TYPE,
             "Accept": MEDIA_TYPE,
@@ -148,6 +150,7 @@ class CloudClient:
         resent = False
         while True:
             replied = False
+            started = time.perf_counter()
             try:
                 if self._direct is not None:
                     async with self._direct.post(
@@ -156,14 +159,14 @@ class CloudClient:
                         replied = True
                         limit = max_reply_bytes if reply.status == 200 else MAX_ERROR_BODY_BYTES
                         body = await _read_bounded(reply.headers, reply.chunks, limit, truncate=reply.status != 200)
-                        return reply.status, reply.headers, body
+                        return reply.status, reply.headers, body, started
                 async with self._client.stream("POST", "/v1/tail", content=payload, headers=headers) as response:
                     replied = True
                     if response.status_code == 200:
                         body = await _read_bounded_response(response, max_reply_bytes)
                     else:  # NOTE: only its detail is used: the start of it is enough
                         body = await _read_bounded_response(response, MAX_ERROR_BODY_BYTES, truncate=True)
-                    return response.status_code, response.headers, body
+                    return response.status_code, response.headers, body, started
             except httpx.ConnectError as exc:
                 # NOTE: a refused connection sent nothing, so retrying cannot run the tail twice.
                 if attempt >= self.connect_retries:
@@ -175,9 +178,9 @@ class CloudClient:
             except httpx.TimeoutException as exc:
                 raise CloudTimeout(f"the cloud at {self.base_url} timed out ({type(exc).__name__})") from exc
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                # NOTE: a kept-alive connection the cloud (or a proxy) closed as this request went out fails
-                # before any reply: sent once more, on a new connection (a tail is a pure function, so even
-                # one that ran is safe to run again). Otherwise the cloud died or restarted mid-request.
+                # NOTE: a connection that drops before any reply is most often a kept-alive one the cloud
+                # (or a proxy) closed as this request went out: sent once more (a tail is a pure function,
+                # so even one that ran is safe to run again). Otherwise the cloud died or restarted.
                 if not replied and not resent:
                     resent = True
                     continue

@@ -328,13 +328,14 @@ class CutSelector:
             self._explorations_sent += 1
             self._exploration_savings_ms -= self._exploration_cost_ms
             self.metrics.explorations.inc()
-        else:
+        elif choice.purpose == "current":
             self._since_exploration += 1
             self._save_for_exploring()
 
     def _save_for_exploring(self) -> None:
-        """Add one ordinary request's share to the exploring budget, kept to what the next exploration
-        costs (savings made while nothing was to be explored do not pay for a burst later)."""
+        """Add one ordinary request's share (``explore_budget`` of the current route's expected latency, as
+        of the last re-plan) to the exploring budget, kept to what the next exploration costs (savings made
+        while nothing was to be explored do not pay for a burst later)."""
         share = self.settings.explore_budget * self._current_expected_ms
         cap = max(share, self._exploration_cost_ms) if self.exploring is not None else share
         self._exploration_savings_ms = min(self._exploration_savings_ms + share, cap)

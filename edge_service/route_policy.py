@@ -2,7 +2,9 @@
 
 A policy is asked in two steps, so that asking has no side effects: :meth:`RoutePolicy.choose` says
 which route the next request should take (the current one, or now and then another one to learn
-from), and :meth:`RoutePolicy.dispatched` records that a request was sent that way. What requests
+from), and :meth:`RoutePolicy.dispatched` records that a request was sent that way. The edge calls
+the two together, with no ``await`` between them, once the request's images are read: concurrent
+requests cannot all be handed the same exploration. What requests
 teach is fed back with :meth:`observe_link` and :meth:`observe_request`; :meth:`replan` acts on it.
 
 Two policies: :class:`FixedRoute` (``--cut NAME``) and ``edge_service.cut_selector.CutSelector``
@@ -19,8 +21,9 @@ from shared.tail_timings import TailTimings
 
 __all__ = ["FixedRoute", "Purpose", "RouteChoice", "RoutePolicy"]
 
-Purpose = Literal["current", "probe", "explore"]
-"""Why a request takes its route: the current one, a probe of the link, or the measurement of a near-best route."""
+Purpose = Literal["current", "probe", "explore", "pinned"]
+"""Why a request takes its route: the current one, a probe of the link, the measurement of a near-best
+route, or the request asked for it (``?cut=`` / ``?codec=``)."""
 
 
 @dataclass(frozen=True)

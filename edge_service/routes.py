@@ -100,15 +100,26 @@ async def _classify_options(
 OptionsDep = Annotated[ClassifyOptions, Depends(_classify_options)]
 
 
-def _route(state: EdgeState, cut: str | None, codec: str | None) -> RouteChoice:
-    """The route for one request: the one asked for, or the policy's choice (for cut auto, maybe a probe)."""
+def _pinned_route(state: EdgeState, cut: str | None, codec: str | None) -> RouteChoice | None:
+    """The route the request asks for (checked before its body is read), or None: the policy's choice."""
     if cut is None and codec is None:
-        return state.routes.choose()
+        return None
     try:
         resolved = state.model.graph.cut(cut or state.routes.route.cut.name).name
-        return RouteChoice(state.model.route_for(resolved, state.settings.resolved_codec(resolved, codec)))
+        return RouteChoice(state.model.route_for(resolved, state.settings.resolved_codec(resolved, codec)), "pinned")
     except ValueError as exc:
         raise UnprocessableContent(str(exc)) from exc
+
+
+def _dispatch(state: EdgeState, pinned: RouteChoice | None, images: int) -> RouteChoice:
+    """The route this request takes, recorded with the policy in the same step (no await in between, so
+    two requests are never both sent to one exploration). A batch never explores: it would cost every
+    image and teach nothing (the policy learns from single images)."""
+    choice = pinned or state.routes.choose()
+    if choice.purpose == "explore" and images > 1:
+        choice = RouteChoice(state.routes.route)
+    state.routes.dispatched(choice)
+    return choice
 
 
 async def _read_images(
@@ -169,13 +180,13 @@ def _results(logits: torch.Tensor, state: EdgeState, top_k: int, with_logits: bo
 
 
 async def _classify(
-    request: Request, state: EdgeState, blobs: list[bytes], choice: RouteChoice, names: list[str | None]
+    request: Request, state: EdgeState, blobs: list[bytes], pinned: RouteChoice | None, names: list[str | None]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
     read: service_core.admission, configured in edge_service.app)."""
     state.in_flight += 1
     try:
-        state.routes.dispatched(choice)
+        choice = _dispatch(state, pinned, len(blobs))
         return await _classify_admitted(request, state, blobs, choice.route, names)
     finally:
         state.in_flight -= 1
@@ -269,11 +280,11 @@ async def _classify_admitted(
 )
 async def classify(request: Request, response: Response, state: EdgeStateDep, options: OptionsDep) -> ClassifyResponse:
     """Classify one image (multipart field `image`, or a raw `image/*` body)."""
-    choice = _route(state, options.cut, options.codec)
+    pinned = _pinned_route(state, options.cut, options.codec)
     blobs, names = await _read_images(request, state, ("image",))
     if len(blobs) != 1:
         raise UnprocessableContent(f"send exactly one image here ({len(blobs)} sent); use /v1/classify/batch")
-    output, common = await _classify(request, state, blobs, choice, names)
+    output, common = await _classify(request, state, blobs, pinned, names)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     result = _results(output, state, options.top_k, options.logits)[0]
     return ClassifyResponse(**common, predictions=result.predictions, logits=result.logits)
@@ -290,9 +301,9 @@ async def classify_batch(
     request: Request, response: Response, state: EdgeStateDep, options: OptionsDep
 ) -> BatchClassifyResponse:
     """Classify several images (multipart fields `images`) as one batch: one head run, one cloud call."""
-    choice = _route(state, options.cut, options.codec)
+    pinned = _pinned_route(state, options.cut, options.codec)
     blobs, names = await _read_images(request, state, ("images", "image"))
-    output, common = await _classify(request, state, blobs, choice, names)
+    output, common = await _classify(request, state, blobs, pinned, names)
     response.headers["Server-Timing"] = format_server_timing(common["timings_ms"])
     return BatchClassifyResponse(**common, results=_results(output, state, options.top_k, options.logits))
 

@@ -54,7 +54,8 @@ class EdgeSettings(ServiceSettings):
         ge=0,
         lt=1,
         description="Cut auto: spend at most this fraction of the latency served on exploring routes expected "
-        "to be slower (0.02 = 2%; a route expected no slower is explored every other request).",
+        "to be slower (0.02 = 2%; a route expected no slower is explored every other request; 0: only those "
+        "are explored, and a slower one is never measured).",
     )
     measurement_ttl_s: float = Field(
         60.0, gt=0, description="Cut auto: how long a cut's measured latency is trusted before it is measured again."

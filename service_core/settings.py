@@ -118,6 +118,9 @@ class ServiceSettings(BaseSettings):
     drain_s: float = Field(
         1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
     )
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=3600, description="Seconds an idle kept-alive client connection stays open (uvicorn's default)."
+    )
 
     @field_validator("weights")
     @classmethod

@@ -20,7 +20,8 @@ from shared.models import LoadedModel
 from shared.onnx_export import cut_tensors, export_split
 from shared.onnx_manifest import MANIFEST_FILE, Manifest
 from shared.ov_engine import OvOptions
-from shared.splitting import Cut, ModelGraph, ValueSpec
+from shared.splitting import Cut, ModelGraph
+from shared.values import ValueSpec
 
 __all__ = ["OrtTorchHalf", "find_export", "ort_half_for", "verify_exports"]
 

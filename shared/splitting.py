@@ -36,6 +36,7 @@ import torch
 from torch import fx, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from shared.flops import flop_counter
 from shared.tracing import TracedModel, TraceOptions, trace_model
 from shared.values import ValueSpec
 from shared.wire import MAX_VALUE_ITEMS, MAX_VALUES
@@ -275,7 +276,7 @@ class ModelGraph:
         """Run at batch 1 (shapes, FLOPs) and at two more batch sizes, to learn how each value scales.
 
         Also returns the names of the nodes whose output is a tensor (batch-first or not)."""
-        first = self._run(1, FlopCounterMode(display=False))
+        first = self._run(1, flop_counter())
         runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
         others = [(b, run.values) for b, run in runs]
         tensors: dict[str, TensorSpec] = {}

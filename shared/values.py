@@ -15,6 +15,7 @@ __all__ = ["ValueKind", "ValueSpec", "WireValue"]
 
 ValueKind = Literal["int", "tuple", "list", "size"]
 WireValue = int | tuple[int, ...] | list[int] | torch.Size
+"""A non-tensor value as the wire carries it and the tail receives it."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeGuard
+from typing import Any, Literal, TypeGuard, get_args
 
 import safetensors.torch
 import torch
@@ -72,7 +72,7 @@ from shared.errors import (
 )
 from shared.safetensors_io import save_arrays
 from shared.tensor_checks import all_finite
-from shared.values import ValueSpec, WireValue
+from shared.values import ValueKind, ValueSpec, WireValue
 
 __all__ = [
     "BATCH",
@@ -102,9 +102,7 @@ MAX_VALUES = 32
 """Most non-tensor values in one payload."""
 MAX_VALUE_ITEMS = 16
 """Most integers in one non-tensor value."""
-
-"""A non-tensor value the wire carries."""
-_VALUE_KINDS = ("int", "tuple", "list", "size")
+_VALUE_KINDS = get_args(ValueKind)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,7 @@ from service_core.settings import ServiceSettings
 from shared import errors
 from splitinfer.failures import CliError, one_line
 
-__all__ = ["KEEP_ALIVE_S", "configure_logging", "run_service", "uvicorn_config"]
-
-KEEP_ALIVE_S = 65
-"""How long a service keeps an idle kept-alive connection open: longer than the edge's pool keeps one
-(``edge_service.cloud_client.POOL_KEEPALIVE_S``), so the edge closes its idle connections to the cloud
-first and never sends a request on one that the cloud is closing (uvicorn's default is 5 s)."""
+__all__ = ["configure_logging", "run_service", "uvicorn_config"]
 
 logger = logging.getLogger("splitinfer")
 
@@ -93,7 +88,7 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 30,
-        "timeout_keep_alive": KEEP_ALIVE_S,
+        "timeout_keep_alive": settings.keep_alive_s,
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }

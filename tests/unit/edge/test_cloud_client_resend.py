@@ -8,8 +8,9 @@ import asyncio
 import httpx
 import pytest
 
+from cloud_service.settings import CloudSettings
 from edge_service.cloud_client import POOL_KEEPALIVE_S, CloudClient
-from service_core.settings import ServiceSettings
+from edge_service.settings import EdgeSettings
 from shared.errors import CloudUnavailable
 from splitinfer.serve import uvicorn_config
 
@@ -24,10 +25,13 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def _calls(replies: list[list[bytes | None]], calls: int, *, direct: bool) -> tuple[list[object], int, int]:
+async def _calls(
+    replies: list[list[bytes | float | None]], calls: int, *, direct: bool
+) -> tuple[list[object], int, int]:
     """``calls`` tail calls against a server whose n-th connection answers its requests with ``replies[n]``
-    in turn, then closes it (None: close it once the request is read, without a reply). The outcomes, the
-    connections made and the requests read."""
+    in turn, then closes it (None: close it once the request is read, without a reply; a number: that many
+    seconds later). The outcomes (the reply's body and round trip, or the error), the connections made and
+    the requests read."""
     connections = requests = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,6 +42,9 @@ async def _calls(replies: list[list[bytes | None]], calls: int, *, direct: bool)
             for reply in script:
                 await _read_request(reader)
                 requests += 1
+                if isinstance(reply, float):
+                    await asyncio.sleep(reply)
+                    break
                 if reply is None:
                     break
                 writer.write(reply)
@@ -58,7 +65,7 @@ async def _calls(replies: list[list[bytes | None]], calls: int, *, direct: bool)
         for _ in range(calls):
             try:
                 reply = await client.run_tail(b"payload", request_id="r", deadline_s=5, max_reply_bytes=1000)
-                outcomes.append(reply.body)
+                outcomes.append((reply.body, reply.round_trip_ms))
             except CloudUnavailable as exc:
                 outcomes.append(exc)
     finally:
@@ -76,8 +83,16 @@ def test_a_kept_alive_connection_closed_under_a_request_is_sent_again(direct: bo
     # The first connection answers one request, then closes under the second, as a server does when its
     # keep-alive timeout ends just as the edge reuses the connection.
     outcomes, connections, requests = asyncio.run(_calls([[_OK, None], [_OK]], 2, direct=direct))
-    assert outcomes == [b"logit", b"logit"]
+    assert [body for body, _ in outcomes] == [b"logit", b"logit"]  # type: ignore[misc]
     assert (connections, requests) == (2, 3)
+
+
+@DIRECT
+def test_only_the_attempt_that_was_answered_is_timed(direct: bool) -> None:
+    # The dropped attempt took 0.3 s; the round trip the link estimate learns from is the answered one's.
+    outcomes, _, _ = asyncio.run(_calls([[_OK, 0.3], [_OK]], 2, direct=direct))
+    (_, first_ms), (body, resent_ms) = outcomes  # type: ignore[misc]
+    assert body == b"logit" and resent_ms < 150 and first_ms < 150
 
 
 @DIRECT
@@ -97,8 +112,8 @@ def test_a_reply_cut_short_is_not_sent_again(direct: bool) -> None:
     assert (connections, requests) == (1, 1)
 
 
-def test_the_services_keep_idle_connections_open_longer_than_the_edge_s_pool() -> None:
+def test_the_cloud_keeps_idle_connections_open_longer_than_the_edge_s_pool() -> None:
     # Then the edge closes an idle connection to the cloud before the cloud does, and the resend above is
-    # left for proxies in between with shorter timeouts.
-    config = uvicorn_config(object(), ServiceSettings())
-    assert config.timeout_keep_alive > POOL_KEEPALIVE_S
+    # left for proxies in between with shorter timeouts. The edge's own listener keeps uvicorn's 5 s.
+    assert uvicorn_config(object(), CloudSettings()).timeout_keep_alive > POOL_KEEPALIVE_S
+    assert uvicorn_config(object(), EdgeSettings()).timeout_keep_alive == 5
