@@ -23,8 +23,9 @@ measurements expire this repeats now and then; however many routes are near the 
 at most ``explore_budget`` of the latency served, on expectation, beyond the near-ties.
 
 The edge moves to the route with the best expected latency only when that is at least
-``switch_margin`` better than the current one and the current one has been in use for
-``min_dwell_s`` (no flapping between two nearly equal cuts); to a route nobody has measured, only
+``switch_margin`` better than the current one, by at least ``switch_sigmas`` standard errors of the
+difference of their measured corrections (a few lucky requests do not move it), and the current one
+has been in use for ``min_dwell_s`` (no flapping between two nearly equal cuts); to a route nobody has measured, only
 after exploring it, unless it is better by more than ``explore_margin`` (a link that collapses is
 left at once).
 
@@ -37,6 +38,7 @@ too. Probes and explorations are answered normally; they are only routed differe
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import deque
@@ -76,6 +78,10 @@ class SelectorSettings:
     """At most this fraction of the expected latency of the requests served is spent on exploring routes
     expected to be slower (each exploration costs its expected latency minus the current route's)."""
     measurement_ttl_s: float = 60.0
+    switch_sigmas: float = 2.0
+    """Switch only when the measured advantage is also at least this many standard errors of the difference
+    between the two routes' corrections: request latencies vary by 5-10% on a busy link, and a few lucky
+    samples of a route must not move the edge off the profile's choice."""
     shrink_samples: int = 2
     """Each route's correction is shrunk toward the typical one as if by this many typical samples: among
     many routes measured a few times each, the luckiest would otherwise always look best."""
@@ -153,6 +159,7 @@ class _Learned:
     corrections: dict[Key, float]  # for the routes measured often enough lately
     samples: dict[Key, int]
     typical: float  # for the others: the median of the measured routes' own (0 while none is)
+    standard_errors: dict[Key, float]  # of each correction's median, from its samples' spread
 
     @classmethod
     def from_residuals(cls, fresh: dict[Key, list[float]], min_samples: int, shrink_samples: int) -> _Learned:
@@ -162,10 +169,15 @@ class _Learned:
             key: (len(fresh[key]) * median + shrink_samples * typical) / (len(fresh[key]) + shrink_samples)
             for key, median in medians.items()
         }
-        return cls(corrections, {key: len(r) for key, r in fresh.items()}, typical)
+        errors = {key: _median_standard_error(fresh[key], median) for key, median in medians.items()}
+        return cls(corrections, {key: len(r) for key, r in fresh.items()}, typical, errors)
 
     def known(self, key: Key) -> bool:
         return key in self.corrections
+
+    def standard_error(self, row: PlanRow) -> float:
+        """Of the route's expected latency (0 for a route not measured: its prediction stands)."""
+        return self.standard_errors.get(_key(row), 0.0)
 
     def expected_ms(self, row: PlanRow) -> float:
         return row.latency_ms + self.corrections.get(_key(row), self.typical)
@@ -203,6 +215,13 @@ class _SelectorMetrics:
             "Requests routed through a near-best cut to measure its latency.",
             registry=registry,
         )
+
+
+def _median_standard_error(samples: list[float], median: float) -> float:
+    """The standard error of the median of ``samples``: 1.2533 sigma / sqrt(n) for normal samples, with
+    sigma estimated robustly from the median absolute deviation (1.4826 MAD), so one outlier moves it little."""
+    deviation = statistics.median(abs(x - median) for x in samples)
+    return 1.2533 * 1.4826 * deviation / math.sqrt(len(samples))
 
 
 def _best_of_each_cut(ranked: list[tuple[float, PlanRow]], limit: float) -> list[PlanRow]:
@@ -436,7 +455,10 @@ class CutSelector:
         best_ms, best = self._ranked(learned)[0]
         current_ms = learned.expected_ms(self.current)
         switched = False
-        clearly_better = best_ms <= current_ms * (1 - self.settings.switch_margin)
+        noise_ms = self.settings.switch_sigmas * math.hypot(
+            learned.standard_error(best), learned.standard_error(self.current)
+        )
+        clearly_better = best_ms <= current_ms * (1 - self.settings.switch_margin) and current_ms - best_ms >= noise_ms
         dwelt = now - self.switched_at >= self.settings.min_dwell_s
         # An unmeasured route is explored first, unless it is better by more than exploring is for.
         vetted = (

@@ -42,6 +42,12 @@ class EdgeSettings(ServiceSettings):
     switch_margin: float = Field(
         0.05, ge=0, lt=1, description="Cut auto: switch only to a cut expected this much faster (0.05 = 5%)."
     )
+    switch_sigmas: float = Field(
+        2.0,
+        ge=0,
+        description="Cut auto: switch only when the measured advantage is also this many standard errors of "
+        "the difference (request latencies vary; a few lucky requests should not move the cut).",
+    )
     explore_margin: float = Field(
         0.15,
         ge=0,
