@@ -24,7 +24,7 @@ from service_core.admission import Admission
 from service_core.app import create_service_app
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import load_in_own_thread
-from shared.planning import Profile
+from shared.planning import GENERATED_IMAGES, GENERATED_IMAGES_NOTE, Profile
 from shared.preprocessing import ImageLimits
 
 __all__ = ["create_app"]
@@ -65,6 +65,8 @@ def _load(settings: EdgeSettings, metrics: ServiceMetrics) -> tuple[EdgeModel, R
         edge, cloud = Profile.load(settings.edge_profile), Profile.load(settings.cloud_profile)
         if edge.model != settings.model:
             raise ValueError(f"the edge profile is of {edge.model!r}, not {settings.model!r}")
+        if edge.images == GENERATED_IMAGES and loaded.weights_kind != "random":
+            logger.warning("cut auto: %s", GENERATED_IMAGES_NOTE)
 
         def switched(route: Route) -> None:
             metrics.set_info(loaded.name, loaded.digest, route.cut.name, route.codec)

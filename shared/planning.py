@@ -48,6 +48,8 @@ __all__ = [
     "CodecProfile",
     "CutProfile",
     "FRAMING_OVERHEAD",
+    "GENERATED_IMAGES",
+    "GENERATED_IMAGES_NOTE",
     "PROFILE_CODECS",
     "PlanRow",
     "Profile",
@@ -85,6 +87,16 @@ class CutProfile:
     codecs: tuple[CodecProfile, ...]
 
 
+GENERATED_IMAGES = "generated"
+"""``Profile.images`` when ``splitinfer profile`` ran without ``--images``."""
+GENERATED_IMAGES_NOTE = (
+    "the codec errors in this profile were measured on generated pictures (no --images); on real photos "
+    "they are larger, and the fidelity guard (--max-logit-error) admits codecs that change the top-1 class "
+    "of some photos (docs/benchmarks.md, 'Fidelity guard'). With trained weights, profile with --images DIR "
+    "of photos like the ones you will serve."
+)
+
+
 @dataclass
 class Profile:
     model: str
@@ -101,6 +113,7 @@ class Profile:
     precision: str = "f32"  # engine openvino's precision (f32 or bf16); f32 for the others
     spread: float = 0.0  # the largest interquartile range / median of a cut's repeated head or tail times
     cpu_quota: float | None = None  # the CPU quota (cores) the times were taken under: see profile_model
+    images: str = ""  # what the codec errors were measured on: GENERATED_IMAGES, or the folder of photos given
 
     @property
     def engine_label(self) -> str:

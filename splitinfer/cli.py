@@ -345,7 +345,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shared.planning import profile_model
+    from shared.planning import GENERATED_IMAGES, GENERATED_IMAGES_NOTE, profile_model
     from splitinfer.bench import bench_images
     from splitinfer.checks import check_device
 
@@ -375,6 +375,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             openvino_precision=args.openvino_precision,
             cpu_quota="detect" if args.cpu_quota is None else (args.cpu_quota or None),
         )
+    profile.images = str(args.images) if args.images else GENERATED_IMAGES
     profile.save(args.output)
     elapsed = time.perf_counter() - started
     quota = f", timed as under its CPU quota of {profile.cpu_quota:g} cores" if profile.cpu_quota else ""
@@ -389,6 +390,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _random_weights_note(loaded)
+    if loaded.weights_kind != "random" and not args.images:
+        print(f"NOTE: {GENERATED_IMAGES_NOTE}", file=sys.stderr)
     return 0
 
 
