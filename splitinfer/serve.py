@@ -13,6 +13,7 @@ import uvicorn
 from service_core.settings import ServiceSettings
 from shared import errors
 from splitinfer.failures import CliError, one_line
+from splitinfer.head_deadline import http_protocol
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config"]
 
@@ -89,6 +90,8 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
         "access_log": False,
         "timeout_graceful_shutdown": 30,
         "timeout_keep_alive": settings.keep_alive_s,
+        # NOTE: uvicorn's keep-alive timer never closes a connection that has not sent a whole request head.
+        "http": http_protocol(),
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }
