@@ -1,9 +1,11 @@
-"""Connections that never finish a request head are closed after the keep-alive timeout (a real uvicorn
-server on a loopback port, configured as the services are: splitinfer.serve.uvicorn_config)."""
+"""Connections that never finish a request head are closed after the keep-alive timeout, and requests
+uvicorn cannot parse get problem+json (a real uvicorn server on a loopback port, configured as the services
+are: splitinfer.serve.uvicorn_config)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -15,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_service.settings import EdgeSettings
-from splitinfer.head_deadline import with_head_deadline
+from splitinfer.http_protocol import with_head_deadline
 from splitinfer.serve import uvicorn_config
 
 _KEEP_ALIVE_S = 0.5
@@ -95,3 +97,27 @@ def test_a_request_in_progress_outlives_the_deadline(port: int) -> None:
         conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = _closed_within(conn, _GRACE_S)
         assert reply is not None and reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nRequest ID: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"\x00\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["space in a header name", "negative length", "garbage method"],
+)
+def test_a_request_the_parser_refuses_gets_problem_json(port: int, head: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(head)
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and b"content-type: application/problem+json" in status.lower()
+    assert json.loads(body) | {"detail": ""} == {
+        "type": "https://split-inference.dev/problems/bad-request",
+        "title": "Bad request",
+        "status": 400,
+        "detail": "",
+    }

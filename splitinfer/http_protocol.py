@@ -1,4 +1,5 @@
-"""A deadline on a connection's next request head, so idle and half-sent connections cannot pile up.
+"""The services' uvicorn HTTP protocol: a deadline on each request head, and problem+json for requests
+uvicorn cannot parse.
 
 uvicorn arms its keep-alive timeout only once a response is complete, and cancels it as soon as any byte
 arrives: a connection that never sends a request, or sends part of a request head and stalls, stays open
@@ -8,19 +9,40 @@ connection opens and again after each response, that no byte cancels: when it fi
 in progress (its head complete, its response not), the connection is closed. A request whose head is in
 is left alone: its body is bounded by the body timeout (:mod:`service_core.body_limit`), its handling by
 the service's own deadlines.
+
+A request uvicorn's parser refuses (a control character in a header, a malformed ``Content-Length``)
+never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. Here it gets the same
+``application/problem+json`` body as every other error (README "Errors").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 __all__ = ["http_protocol", "with_head_deadline"]
 
+_BAD_REQUEST = json.dumps(
+    {
+        "type": "https://split-inference.dev/problems/bad-request",
+        "title": "Bad request",
+        "status": 400,
+        "detail": "the request is not valid HTTP/1.1",
+    },
+    separators=(",", ":"),
+).encode()
+_BAD_REQUEST_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
+    + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_BAD_REQUEST)
+    + _BAD_REQUEST
+)
+
 
 def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     """``base`` (uvicorn's httptools or h11 protocol) whose connections must send a complete request head
-    within the keep-alive timeout of opening, and of their previous response."""
+    within the keep-alive timeout of opening, and of their previous response, and whose unparsable requests
+    get a problem+json 400."""
 
     class HeadDeadlineProtocol(base):  # type: ignore[valid-type, misc]
         _head_deadline: asyncio.TimerHandle | None = None
@@ -46,6 +68,11 @@ def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
             if self._head_deadline is not None:
                 self._head_deadline.cancel()
                 self._head_deadline = None
+
+        def send_400_response(self, msg: str) -> None:
+            # NOTE: written as bytes (h11's state machine is in error already); the connection closes.
+            self.transport.write(_BAD_REQUEST_RESPONSE)
+            self.transport.close()
 
         def _head_deadline_passed(self) -> None:
             self._head_deadline = None
