@@ -132,18 +132,25 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
+        """Read a profile; a file that is not one this version reads raises :class:`ValueError` saying so."""
         data = json.loads(Path(path).read_text())
-        cuts = [
-            CutProfile(
-                name=c["name"],
-                index=c["index"],
-                head_ms=c["head_ms"],
-                tail_ms=c["tail_ms"],
-                codecs=tuple(CodecProfile(**p) for p in c["codecs"]),
-            )
-            for c in data.pop("cuts")
-        ]
-        return cls(**data, cuts=cuts)
+        try:
+            cuts = [
+                CutProfile(
+                    name=c["name"],
+                    index=c["index"],
+                    head_ms=c["head_ms"],
+                    tail_ms=c["tail_ms"],
+                    codecs=tuple(CodecProfile(**p) for p in c["codecs"]),
+                )
+                for c in data.pop("cuts")
+            ]
+            return cls(**data, cuts=cuts)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(
+                f"{path} is not a profile this version of splitinfer reads ({type(exc).__name__}: {exc}); "
+                "write it again with `splitinfer profile`"
+            ) from exc
 
 
 @dataclass(frozen=True)

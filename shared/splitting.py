@@ -505,7 +505,10 @@ class ModelGraph:
         :attr:`cuts`."""
         if isinstance(cut, Cut):
             return self.cuts[cut.index]
-        if isinstance(cut, int) or (isinstance(cut, str) and cut.lstrip("-").isdigit()):
+        # NOTE: ASCII digits only: str.isdigit() also accepts '\u0663' (Arabic-Indic three), which int() reads as 3.
+        if isinstance(cut, int) or (
+            isinstance(cut, str) and cut.removeprefix("-").isascii() and cut.removeprefix("-").isdigit()
+        ):
             index = int(cut)
             if not -len(self.cuts) <= index < len(self.cuts):
                 raise ValueError(f"cut index {index} out of range: this model has {len(self.cuts)} cuts")

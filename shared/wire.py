@@ -396,9 +396,9 @@ def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]
         raise MalformedPayload("metadata 'tensors' is not a list")
     parsed = []
     for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        if not isinstance(item, dict) or not all(isinstance(item.get(key), str) for key in ("name", "dtype")):
             raise MalformedPayload("metadata 'tensors' entries need a name, dtype and shape")
-        dtype = _NAMES.get(item.get("dtype"))  # type: ignore[arg-type]
+        dtype = _NAMES.get(item["dtype"])
         if dtype is None:
             raise UnsupportedMediaType(f"tensor {item['name']!r} has unknown dtype {item.get('dtype')!r}")
         shape = item.get("shape")

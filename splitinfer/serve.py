@@ -13,6 +13,7 @@ import uvicorn
 from service_core.settings import ServiceSettings
 from shared import errors
 from splitinfer.failures import CliError, one_line
+from splitinfer.http_protocol import http_protocol
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config"]
 
@@ -89,6 +90,9 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
         "access_log": False,
         "timeout_graceful_shutdown": 30,
         "timeout_keep_alive": settings.keep_alive_s,
+        # NOTE: a deadline on request heads (uvicorn's keep-alive timer does not close half-sent ones) and
+        # problem+json for requests uvicorn's parser refuses.
+        "http": http_protocol(),
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }

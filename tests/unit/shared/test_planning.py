@@ -102,6 +102,19 @@ def test_older_profiles_without_the_image_fields_still_load(tmp_path: Path) -> N
     assert Profile.load(tmp_path / "old.json").image_decode_ms == 0.0
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"total_ms": 45.6, "spread": 0.06}, {"cuts": [{"name": "input"}]}, {"cuts": 5}],
+    ids=["fields of another version", "a cut without its times", "cuts not a list"],
+)
+def test_a_file_that_is_not_a_profile_is_a_value_error_naming_it(tmp_path: Path, change: dict[str, object]) -> None:
+    """What the services and the CLI report in one line (an expected error), not a TypeError's traceback."""
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(EDGE.to_json() | change))
+    with pytest.raises(ValueError, match=r"profile\.json is not a profile .* `splitinfer profile`"):
+        Profile.load(path)
+
+
 def test_compact_codecs_are_planned_per_cut_by_their_measured_error() -> None:
     loaded = load_model("tests.fixture_models:tiny_cnn", "none")
     profile = profile_model(loaded, [encode_image(synthetic_image())], repeats=1)

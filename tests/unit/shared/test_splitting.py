@@ -82,6 +82,14 @@ def test_unknown_cut_names_nearby_valid_ones(resnet18: tuple[nn.Module, ModelGra
         graph.cut(10_000)
 
 
+def test_only_ascii_digits_name_a_cut_by_index(resnet18: tuple[nn.Module, ModelGraph, torch.Tensor]) -> None:
+    """A query parameter ``cut=\u0663`` (ARABIC-INDIC DIGIT THREE) is an unknown cut, not cut 3."""
+    _, graph, _ = resnet18
+    for name in ("\u0663", "-\u0663", "\uff13", "--3"):
+        with pytest.raises(ValueError, match="unknown cut"):
+            graph.cut(name)
+
+
 def test_multi_tensor_cut_inside_a_residual_block(resnet18: tuple[nn.Module, ModelGraph, torch.Tensor]) -> None:
     model, graph, x = resnet18
     cut = graph.cut("layer1.0.bn2")

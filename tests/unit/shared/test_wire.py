@@ -183,6 +183,8 @@ GOOD_META = {
         (_raw({"__metadata__": GOOD_META, "t": {"dtype": "F32", "shape": [-2, 3], "data_offsets": [0, 0]}}),
          MalformedPayload, "non-negative"),
         (_raw({"__metadata__": GOOD_META | {"version": "9"}}), UnsupportedMediaType, "protocol version '9'"),
+        (_raw({"__metadata__": GOOD_META | {"tensors": json.dumps([{"name": "t", "dtype": ["x"], "shape": [2, 3]}])}}),
+         MalformedPayload, "entries need a name, dtype and shape"),
     ],
 )  # fmt: skip
 def test_bad_payloads_get_typed_errors(data: bytes, error: type[SplitInferError], message: str) -> None:

@@ -1,0 +1,123 @@
+"""Connections that never finish a request head are closed after the keep-alive timeout, and requests
+uvicorn cannot parse get problem+json (a real uvicorn server on a loopback port, configured as the services
+are: splitinfer.serve.uvicorn_config)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edge_service.settings import EdgeSettings
+from splitinfer.http_protocol import with_head_deadline
+from splitinfer.serve import uvicorn_config
+
+_KEEP_ALIVE_S = 0.5
+_GRACE_S = 5.0
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(3 * _KEEP_ALIVE_S)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(params=["auto", "h11"])
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A server as the services run (uvicorn's automatic choice: httptools here), and one on h11 (what runs
+    where httptools is not installed)."""
+    settings = EdgeSettings(port=0, keep_alive_s=_KEEP_ALIVE_S)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    options = {} if request.param == "auto" else {"http": with_head_deadline(H11Protocol)}
+    server = uvicorn.Server(uvicorn_config(_app, settings, lifespan="off", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _closed_within(conn: socket.socket, seconds: float) -> bytes | None:
+    """What the server sent before it closed the connection, or None if it was still open after ``seconds``."""
+    conn.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := conn.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return None
+    return received
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET / HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half a head"])
+def test_a_connection_without_a_complete_request_head_is_closed(port: int, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(sent)
+        assert _closed_within(conn, _GRACE_S) == b""
+
+
+def test_a_kept_alive_connection_trickling_its_next_head_is_closed(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.settimeout(_GRACE_S)
+        assert conn.recv(4096).endswith(b"ok")
+        started = time.monotonic()
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":  # NOTE: each byte would cancel uvicorn's own timer
+            if time.monotonic() - started > _GRACE_S:
+                break
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert _closed_within(conn, _GRACE_S) == b""
+        assert time.monotonic() - started < 2 * _GRACE_S
+
+
+def test_a_request_in_progress_outlives_the_deadline(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = _closed_within(conn, _GRACE_S)
+        assert reply is not None and reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nRequest ID: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"\x00\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["space in a header name", "negative length", "garbage method"],
+)
+def test_a_request_the_parser_refuses_gets_problem_json(port: int, head: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(head)
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and b"content-type: application/problem+json" in status.lower()
+    assert json.loads(body) | {"detail": ""} == {
+        "type": "https://split-inference.dev/problems/bad-request",
+        "title": "Bad request",
+        "status": 400,
+        "detail": "",
+    }
