@@ -154,8 +154,13 @@ class EdgeSettings(ServiceSettings):
 
     def resolved_codec(self, cut: str, codec: str | None = None) -> str | None:
         """``codec`` (default: the configured one) for ``cut``, checked to fit (image codecs for ``input``;
-        ``None`` for ``output``, which sends nothing)."""
+        ``None`` for ``output``, which sends nothing: a codec asked for there must still be one)."""
         if cut == "output":
+            if codec is not None:
+                try:
+                    parse_codec_name(codec, ACTIVATION_CODECS + IMAGE_CODECS)
+                except UnsupportedMediaType as exc:
+                    raise ValueError(f"codec {codec!r} is not a codec: {exc.detail}") from exc
             return None
         if cut == "input":
             codec = codec or self.codec or "image"

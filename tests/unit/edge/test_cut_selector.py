@@ -439,6 +439,11 @@ def test_a_request_can_pin_its_cut(auto_edge: TestClient) -> None:
     assert unknown.status_code == 422 and "layer9" in unknown.json()["detail"]
     misfit = auto_edge.post("/v1/classify?cut=mean&codec=jpeg", files={"image": ("a.png", PICTURE)})
     assert misfit.status_code == 422 and "does not fit cut" in misfit.json()["detail"]
+    # `output` sends nothing: any codec is ignored there, but a name that is no codec is still a mistake.
+    ignored = auto_edge.post("/v1/classify?cut=output&codec=fp16", files={"image": ("a.png", PICTURE)})
+    assert ignored.status_code == 200 and ignored.json()["codec"] == "none"
+    garbage = auto_edge.post("/v1/classify?cut=output&codec=garbage", files={"image": ("a.png", PICTURE)})
+    assert garbage.status_code == 422 and "'garbage' is not a codec" in garbage.json()["detail"]
 
 
 def test_the_request_that_builds_a_split_times_it_apart(auto_edge: TestClient) -> None:
