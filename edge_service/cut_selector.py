@@ -16,8 +16,8 @@ has moved by more than 20% since they were measured (the link changed under them
 Routes expected within ``explore_margin`` of the best but not yet measured are *explored*: a request
 now and then goes through one of them until it has ``explore_samples`` measurements (the best route of
 each of the ``explore_routes`` best cuts, best first). Exploring is paid from a budget: every ordinary
-request saves ``explore_budget`` of its expected latency, and an exploration is sent when the savings
-cover its expected extra latency over the current route (never two in a row). A route expected no slower
+request saves ``explore_budget`` of the current route's expected latency, and an exploration is sent when
+the savings cover its expected extra latency over the current route (never two in a row). A route expected no slower
 is explored every other request; one expected 11% slower, with the 2% default, one request in seven. As
 measurements expire this repeats now and then; however many routes are near the best, exploring costs
 at most ``explore_budget`` of the latency served, on expectation, beyond the near-ties.

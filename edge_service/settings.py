@@ -116,12 +116,8 @@ class EdgeSettings(ServiceSettings):
     @field_validator("codec")
     @classmethod
     def _known_codec(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parse_codec_name(value, ACTIVATION_CODECS + IMAGE_CODECS)
-        except UnsupportedMediaType as exc:
-            raise ValueError(exc.detail) from exc
+        if value is not None:
+            _check_codec_name(value)
         return value
 
     @model_validator(mode="after")
@@ -157,10 +153,7 @@ class EdgeSettings(ServiceSettings):
         ``None`` for ``output``, which sends nothing: a codec asked for there must still be one)."""
         if cut == "output":
             if codec is not None:
-                try:
-                    parse_codec_name(codec, ACTIVATION_CODECS + IMAGE_CODECS)
-                except UnsupportedMediaType as exc:
-                    raise ValueError(f"codec {codec!r} is not a codec: {exc.detail}") from exc
+                _check_codec_name(codec)
             return None
         if cut == "input":
             codec = codec or self.codec or "image"
@@ -177,3 +170,11 @@ class EdgeSettings(ServiceSettings):
     @property
     def formats(self) -> tuple[str, ...]:
         return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())
+
+
+def _check_codec_name(codec: str) -> None:
+    """``ValueError`` (saying which) unless ``codec`` names a wire codec of some cut."""
+    try:
+        parse_codec_name(codec, ACTIVATION_CODECS + IMAGE_CODECS)
+    except UnsupportedMediaType as exc:
+        raise ValueError(f"codec {codec!r} is not a codec: {exc.detail}") from exc
