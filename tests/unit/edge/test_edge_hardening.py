@@ -27,7 +27,7 @@ from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
 JPEG = encode_image(synthetic_image(seed=3))
-RESET_S = 0.3
+RESET_S = 1.0  # NOTE: long enough that a loaded CI machine answers /readyz before the breaker half-opens
 MAX_DETAIL_CHARS = 300  # edge_service.cloud_client.MAX_DETAIL_CHARS (a literal: these tests also run on old code)
 Handler = Callable[[httpx.Request], httpx.Response]
 
