@@ -9,6 +9,8 @@ import pytest
 from shared.models import load_model
 from shared.planning import (
     FRAMING_OVERHEAD,
+    GENERATED_ERROR_FACTOR,
+    GENERATED_IMAGES,
     PROFILE_CODECS,
     CodecProfile,
     CutProfile,
@@ -53,6 +55,21 @@ def test_lossy_codecs_respect_the_fidelity_bound() -> None:
     assert "int8+zstd" in {r.codec for r in loose}
     by_bytes = plan(EDGE, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, objective="bytes", max_logit_error=1.0)
     assert by_bytes[0].cut == "output" and by_bytes[1].codec == "int8+zstd"
+
+
+def test_errors_measured_on_generated_pictures_count_more_against_the_guard() -> None:
+    from dataclasses import replace
+
+    # NOTE: int8+zstd's measured error is 0.5; the guard is just above it.
+    guard = 0.5 * (1 + GENERATED_ERROR_FACTOR) / 2
+    on_photos = replace(EDGE, images="photos/")
+    generated = replace(EDGE, images=GENERATED_IMAGES)
+    assert "int8+zstd" in {r.codec for r in plan(on_photos, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=guard)}
+    assert "int8+zstd" not in {
+        r.codec for r in plan(generated, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=guard)
+    }
+    loose = plan(generated, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=0.5 * GENERATED_ERROR_FACTOR)
+    assert [r.relative_l2_error for r in loose if r.codec == "int8+zstd"] == [0.5]  # NOTE: reported as measured
 
 
 def test_pareto_front_drops_dominated_rows() -> None:
