@@ -20,6 +20,8 @@ The parent supervises its workers:
   fail the same way) ends the service: the parent stops the others and exits 1.
 - A worker that exits with status 0 or on SIGTERM/SIGINT was stopped on purpose and is not replaced.
 - Once the parent is stopping, nothing is replaced.
+- On Linux a worker gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a parent killed outright
+  leaves no orphan serving the port. The parent itself needs a supervisor (systemd, compose, Kubernetes).
 
 Settings travel to the workers as JSON on their stdin (the token included: never on a command line).
 """
@@ -52,6 +54,7 @@ _POLL_S = 0.2
 _FIRST_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 10.0
 _STABLE_S = 60.0  # NOTE: a worker that lived this long resets its slot's backoff
+_PR_SET_PDEATHSIG = 1  # NOTE: from <linux/prctl.h>
 _STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 
 
@@ -132,9 +135,10 @@ def _spawn(settings: dict[str, Any]) -> _Worker:
     finally:
         os.close(write_fd)
     worker = _Worker(process, read_fd, time.monotonic())
+    message = {"settings": settings, "ready_fd": write_fd, "parent": os.getpid()}
     if process.stdin is not None:  # NOTE: always, with stdin=PIPE
         try:
-            process.stdin.write(json.dumps({"settings": settings, "ready_fd": write_fd}).encode())
+            process.stdin.write(json.dumps(message).encode())
             process.stdin.close()
         except OSError:  # NOTE: the worker died already; the supervisor sees its status
             pass
@@ -280,6 +284,18 @@ def run_workers(settings: CloudSettings) -> int:
         holder.close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM to this worker when its parent dies, so a parent killed outright (SIGKILL) leaves no
+    worker serving on the port."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # NOTE: the parent died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _announce_ready(fd: int) -> None:
     try:
         os.write(fd, b"1")
@@ -297,6 +313,7 @@ def worker_main() -> None:
     from splitinfer.serve import run_service
 
     message = json.loads(sys.stdin.read())
+    _die_with_parent(int(message["parent"]))
     ready_fd = int(message["ready_fd"])
     os.set_inheritable(ready_fd, False)  # NOTE: the worker's own children must not hold the parent's pipe open
     try:

@@ -18,6 +18,7 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
 from splitinfer.processes import Service, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
+from splitinfer.workers import backoff_s
 
 pytestmark = pytest.mark.e2e
 
@@ -176,3 +177,25 @@ def test_a_worker_that_cannot_start_ends_the_cloud(tmp_path: Path) -> None:
     output = cloud.output()
     assert "before it was ready" in output, output
     assert " replaces worker " not in output, output
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the parent alone (no drain of its own): its workers stop, nothing keeps the port."""
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path)
+    try:
+        wait_until(cloud)
+        workers = _first_pids(cloud)
+        os.kill(cloud.process.pid, signal.SIGKILL)
+        cloud.process.wait(10)
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(pid) for pid in workers), cloud.output()
+    finally:
+        cloud.stop()
+
+
+def test_replacements_back_off() -> None:
+    assert [backoff_s(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff_s(10_000) == 10.0
