@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import FrameType
@@ -124,11 +124,12 @@ class _Worker:
             self.ready_fd = None
 
 
-def _spawn(settings: dict[str, Any]) -> _Worker:
+def _spawn(settings: dict[str, Any], entry: str = _WORKER_ENTRY) -> _Worker:
+    """Start ``python -c entry`` with the settings, the readiness pipe's number and the parent's pid on stdin."""
     read_fd, write_fd = os.pipe()
     try:
         os.set_blocking(read_fd, False)
-        process = subprocess.Popen([sys.executable, "-c", _WORKER_ENTRY], stdin=subprocess.PIPE, pass_fds=[write_fd])
+        process = subprocess.Popen([sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd])
     except BaseException:
         os.close(read_fd)
         raise
@@ -158,8 +159,9 @@ class _Slot:
 class _Supervisor:
     """Keeps ``count`` workers running until stopped (see the module docstring for the rules)."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], spawn: Callable[[dict[str, Any]], _Worker] = _spawn) -> None:
         self.settings = settings
+        self.spawn = spawn
         self.slots: list[_Slot] = []
         self.stop_signal: int | None = None
         self.signals = 0
@@ -169,7 +171,7 @@ class _Supervisor:
 
     def start(self, count: int) -> None:
         for _ in range(count):
-            self.slots.append(_Slot(_spawn(self.settings)))
+            self.slots.append(_Slot(self.spawn(self.settings)))
 
     def request_stop(self, signum: int, _: FrameType | None = None) -> None:
         """The signal handler: only records the signal; the loop forwards it (never in the middle of a spawn).
@@ -185,21 +187,26 @@ class _Supervisor:
 
     def run(self) -> int:
         """Supervise until every worker has exited; the exit status (1 after a worker that never got ready)."""
-        while True:
-            self._forward_stop()
-            pending = [w.ready_fd for w in self.workers() if w.ready_fd is not None]
-            if pending:
-                select.select(pending, [], [], _POLL_S)
-            else:
-                time.sleep(_POLL_S)
-            for worker in self.workers():
-                worker.read_ready()
-            now = time.monotonic()
-            for slot in self.slots:
-                self._check(slot, now)
-            if not self.alive() and (self.stop_signal is not None or all(s.restart_at is None for s in self.slots)):
-                break
+        while not self.step():
+            pass
         return 0 if self.failure is None else 1
+
+    def step(self) -> bool:
+        """One round (at most ``_POLL_S`` of waiting): forward a stop, take readiness bytes, handle the dead
+        and the replacements due; whether every worker has exited for good."""
+        self._forward_stop()
+        pending = [w.ready_fd for w in self.workers() if w.ready_fd is not None]
+        if pending:
+            select.select(pending, [], [], _POLL_S)
+        else:
+            time.sleep(_POLL_S)
+        for worker in self.workers():
+            worker.read_ready()
+        now = time.monotonic()
+        for slot in self.slots:
+            self._check(slot, now)
+        waiting = self.stop_signal is None and any(slot.restart_at is not None for slot in self.slots)
+        return not self.alive() and not waiting
 
     def _forward_stop(self) -> None:
         if self.stop_signal is None or self.forwarded == self.signals:
@@ -212,11 +219,12 @@ class _Supervisor:
         worker = slot.worker
         if worker is not None and worker.process.poll() is not None:
             self._died(slot, worker, now)
-        if slot.restart_at is not None and self.stop_signal is not None:
-            slot.restart_at = None
-        if slot.restart_at is not None and now >= slot.restart_at:
-            slot.restart_at = None
-            slot.worker = _spawn(self.settings)
+        if slot.restart_at is None or (self.stop_signal is None and now < slot.restart_at):
+            return
+        slot.restart_at = None
+        if self.stop_signal is None:
+            # NOTE: a signal that lands during the spawn is forwarded to the new worker by the next round
+            slot.worker = self.spawn(self.settings)
             self.restarts += 1
             logger.warning(
                 "cloud worker %d replaces worker %s (restart %d)", slot.worker.process.pid, slot.replaces, self.restarts

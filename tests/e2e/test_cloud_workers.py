@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,7 +19,6 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
 from splitinfer.processes import Service, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
-from splitinfer.workers import backoff_s
 
 pytestmark = pytest.mark.e2e
 
@@ -194,8 +194,5 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         assert all(_gone(pid) for pid in workers), cloud.output()
     finally:
         cloud.stop()
-
-
-def test_replacements_back_off() -> None:
-    assert [backoff_s(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
-    assert backoff_s(10_000) == 10.0
+        with contextlib.suppress(ProcessLookupError):  # NOTE: workers the parent left behind (a failed run)
+            os.killpg(cloud.process.pid, signal.SIGKILL)
