@@ -1,11 +1,27 @@
 """Several cloud processes on one port (``splitinfer cloud --workers N``), each with its own model.
 
 Every worker listens on its own socket bound to the same address with ``SO_REUSEPORT``: the kernel
-spreads new connections over the workers, so no process hands requests to another. The parent holds
-the port (bound, not listening) while the workers start, forwards SIGTERM/SIGINT to them (each drains
-as a single cloud does) and exits when they have. Each worker gets ``cores // N`` torch threads unless
-``threads`` is set. With a GPU, every worker loads the model onto the same device: their kernels
-share it (NVIDIA MPS lets them run concurrently rather than time-sliced).
+spreads new connections over the workers, so no process hands requests to another. A worker starts
+listening once its model has loaded, so connections never wait in the backlog of a worker that is still
+loading. The parent holds the port (bound, not listening) while the workers start and restart, forwards
+SIGTERM/SIGINT to them (each drains as a single cloud does) and exits 0 when they have. Each worker gets
+``cores // N`` torch threads unless ``threads`` is set. With a GPU, every worker loads the model onto the
+same device: their kernels share it (NVIDIA MPS lets them run concurrently rather than time-sliced).
+
+The parent supervises its workers:
+
+- A worker tells the parent it is ready by writing one byte to a pipe from its lifespan, after the model
+  has loaded.
+- A ready worker that dies (a non-zero status or a signal: the OOM killer, a crash in a native library)
+  while the service is not stopping is replaced by a fresh worker on the same port with the same
+  settings; the others keep serving meanwhile. Replacements back off: 0.5 s, doubling up to 10 s for a
+  worker that lived less than a minute, 0.5 s again after one that lived longer.
+- A worker that dies before it was ready (weights that do not load, a bad setting: its replacement would
+  fail the same way) ends the service: the parent stops the others and exits 1.
+- A worker that exits with status 0 or on SIGTERM/SIGINT was stopped on purpose and is not replaced.
+- Once the parent is stopping, nothing is replaced.
+- On Linux a worker gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a parent killed outright
+  leaves no orphan serving the port. The parent itself needs a supervisor (systemd, compose, Kubernetes).
 
 Settings travel to the workers as JSON on their stdin (the token included: never on a command line).
 """
@@ -14,20 +30,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from cloud_service.settings import CloudSettings
 from splitinfer.threads import share_of_cores
 
-__all__ = ["reuse_port_socket", "run_workers", "worker_main"]
+__all__ = ["backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
 
 logger = logging.getLogger("splitinfer")
 _WORKER_ENTRY = "from splitinfer.workers import worker_main; worker_main()"
+_POLL_S = 0.2
+_FIRST_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 10.0
+_STABLE_S = 60.0  # NOTE: a worker that lived this long resets its slot's backoff
+_PR_SET_PDEATHSIG = 1  # NOTE: from <linux/prctl.h>
+_STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 
 
 def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -45,12 +73,198 @@ def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.so
     return sock
 
 
-def _worker_settings(settings: CloudSettings, port: int) -> str:
+def backoff_s(quick_deaths: int) -> float:
+    """Seconds before a dead worker is replaced, after ``quick_deaths`` earlier short-lived ones in its slot."""
+    return min(_FIRST_BACKOFF_S * 2.0 ** min(quick_deaths, 16), _MAX_BACKOFF_S)
+
+
+def _worker_settings(settings: CloudSettings, port: int) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     data.update(workers=1, port=port, threads=settings.threads or share_of_cores(settings.workers))
     if settings.token is not None:
         data["token"] = settings.token.get_secret_value()
-    return json.dumps(data)
+    return data
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+@dataclass
+class _Worker:
+    """One worker process and the read end of its readiness pipe (None once read or closed)."""
+
+    process: subprocess.Popen[bytes]
+    ready_fd: int | None
+    started: float
+    ready: bool = False
+
+    def read_ready(self) -> None:
+        """Take the worker's readiness byte if it is there (never blocks); close the pipe at a byte or EOF."""
+        if self.ready_fd is None:
+            return
+        try:
+            data = os.read(self.ready_fd, 1)
+        except BlockingIOError:
+            return
+        self.ready = self.ready or data == b"1"
+        os.close(self.ready_fd)
+        self.ready_fd = None
+        if self.ready:
+            logger.info("cloud worker %d ready", self.process.pid)
+
+    def close(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+
+def _spawn(settings: dict[str, Any], entry: str = _WORKER_ENTRY) -> _Worker:
+    """Start ``python -c entry`` with the settings, the readiness pipe's number and the parent's pid on stdin."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(read_fd, False)
+        process = subprocess.Popen([sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd])
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    worker = _Worker(process, read_fd, time.monotonic())
+    message = {"settings": settings, "ready_fd": write_fd, "parent": os.getpid()}
+    if process.stdin is not None:  # NOTE: always, with stdin=PIPE
+        try:
+            process.stdin.write(json.dumps(message).encode())
+            process.stdin.close()
+        except OSError:  # NOTE: the worker died already; the supervisor sees its status
+            pass
+    return worker
+
+
+@dataclass
+class _Slot:
+    """A place for one worker: the one running (None while a replacement waits out its backoff)."""
+
+    worker: _Worker | None
+    quick_deaths: int = 0
+    restart_at: float | None = None
+    replaces: str = ""
+
+
+class _Supervisor:
+    """Keeps ``count`` workers running until stopped (see the module docstring for the rules)."""
+
+    def __init__(self, settings: dict[str, Any], spawn: Callable[[dict[str, Any]], _Worker] = _spawn) -> None:
+        self.settings = settings
+        self.spawn = spawn
+        self.slots: list[_Slot] = []
+        self.stop_signal: int | None = None
+        self.signals = 0
+        self.forwarded = 0
+        self.failure: str | None = None
+        self.restarts = 0
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            self.slots.append(_Slot(self.spawn(self.settings)))
+
+    def request_stop(self, signum: int, _: FrameType | None = None) -> None:
+        """The signal handler: only records the signal; the loop forwards it (never in the middle of a spawn).
+        A second signal is forwarded too (a worker stops at once at its second)."""
+        self.stop_signal = signum
+        self.signals += 1
+
+    def workers(self) -> list[_Worker]:
+        return [slot.worker for slot in self.slots if slot.worker is not None]
+
+    def alive(self) -> list[_Worker]:
+        return [worker for worker in self.workers() if worker.process.poll() is None]
+
+    def run(self) -> int:
+        """Supervise until every worker has exited; the exit status (1 after a worker that never got ready)."""
+        while not self.step():
+            pass
+        return 0 if self.failure is None else 1
+
+    def step(self) -> bool:
+        """One round (at most ``_POLL_S`` of waiting): forward a stop, take readiness bytes, handle the dead
+        and the replacements due; whether every worker has exited for good."""
+        self._forward_stop()
+        pending = [w.ready_fd for w in self.workers() if w.ready_fd is not None]
+        if pending:
+            select.select(pending, [], [], _POLL_S)
+        else:
+            time.sleep(_POLL_S)
+        for worker in self.workers():
+            worker.read_ready()
+        now = time.monotonic()
+        for slot in self.slots:
+            self._check(slot, now)
+        waiting = self.stop_signal is None and any(slot.restart_at is not None for slot in self.slots)
+        return not self.alive() and not waiting
+
+    def _forward_stop(self) -> None:
+        if self.stop_signal is None or self.forwarded == self.signals:
+            return
+        self.forwarded = self.signals
+        for worker in self.alive():
+            worker.process.send_signal(self.stop_signal)
+
+    def _check(self, slot: _Slot, now: float) -> None:
+        worker = slot.worker
+        if worker is not None and worker.process.poll() is not None:
+            self._died(slot, worker, now)
+        if slot.restart_at is None or (self.stop_signal is None and now < slot.restart_at):
+            return
+        slot.restart_at = None
+        if self.stop_signal is None:
+            # NOTE: a signal that lands during the spawn is forwarded to the new worker by the next round
+            slot.worker = self.spawn(self.settings)
+            self.restarts += 1
+            logger.warning(
+                "cloud worker %d replaces worker %s (restart %d)", slot.worker.process.pid, slot.replaces, self.restarts
+            )
+
+    def _died(self, slot: _Slot, worker: _Worker, now: float) -> None:
+        worker.read_ready()  # NOTE: a byte written just before the worker died still counts
+        worker.close()
+        slot.worker = None
+        code = worker.process.returncode
+        pid, how = worker.process.pid, _describe(code)
+        if self.stop_signal is not None:
+            return
+        if code in _STOPPED_ON_PURPOSE:
+            logger.info("cloud worker %d stopped (%s): not replaced", pid, how)
+            return
+        if not worker.ready:
+            self.failure = (
+                f"cloud worker {pid} died ({how}) before it was ready (its error is above; a replacement would "
+                "fail the same way): stopping the cloud"
+            )
+            logger.error("%s", self.failure)
+            self.request_stop(signal.SIGTERM)
+            return
+        lived = now - worker.started
+        if lived >= _STABLE_S:
+            slot.quick_deaths = 0
+        delay = backoff_s(slot.quick_deaths)
+        slot.quick_deaths += 1
+        slot.restart_at = now + delay
+        slot.replaces = f"{pid} ({how})"
+        logger.warning("cloud worker %d died (%s) after %.1f s: replacing it in %.1f s", pid, how, lived, delay)
+
+    def kill_all(self) -> None:
+        """Last resort (the supervisor itself failed): kill what still runs and close the pipes."""
+        for worker in self.workers():
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+            worker.close()
 
 
 def run_workers(settings: CloudSettings) -> int:
@@ -59,49 +273,76 @@ def run_workers(settings: CloudSettings) -> int:
 
     configure_logging(settings.log_level)
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
-    port = int(holder.getsockname()[1])
-    payload = _worker_settings(settings, port).encode()
-    workers: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def forward(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for _ in range(settings.workers):
-            worker = subprocess.Popen([sys.executable, "-c", _WORKER_ENTRY], stdin=subprocess.PIPE)
-            if worker.stdin is not None:  # NOTE: always, with stdin=PIPE
-                worker.stdin.write(payload)
-                worker.stdin.close()
-            workers.append(worker)
-        logger.info("cloud: %d workers on %s:%d (pids %s)", len(workers), settings.host, port, [w.pid for w in workers])
-        while any(w.poll() is None for w in workers):
-            if not stopping and any(w.poll() not in (None, 0) for w in workers):
-                logger.error("a cloud worker exited with status %s: stopping the others", [w.poll() for w in workers])
-                forward(signal.SIGTERM, None)
-            time.sleep(0.2)
+        port = int(holder.getsockname()[1])
+        supervisor = _Supervisor(_worker_settings(settings, port))
+        previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            supervisor.start(settings.workers)
+            pids = [w.process.pid for w in supervisor.workers()]
+            logger.info("cloud: %d workers on %s:%d (pids %s)", len(pids), settings.host, port, pids)
+            code = supervisor.run()
+            logger.info("cloud: every worker has exited (%d restarts)", supervisor.restarts)
+            return code
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            supervisor.kill_all()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
         holder.close()
-    statuses = [w.returncode for w in workers]
-    return 0 if stopping or all(code == 0 for code in statuses) else 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGTERM to this worker when its parent dies, so a parent killed outright (SIGKILL) leaves no
+    worker serving on the port."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # NOTE: the parent died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _announce_ready(fd: int) -> None:
+    try:
+        os.write(fd, b"1")
+    except OSError:  # NOTE: the parent is gone; the worker serves until it is stopped
+        pass
+    finally:
+        os.close(fd)
 
 
 def worker_main() -> None:
-    """One worker: settings from stdin, its own ``SO_REUSEPORT`` socket, the ordinary cloud app."""
+    """One worker: settings from stdin, its own ``SO_REUSEPORT`` socket, the ordinary cloud app; one byte to
+    the parent's pipe once the model has loaded."""
     from cloud_service.app import create_app
+    from splitinfer.failures import explain
     from splitinfer.serve import run_service
 
-    settings = CloudSettings(**json.loads(sys.stdin.read()))
-    sock = reuse_port_socket(settings.host, settings.port)
-    run_service(create_app(settings), settings, sockets=[sock])
+    message = json.loads(sys.stdin.read())
+    _die_with_parent(int(message["parent"]))
+    ready_fd = int(message["ready_fd"])
+    os.set_inheritable(ready_fd, False)  # NOTE: the worker's own children must not hold the parent's pipe open
+    try:
+        settings = CloudSettings(**message["settings"])
+        # NOTE: bound now, listening only once the lifespan has run (uvicorn's server calls listen()): until
+        # then the kernel sends every connection to the workers that are ready.
+        sock = reuse_port_socket(settings.host, settings.port, listen=False)
+        app = create_app(settings)
+        inner = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(served: Any) -> AsyncIterator[Any]:
+            async with inner(served) as state:
+                _announce_ready(ready_fd)
+                yield state
+
+        app.router.lifespan_context = lifespan
+        run_service(app, settings, sockets=[sock])
+    except Exception as exc:
+        text = explain(exc)
+        if text is None:
+            raise
+        print(f"splitinfer: error: cloud worker {os.getpid()}: {text}", file=sys.stderr)
+        raise SystemExit(1) from None

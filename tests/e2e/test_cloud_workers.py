@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -50,3 +55,144 @@ def test_workers_stop_with_their_parent(two_workers: Service) -> None:
     assert two_workers.stop() == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(two_workers.url + "/healthz", timeout=5)
+
+
+# Supervision: a dead worker is replaced, a worker that cannot start ends the cloud, SIGTERM still drains.
+
+TINY = ["--model", "tests.fixture_models:tiny_cnn", "--weights", "none"]
+_PIDS = re.compile(r"workers on \S+ \(pids \[([\d, ]+)\]\)")
+_REPLACED = re.compile(r"cloud worker (\d+) replaces worker (\d+) \(killed by SIGKILL\)")
+
+
+def _tail(url: str, payload: bytes) -> httpx.Response:
+    """POST one tail on a new connection; a reset from a worker dying under it is retried once."""
+    for attempt in range(2):
+        try:
+            return httpx.post(url + "/v1/tail", content=payload, headers={"content-type": MEDIA_TYPE}, timeout=30)
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _served_by(response: httpx.Response) -> int:
+    assert response.status_code == 200, response.text
+    return int(response.headers[SERVED_BY_HEADER].rsplit(":", 1)[1])
+
+
+def _wait_for_log(service: Service, pattern: re.Pattern[str], timeout_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = pattern.search(service.output())
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern.pattern!r} in the log within {timeout_s} s:\n{service.output()}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def tiny_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, bytes]]:
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path_factory.mktemp("logs"))
+    try:
+        wait_until(cloud)
+        payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        yield cloud, payload
+    finally:
+        cloud.stop()
+
+
+def _first_pids(cloud: Service) -> set[int]:
+    found = _PIDS.search(cloud.output())
+    assert found, cloud.output()
+    return {int(pid) for pid in found.group(1).split(",")}
+
+
+def _kill_one_and_serve_on(cloud: Service, payload: bytes) -> tuple[int, int]:
+    """SIGKILL the worker that answers a tail; tails keep succeeding until a new worker answers one: (dead, new)."""
+    before = {_served_by(_tail(cloud.url, payload))} | _first_pids(cloud)
+    before |= {int(found.group(1)) for found in _REPLACED.finditer(cloud.output())}
+    victim = _served_by(_tail(cloud.url, payload))
+    os.kill(victim, signal.SIGKILL)
+    served: set[int] = set()
+    deadline = time.monotonic() + 60  # NOTE: a fresh worker imports torch and loads the model (seconds)
+    while not served - before and time.monotonic() < deadline:
+        served.add(_served_by(_tail(cloud.url, payload)))  # NOTE: every tail succeeds meanwhile
+        assert cloud.process.poll() is None, cloud.output()
+        time.sleep(0.05)
+    replaced = [found for found in _REPLACED.finditer(cloud.output()) if int(found.group(2)) == victim]
+    assert len(replaced) == 1, cloud.output()
+    new = int(replaced[0].group(1))
+    assert served - before == {new}, (served, before, new)
+    assert victim not in served
+    assert _gone(victim)
+    return victim, new
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(tiny_workers: tuple[Service, bytes]) -> None:
+    cloud, payload = tiny_workers
+    first = _first_pids(cloud)
+    assert len(first) == 2
+    victim, new = _kill_one_and_serve_on(cloud, payload)
+    assert victim in first
+    assert new not in first
+    assert f"cloud worker {victim} died (killed by SIGKILL)" in cloud.output()
+
+
+def test_sigterm_after_a_restart_stops_everything(tiny_workers: tuple[Service, bytes]) -> None:
+    """After a restart, a worker dies just as SIGTERM reaches the parent: nothing replaces it, every
+    process ends, exit 0."""
+    cloud, payload = tiny_workers
+    if not _REPLACED.search(cloud.output()):  # NOTE: run on its own
+        _kill_one_and_serve_on(cloud, payload)
+    pids = _first_pids(cloud) | {int(found.group(1)) for found in _REPLACED.finditer(cloud.output())}
+    alive = sorted(pid for pid in pids if not _gone(pid))
+    assert len(alive) == 2, (alive, cloud.output())
+    restarts = len(_REPLACED.findall(cloud.output()))
+    os.kill(alive[0], signal.SIGKILL)
+    os.kill(cloud.process.pid, signal.SIGTERM)  # NOTE: the parent alone: it forwards to its workers
+    assert cloud.process.wait(30) == 0, cloud.output()
+    assert all(_gone(pid) for pid in alive), cloud.output()
+    assert len(_REPLACED.findall(cloud.output())) == restarts, cloud.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(cloud.url + "/healthz", timeout=5)
+
+
+def test_a_worker_that_cannot_start_ends_the_cloud(tmp_path: Path) -> None:
+    """Weights that do not load: the parent exits 1 without restarting anything."""
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"not a state dict")
+    cloud = start_service("cloud", ["--model", TINY[1], "--weights", str(weights), "--workers", "2"], tmp_path)
+    try:
+        assert cloud.process.wait(60) == 1, cloud.output()
+    finally:
+        cloud.stop()
+    output = cloud.output()
+    assert "before it was ready" in output, output
+    assert " replaces worker " not in output, output
+
+
+@pytest.mark.slow
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the parent alone (no drain of its own): its workers stop, nothing keeps the port."""
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path)
+    try:
+        wait_until(cloud)
+        workers = _first_pids(cloud)
+        os.kill(cloud.process.pid, signal.SIGKILL)
+        cloud.process.wait(10)
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(pid) for pid in workers), cloud.output()
+    finally:
+        cloud.stop()
+        with contextlib.suppress(ProcessLookupError):  # NOTE: workers the parent left behind (a failed run)
+            os.killpg(cloud.process.pid, signal.SIGKILL)

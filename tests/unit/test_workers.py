@@ -1,0 +1,119 @@
+"""The ``--workers`` supervisor's rules, with small real processes in place of cloud workers (no torch).
+
+Each stand-in reads the same stdin message a worker does and writes the readiness byte (or not) to the
+pipe it names; the supervisor is driven round by round, so the races are played in a fixed order.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from splitinfer.workers import _spawn, _Supervisor, _Worker, backoff_s
+
+READY = "import json, os, sys, time; m = json.load(sys.stdin); os.write(m['ready_fd'], b'1'); "
+CRASH_WHEN_READY = READY + "time.sleep(0.1); sys.exit(1)"
+SERVE = READY + "time.sleep(60)"
+FAIL_TO_LOAD = "import sys; sys.stdin.read(); sys.exit(3)"
+STOP_CLEANLY = READY + "sys.exit(0)"
+
+
+def scripted(*entries: str) -> Callable[[dict[str, Any]], _Worker]:
+    """A spawn that starts the next of ``entries`` each time (and fails the test past the last one)."""
+    queue = list(entries)
+
+    def spawn(settings: dict[str, Any]) -> _Worker:
+        assert queue, "the supervisor started one worker too many"
+        return _spawn(settings, entry=queue.pop(0))
+
+    return spawn
+
+
+@pytest.fixture
+def supervisors() -> Any:
+    started: list[_Supervisor] = []
+
+    def make(*entries: str) -> _Supervisor:
+        supervisor = _Supervisor({}, spawn=scripted(*entries))
+        started.append(supervisor)
+        return supervisor
+
+    yield make
+    for supervisor in started:
+        supervisor.kill_all()
+
+
+def steps_until(supervisor: _Supervisor, condition: Callable[[], bool], rounds: int = 100) -> None:
+    for _ in range(rounds):  # NOTE: a round waits at most 0.2 s
+        if condition():
+            return
+        assert not supervisor.step(), "the supervisor finished first"
+    raise AssertionError("the condition did not hold in time")
+
+
+def test_a_ready_worker_that_dies_is_replaced_and_sigterm_then_stops_all(supervisors: Any) -> None:
+    supervisor = supervisors(CRASH_WHEN_READY, SERVE)
+    supervisor.start(1)
+    first = supervisor.workers()[0]
+    steps_until(supervisor, lambda: supervisor.restarts == 1)
+    replacement = supervisor.workers()[0]
+    assert first.process.returncode == 1
+    assert replacement is not first
+    steps_until(supervisor, lambda: replacement.ready)
+    supervisor.request_stop(signal.SIGTERM)
+    assert supervisor.run() == 0
+    assert replacement.process.returncode == -signal.SIGTERM  # NOTE: the stop was forwarded
+    assert supervisor.restarts == 1
+
+
+def test_a_worker_that_dies_before_it_is_ready_ends_everything(supervisors: Any) -> None:
+    supervisor = supervisors(FAIL_TO_LOAD, SERVE)
+    supervisor.start(2)
+    failing, serving = supervisor.workers()
+    started = time.monotonic()
+    assert supervisor.run() == 1
+    assert time.monotonic() - started < 30
+    assert supervisor.restarts == 0
+    assert supervisor.failure is not None
+    assert f"cloud worker {failing.process.pid} died (exit status 3) before it was ready" in supervisor.failure
+    assert serving.process.returncode == -signal.SIGTERM
+
+
+def test_a_death_as_sigterm_arrives_is_not_replaced(supervisors: Any) -> None:
+    """The worker dies, then the parent is told to stop before it noticed: no replacement, exit 0."""
+    supervisor = supervisors(CRASH_WHEN_READY, SERVE)
+    supervisor.start(2)
+    crashing, serving = supervisor.workers()
+    steps_until(supervisor, lambda: crashing.ready and serving.ready)
+    crashing.process.wait(10)
+    supervisor.request_stop(signal.SIGTERM)
+    assert supervisor.run() == 0  # NOTE: the scripted spawn fails the test if a third worker starts
+    assert supervisor.restarts == 0
+    assert serving.process.returncode == -signal.SIGTERM
+
+
+def test_a_death_noticed_just_before_sigterm_is_not_replaced(supervisors: Any) -> None:
+    """The parent has seen the death and waits out the backoff when the stop comes: it is cancelled."""
+    supervisor = supervisors(CRASH_WHEN_READY, SERVE)
+    supervisor.start(2)
+    crashing, _ = supervisor.workers()
+    steps_until(supervisor, lambda: crashing.process.poll() is not None and supervisor.slots[0].restart_at is not None)
+    supervisor.request_stop(signal.SIGTERM)
+    assert supervisor.run() == 0
+    assert supervisor.restarts == 0
+
+
+def test_a_worker_that_stops_cleanly_is_not_replaced(supervisors: Any) -> None:
+    supervisor = supervisors(STOP_CLEANLY)
+    supervisor.start(1)
+    assert supervisor.run() == 0
+    assert supervisor.restarts == 0
+
+
+def test_replacements_back_off() -> None:
+    assert [backoff_s(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff_s(10_000) == 10.0
