@@ -8,6 +8,7 @@ its routers, a readiness check and its body limits; everything else is the same 
 - ``app.state.draining`` turns ``/readyz`` to 503 (set on SIGTERM by ``splitinfer.serve`` and when the
   lifespan ends);
 - domain errors render as problem+json (:mod:`service_core.problems`);
+- ``HEAD`` is answered wherever ``GET`` is (:mod:`service_core.head_requests`);
 - every request gets an id, metrics and one access-log line (:mod:`service_core.metrics`), and its body
   is bounded in size and time where it enters (:mod:`service_core.body_limit`), after admission
   (:mod:`service_core.admission`: requests and body bytes in flight) and before any byte is read.
@@ -25,6 +26,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from service_core.admission import Admission, AdmissionMiddleware
 from service_core.body_limit import BodyLimitMiddleware, LimitFor
 from service_core.direct_routes import DirectRoute, DirectRoutesMiddleware
+from service_core.head_requests import HeadAsGetMiddleware
 from service_core.http import package_version
 from service_core.metrics import ServiceMetrics, install_request_middleware, metrics_response
 from service_core.openapi import ReadinessReport, install_openapi, problem_responses
@@ -125,6 +127,9 @@ def create_service_app(
     if routes.direct:
         # NOTE: the innermost middleware: everything below wraps the direct routes as it wraps FastAPI's.
         app.add_middleware(DirectRoutesMiddleware, routes=routes.direct)
+    # NOTE: HEAD runs as GET on every route (FastAPI's, the direct ones, the mounts), inside the request
+    # middleware: the access log and the metrics say HEAD.
+    app.add_middleware(HeadAsGetMiddleware)
     # NOTE: added early, so it runs inside the request middleware: a refused body is logged and counted.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, timeout_s=body_timeout_s)
     if admission is not None:

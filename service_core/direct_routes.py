@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service_core.head_requests import allow_with_head
 from service_core.problems import domain_problem, problem_response
 from shared.errors import SplitInferError
 
@@ -50,7 +51,7 @@ class DirectRoutesMiddleware:
         scope["route"] = route  # NOTE: what the metrics label with (route.path), as for FastAPI's routes
         if scope["method"] != route.method:
             refused = problem_response(405, "Method Not Allowed", f"{route.path} accepts {route.method} only")
-            refused.headers["Allow"] = route.method
+            refused.headers["Allow"] = allow_with_head(route.method)
             await refused(scope, receive, send)
             return
         started = False

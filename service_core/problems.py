@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from service_core.head_requests import allow_with_head
 from shared.errors import ClientClosedRequest, SplitInferError
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "domain_problem", "install_problem_handlers", "problem_response"]
@@ -68,7 +69,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = str(exc.detail)
     if exc.status_code == 404:
         detail = _trailing_slash_hint(request) or detail
-    return problem_response(exc.status_code, _reason(exc.status_code), detail)
+    response = problem_response(exc.status_code, _reason(exc.status_code), detail)
+    for name, value in (exc.headers or {}).items():
+        # NOTE: the router's 405 names the methods the route accepts (RFC 9110 requires Allow there);
+        # HEAD is served wherever GET is (service_core.head_requests).
+        response.headers[name] = allow_with_head(value) if name.lower() == "allow" else value
+    return response
 
 
 def _trailing_slash_hint(request: Request) -> str | None:

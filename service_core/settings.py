@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service_core.connections import check_max_connections, default_max_connections, open_files_limit
 from service_core.torch_threads import TorchThreads
 
 if TYPE_CHECKING:
@@ -121,6 +122,23 @@ class ServiceSettings(BaseSettings):
     keep_alive_s: float = Field(
         5.0, gt=0, le=3600, description="Seconds an idle kept-alive client connection stays open (uvicorn's default)."
     )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        validate_default=True,
+        description="Client connections served at once; a request beyond them gets 503 + Retry-After, and a "
+        "connection beyond an eighth more is closed unanswered (default: 1024, or less to fit the process's "
+        "file descriptor limit, ulimit -n; a larger value than fits is refused).",
+    )
+
+    @field_validator("max_connections")
+    @classmethod
+    def _fits_open_files(cls, value: int | None) -> int:
+        open_files = open_files_limit()
+        if value is None:
+            return default_max_connections(open_files)
+        check_max_connections(value, open_files)
+        return value
 
     @field_validator("weights")
     @classmethod

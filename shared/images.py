@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, UnsupportedMediaType
+from shared.image_headers import declared_size, signature_format
 
 T = TypeVar("T")
 
@@ -86,19 +87,37 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(data), formats=list(limits.formats))
         except UnidentifiedImageError as exc:
-            raise UnsupportedMediaType(f"not an image in an accepted format ({', '.join(limits.formats)})") from exc
+            raise _unidentified(data, limits) from exc
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(f"image refused as a decompression bomb: {exc}") from exc
         except _DECODE_ERRORS as exc:
-            raise InvalidImage(f"the image cannot be read: {str(exc)[:200]}") from exc
+            raise _empty_header(data) or InvalidImage(f"the image cannot be read: {str(exc)[:200]}") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise InvalidImage(f"the image is {width}x{height} pixels")
+        raise InvalidImage(f"the {image.format} image is {width}x{height} pixels; an image has at least 1x1")
     if width * height > limits.max_pixels:
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
     return image
+
+
+def _unidentified(data: bytes, limits: ImageLimits) -> SplitInferError:
+    """What Pillow could not identify is not an image in an accepted format (415), unless it starts with the
+    signature of one: then it is a malformed image of that format (422), for example a PNG 0 pixels wide."""
+    kind = signature_format(data)
+    if kind is None or kind not in limits.formats:
+        return UnsupportedMediaType(f"not an image in an accepted format ({', '.join(limits.formats)})")
+    return _empty_header(data) or InvalidImage(f"the {kind} image cannot be read: its header is malformed")
+
+
+def _empty_header(data: bytes) -> InvalidImage | None:
+    """The refusal of an image whose header declares a width or height of 0, if it does."""
+    kind = signature_format(data)
+    size = declared_size(kind, data) if kind is not None else None
+    if size is None or min(size) > 0:
+        return None
+    return InvalidImage(f"the {kind} image's header says it is {size[0]}x{size[1]} pixels; an image has at least 1x1")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -10,6 +10,12 @@ in progress (its head complete, its response not), the connection is closed. A r
 is left alone: its body is bounded by the body timeout (:mod:`service_core.body_limit`), its handling by
 the service's own deadlines.
 
+Connections are bounded (:mod:`service_core.connections`): uvicorn's ``limit_concurrency`` (the
+``MAX_CONNECTIONS`` setting) answers a request beyond it with a ``text/plain`` 503 of its own; here it gets
+a problem+json 503 with ``Retry-After`` like the services' other 503s, and a connection opened beyond the
+ceiling is closed at once, so the file descriptors the process holds are bounded however fast clients
+connect (:func:`with_connection_limit`).
+
 A request uvicorn's parser refuses (a control character in a header, a malformed ``Content-Length``)
 never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. Here it gets the same
 ``application/problem+json`` body as every other error (README "Errors").
@@ -19,9 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from typing import Any
 
-__all__ = ["http_protocol", "with_head_deadline"]
+from starlette.types import Receive, Scope, Send
+
+from service_core.connections import connection_ceiling
+from service_core.problems import domain_problem
+from shared.errors import ServiceUnavailable
+
+__all__ = ["http_protocol", "service_protocol", "with_connection_limit", "with_head_deadline"]
+
+logger = logging.getLogger(__name__)
+
+_RETRY_AFTER_S = 1.0
+_LOG_EVERY_S = 10.0
 
 _BAD_REQUEST = json.dumps(
     {
@@ -84,8 +103,76 @@ def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
     return HeadDeadlineProtocol
 
 
+class _Throttled:
+    """A warning logged at most every few seconds, with how many times it happened meanwhile (a client
+    flooding the server must not flood the log too)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.count = 0
+        self.last = -_LOG_EVERY_S
+
+    def __call__(self, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= _LOG_EVERY_S:
+            logger.warning(self.message + " (%d times since the last such line)", *args, self.count)
+            self.count, self.last = 0, now
+
+
+def with_connection_limit(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """``base`` (a uvicorn HTTP protocol) with its config's ``limit_concurrency`` (``MAX_CONNECTIONS``)
+    enforced as :mod:`service_core.connections` describes: a request that arrives while more connections are
+    open (or more requests are being served) gets a problem+json 503 with ``Retry-After`` and its connection
+    is closed; a connection opened beyond :func:`connection_ceiling` is closed at once, unanswered."""
+    refused = _Throttled("more than %d connections open: a request got 503")
+    dropped = _Throttled("%d connections open: a new connection was closed unanswered")
+
+    class ConnectionLimitProtocol(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            config: Any = args[0] if args else kwargs["config"]
+            self._max_connections: int = config.limit_concurrency or 0
+            self._ceiling = connection_ceiling(self._max_connections) if self._max_connections else 0
+            if self._max_connections:
+                # NOTE: uvicorn's own check answers text/plain; this protocol's app checks instead (below).
+                self.limit_concurrency = None
+                self._served_app: Any = config.loaded_app
+                self.app = self._app_within_limit
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if self._ceiling and len(self.connections) > self._ceiling:
+                dropped(len(self.connections) - 1)
+                transport.close()
+
+        async def _app_within_limit(self, scope: Scope, receive: Receive, send: Send) -> None:
+            # NOTE: uvicorn's counts: every open connection (this one included, idle kept-alive ones too)
+            # and every request being served (this one included: its task exists when it calls the app).
+            limit = self._max_connections
+            if scope["type"] == "http" and (len(self.connections) > limit or len(self.tasks) > limit):
+                refused(limit)
+                busy = ServiceUnavailable(
+                    f"the server is serving {limit} connections, its limit; retry shortly",
+                    retry_after=_RETRY_AFTER_S,
+                )
+                response = domain_problem(busy)
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send)
+                return
+            await self._served_app(scope, receive, send)
+
+    ConnectionLimitProtocol.__name__ = ConnectionLimitProtocol.__qualname__ = f"ConnectionLimit{base.__name__}"
+    return ConnectionLimitProtocol
+
+
+def service_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """``base`` with everything the services add: the connection limit and the request-head deadline."""
+    return with_connection_limit(with_head_deadline(base))
+
+
 def http_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's automatic choice of HTTP protocol (httptools when installed, else h11), with the deadline."""
+    """uvicorn's automatic choice of HTTP protocol (httptools when installed, else h11), as the services run it."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return with_head_deadline(AutoHTTPProtocol)
+    return service_protocol(AutoHTTPProtocol)

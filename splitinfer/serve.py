@@ -93,6 +93,8 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
         # NOTE: a deadline on request heads (uvicorn's keep-alive timer does not close half-sent ones) and
         # problem+json for requests uvicorn's parser refuses.
         "http": http_protocol(),
+        # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
+        "limit_concurrency": settings.max_connections,
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }

@@ -177,7 +177,7 @@ def test_bad_inputs_get_problem_json_and_service_continues(
         "no content type": ({"content": b"abc"}, 415),
         "text file": ({"files": {"image": ("a.txt", b"hello world", "text/plain")}}, 415),
         "truncated jpeg": ({"files": {"image": ("a.jpg", jpeg[: len(jpeg) // 2])}}, 422),
-        "0x0 png": ({"files": {"image": ("a.png", _png_header_only(0, 0))}}, 415),
+        "0x0 png": ({"files": {"image": ("a.png", _png_header_only(0, 0))}}, 422),
         "bomb png": ({"files": {"image": ("a.png", _png_header_only(50_000, 50_000))}}, 413),
         "wrong field": ({"files": {"picture": ("a.jpg", jpeg)}}, 422),
         "top_k zero": ({"files": {"image": ("a.jpg", jpeg)}, "params": {"top_k": 0}}, 422),

@@ -1,0 +1,72 @@
+"""How many client connections a service process holds, and the file descriptors that takes.
+
+Each open connection costs a file descriptor and memory. ``MAX_CONNECTIONS`` bounds them in two tiers
+(enforced by ``splitinfer.http_protocol``):
+
+- a request that arrives while more than ``MAX_CONNECTIONS`` connections are open (its own included) gets
+  a problem+json 503 with ``Retry-After``, and its connection is closed (uvicorn's ``limit_concurrency``,
+  with the services' own answer);
+- a connection opened while :func:`connection_ceiling` connections are open already (``MAX_CONNECTIONS``
+  and an eighth more, at least 8, room for those 503s) is closed at once, unanswered: however fast
+  connections come, the process holds at most that many.
+
+The ceiling and :data:`RESERVED_FDS` must fit in the process's ``RLIMIT_NOFILE``: the default
+``MAX_CONNECTIONS`` is 1024 or less to fit, and a larger one is refused at startup.
+"""
+
+from __future__ import annotations
+
+import resource
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "RESERVED_FDS",
+    "check_max_connections",
+    "connection_ceiling",
+    "default_max_connections",
+    "open_files_limit",
+]
+
+DEFAULT_MAX_CONNECTIONS = 1024
+RESERVED_FDS = 320
+"""File descriptors kept for everything but client connections: the edge's pool to the cloud (256), the
+listening sockets, model, weights, log and library files."""
+
+
+def connection_ceiling(max_connections: int) -> int:
+    """The most connections open at once: ``max_connections`` and an eighth more (at least 8), which are
+    answered 503; beyond it a new connection is closed unanswered."""
+    return max_connections + max(8, max_connections // 8)
+
+
+def open_files_limit() -> int | None:
+    """The process's soft ``RLIMIT_NOFILE`` (``ulimit -n``), or None when it is unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def default_max_connections(open_files: int | None) -> int:
+    """:data:`DEFAULT_MAX_CONNECTIONS`, or less so that its ceiling fits in ``open_files`` (at least 1)."""
+    if open_files is None:
+        return DEFAULT_MAX_CONNECTIONS
+    room = open_files - RESERVED_FDS
+    best = min(DEFAULT_MAX_CONNECTIONS, max(1, room * 8 // 9))  # NOTE: the ceiling is about 9/8 of it
+    while best < DEFAULT_MAX_CONNECTIONS and connection_ceiling(best + 1) <= room:
+        best += 1
+    while best > 1 and connection_ceiling(best) > room:
+        best -= 1
+    return best
+
+
+def check_max_connections(max_connections: int, open_files: int | None) -> None:
+    """``ValueError`` (saying what to change) unless ``max_connections`` fits in ``open_files``."""
+    if open_files is None:
+        return
+    needed = connection_ceiling(max_connections) + RESERVED_FDS
+    if needed > open_files:
+        raise ValueError(
+            f"MAX_CONNECTIONS {max_connections} needs up to {needed} file descriptors "
+            f"({connection_ceiling(max_connections)} connections and {RESERVED_FDS} for everything else); "
+            f"this process may open {open_files} (ulimit -n): raise that limit or lower MAX_CONNECTIONS "
+            f"to {default_max_connections(open_files)}"
+        )

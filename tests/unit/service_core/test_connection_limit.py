@@ -1,0 +1,150 @@
+"""MAX_CONNECTIONS: a request beyond it gets a problem+json 503 with Retry-After and its connection is closed;
+a connection beyond the ceiling is closed unanswered; once connections close, requests are served again (a
+real uvicorn server on a loopback port, configured as the services are: splitinfer.serve.uvicorn_config);
+the setting fits the process's file descriptor limit."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edge_service.settings import EdgeSettings
+from service_core import connections
+from service_core import settings as service_settings
+from splitinfer.http_protocol import service_protocol
+from splitinfer.serve import uvicorn_config
+
+CAP = 8
+CEILING = 16  # connections.connection_ceiling(8): 8 more, answered 503
+_TIMEOUT_S = 5.0
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(params=["auto", "h11"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Callable[[], int]]]:
+    """The port of a server with MAX_CONNECTIONS 8, and how many connections it holds."""
+    settings = EdgeSettings(port=0, keep_alive_s=60, max_connections=CAP)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    options = {} if request.param == "auto" else {"http": service_protocol(H11Protocol)}
+    server = uvicorn.Server(uvicorn_config(_app, settings, lifespan="off", **options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1], lambda: len(server.server_state.connections)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _until_closed(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (fails after a few seconds)."""
+    conn.settimeout(_TIMEOUT_S)
+    received = b""
+    try:
+        while chunk := conn.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def _get(conn: socket.socket) -> bytes:
+    conn.settimeout(_TIMEOUT_S)
+    conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while not received.endswith(b"\r\n\r\nok"):
+        chunk = conn.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+def test_requests_beyond_max_connections_get_503_problems_until_connections_close(
+    server: tuple[int, Callable[[], int]],
+) -> None:
+    port, open_connections = server
+    with ExitStack() as stack:
+        held = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(CAP)]
+        for conn in held:  # NOTE: served one by one: the k-th is served while k connections are open
+            assert _get(conn).startswith(b"HTTP/1.1 200 ")
+        assert open_connections() == CAP
+
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _until_closed(extra)  # NOTE: the server closes the connection after the 503
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
+        assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["retry-after"] == "1"
+        assert headers["connection"] == "close"
+        problem = json.loads(body)
+        assert problem["status"] == 503 and problem["type"].endswith("/service-unavailable")
+        assert problem["detail"] == f"the server is serving {CAP} connections, its limit; retry shortly"
+
+        # the held connections are still served (they are within the limit)
+        assert _get(held[0]).startswith(b"HTTP/1.1 200 ")
+
+        # beyond the ceiling a new connection is closed unanswered
+        idle = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(CEILING - CAP)]
+        _wait_for(lambda: open_connections() == CEILING)
+        with socket.create_connection(("127.0.0.1", port)) as dropped:
+            assert _until_closed(dropped) == b""
+        assert open_connections() == CEILING
+        for conn in idle:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _until_closed(conn).startswith(b"HTTP/1.1 503 ")
+
+    _wait_for(lambda: open_connections() == 0)
+    with socket.create_connection(("127.0.0.1", port)) as again:
+        assert _get(again).startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_default_fits_the_file_descriptor_limit() -> None:
+    assert connections.default_max_connections(None) == 1024
+    assert connections.default_max_connections(2000) == 1024
+    for open_files in (1024, 400, 330):
+        best = connections.default_max_connections(open_files)
+        assert connections.connection_ceiling(best) + connections.RESERVED_FDS <= open_files
+        assert connections.connection_ceiling(best + 1) + connections.RESERVED_FDS > open_files
+        connections.check_max_connections(best, open_files)
+
+
+def test_a_max_connections_over_the_file_descriptor_limit_is_refused_at_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_settings, "open_files_limit", lambda: 1024)
+    assert EdgeSettings().max_connections == connections.default_max_connections(1024) < 1024
+    with pytest.raises(ValueError, match=r"MAX_CONNECTIONS 1024 needs up to 1472 file descriptors .*ulimit -n"):
+        EdgeSettings(max_connections=1024)
+    assert EdgeSettings(max_connections=600).max_connections == 600
+    monkeypatch.setenv("SPLITINFER_MAX_CONNECTIONS", "8")
+    assert EdgeSettings().max_connections == 8
