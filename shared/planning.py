@@ -487,8 +487,9 @@ def plan(
     """Predicted cost of every (cut, codec) pair, best first by ``objective``.
 
     Lossy codecs are candidates only when their measured relative L2 logit error, times the edge profile's
-    :attr:`~Profile.error_factor`, is within ``max_logit_error``. ``edge_calibration_ms`` and ``cloud_calibration_ms`` are added to each side's
-    profiled compute (a running service measures how much more its requests take than its profile said).
+    :attr:`~Profile.error_factor`, is within ``max_logit_error``. ``edge_calibration_ms`` and
+    ``cloud_calibration_ms`` are added to each side's profiled compute (a running service measures how much
+    more its requests take than its profile said).
     """
     if (edge.model, edge.weights_digest) != (cloud.model, cloud.weights_digest):
         raise ValueError(f"profiles are of different models: {edge.model} vs {cloud.model} (or other weights)")
