@@ -22,6 +22,7 @@ from edge_service.settings import EdgeSettings
 from edge_service.state import EdgeState
 from service_core.admission import Admission
 from service_core.app import create_service_app
+from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import load_in_own_thread
 from shared.planning import GENERATED_IMAGES, GENERATED_IMAGES_NOTE, Profile
@@ -133,7 +134,7 @@ def create_app(
         workers = settings.resolved_head_workers()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="head", initializer=threads.apply) as executor:
             try:
-                yield EdgeState(settings, model, cloud, executor, metrics, policy, threads)
+                yield EdgeState(settings, model, cloud, executor, metrics, policy, threads, HeapTrimmer(malloc_trim()))
             finally:
                 await cloud.aclose()
 

@@ -190,6 +190,8 @@ async def _classify(
         return await _classify_admitted(request, state, blobs, choice.route, names)
     finally:
         state.in_flight -= 1
+        # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).
+        state.heap.released(getattr(request.state, "decoded_pixels", 0))
 
 
 async def _classify_admitted(
@@ -207,6 +209,7 @@ async def _classify_admitted(
         raise EdgeOverloaded(
             f"the edge could not finish its part within {settings.request_timeout_s} s", retry_after=1
         ) from exc
+    request.state.decoded_pixels = prepared.decoded_pixels
     timings = prepared.timings_ms
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"

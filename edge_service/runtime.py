@@ -53,6 +53,10 @@ class Prepared:
     payload: bytes = b""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def decoded_pixels(self) -> int:
+        return sum(image.width * image.height for image in self.images)
+
 
 class _Stopwatch:
     def __init__(self, timings: dict[str, float], name: str) -> None:

@@ -13,6 +13,7 @@ from edge_service.route_policy import RoutePolicy
 from edge_service.runtime import EdgeModel
 from edge_service.settings import EdgeSettings
 from service_core.app import service_state
+from service_core.heap import HeapTrimmer
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import TorchThreads
 
@@ -30,6 +31,8 @@ class EdgeState:
     """The one owner of the current route (fixed, or chosen by cut auto)."""
     threads: TorchThreads
     """torch's thread count, for work handed to the shared thread pool."""
+    heap: HeapTrimmer
+    """Gives the memory of large decoded images back after their request."""
     in_flight: int = 0
 
 

@@ -72,6 +72,31 @@ def test_2_3_thin_images_and_big_batches_are_refused_before_they_cost_memory(
     assert growth_mib < 1536, growth_mib
 
 
+def test_2_memory_of_large_images_goes_back_to_the_system_after_their_requests(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    edge = _start("edge", [*TINY, "--cut", "output", "--head-workers", "2"], tmp_path, stop_all)
+    pid = edge.process.pid
+    big = png_bytes_of_size(7200, 5000)  # 36 Mpixel (about 140 MB decoded), a few KB on the wire
+    with httpx.Client(base_url=edge.url, timeout=120) as client:
+        assert client.post("/v1/classify", files={"image": ("a.jpg", JPEG)}).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        def post_big(_: int) -> int:
+            return client.post("/v1/classify", files={"image": ("big.png", big)}).status_code
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(post_big, range(8))) == [200] * 8
+        assert peak_kib(pid) - before > 300 * 1024  # NOTE: the images did take memory while decoded
+        deadline = time.monotonic() + 10
+        while (rss_kib(pid, "VmRSS") - before) > 200 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    growth_mib = (rss_kib(pid, "VmRSS") - before) / 1024
+    assert growth_mib < 200, growth_mib  # NOTE: without the trim it stayed about 450 MB higher here
+
+
 def test_2_the_cloud_refuses_thin_images_at_cut_input(tmp_path: Path, stop_all: list[Service]) -> None:
     import torch
 
