@@ -184,7 +184,7 @@ def _run_head(state: EdgeLiteState, blob: bytes, timings: dict[str, float]) -> b
         timings[name] = round((time.perf_counter() - start) * 1000, 3)
         return result
 
-    image = timed("decode", lambda: decode_image(blob, state.limits))
+    image = timed("decode", lambda: decode_image(blob, state.limits, resize_size=state.preprocessor.resize_size))
     batch = timed("preprocess", lambda: state.preprocessor.batch([image]))
     outputs = timed("head", lambda: state.head(batch))
     named = {t.name: out for t, out in zip(state.manifest.cut_tensors, outputs, strict=True)}

@@ -3,6 +3,13 @@
 Every buffer the image path allocates is bounded: the decoded image and its copy resized for the model
 (``max_pixels``), and the images of one request together (``max_batch_pixels``, from their headers,
 before any is decoded).
+
+A JPEG at least eight times the model's resize size on its short side is decoded at a reduced scale
+(libjpeg's 1/2, 1/4 or 1/8: Pillow's ``draft``) that keeps its short side at least :data:`DRAFT_MARGIN`
+times that size, so the resize still shrinks it at least fourfold: a 12-megapixel photo
+decodes in a quarter of the memory and about half the time, and 36 megapixels in a sixteenth. What the
+model sees differs from the full decode by less than re-encoding the photo at another JPEG quality makes it
+differ (docs/benchmarks.md, "Decoding large JPEGs").
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_FORMATS",
+    "DRAFT_MARGIN",
     "MAX_NAME_CHARS",
     "ImageLimits",
     "check_resize",
@@ -34,6 +42,9 @@ __all__ = [
 ]
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP")
+DRAFT_MARGIN = 4
+"""A large JPEG is decoded at a reduced scale only down to this many times the resize size (short side): at
+twice, the model's top-1 answer changed on 2 of 16 generated 12-megapixel scenes (docs/benchmarks.md)."""
 MAX_NAME_CHARS = 64
 """Most characters of an uploaded file's name quoted back in an error."""
 
@@ -137,10 +148,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _load(image: Image.Image) -> Image.Image:
+def _load(image: Image.Image, resize_size: int | None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
+            if resize_size is not None and image.format == "JPEG":
+                # NOTE: a no-op unless both sides are at least twice the request (see the module docstring).
+                side = DRAFT_MARGIN * resize_size
+                image.draft(image.mode, (side, side))
             image.load()
             return _to_rgb(image)
         except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
@@ -151,7 +166,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_siz
     """Decode untrusted image bytes into an upright 8-bit RGB PIL image, refusing bombs and unknown formats.
 
     With ``resize_size``, also refuse (before decoding) an image whose copy resized for the model would
-    exceed the pixel limit.
+    exceed the pixel limit, and decode a large JPEG at a reduced scale (see the module docstring).
     """
     return decode_images([data], limits, resize_size=resize_size)[0]
 
@@ -180,7 +195,7 @@ def decode_images(
         raise PayloadTooLarge(
             f"the {len(opened)} images have {total} pixels together; the limit is {limits.max_batch_pixels}"
         )
-    return [_naming(labels[index], _load, image) for index, image in enumerate(opened)]
+    return [_naming(labels[index], _load, image, resize_size) for index, image in enumerate(opened)]
 
 
 def display_name(name: str) -> str:

@@ -314,7 +314,8 @@ def profile_model(
     graph = loaded.graph()
     target = torch.device(device)
     loaded.module.to(target)
-    decoded = [decode_image(blob) for blob in images]
+    resize_size = loaded.preprocessor.resize_size
+    decoded = [decode_image(blob, resize_size=resize_size) for blob in images]
     batches = [loaded.preprocessor.batch([image]).to(target) for image in decoded]
     batch = batches[0]
     with torch.inference_mode():
@@ -327,7 +328,7 @@ def profile_model(
     profile.engine = engine
     profile.precision = openvino_precision if engine == "openvino" else "f32"
     profile.cpu_quota = quota
-    profile.image_decode_ms = _median_ms(partial(decode_image, images[0]), repeats, watch)
+    profile.image_decode_ms = _median_ms(partial(decode_image, images[0], resize_size=resize_size), repeats, watch)
     profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats, watch)
     common = {"model": loaded.name, "weights": loaded.digest}
     profile.reply_bytes = float(len(encode_logits(references[0], cut=OUTPUT_CUT, **common)))

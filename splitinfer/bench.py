@@ -102,7 +102,7 @@ def local_baseline(
     result = LoadResult(name, 1)
 
     def one(index: int) -> None:
-        image = decode_image(images[index % len(images)])
+        image = decode_image(images[index % len(images)], resize_size=loaded.preprocessor.resize_size)
         with torch.inference_mode():
             loaded.module(loaded.preprocessor.batch([image]))
 

@@ -76,7 +76,7 @@ def codec_report(
     """
     cut = graph.cut(cut_name)
     head, tail = graph.split(cut)
-    images = [decode_image(blob) for blob in jpegs]
+    images = [decode_image(blob, resize_size=loaded.preprocessor.resize_size) for blob in jpegs]
     batch = loaded.preprocessor.batch(images)
     limits = WireLimits.for_batch(max(len(jpegs), 1), mib_per_item=64)
     # NOTE: what sending the image would cost: the model's own crop as a JPEG (the `jpeg` codec's picture)
