@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from service_core.settings import ServiceSettings
+from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
 from splitinfer.http_protocol import http_protocol
 
@@ -90,7 +90,7 @@ class _StartupErrors:
             raise
 
 
-def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, settings: ServingSettings, **uvicorn_options: Any) -> uvicorn.Config:
     """How every service runs under uvicorn (``uvicorn_options`` override)."""
     options: dict[str, Any] = {
         "host": settings.host,
@@ -112,7 +112,7 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
 
 def run_service(
     app: Any,
-    settings: ServiceSettings,
+    settings: ServingSettings,
     sockets: list[socket.socket] | None = None,
     *,
     debug: bool = False,
