@@ -1,33 +1,52 @@
-"""``python -m edge_lite [--onnx-dir DIR] [--cloud-url URL] [--port N] [--codec C] [--engine E]``: run the
+"""``python -m edge_lite --onnx-dir DIR [--cloud-url URL] [--port N] [--codec C] [--engine E] ...``: run the
 torch-free edge (engine onnxruntime, or openvino with the `openvino` extra installed).
 
-Flags override the ``SPLITINFER_`` environment variables of :class:`edge_lite.settings.EdgeLiteSettings`.
+Every setting of :class:`edge_lite.settings.EdgeLiteSettings` is a flag, overriding its ``SPLITINFER_``
+environment variable. It is served as the torch services are (``splitinfer.serve``): the same uvicorn
+configuration and HTTP protocol (the connection cap, the request-head deadline, problem+json for requests
+the parser refuses), draining on SIGTERM, and a startup failure in one line (``--debug``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
 
+PROG = "python -m edge_lite"
+DESCRIPTION = (
+    "Run the torch-free edge: the head of an export (`splitinfer export`) on ONNX Runtime or OpenVINO, served "
+    "as `splitinfer edge` is (connection cap, request-head deadline, draining on SIGTERM)."
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import uvicorn
-
-    from edge_lite.app import create_app
+    """Serve until stopped; an expected failure (bad settings, an export that does not load) is one line on
+    stderr and exit status 2."""
     from edge_lite.settings import EdgeLiteSettings
+    from splitinfer.failures import explain, failure_line
+    from splitinfer.settings_flags import add_settings_flags, settings_from_args
 
-    parser = argparse.ArgumentParser(prog="python -m edge_lite", description=__doc__)
-    flags = ("onnx-dir", "cloud-url", "host", "port", "codec", "engine", "onnx-threads", "openvino-precision")
-    for flag in (*flags, "log-level"):
-        parser.add_argument(f"--{flag}", default=None)
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    add_settings_flags(parser, EdgeLiteSettings)
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = EdgeLiteSettings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    try:
+        from edge_lite.app import create_app
+        from splitinfer.serve import run_service
+
+        settings = settings_from_args(EdgeLiteSettings, args)
+        run_service(create_app(settings), settings, debug=args.debug)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message = explain(exc)
+        if message is None or args.debug:
+            raise
+        print(failure_line(PROG, message), file=sys.stderr)
+        return 2
     return 0
 
 

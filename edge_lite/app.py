@@ -2,7 +2,9 @@
 
 Routes: ``POST /v1/classify`` (one image, multipart field ``image`` or a raw ``image/*`` body; the same
 response as :mod:`edge_service`'s, less the fallback and cut selection), ``GET /v1/info``, ``/healthz``,
-``/readyz`` (the cloud serves the export's model and weights) and ``/metrics``.
+``/readyz`` (not draining, and the cloud serves the export's model and weights) and ``/metrics``; ``HEAD``
+wherever ``GET`` is (:mod:`service_core.head_requests`). It is served by ``splitinfer.serve`` as the torch
+services are (see :mod:`edge_lite.__main__`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from starlette.datastructures import UploadFile
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
+from service_core.head_requests import HeadAsGetMiddleware
 from service_core.problems import install_problem_handlers
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
@@ -74,7 +77,11 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
     )
     if options is None:  # NOTE: unreachable: the settings allow onnxruntime and openvino only
         raise ValueError(f"engine {settings.engine!r} cannot run an ONNX head")
-    head = open_half(settings.onnx_dir / manifest.head.file, options)
+    path = settings.onnx_dir / manifest.head.file
+    try:
+        head = open_half(path, options)
+    except Exception as exc:  # NOTE: ONNX Runtime's and OpenVINO's load errors derive from Exception only
+        raise ValueError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if list(head.output_names) != [t.name for t in manifest.cut_tensors]:
         raise ValueError(f"head.onnx returns {list(head.output_names)}; its manifest says {manifest.cut_tensors}")
     preprocessor = NumpyPreprocessor.from_json(manifest.preprocessing, settings.max_image_pixels)
@@ -118,7 +125,9 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             await client.aclose()
 
     app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan)
+    app.state.draining = False  # NOTE: set on SIGTERM by splitinfer.serve
     install_problem_handlers(app)
+    app.add_middleware(HeadAsGetMiddleware)
     app.include_router(router)
     return app
 
@@ -328,8 +337,10 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: StateDep) -> dict[str, str]:
-    """The head is loaded and the cloud serves the same model and weights."""
+async def readyz(request: Request, state: StateDep) -> dict[str, str]:
+    """Not draining, the head is loaded and the cloud serves the same model and weights."""
+    if request.app.state.draining:
+        raise ServiceUnavailable("the service is shutting down")
     try:
         response = await state.client.get("/v1/info", timeout=2.0)
         cloud = response.json()

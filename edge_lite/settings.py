@@ -1,4 +1,7 @@
-"""Settings of the torch-free edge (``SPLITINFER_`` environment variables)."""
+"""Settings of the torch-free edge (``SPLITINFER_`` environment variables, or ``python -m edge_lite`` flags).
+
+How it serves HTTP (address, TLS, draining, keep-alive, the connection cap) is
+:class:`service_core.serving.ServingSettings`, the torch services' own: the same fields and checks."""
 
 from __future__ import annotations
 
@@ -6,19 +9,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service_core.serving import ServingSettings
 
 __all__ = ["EdgeLiteSettings"]
 
 
-class EdgeLiteSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPLITINFER_", extra="ignore", frozen=True)
-
+class EdgeLiteSettings(ServingSettings):
     onnx_dir: Path = Field(description="Folder written by `splitinfer export MODEL --cut C` (manifest, head.onnx).")
     codec: str = Field("fp16", description="Wire codec: fp32, fp16, bf16 or int8, each optionally +zstd.")
     cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     engine: Literal["onnxruntime", "openvino"] = Field(
         "onnxruntime", description="What runs the head: onnxruntime, or openvino (the `openvino` extra)."
     )
@@ -33,7 +33,6 @@ class EdgeLiteSettings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
-    log_level: str = Field("info", description="Python log level.")
 
     @field_validator("codec")
     @classmethod

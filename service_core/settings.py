@@ -1,5 +1,7 @@
 """Settings both services share. Each service subclasses :class:`ServiceSettings`; every field is also a
-``SPLITINFER_<NAME>`` environment variable and a ``--name`` flag of the ``splitinfer`` CLI."""
+``SPLITINFER_<NAME>`` environment variable and a ``--name`` flag of the ``splitinfer`` CLI. How the process
+serves HTTP (address, TLS, draining, keep-alive, connections) is :class:`service_core.serving.ServingSettings`,
+which the torch-free edge shares."""
 
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service_core.connections import check_max_connections, default_max_connections, open_files_limit
+from service_core.serving import ENV_PREFIX, ServingSettings
 from service_core.torch_threads import TorchThreads
 
 if TYPE_CHECKING:
@@ -20,13 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_PREFIX", "ServiceSettings"]
 
-ENV_PREFIX = "SPLITINFER_"
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
-
+class ServiceSettings(ServingSettings):
     model: str = Field(
         "resnet18",
         description="torchvision model name, timm/NAME (timm models), efficientnet_lite0 (real ImageNet weights, "
@@ -63,8 +61,6 @@ class ServiceSettings(BaseSettings):
         None, description='Tracer: forward() arguments bound to constants, a JSON object ({"mask": null}).'
     )
     device: str = Field("cpu", description="cpu, cuda or cuda:N.")
-    host: str = Field("127.0.0.1", description="Address to listen on.")
-    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
     opentelemetry: bool = Field(
         False,
@@ -72,13 +68,10 @@ class ServiceSettings(BaseSettings):
         "off by default: the service has its own Prometheus metrics, and the check costs every request.",
     )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one request or model run.")
-    log_level: str = Field("info", description="Python log level.")
     token: SecretStr | None = Field(
         None, description="Shared bearer token: the cloud requires it on /v1/*, the edge sends it. Never logged."
     )
     token_file: Path | None = Field(None, description="A file holding the token (instead of TOKEN).")
-    ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM).")
-    ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
     engine: Literal["torch", "onnxruntime", "openvino"] = Field(
         "torch",
         description="What runs this side's half: torch, or onnxruntime / openvino (from ONNX_DIR's verified export "
@@ -116,29 +109,6 @@ class ServiceSettings(BaseSettings):
     max_batch_pixels: int = Field(
         120_000_000, ge=1, description="Pixels of all images of one request together, checked before decoding."
     )
-    drain_s: float = Field(
-        1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
-    )
-    keep_alive_s: float = Field(
-        5.0, gt=0, le=3600, description="Seconds an idle kept-alive client connection stays open (uvicorn's default)."
-    )
-    max_connections: int | None = Field(
-        None,
-        ge=1,
-        validate_default=True,
-        description="Client connections served at once; a request beyond them gets 503 + Retry-After, and a "
-        "connection beyond an eighth more is closed unanswered (default: 1024, or less to fit the process's "
-        "file descriptor limit, ulimit -n; a larger value than fits is refused).",
-    )
-
-    @field_validator("max_connections")
-    @classmethod
-    def _fits_open_files(cls, value: int | None) -> int:
-        open_files = open_files_limit()
-        if value is None:
-            return default_max_connections(open_files)
-        check_max_connections(value, open_files)
-        return value
 
     @field_validator("weights")
     @classmethod
@@ -150,16 +120,11 @@ class ServiceSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _secrets_and_certificates(self) -> ServiceSettings:
+    def _secrets(self) -> ServiceSettings:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give TOKEN or TOKEN_FILE, not both")
         if self.token_file is not None and not self.token_file.is_file():
             raise ValueError(f"token file {str(self.token_file)!r} does not exist")
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("HTTPS needs both SSL_CERTFILE and SSL_KEYFILE")
-        for path in (self.ssl_certfile, self.ssl_keyfile):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {str(path)!r} does not exist")
         return self
 
     @field_validator("interpolation")

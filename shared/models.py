@@ -248,7 +248,12 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"cannot load weights file {str(path)!r}: {exc}") from exc
+        # NOTE: the first line of the cause only: torch's unpickling error spans a dozen lines.
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise ValueError(
+            f"cannot load weights file {str(path)!r}: it is not a state_dict that torch.load reads with "
+            f"weights_only=True ({type(exc).__name__}: {cause})"
+        ) from exc
     if not isinstance(state, dict):
         raise ValueError(f"weights file {str(path)!r} does not hold a state_dict")
     return state

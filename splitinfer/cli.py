@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from splitinfer.export_cmd import add_export_parser
-from splitinfer.failures import CliError, explain
+from splitinfer.failures import CliError, explain, failure_line
 from splitinfer.tables import Column, print_table
 
 __all__ = ["build_parser", "main"]
@@ -686,6 +686,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = explain(exc)
         if message is None or debug:
             raise
-        print(f"splitinfer: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        print(failure_line("splitinfer", message), file=sys.stderr)
         return 2
     return code

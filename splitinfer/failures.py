@@ -8,10 +8,13 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
-__all__ = ["CliError", "explain", "one_line"]
+__all__ = ["CliError", "explain", "failure_line", "first_line", "one_line", "startup_failure"]
+
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class CliError(Exception):
@@ -21,6 +24,20 @@ class CliError(Exception):
 def one_line(text: str) -> str:
     """``text`` with its whitespace runs (newlines included) folded into single spaces."""
     return " ".join(text.split())
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, without terminal escapes and control characters, its whitespace
+    folded (torch's unpickling error spans a dozen lines and sets bold text with ANSI escapes)."""
+    for line in _CONTROL.sub("", text.replace("\r", "\n")).splitlines():
+        if line.strip():
+            return one_line(line)
+    return ""
+
+
+def failure_line(prog: str, message: str) -> str:
+    """How a command line reports an expected failure on stderr: one line, with the hint to see more."""
+    return f"{prog}: error: {message} (--debug shows the traceback)"
 
 
 def _validation_message(exc: Any) -> str:
@@ -61,3 +78,15 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, ValueError):  # model, cut, codec, unit and profile checks word theirs for people
         return one_line(str(exc))
     return None
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """The one line for a service whose startup raised ``exc``: its type and the first line of its message,
+    or None for a bug (which keeps its traceback). Settings errors and :class:`CliError` read as :func:`explain`
+    words them."""
+    message = explain(exc)
+    if message is None or isinstance(exc, CliError) or _is_validation_error(exc):
+        return message
+    errors = sys.modules.get("shared.errors")
+    text = exc.detail if errors is not None and isinstance(exc, errors.SplitInferError) else str(exc)
+    return f"{type(exc).__name__}: {first_line(text) or message}"

@@ -9,10 +9,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import Message, Receive, Scope, Send
 
-from service_core.settings import ServiceSettings
-from shared import errors
-from splitinfer.failures import CliError, one_line
+from service_core.serving import ServingSettings
+from splitinfer.failures import CliError, startup_failure
 from splitinfer.http_protocol import http_protocol
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config"]
@@ -34,13 +34,14 @@ class _DrainingServer(uvicorn.Server):
     """On the first SIGTERM/SIGINT: /readyz turns 503 for ``drain_s``, then uvicorn stops accepting and
     finishes the requests in flight. A second signal stops at once."""
 
-    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain_s: float, app: Any) -> None:
         super().__init__(config)
         self.drain_s = drain_s
+        self.app = app
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        app_state = getattr(self.config.app, "state", None)
+        app_state = getattr(self.app, "state", None)
         if self._draining or self.drain_s <= 0 or app_state is None:
             if app_state is not None:
                 app_state.draining = True
@@ -54,34 +55,42 @@ class _DrainingServer(uvicorn.Server):
         timer.start()
 
 
-# Exceptions whose message is written for people (see splitinfer.failures): a lifespan that raises one
-# of them is a startup mistake (an unknown cut, a weights file for another model), not a bug.
-_EXPECTED = frozenset({"ValueError", "FileNotFoundError", "PermissionError", *errors.__all__})
+class _StartupErrors:
+    """The served app, whose lifespan's startup error is kept (the exception itself) for :func:`run_service`
+    to report in one line; with ``quiet``, uvicorn is not handed the traceback to log.
 
-
-class _StartupFailure(logging.Filter):
-    """Keeps uvicorn from printing the lifespan's traceback when its error is an expected one.
-
-    Starlette hands uvicorn the formatted traceback as the message of ``lifespan.startup.failed``;
-    its last line is ``Type: message``.
+    Starlette sends uvicorn the formatted traceback with ``lifespan.startup.failed`` and then raises the
+    error, which uvicorn swallows: the text is all uvicorn has, and the last line of a traceback is not the
+    error when its message spans several lines (torch's unpickling error does).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.message: str | None = None
+    def __init__(self, app: Any, *, quiet: bool) -> None:
+        self.app = app
+        self.quiet = quiet
+        self.error: BaseException | None = None
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if not text.startswith("Traceback"):
-            return True
-        kind, _, detail = text.strip().splitlines()[-1].partition(": ")
-        if kind.rsplit(".", 1)[-1] not in _EXPECTED or not detail:
-            return True
-        self.message = one_line(detail)
-        return False
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_startup(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "lifespan.startup.complete"
+            if message["type"] == "lifespan.startup.failed" and self.quiet:
+                message = {"type": message["type"]}  # NOTE: without the traceback; run_service reports it
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_startup)
+        except BaseException as exc:
+            if not started:
+                self.error = exc
+            raise
 
 
-def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, settings: ServingSettings, **uvicorn_options: Any) -> uvicorn.Config:
     """How every service runs under uvicorn (``uvicorn_options`` override)."""
     options: dict[str, Any] = {
         "host": settings.host,
@@ -103,26 +112,27 @@ def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) 
 
 def run_service(
     app: Any,
-    settings: ServiceSettings,
+    settings: ServingSettings,
     sockets: list[socket.socket] | None = None,
     *,
     debug: bool = False,
     **uvicorn_options: Any,
 ) -> None:
     """Serve ``app`` until stopped, on the settings' address or on ``sockets`` already bound (workers); an
-    expected startup failure (a bad cut, say) raises :class:`CliError` instead of printing the lifespan's
+    expected startup failure (a bad cut, a weights file that is not one) raises :class:`CliError` saying it in
+    one line (the error's type and the first line of its message) instead of printing the lifespan's
     traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
-    server = _DrainingServer(uvicorn_config(app, settings, **uvicorn_options), settings.drain_s)
-    startup = _StartupFailure()
-    uvicorn_log = logging.getLogger("uvicorn.error")
-    if not debug:
-        uvicorn_log.addFilter(startup)
+    served = _StartupErrors(app, quiet=not debug)
+    server = _DrainingServer(uvicorn_config(served, settings, **uvicorn_options), settings.drain_s, app)
     try:
         server.run(sockets=sockets)
     except SystemExit as exc:  # NOTE: uvicorn exits (status 3) when the lifespan fails
-        if server.started or startup.message is None:
+        failure = served.error
+        if server.started or failure is None or debug:
             raise
-        raise CliError(f"the service did not start: {startup.message}") from exc
-    finally:
-        uvicorn_log.removeFilter(startup)
+        message = startup_failure(failure)
+        if message is None:  # NOTE: a bug: its traceback, which uvicorn was not handed
+            logger.error("the service did not start", exc_info=failure)
+            raise
+        raise CliError(f"the service did not start: {message}") from exc

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings
 
-from service_core.settings import ENV_PREFIX
+from service_core.serving import ENV_PREFIX
 
 __all__ = ["add_settings_flags", "settings_from_args"]
 
@@ -16,7 +16,7 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseS
     group = parser.add_argument_group("settings (flags override SPLITINFER_* environment variables)")
     for name, field in settings_cls.model_fields.items():
         env = ENV_PREFIX + name.upper()
-        default = field.default if field.default is not None else "unset"
+        default = "required" if field.is_required() else field.default if field.default is not None else "unset"
         switch = field.annotation is bool
         group.add_argument(
             f"--{name.replace('_', '-')}",

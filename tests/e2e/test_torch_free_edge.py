@@ -6,10 +6,15 @@ fresh venv without torch (/tmp/edge-venv) and runs the edge from there, skipping
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -19,6 +24,7 @@ import torch
 
 from shared.models import load_model
 from shared.onnx_export import export_split
+from shared.onnx_manifest import file_digest
 from shared.preprocessing import decode_image
 from shared.splitting import ModelGraph
 from splitinfer.processes import Service, free_port, start_service, wait_until
@@ -30,17 +36,28 @@ ROOT = Path(__file__).resolve().parents[2]
 EDGE_VENV = Path("/tmp/edge-venv")
 
 
-def start_edge_lite(
-    python: str, onnx_dir: Path, cloud_url: str, logs: Path, codec: str = "fp32", engine: str = "onnxruntime"
-) -> Service:
-    port = free_port()
-    log = logs / f"edge-lite-{port}.log"
-    command = [python, "-m", "edge_lite", "--onnx-dir", str(onnx_dir), "--cloud-url", cloud_url]
-    command += ["--port", str(port), "--codec", codec, "--engine", engine]
+def _env(python: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if python == sys.executable:  # the test's venv runs the worktree; a fresh venv runs what it installed
         env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def start_edge_lite(
+    python: str,
+    onnx_dir: Path,
+    cloud_url: str,
+    logs: Path,
+    codec: str = "fp32",
+    engine: str = "onnxruntime",
+    extra: Sequence[str] = (),
+) -> Service:
+    port = free_port()
+    log = logs / f"edge-lite-{port}.log"
+    command = [python, "-m", "edge_lite", "--onnx-dir", str(onnx_dir), "--cloud-url", cloud_url]
+    command += ["--port", str(port), "--codec", codec, "--engine", engine, *extra]
+    env = _env(python)
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=logs, start_new_session=True
@@ -172,3 +189,141 @@ def test_edge_lite_in_a_fresh_venv_without_torch(setup: tuple[Path, Service, Pat
         _check_logits(edge, model)
     finally:
         edge.stop()
+
+
+CAP = 8
+KEEP_ALIVE_S = 1.0
+_TIMEOUT_S = 10.0
+_GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _exchange(conn: socket.socket, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send ``request``; the status line, headers and body of the answer (read by its Content-Length)."""
+    conn.settimeout(_TIMEOUT_S)
+    conn.sendall(request)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = conn.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
+    length = 0 if request.startswith(b"HEAD ") else int(headers["content-length"])
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, body
+        body += chunk
+    return lines[0], headers, body
+
+
+def _closed_within(conn: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed ``conn`` (which sends nothing more), failing after ``seconds``."""
+    start = time.monotonic()
+    conn.settimeout(seconds)
+    assert conn.recv(1) == b""
+    return time.monotonic() - start
+
+
+def test_edge_lite_is_served_as_the_services_are(setup: tuple[Path, Service, Path, torch.nn.Module]) -> None:
+    """HEAD on GET routes, the connection cap's problem+json 503, the request-head deadline, problem+json for
+    requests the parser refuses, and draining on SIGTERM: what ``splitinfer.serve`` gives every service."""
+    export, cloud, logs, _ = setup
+    extra = ["--max-connections", str(CAP), "--keep-alive-s", str(KEEP_ALIVE_S), "--drain-s", "3"]
+    edge = start_edge_lite(sys.executable, export, cloud.url, logs, extra=extra)
+    try:
+        wait_until(edge)
+        head = httpx.head(f"{edge.url}/healthz")
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "15"
+        assert httpx.head(f"{edge.url}/v1/info").status_code == 200
+        assert httpx.head(f"{edge.url}/v1/classify").status_code == 405
+
+        with ExitStack() as stack:
+            held = [stack.enter_context(socket.create_connection(("127.0.0.1", edge.port))) for _ in range(CAP)]
+            for conn in held:  # NOTE: one by one, each kept alive: the k-th is served while k are open
+                status, _, body = _exchange(conn, _GET)
+                assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+            with socket.create_connection(("127.0.0.1", edge.port)) as beyond:
+                status, headers, body = _exchange(beyond, _GET)
+                assert status == "HTTP/1.1 503 Service Unavailable"
+                assert headers["content-type"] == "application/problem+json" and headers["retry-after"] == "1"
+                detail = json.loads(body)["detail"]
+                assert detail == f"the server is serving {CAP} connections, its limit; retry shortly"
+                assert _closed_within(beyond, _TIMEOUT_S) < _TIMEOUT_S
+            # HEAD through the real server on a kept-alive connection: no body, the next answer follows at once
+            status, headers, _ = _exchange(held[0], b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status == "HTTP/1.1 200 OK" and headers["content-length"] == "15"
+            status, _, body = _exchange(held[0], _GET)
+            assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+
+        # a connection that never sends a request head, and one that stalls half-way through it, are closed
+        # after the keep-alive deadline
+        with socket.create_connection(("127.0.0.1", edge.port)) as idle:
+            assert KEEP_ALIVE_S * 0.5 < _closed_within(idle, _TIMEOUT_S) < _TIMEOUT_S
+        with socket.create_connection(("127.0.0.1", edge.port)) as stalled:
+            stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert KEEP_ALIVE_S * 0.5 < _closed_within(stalled, _TIMEOUT_S) < _TIMEOUT_S
+
+        # a request uvicorn's parser refuses gets the services' problem+json 400
+        with socket.create_connection(("127.0.0.1", edge.port)) as bad:
+            status, headers, body = _exchange(bad, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+            assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/problem+json"
+            assert json.loads(body)["status"] == 400
+
+        # SIGTERM: /readyz answers 503 while draining, then the process ends cleanly
+        assert httpx.get(f"{edge.url}/readyz").status_code == 200
+        os.killpg(edge.process.pid, signal.SIGTERM)
+        draining = httpx.get(f"{edge.url}/readyz")
+        assert draining.status_code == 503 and draining.json()["detail"] == "the service is shutting down"
+        # NOTE: uvicorn re-raises the handled signal once it has shut down cleanly, so -SIGTERM is a clean exit.
+        assert edge.process.wait(_TIMEOUT_S) in (0, -signal.SIGTERM)
+    finally:
+        edge.stop()
+
+
+def _run_edge_lite(onnx_dir: Path, cloud_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "edge_lite", "--onnx-dir", str(onnx_dir), "--cloud-url", cloud_url]
+    command += ["--port", str(free_port()), "--drain-s", "0", *extra]
+    return subprocess.run(command, capture_output=True, text=True, env=_env(sys.executable), timeout=120)
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("python -m edge_lite: error: ") and last.endswith(" (--debug shows the traceback)")
+    return last
+
+
+@pytest.mark.parametrize("kind", ["random", "text"])
+def test_edge_lite_with_a_head_that_is_not_onnx_fails_to_start_in_one_line(
+    setup: tuple[Path, Service, Path, torch.nn.Module], tmp_path: Path, kind: str
+) -> None:
+    """The head's file is the torch-free edge's weights: random bytes, or a text file, under a manifest whose
+    digest matches them (so that ONNX Runtime is the one to refuse them)."""
+    export, cloud, _, _ = setup
+    head = tmp_path / "head.onnx"
+    if kind == "random":
+        head.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        head.write_text("these are not weights\nbut a text file\n")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["head"]["sha256"] = file_digest(head)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    last = _one_line_failure(_run_edge_lite(tmp_path, cloud.url))
+    assert last.startswith(
+        f"python -m edge_lite: error: the service did not start: ValueError: cannot load '{head}': InvalidProtobuf: "
+    ), last
+    with_debug = _run_edge_lite(tmp_path, cloud.url, "--debug")
+    assert with_debug.returncode != 0 and "Traceback" in with_debug.stderr
+
+
+def test_edge_lite_with_a_text_manifest_or_bad_settings_fails_in_one_line(
+    setup: tuple[Path, Service, Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    _, cloud, _, _ = setup
+    (tmp_path / "manifest.json").write_text("not a manifest\nbut a text file\n")
+    last = _one_line_failure(_run_edge_lite(tmp_path, cloud.url))
+    assert "the service did not start: ValueError: " in last and "is not JSON" in last
+    last = _one_line_failure(_run_edge_lite(tmp_path, cloud.url, "--max-connections", "0"))
+    assert last.startswith("python -m edge_lite: error: invalid settings: max-connections: "), last

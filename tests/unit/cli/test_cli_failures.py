@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,7 +121,8 @@ def test_edge_with_an_unknown_cut_fails_to_start_in_one_line(capsys: pytest.Capt
     assert code == 2
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith(
-        "splitinfer: error: the service did not start: unknown cut 'layer9' for ResNet. Did you mean 'layer4'"
+        "splitinfer: error: the service did not start: ValueError: unknown cut 'layer9' for ResNet. "
+        "Did you mean 'layer4'"
     )
 
 
@@ -217,3 +220,43 @@ def test_help_does_not_import_torch() -> None:
     result = _run(["-c", probe])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def _not_a_checkpoint(folder: Path, kind: str) -> Path:
+    path = folder / f"{kind}.pt"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "text":
+        path.write_text("these are not weights\nbut a text file\n")
+    else:  # a pickle torch.load refuses with weights_only=True: its error message spans a dozen lines
+        torch.save(argparse.Namespace(weights=1), path)
+    return path
+
+
+@pytest.mark.parametrize("service", ["edge", "cloud"])
+@pytest.mark.parametrize("kind", ["random", "text", "pickle"])
+def test_a_weights_file_that_is_not_a_checkpoint_fails_to_start_in_one_line(
+    service: str, kind: str, tmp_path: Path
+) -> None:
+    weights = _not_a_checkpoint(tmp_path, kind)
+    args = ["-m", "splitinfer", service, "--weights", str(weights), "--port", str(free_port()), "--drain-s", "0"]
+    result = _run(args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "\tWeightsUnpickler" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        f"splitinfer: error: the service did not start: ValueError: cannot load weights file '{weights}': "
+        "it is not a state_dict that torch.load reads with weights_only=True ("
+    ), result.stderr
+    assert last.endswith(") (--debug shows the traceback)")
+    assert "\x1b" not in last
+    if kind == "pickle":
+        assert "(UnpicklingError: Weights only load failed." in last
+
+
+def test_a_startup_failure_with_debug_keeps_its_traceback(tmp_path: Path) -> None:
+    weights = _not_a_checkpoint(tmp_path, "pickle")
+    args = ["-m", "splitinfer", "cloud", "--weights", str(weights), "--port", str(free_port()), "--debug"]
+    result = _run(args)
+    assert result.returncode != 0 and result.returncode != 2
+    assert "Traceback" in result.stderr and "WeightsUnpickler error" in result.stderr

@@ -11,15 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from edge_lite.settings import EdgeLiteSettings
 from edge_service.settings import EdgeSettings
-from service_core import connections
-from service_core import settings as service_settings
+from service_core import connections, serving
 from splitinfer.http_protocol import service_protocol
 from splitinfer.serve import uvicorn_config
 
@@ -141,10 +142,12 @@ def test_the_default_fits_the_file_descriptor_limit() -> None:
 def test_a_max_connections_over_the_file_descriptor_limit_is_refused_at_startup(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(service_settings, "open_files_limit", lambda: 1024)
+    monkeypatch.setattr(serving, "open_files_limit", lambda: 1024)
     assert EdgeSettings().max_connections == connections.default_max_connections(1024) < 1024
     with pytest.raises(ValueError, match=r"MAX_CONNECTIONS 1024 needs up to 1472 file descriptors .*ulimit -n"):
         EdgeSettings(max_connections=1024)
     assert EdgeSettings(max_connections=600).max_connections == 600
+    with pytest.raises(ValueError, match=r"MAX_CONNECTIONS 1024 needs up to 1472 file descriptors"):
+        EdgeLiteSettings(onnx_dir=Path("export"), max_connections=1024)  # NOTE: the same field and check
     monkeypatch.setenv("SPLITINFER_MAX_CONNECTIONS", "8")
     assert EdgeSettings().max_connections == 8

@@ -1,0 +1,66 @@
+"""How a service process serves HTTP: its address, TLS, log level, draining, keep-alive and connection cap.
+
+:class:`ServingSettings` is the part of the settings that ``splitinfer.serve`` (uvicorn's configuration and
+the services' HTTP protocol) reads; the torch services' :class:`service_core.settings.ServiceSettings` and
+the torch-free edge's ``edge_lite.settings.EdgeLiteSettings`` both subclass it, so every process is served
+the same way. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service_core.connections import check_max_connections, default_max_connections, open_files_limit
+
+__all__ = ["ENV_PREFIX", "ServingSettings"]
+
+ENV_PREFIX = "SPLITINFER_"
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    log_level: str = Field("info", description="Python log level.")
+    ssl_certfile: Path | None = Field(None, description="Serve HTTPS with this certificate (PEM).")
+    ssl_keyfile: Path | None = Field(None, description="The certificate's private key (PEM).")
+    drain_s: float = Field(
+        1.0, ge=0, description="On SIGTERM: seconds /readyz answers 503 before the server stops accepting."
+    )
+    keep_alive_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds an idle kept-alive client connection stays open (uvicorn's default), and a new "
+        "connection has to send its first request head.",
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        validate_default=True,
+        description="Client connections served at once; a request beyond them gets 503 + Retry-After, and a "
+        "connection beyond an eighth more is closed unanswered (default: 1024, or less to fit the process's "
+        "file descriptor limit, ulimit -n; a larger value than fits is refused).",
+    )
+
+    @field_validator("max_connections")
+    @classmethod
+    def _fits_open_files(cls, value: int | None) -> int:
+        open_files = open_files_limit()
+        if value is None:
+            return default_max_connections(open_files)
+        check_max_connections(value, open_files)
+        return value
+
+    @model_validator(mode="after")
+    def _certificates(self) -> ServingSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both SSL_CERTFILE and SSL_KEYFILE")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
+        return self
