@@ -518,6 +518,11 @@ class CutSelector:
             "mode": "auto",
             "adaptive": self.settings.replan_interval_s > 0,
             "assumed_link": {"bandwidth_bps": self.settings.link_bandwidth, "rtt_ms": self.settings.link_rtt * 1000},
+            "fidelity_guard": {
+                "max_logit_error": self.settings.max_logit_error,
+                "error_factor": self.edge.error_factor,
+                "images": self.edge.images,
+            },
             "estimated_link": self.estimator.estimate.to_json(),
             "calibration": {
                 "edge_calibration_ms": round(self.edge_calibration.value_ms, 3),

@@ -435,6 +435,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         engines = f"edge {edge.engine_label}, cloud {cloud.engine_label}"
         title = f"{edge.model} ({engines}): {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
         print_table(title, columns, table, width=args.width)
+        if edge.error_factor != 1.0:
+            print(
+                f"rel L2 as measured on the edge profile's generated pictures; counted {edge.error_factor:g}x "
+                f"against --max-logit-error {args.max_logit_error:g} (profile with --images DIR of real photos)"
+            )
     if args.plot:
         order = {c.name: c.index for c in edge.cuts}
         plot_plan(rows, order, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
