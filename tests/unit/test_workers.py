@@ -128,7 +128,7 @@ def test_a_replacement_killed_while_loading_is_replaced_again(supervisors: Any) 
     replaces the replacement (backing off) instead of stopping."""
     supervisor = supervisors(SERVE, CRASH_WHEN_READY, KILLED_WHILE_LOADING, SERVE)
     supervisor.start(2)
-    serving, crashing = supervisor.workers()
+    serving, _ = supervisor.workers()
     steps_until(supervisor, lambda: supervisor.restarts == 1)
     killed = supervisor.slots[1].worker
     assert killed is not None
