@@ -51,7 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from edge_service.link_estimation import LinkEstimate, LinkEstimator
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import EdgeModel, Route
-from shared.planning import PlanRow, Profile, plan
+from shared.planning import PlanRow, Profile, fidelity_guard, plan
 from shared.tail_timings import TailTimings
 
 __all__ = ["CutSelector", "SelectorSettings"]
@@ -527,6 +527,7 @@ class CutSelector:
             "predicted_latency_ms": round(self.current.latency_ms, 3),
             "expected_latency_ms": round(learned.expected_ms(self.current), 3),
             "candidates": len(self.rows),
+            "fidelity_guard": fidelity_guard(self.edge, self.settings.max_logit_error),
             "ranking": [
                 {
                     "cut": r.cut,

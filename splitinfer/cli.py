@@ -396,7 +396,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from shared.planning import pareto, plan
+    from shared.planning import fidelity_guard_note, pareto, plan
     from shared.units import parse_bandwidth, parse_duration
     from splitinfer.checks import load_profile
     from splitinfer.plot import plot_plan, require_matplotlib
@@ -409,6 +409,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         edge, cloud, bandwidth_bps=bandwidth, rtt_s=rtt, objective=args.objective, max_logit_error=args.max_logit_error
     )
     front = {(r.cut, r.codec) for r in pareto(rows)}
+    note = fidelity_guard_note(edge, args.max_logit_error)
+    if note is not None:
+        print(f"NOTE: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_json() | {"pareto": (r.cut, r.codec) in front} for r in rows], indent=2))
     else:
