@@ -126,10 +126,12 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 def _cmd_cloud(args: argparse.Namespace) -> int:
     from cloud_service.app import create_app
     from cloud_service.settings import CloudSettings
+    from service_core.connections import raise_open_files_limit
     from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
     from splitinfer.settings_flags import settings_from_args
 
+    raise_open_files_limit()  # NOTE: before the settings, whose default MAX_CONNECTIONS fits the limit
     settings = settings_from_args(CloudSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
@@ -144,10 +146,12 @@ def _cmd_cloud(args: argparse.Namespace) -> int:
 def _cmd_edge(args: argparse.Namespace) -> int:
     from edge_service.app import create_app
     from edge_service.settings import EdgeSettings
+    from service_core.connections import raise_open_files_limit
     from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
     from splitinfer.settings_flags import settings_from_args
 
+    raise_open_files_limit()  # NOTE: before the settings, whose default MAX_CONNECTIONS fits the limit
     settings = settings_from_args(EdgeSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)

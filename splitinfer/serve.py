@@ -10,12 +10,13 @@ from typing import Any
 
 import uvicorn
 
+from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.settings import ServiceSettings
 from shared import errors
 from splitinfer.failures import CliError, one_line
 from splitinfer.http_protocol import http_protocol
 
-__all__ = ["configure_logging", "run_service", "uvicorn_config"]
+__all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
 logger = logging.getLogger("splitinfer")
 
@@ -81,6 +82,16 @@ class _StartupFailure(logging.Filter):
         return False
 
 
+def warn_of_a_lowered_connection_limit(settings: ServiceSettings) -> None:
+    """A warning when ``MAX_CONNECTIONS`` defaulted to less than 1024 to fit ``ulimit -n``."""
+    explicit = "max_connections" in settings.model_fields_set
+    if settings.max_connections is None:
+        return
+    warning = lowered_default_warning(settings.max_connections, explicit, open_files_limit())
+    if warning is not None:
+        logger.warning("%s", warning)
+
+
 def uvicorn_config(app: Any, settings: ServiceSettings, **uvicorn_options: Any) -> uvicorn.Config:
     """How every service runs under uvicorn (``uvicorn_options`` override)."""
     options: dict[str, Any] = {
@@ -113,6 +124,7 @@ def run_service(
     expected startup failure (a bad cut, say) raises :class:`CliError` instead of printing the lifespan's
     traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
+    warn_of_a_lowered_connection_limit(settings)
     server = _DrainingServer(uvicorn_config(app, settings, **uvicorn_options), settings.drain_s)
     startup = _StartupFailure()
     uvicorn_log = logging.getLogger("uvicorn.error")

@@ -277,9 +277,10 @@ class _Supervisor:
 
 def run_workers(settings: CloudSettings) -> int:
     """Start ``settings.workers`` cloud processes on one port and supervise them; the exit status."""
-    from splitinfer.serve import configure_logging
+    from splitinfer.serve import configure_logging, warn_of_a_lowered_connection_limit
 
     configure_logging(settings.log_level)
+    warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
     try:
         port = int(holder.getsockname()[1])
