@@ -71,11 +71,16 @@ def check_max_connections(max_connections: int, open_files: int | None) -> None:
         return
     needed = connection_ceiling(max_connections) + RESERVED_FDS
     if needed > open_files:
+        fitting = default_max_connections(open_files)
+        advice = (
+            f"raise that limit or lower MAX_CONNECTIONS to {fitting}"
+            if connection_ceiling(fitting) + RESERVED_FDS <= open_files
+            else f"raise that limit to {connection_ceiling(1) + RESERVED_FDS} at least (no MAX_CONNECTIONS fits)"
+        )
         raise ValueError(
             f"MAX_CONNECTIONS {max_connections} needs up to {needed} file descriptors "
             f"({connection_ceiling(max_connections)} connections and {RESERVED_FDS} for everything else); "
-            f"this process may open {open_files} (ulimit -n): raise that limit or lower MAX_CONNECTIONS "
-            f"to {default_max_connections(open_files)}"
+            f"this process may open {open_files} (ulimit -n): {advice}"
         )
 
 
@@ -99,9 +104,10 @@ def lowered_default_warning(max_connections: int, explicit: bool, open_files: in
     if explicit or max_connections >= DEFAULT_MAX_CONNECTIONS:
         return None
     needed = connection_ceiling(DEFAULT_MAX_CONNECTIONS) + RESERVED_FDS
+    fits = open_files is None or connection_ceiling(max_connections) + RESERVED_FDS <= open_files
     return (
         f"MAX_CONNECTIONS is {max_connections}, not {DEFAULT_MAX_CONNECTIONS}: this process may open {open_files} "
         f"file descriptors (ulimit -n, its hard limit too) and {RESERVED_FDS} are kept for everything but client "
         f"connections; open connections beyond {max_connections} (idle ones too) get 503. Raise ulimit -n to "
-        f"{needed} for the default, or set MAX_CONNECTIONS to say this is meant"
+        f"{needed} for the default" + (", or set MAX_CONNECTIONS to say this is meant" if fits else "")
     )

@@ -197,3 +197,17 @@ def test_a_default_lowered_to_fit_the_file_limit_is_said_at_startup(
     assert [r.getMessage()[:65] for r in caplog.records] == [
         "MAX_CONNECTIONS is 71, not 1024: this process may open 400 file d"
     ]
+
+
+def test_when_no_max_connections_fits_the_refusal_says_how_far_to_raise_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``ulimit -n 256`` (hard too) the advice was "lower MAX_CONNECTIONS to 1" to one who set 1."""
+    monkeypatch.setattr(service_settings, "open_files_limit", lambda: 256)
+    with pytest.raises(
+        ValueError, match=r"\(ulimit -n\): raise that limit to 329 at least \(no MAX_CONNECTIONS fits\)"
+    ):
+        EdgeSettings(max_connections=1)
+    assert connections.lowered_default_warning(1, False, 256) is not None
+    assert "set MAX_CONNECTIONS" not in str(connections.lowered_default_warning(1, False, 256))
+    assert "set MAX_CONNECTIONS" in str(connections.lowered_default_warning(71, False, 400))
