@@ -379,7 +379,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             openvino_precision=args.openvino_precision,
             cpu_quota="detect" if args.cpu_quota is None else (args.cpu_quota or None),
         )
-    profile.images = str(args.images) if args.images else GENERATED_IMAGES
+    profile.images = _photos_label(args.images) if args.images else GENERATED_IMAGES
     profile.save(args.output)
     elapsed = time.perf_counter() - started
     quota = f", timed as under its CPU quota of {profile.cpu_quota:g} cores" if profile.cpu_quota else ""
@@ -397,6 +397,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if loaded.weights_kind != "random" and not args.images:
         print(f"NOTE: {GENERATED_IMAGES_NOTE}", file=sys.stderr)
     return 0
+
+
+def _photos_label(folder: str) -> str:
+    """How a profile records the folder of photos given: as given, unless that spells the generated pictures'
+    label (a folder named ``generated``), whose errors the planner counts twice."""
+    from shared.planning import GENERATED_IMAGES
+
+    return f"./{folder}" if folder == GENERATED_IMAGES else folder
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -47,3 +47,17 @@ def test_photos_given_are_recorded_and_no_note(
     profile, err = _profile(["--weights", str(trained_weights), "--images", str(photos)], capsys, tmp_path / "p.json")
     assert profile.images == str(photos)
     assert "generated pictures" not in err
+
+
+def test_a_folder_of_photos_named_generated_is_not_taken_for_generated_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--images generated`` (a folder of photos in the working directory) recorded ``images: generated``:
+    the planner counted the photos' errors twice and the notes called them generated pictures."""
+    monkeypatch.chdir(tmp_path)
+    photos = tmp_path / GENERATED_IMAGES
+    photos.mkdir()
+    (photos / "0.jpg").write_bytes(encode_image(synthetic_image(96, 80, seed=0)))
+    profile, _ = _profile(["--weights", "none", "--images", GENERATED_IMAGES], capsys, tmp_path / "p.json")
+    assert profile.images == f"./{GENERATED_IMAGES}"
+    assert profile.error_factor == 1.0
