@@ -51,7 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from edge_service.link_estimation import LinkEstimate, LinkEstimator
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import EdgeModel, Route
-from shared.planning import PlanRow, Profile, plan
+from shared.planning import PlanRow, Profile, fidelity_guard, plan
 from shared.tail_timings import TailTimings
 
 __all__ = ["CutSelector", "SelectorSettings"]
@@ -518,11 +518,6 @@ class CutSelector:
             "mode": "auto",
             "adaptive": self.settings.replan_interval_s > 0,
             "assumed_link": {"bandwidth_bps": self.settings.link_bandwidth, "rtt_ms": self.settings.link_rtt * 1000},
-            "fidelity_guard": {
-                "max_logit_error": self.settings.max_logit_error,
-                "error_factor": self.edge.error_factor,
-                "images": self.edge.images,
-            },
             "estimated_link": self.estimator.estimate.to_json(),
             "calibration": {
                 "edge_calibration_ms": round(self.edge_calibration.value_ms, 3),
@@ -532,6 +527,7 @@ class CutSelector:
             "predicted_latency_ms": round(self.current.latency_ms, 3),
             "expected_latency_ms": round(learned.expected_ms(self.current), 3),
             "candidates": len(self.rows),
+            "fidelity_guard": fidelity_guard(self.edge, self.settings.max_logit_error),
             "ranking": [
                 {
                     "cut": r.cut,

@@ -11,11 +11,16 @@ Each open connection costs a file descriptor and memory. ``MAX_CONNECTIONS`` bou
   connections come, the process holds at most that many.
 
 The ceiling and :data:`RESERVED_FDS` must fit in the process's ``RLIMIT_NOFILE``: the default
-``MAX_CONNECTIONS`` is 1024 or less to fit, and a larger one is refused at startup.
+``MAX_CONNECTIONS`` is 1024 or less to fit, and a larger one is refused at startup. The services first
+raise their soft limit toward what the default needs, as far as the hard limit allows
+(:func:`raise_open_files_limit`): soft limits are often far below the hard ones (1024 under systemd, 256
+on macOS), and under 256 the default would be a single connection. A default lowered all the same is
+said in a warning at startup (:func:`lowered_default_warning`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import resource
 
 __all__ = [
@@ -24,7 +29,9 @@ __all__ = [
     "check_max_connections",
     "connection_ceiling",
     "default_max_connections",
+    "lowered_default_warning",
     "open_files_limit",
+    "raise_open_files_limit",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 1024
@@ -64,9 +71,43 @@ def check_max_connections(max_connections: int, open_files: int | None) -> None:
         return
     needed = connection_ceiling(max_connections) + RESERVED_FDS
     if needed > open_files:
+        fitting = default_max_connections(open_files)
+        advice = (
+            f"raise that limit or lower MAX_CONNECTIONS to {fitting}"
+            if connection_ceiling(fitting) + RESERVED_FDS <= open_files
+            else f"raise that limit to {connection_ceiling(1) + RESERVED_FDS} at least (no MAX_CONNECTIONS fits)"
+        )
         raise ValueError(
             f"MAX_CONNECTIONS {max_connections} needs up to {needed} file descriptors "
             f"({connection_ceiling(max_connections)} connections and {RESERVED_FDS} for everything else); "
-            f"this process may open {open_files} (ulimit -n): raise that limit or lower MAX_CONNECTIONS "
-            f"to {default_max_connections(open_files)}"
+            f"this process may open {open_files} (ulimit -n): {advice}"
         )
+
+
+def raise_open_files_limit() -> int | None:
+    """Raise this process's soft ``RLIMIT_NOFILE`` toward what the default ``MAX_CONNECTIONS`` needs, no
+    further than the hard limit (servers do this at startup; Go's runtime does it for every program); the
+    soft limit afterwards, or None when it is unlimited. Child processes (``--workers``) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connection_ceiling(DEFAULT_MAX_CONNECTIONS) + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        # NOTE: a sandbox may refuse; the default then fits the old limit, and startup warns of it
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return open_files_limit()
+
+
+def lowered_default_warning(max_connections: int, explicit: bool, open_files: int | None) -> str | None:
+    """What to tell the operator when the default ``MAX_CONNECTIONS`` had to be lowered to fit
+    ``open_files``, or None (the full default, or a value they chose)."""
+    if explicit or max_connections >= DEFAULT_MAX_CONNECTIONS:
+        return None
+    needed = connection_ceiling(DEFAULT_MAX_CONNECTIONS) + RESERVED_FDS
+    fits = open_files is None or connection_ceiling(max_connections) + RESERVED_FDS <= open_files
+    return (
+        f"MAX_CONNECTIONS is {max_connections}, not {DEFAULT_MAX_CONNECTIONS}: this process may open {open_files} "
+        f"file descriptors (ulimit -n, its hard limit too) and {RESERVED_FDS} are kept for everything but client "
+        f"connections; open connections beyond {max_connections} (idle ones too) get 503. Raise ulimit -n to "
+        f"{needed} for the default" + (", or set MAX_CONNECTIONS to say this is meant" if fits else "")
+    )

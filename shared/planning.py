@@ -51,6 +51,8 @@ __all__ = [
     "GENERATED_ERROR_FACTOR",
     "GENERATED_IMAGES",
     "GENERATED_IMAGES_NOTE",
+    "fidelity_guard",
+    "fidelity_guard_note",
     "PROFILE_CODECS",
     "PlanRow",
     "Profile",
@@ -488,9 +490,9 @@ def plan(
     """Predicted cost of every (cut, codec) pair, best first by ``objective``.
 
     Lossy codecs are candidates only when their measured relative L2 logit error, times the edge profile's
-    :attr:`~Profile.error_factor`, is within ``max_logit_error``. ``edge_calibration_ms`` and
-    ``cloud_calibration_ms`` are added to each side's profiled compute (a running service measures how much
-    more its requests take than its profile said).
+    :attr:`~Profile.error_factor`, is within ``max_logit_error`` (:func:`fidelity_guard`).
+    ``edge_calibration_ms`` and ``cloud_calibration_ms`` are added to each side's profiled compute (a running
+    service measures how much more its requests take than its profile said).
     """
     if (edge.model, edge.weights_digest) != (cloud.model, cloud.weights_digest):
         raise ValueError(f"profiles are of different models: {edge.model} vs {cloud.model} (or other weights)")
@@ -532,6 +534,30 @@ def plan(
         "bytes": lambda r: (r.bytes_per_image, r.latency_ms),
     }[objective]
     return sorted(rows, key=key)
+
+
+def fidelity_guard(edge: Profile, max_logit_error: float) -> dict[str, Any]:
+    """What :func:`plan` admits a lossy codec by: the bound asked for, what the codec errors were measured on,
+    how many times they count, and so the largest error as measured that passes."""
+    return {
+        "max_logit_error": max_logit_error,
+        "errors_measured_on": edge.images or "unrecorded",
+        "error_factor": edge.error_factor,
+        "largest_measured_error_admitted": max_logit_error / edge.error_factor,
+    }
+
+
+def fidelity_guard_note(edge: Profile, max_logit_error: float) -> str | None:
+    """One line saying that :func:`plan` admits less than ``max_logit_error`` as measured, when it does."""
+    if edge.error_factor == 1.0:
+        return None
+    admitted = max_logit_error / edge.error_factor
+    return (
+        f"the codec errors in the edge profile were measured on generated pictures, so they count "
+        f"{edge.error_factor:g} times against --max-logit-error {max_logit_error:g}: lossy codecs whose "
+        f"'rel L2' as measured exceeds {admitted:g} are left out (profile with --images DIR of photos to "
+        "judge them by photos' errors; docs/benchmarks.md, 'Fidelity guard')"
+    )
 
 
 def pareto(rows: Sequence[PlanRow]) -> list[PlanRow]:

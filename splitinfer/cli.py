@@ -126,10 +126,12 @@ def _cmd_codecs(args: argparse.Namespace) -> int:
 def _cmd_cloud(args: argparse.Namespace) -> int:
     from cloud_service.app import create_app
     from cloud_service.settings import CloudSettings
+    from service_core.connections import raise_open_files_limit
     from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
     from splitinfer.settings_flags import settings_from_args
 
+    raise_open_files_limit()  # NOTE: before the settings, whose default MAX_CONNECTIONS fits the limit
     settings = settings_from_args(CloudSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
@@ -144,10 +146,12 @@ def _cmd_cloud(args: argparse.Namespace) -> int:
 def _cmd_edge(args: argparse.Namespace) -> int:
     from edge_service.app import create_app
     from edge_service.settings import EdgeSettings
+    from service_core.connections import raise_open_files_limit
     from splitinfer.checks import check_device, check_model_name
     from splitinfer.serve import run_service
     from splitinfer.settings_flags import settings_from_args
 
+    raise_open_files_limit()  # NOTE: before the settings, whose default MAX_CONNECTIONS fits the limit
     settings = settings_from_args(EdgeSettings, args)
     check_model_name(settings.model)
     check_device(settings.device)
@@ -375,7 +379,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             openvino_precision=args.openvino_precision,
             cpu_quota="detect" if args.cpu_quota is None else (args.cpu_quota or None),
         )
-    profile.images = str(args.images) if args.images else GENERATED_IMAGES
+    profile.images = _photos_label(args.images) if args.images else GENERATED_IMAGES
     profile.save(args.output)
     elapsed = time.perf_counter() - started
     quota = f", timed as under its CPU quota of {profile.cpu_quota:g} cores" if profile.cpu_quota else ""
@@ -395,8 +399,16 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _photos_label(folder: str) -> str:
+    """How a profile records the folder of photos given: as given, unless that spells the generated pictures'
+    label (a folder named ``generated``), whose errors the planner counts twice."""
+    from shared.planning import GENERATED_IMAGES
+
+    return f"./{folder}" if folder == GENERATED_IMAGES else folder
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from shared.planning import pareto, plan
+    from shared.planning import fidelity_guard_note, pareto, plan
     from shared.units import parse_bandwidth, parse_duration
     from splitinfer.checks import load_profile
     from splitinfer.plot import plot_plan, require_matplotlib
@@ -409,6 +421,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         edge, cloud, bandwidth_bps=bandwidth, rtt_s=rtt, objective=args.objective, max_logit_error=args.max_logit_error
     )
     front = {(r.cut, r.codec) for r in pareto(rows)}
+    note = fidelity_guard_note(edge, args.max_logit_error)
+    if note is not None:
+        print(f"NOTE: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_json() | {"pareto": (r.cut, r.codec) in front} for r in rows], indent=2))
     else:
@@ -435,11 +450,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         engines = f"edge {edge.engine_label}, cloud {cloud.engine_label}"
         title = f"{edge.model} ({engines}): {args.bandwidth}, RTT {args.rtt}, by {args.objective} (* Pareto)"
         print_table(title, columns, table, width=args.width)
-        if edge.error_factor != 1.0:
-            print(
-                f"rel L2 as measured on the edge profile's generated pictures; counted {edge.error_factor:g}x "
-                f"against --max-logit-error {args.max_logit_error:g} (profile with --images DIR of real photos)"
-            )
     if args.plot:
         order = {c.name: c.index for c in edge.cuts}
         plot_plan(rows, order, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")

@@ -11,11 +11,12 @@ from typing import Any
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
+from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
 from splitinfer.http_protocol import http_protocol
 
-__all__ = ["configure_logging", "run_service", "uvicorn_config"]
+__all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
 logger = logging.getLogger("splitinfer")
 
@@ -90,6 +91,16 @@ class _StartupErrors:
             raise
 
 
+def warn_of_a_lowered_connection_limit(settings: ServingSettings) -> None:
+    """A warning when ``MAX_CONNECTIONS`` defaulted to less than 1024 to fit ``ulimit -n``."""
+    explicit = "max_connections" in settings.model_fields_set
+    if settings.max_connections is None:
+        return
+    warning = lowered_default_warning(settings.max_connections, explicit, open_files_limit())
+    if warning is not None:
+        logger.warning("%s", warning)
+
+
 def uvicorn_config(app: Any, settings: ServingSettings, **uvicorn_options: Any) -> uvicorn.Config:
     """How every service runs under uvicorn (``uvicorn_options`` override)."""
     options: dict[str, Any] = {
@@ -123,6 +134,7 @@ def run_service(
     one line (the error's type and the first line of its message) instead of printing the lifespan's
     traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
+    warn_of_a_lowered_connection_limit(settings)
     served = _StartupErrors(app, quiet=not debug)
     server = _DrainingServer(uvicorn_config(served, settings, **uvicorn_options), settings.drain_s, app)
     try:

@@ -16,8 +16,11 @@ The parent supervises its workers:
   while the service is not stopping is replaced by a fresh worker on the same port with the same
   settings; the others keep serving meanwhile. Replacements back off: 0.5 s, doubling up to 10 s for a
   worker that lived less than a minute, 0.5 s again after one that lived longer.
-- A worker that dies before it was ready (weights that do not load, a bad setting: its replacement would
-  fail the same way) ends the service: the parent stops the others and exits 1.
+- A worker started with the cloud that dies before it was ready (weights that do not load, a bad setting:
+  its replacement would fail the same way) ends the service: the parent stops the others and exits 1.
+  A replacement that dies before it was ready (the OOM killer picks a worker at its memory peak, while it
+  loads the model) is replaced in turn, backing off: a worker in its slot has loaded with these
+  settings, and the others keep serving.
 - A worker that exits with status 0 or on SIGTERM/SIGINT was stopped on purpose and is not replaced.
 - Once the parent is stopping, nothing is replaced.
 - On Linux a worker gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a parent killed outright
@@ -154,6 +157,8 @@ class _Slot:
     quick_deaths: int = 0
     restart_at: float | None = None
     replaces: str = ""
+    loaded: bool = False
+    """A worker in this slot has been ready: the settings load, and a death while loading is no startup mistake."""
 
 
 class _Supervisor:
@@ -241,7 +246,9 @@ class _Supervisor:
         if code in _STOPPED_ON_PURPOSE:
             logger.info("cloud worker %d stopped (%s): not replaced", pid, how)
             return
-        if not worker.ready:
+        if worker.ready:
+            slot.loaded = True
+        elif not slot.loaded:
             self.failure = (
                 f"cloud worker {pid} died ({how}) before it was ready (its error is above; a replacement would "
                 "fail the same way): stopping the cloud"
@@ -256,7 +263,8 @@ class _Supervisor:
         slot.quick_deaths += 1
         slot.restart_at = now + delay
         slot.replaces = f"{pid} ({how})"
-        logger.warning("cloud worker %d died (%s) after %.1f s: replacing it in %.1f s", pid, how, lived, delay)
+        when = "after" if worker.ready else "while loading its model,"
+        logger.warning("cloud worker %d died (%s) %s %.1f s: replacing it in %.1f s", pid, how, when, lived, delay)
 
     def kill_all(self) -> None:
         """Last resort (the supervisor itself failed): kill what still runs and close the pipes."""
@@ -269,9 +277,10 @@ class _Supervisor:
 
 def run_workers(settings: CloudSettings) -> int:
     """Start ``settings.workers`` cloud processes on one port and supervise them; the exit status."""
-    from splitinfer.serve import configure_logging
+    from splitinfer.serve import configure_logging, warn_of_a_lowered_connection_limit
 
     configure_logging(settings.log_level)
+    warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
     try:
         port = int(holder.getsockname()[1])

@@ -117,3 +117,28 @@ def test_a_worker_that_stops_cleanly_is_not_replaced(supervisors: Any) -> None:
 def test_replacements_back_off() -> None:
     assert [backoff_s(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert backoff_s(10_000) == 10.0
+
+
+KILLED_WHILE_LOADING = "import json, os, signal, sys; json.load(sys.stdin); os.kill(os.getpid(), signal.SIGKILL)"
+
+
+def test_a_replacement_killed_while_loading_is_replaced_again(supervisors: Any) -> None:
+    """The OOM killer picks a replacement at its memory peak, while it loads the model: the settings have
+    loaded in that slot before, so this is no startup mistake; the cloud keeps its serving worker and
+    replaces the replacement (backing off) instead of stopping."""
+    supervisor = supervisors(SERVE, CRASH_WHEN_READY, KILLED_WHILE_LOADING, SERVE)
+    supervisor.start(2)
+    serving, _ = supervisor.workers()
+    steps_until(supervisor, lambda: supervisor.restarts == 1)
+    killed = supervisor.slots[1].worker
+    assert killed is not None
+    steps_until(supervisor, lambda: supervisor.restarts == 2, rounds=200)
+    assert killed.process.returncode == -signal.SIGKILL and not killed.ready
+    assert supervisor.failure is None
+    assert supervisor.slots[1].quick_deaths == 2  # NOTE: the second replacement waited 1 s, not 0.5 s
+    last = supervisor.slots[1].worker
+    assert last is not None and last is not killed
+    steps_until(supervisor, lambda: last.ready)
+    assert serving.process.poll() is None  # NOTE: never stopped
+    supervisor.request_stop(signal.SIGTERM)
+    assert supervisor.run() == 0

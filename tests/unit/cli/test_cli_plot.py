@@ -65,3 +65,19 @@ def test_plot_axes_follow_execution_order_with_real_labels(tmp_path: Path, monke
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert captured["ticks"] == NAMES
     assert captured["legend"] == ["fp16", "image", "output (edge only)"]
+
+
+def test_plan_says_on_stderr_when_generated_pictures_tighten_the_guard(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    edge, cloud = _profile(tmp_path, "edge"), _profile(tmp_path, "cloud")
+    argv = ["plan", "--edge-profile", edge, "--cloud-profile", cloud, "--bandwidth", "20mbit", "--rtt", "30ms"]
+    assert main([*argv, "--json"]) == 0
+    assert capsys.readouterr().err == ""  # NOTE: a profile that does not record its images counts them once
+    profile = Profile.load(edge)
+    profile.images = "generated"
+    profile.save(edge)
+    assert main([*argv, "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("NOTE: the codec errors in the edge profile were measured on generated pictures")
+    assert "exceeds 0.005 are left out" in err

@@ -49,17 +49,15 @@ def test_photos_given_are_recorded_and_no_note(
     assert "generated pictures" not in err
 
 
-def test_plan_says_when_it_counts_the_errors_of_generated_pictures_more(
-    trained_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_folder_of_photos_named_generated_is_not_taken_for_generated_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    generated, _ = _profile(["--weights", str(trained_weights)], capsys, tmp_path / "generated.json")
-    photos = tmp_path / "photos"
+    """``--images generated`` (a folder of photos in the working directory) recorded ``images: generated``:
+    the planner counted the photos' errors twice and the notes called them generated pictures."""
+    monkeypatch.chdir(tmp_path)
+    photos = tmp_path / GENERATED_IMAGES
     photos.mkdir()
-    (photos / "0.jpg").write_bytes(encode_image(synthetic_image(96, 80, seed=3)))
-    _profile(["--weights", str(trained_weights), "--images", str(photos)], capsys, tmp_path / "photos.json")
-    for name, noted in (("generated.json", True), ("photos.json", False)):
-        path = str(tmp_path / name)
-        argv = ["plan", "--edge-profile", path, "--cloud-profile", path, "--bandwidth", "10mbit", "--rtt", "20ms"]
-        assert main(argv) == 0
-        assert ("counted 2x against --max-logit-error 0.01" in capsys.readouterr().out) == noted, name
-    assert generated.error_factor == 2.0
+    (photos / "0.jpg").write_bytes(encode_image(synthetic_image(96, 80, seed=0)))
+    profile, _ = _profile(["--weights", "none", "--images", GENERATED_IMAGES], capsys, tmp_path / "p.json")
+    assert profile.images == f"./{GENERATED_IMAGES}"
+    assert profile.error_factor == 1.0

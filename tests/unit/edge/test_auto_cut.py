@@ -49,8 +49,6 @@ def test_a_slow_link_keeps_everything_on_the_edge(profile: Path) -> None:
     assert info["cut"]["name"] == "output"  # type: ignore[index]
     selection = info["cut_selection"]
     assert selection["mode"] == "auto" and selection["assumed_link"]["bandwidth_bps"] == 1000  # type: ignore[index]
-    assert selection["fidelity_guard"]["max_logit_error"] == 0.01  # type: ignore[index]
-    assert selection["fidelity_guard"]["error_factor"] == 1.0  # type: ignore[index]  # NOTE: images not recorded
 
 
 def test_a_weak_edge_on_a_fast_link_ships_the_image(profile: Path, weak_edge: Path) -> None:

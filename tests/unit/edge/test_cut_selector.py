@@ -451,3 +451,20 @@ def test_the_request_that_builds_a_split_times_it_apart(auto_edge: TestClient) -
     assert first.status_code == second.status_code == 200
     assert first.json()["timings_ms"]["build"] > 0  # not in `head`: the selector does not learn from it
     assert "build" not in second.json()["timings_ms"]
+
+
+def test_info_says_what_the_fidelity_guard_admits(loaded: LoadedModel) -> None:
+    """A profile measured on generated pictures admits half of MAX_LOGIT_ERROR as measured: /v1/info says so."""
+    edge, cloud = _profiles(loaded)
+    edge.images = "generated"
+    settings = SelectorSettings(link_bandwidth=1e9, link_rtt=0.001, max_logit_error=0.01)
+    selector = CutSelector(
+        EdgeModel(loaded, ImageLimits()), edge, cloud, settings, codec_for=lambda cut: "fp16",
+        registry=CollectorRegistry(), clock=Clock(),
+    )  # fmt: skip
+    assert selector.to_json()["fidelity_guard"] == {
+        "max_logit_error": 0.01,
+        "errors_measured_on": "generated",
+        "error_factor": 2.0,
+        "largest_measured_error_admitted": 0.005,
+    }

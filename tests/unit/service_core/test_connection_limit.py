@@ -151,3 +151,66 @@ def test_a_max_connections_over_the_file_descriptor_limit_is_refused_at_startup(
         EdgeLiteSettings(onnx_dir=Path("export"), max_connections=1024)  # NOTE: the same field and check
     monkeypatch.setenv("SPLITINFER_MAX_CONNECTIONS", "8")
     assert EdgeSettings().max_connections == 8
+
+
+_UNDER_A_LOW_SOFT_LIMIT = """
+import resource, sys
+import splitinfer.serve
+from splitinfer.cli import main
+
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # macOS's default soft limit
+served = []
+splitinfer.serve.run_service = lambda app, settings, **_: served.append(settings)
+code = main(["edge", "--model", "tests.fixture_models:tiny_cnn", "--weights", "none", "--port", "0"])
+print(code, served[0].max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_a_low_soft_file_limit_is_raised_so_the_default_is_not_one_connection() -> None:
+    """Under ``ulimit -Sn 256`` (hard limit higher) the default was MAX_CONNECTIONS 1: a second idle
+    connection made every request a 503. The service raises its soft limit first, as far as the hard one."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = connections.connection_ceiling(connections.DEFAULT_MAX_CONNECTIONS) + connections.RESERVED_FDS
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"the hard open-files limit ({hard}) is below {needed}")
+    done = subprocess.run(
+        [sys.executable, "-c", _UNDER_A_LOW_SOFT_LIMIT], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", str(connections.DEFAULT_MAX_CONNECTIONS), str(needed)]
+
+
+def test_a_default_lowered_to_fit_the_file_limit_is_said_at_startup(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from splitinfer.serve import warn_of_a_lowered_connection_limit
+
+    monkeypatch.setattr(serving, "open_files_limit", lambda: 400)
+    monkeypatch.setattr("splitinfer.serve.open_files_limit", lambda: 400)
+    settings = EdgeSettings()
+    assert settings.max_connections == 71
+    with caplog.at_level("WARNING", logger="splitinfer"):
+        warn_of_a_lowered_connection_limit(settings)
+        warn_of_a_lowered_connection_limit(EdgeSettings(max_connections=71))  # NOTE: chosen: no warning
+    assert [r.getMessage()[:65] for r in caplog.records] == [
+        "MAX_CONNECTIONS is 71, not 1024: this process may open 400 file d"
+    ]
+
+
+def test_when_no_max_connections_fits_the_refusal_says_how_far_to_raise_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``ulimit -n 256`` (hard too) the advice was "lower MAX_CONNECTIONS to 1" to one who set 1."""
+    monkeypatch.setattr(serving, "open_files_limit", lambda: 256)
+    with pytest.raises(
+        ValueError, match=r"\(ulimit -n\): raise that limit to 329 at least \(no MAX_CONNECTIONS fits\)"
+    ):
+        EdgeSettings(max_connections=1)
+    assert connections.lowered_default_warning(1, False, 256) is not None
+    assert "set MAX_CONNECTIONS" not in str(connections.lowered_default_warning(1, False, 256))
+    assert "set MAX_CONNECTIONS" in str(connections.lowered_default_warning(71, False, 400))

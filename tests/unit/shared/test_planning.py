@@ -15,6 +15,8 @@ from shared.planning import (
     CodecProfile,
     CutProfile,
     Profile,
+    fidelity_guard,
+    fidelity_guard_note,
     pareto,
     plan,
     profile_model,
@@ -71,6 +73,23 @@ def test_errors_measured_on_generated_pictures_count_more_against_the_guard() ->
     }
     loose = plan(generated, CLOUD, bandwidth_bps=5e6, rtt_s=0.02, max_logit_error=0.5 * GENERATED_ERROR_FACTOR)
     assert [r.relative_l2_error for r in loose if r.codec == "int8+zstd"] == [0.5]  # NOTE: reported as measured
+
+
+def test_the_guard_and_its_note_say_how_much_passes() -> None:
+    from dataclasses import replace
+
+    generated = replace(EDGE, images=GENERATED_IMAGES)
+    assert fidelity_guard(generated, 0.01) == {
+        "max_logit_error": 0.01,
+        "errors_measured_on": "generated",
+        "error_factor": GENERATED_ERROR_FACTOR,
+        "largest_measured_error_admitted": 0.01 / GENERATED_ERROR_FACTOR,
+    }
+    note = fidelity_guard_note(generated, 0.01)
+    assert note is not None and "exceeds 0.005 are left out" in note
+    on_photos = replace(EDGE, images="photos/")
+    assert fidelity_guard(on_photos, 0.01)["largest_measured_error_admitted"] == 0.01
+    assert fidelity_guard_note(on_photos, 0.01) is None
 
 
 def test_pareto_front_drops_dominated_rows() -> None:
