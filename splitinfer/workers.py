@@ -11,7 +11,9 @@ same device: their kernels share it (NVIDIA MPS lets them run concurrently rathe
 The parent supervises its workers:
 
 - A worker tells the parent it is ready by writing one byte to a pipe from its lifespan, after the model
-  has loaded.
+  has loaded, and then one byte every :data:`HEARTBEAT_S` from its event loop. A ready worker silent for
+  :data:`SILENT_S` (stopped with SIGSTOP, its event loop blocked, a deadlock) is killed, and so replaced: the
+  connections the kernel gives it would otherwise wait forever.
 - A ready worker that dies (a non-zero status or a signal: the OOM killer, a crash in a native library)
   while the service is not stopping is replaced by a fresh worker on the same port with the same
   settings; the others keep serving meanwhile. Replacements back off: 0.5 s, doubling up to 10 s for a
@@ -31,6 +33,7 @@ Settings travel to the workers as JSON on their stdin (the token included: never
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -59,6 +62,11 @@ _MAX_BACKOFF_S = 10.0
 _STABLE_S = 60.0  # NOTE: a worker that lived this long resets its slot's backoff
 _PR_SET_PDEATHSIG = 1  # NOTE: from <linux/prctl.h>
 _STOPPED_ON_PURPOSE = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
+HEARTBEAT_S = 1.0
+"""A ready worker writes a byte to its pipe this often, from its event loop."""
+SILENT_S = 30.0
+"""A ready worker whose pipe stays silent this long is hung (stopped, or its event loop blocked): it is
+killed, and so replaced."""
 
 
 def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -100,26 +108,35 @@ def _describe(returncode: int) -> str:
 
 @dataclass
 class _Worker:
-    """One worker process and the read end of its readiness pipe (None once read or closed)."""
+    """One worker process and the read end of its pipe (None once the worker closed it, or it died)."""
 
     process: subprocess.Popen[bytes]
     ready_fd: int | None
     started: float
     ready: bool = False
+    heard_at: float = 0.0
+    """When the worker last wrote to its pipe."""
 
-    def read_ready(self) -> None:
-        """Take the worker's readiness byte if it is there (never blocks); close the pipe at a byte or EOF."""
+    def read_ready(self, now: float | None = None) -> None:
+        """Take what the worker wrote (its readiness byte, then heartbeats) without blocking; close the pipe
+        at EOF (the worker ended its lifespan, or died)."""
         if self.ready_fd is None:
             return
         try:
-            data = os.read(self.ready_fd, 1)
+            data = os.read(self.ready_fd, 4096)
         except BlockingIOError:
             return
-        self.ready = self.ready or data == b"1"
-        os.close(self.ready_fd)
-        self.ready_fd = None
-        if self.ready:
+        if not data:
+            self.close()
+            return
+        self.heard_at = time.monotonic() if now is None else now
+        if not self.ready:
+            self.ready = True
             logger.info("cloud worker %d ready", self.process.pid)
+
+    def silent_for(self, now: float) -> float:
+        """How long a ready worker whose pipe is open has not written (0 otherwise)."""
+        return now - self.heard_at if self.ready and self.ready_fd is not None else 0.0
 
     def close(self) -> None:
         if self.ready_fd is not None:
@@ -164,9 +181,15 @@ class _Slot:
 class _Supervisor:
     """Keeps ``count`` workers running until stopped (see the module docstring for the rules)."""
 
-    def __init__(self, settings: dict[str, Any], spawn: Callable[[dict[str, Any]], _Worker] = _spawn) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        spawn: Callable[[dict[str, Any]], _Worker] = _spawn,
+        silent_s: float = SILENT_S,
+    ) -> None:
         self.settings = settings
         self.spawn = spawn
+        self.silent_s = silent_s
         self.slots: list[_Slot] = []
         self.stop_signal: int | None = None
         self.signals = 0
@@ -222,6 +245,14 @@ class _Supervisor:
 
     def _check(self, slot: _Slot, now: float) -> None:
         worker = slot.worker
+        if worker is not None and self.stop_signal is None and worker.silent_for(now) > self.silent_s:
+            logger.error(
+                "cloud worker %d has been silent for %.0f s (stopped, or its event loop blocked): killing it",
+                worker.process.pid,
+                worker.silent_for(now),
+            )
+            worker.process.kill()
+            worker.process.wait()
         if worker is not None and worker.process.poll() is not None:
             self._died(slot, worker, now)
         if slot.restart_at is None or (self.stop_signal is None and now < slot.restart_at):
@@ -313,13 +344,16 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce_ready(fd: int) -> None:
-    try:
-        os.write(fd, b"1")
-    except OSError:  # NOTE: the parent is gone; the worker serves until it is stopped
-        pass
-    finally:
-        os.close(fd)
+async def _heartbeat(fd: int) -> None:
+    """The readiness byte, then one every :data:`HEARTBEAT_S` while the event loop runs."""
+    while True:
+        try:
+            os.write(fd, b"1")
+        except BlockingIOError:  # NOTE: the parent has not read for a while; it will find the pipe full
+            pass
+        except OSError:  # NOTE: the parent is gone; the worker serves until it is stopped
+            return
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def worker_main() -> None:
@@ -344,8 +378,13 @@ def worker_main() -> None:
         @asynccontextmanager
         async def lifespan(served: Any) -> AsyncIterator[Any]:
             async with inner(served) as state:
-                _announce_ready(ready_fd)
-                yield state
+                os.set_blocking(ready_fd, False)
+                beating = asyncio.create_task(_heartbeat(ready_fd))
+                try:
+                    yield state
+                finally:
+                    beating.cancel()
+                    os.close(ready_fd)  # NOTE: EOF tells the parent the silence that follows is no hang
 
         app.router.lifespan_context = lifespan
         run_service(app, settings, sockets=[sock])

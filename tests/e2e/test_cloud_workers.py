@@ -104,6 +104,13 @@ def tiny_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     try:
         wait_until(cloud)
         payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        # NOTE: /readyz answers once one worker is ready; killing it while the other still loads would leave
+        # nobody listening. Both serve first.
+        serving: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline:
+            serving.add(_served_by(_tail(cloud.url, payload)))
+        assert len(serving) == 2, cloud.output()
         yield cloud, payload
     finally:
         cloud.stop()
@@ -196,3 +203,25 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         cloud.stop()
         with contextlib.suppress(ProcessLookupError):  # NOTE: workers the parent left behind (a failed run)
             os.killpg(cloud.process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    """SIGSTOP to a worker (as a hung one): its heartbeats stop, and after SILENT_S the parent kills it;
+    its replacement serves."""
+    from splitinfer.workers import SILENT_S
+
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path)
+    try:
+        wait_until(cloud)
+        victim = min(_first_pids(cloud))
+        time.sleep(3)  # NOTE: several heartbeats first: the silence is what counts, not the readiness byte
+        os.kill(victim, signal.SIGSTOP)
+        silent = re.compile(rf"cloud worker {victim} has been silent for \d+ s")
+        _wait_for_log(cloud, silent, SILENT_S + 15)
+        replaced = re.compile(rf"cloud worker (\d+) replaces worker {victim} \(killed by SIGKILL\)")
+        _wait_for_log(cloud, replaced, 30)
+        assert _gone(victim)
+        assert cloud.process.poll() is None, cloud.output()
+    finally:
+        cloud.stop()

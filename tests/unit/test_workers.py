@@ -20,6 +20,10 @@ CRASH_WHEN_READY = READY + "time.sleep(0.1); sys.exit(1)"
 SERVE = READY + "time.sleep(60)"
 FAIL_TO_LOAD = "import sys; sys.stdin.read(); sys.exit(3)"
 STOP_CLEANLY = READY + "sys.exit(0)"
+BEATING = (
+    "import json, os, sys, time\nm = json.load(sys.stdin)\n"
+    "for _ in range(600):\n    os.write(m['ready_fd'], b'1')\n    time.sleep(0.05)"
+)
 
 
 def scripted(*entries: str) -> Callable[[dict[str, Any]], _Worker]:
@@ -142,3 +146,22 @@ def test_a_replacement_killed_while_loading_is_replaced_again(supervisors: Any) 
     assert serving.process.poll() is None  # NOTE: never stopped
     supervisor.request_stop(signal.SIGTERM)
     assert supervisor.run() == 0
+
+
+def test_a_ready_worker_that_falls_silent_is_killed_and_replaced() -> None:
+    """A worker stopped (SIGSTOP) or with its event loop blocked still holds its socket: the kernel keeps
+    giving it connections that nobody answers."""
+    supervisor = _Supervisor({}, spawn=scripted(SERVE, BEATING), silent_s=0.6)
+    try:
+        supervisor.start(1)
+        silent = supervisor.workers()[0]
+        steps_until(supervisor, lambda: supervisor.restarts == 1)
+        assert silent.process.returncode == -signal.SIGKILL
+        beating = supervisor.workers()[0]
+        steps_until(supervisor, lambda: beating.ready)
+        for _ in range(10):  # NOTE: 2 s of rounds, over three times the silence allowed
+            assert not supervisor.step()
+        assert supervisor.workers() == [beating] and beating.process.poll() is None
+        assert supervisor.restarts == 1
+    finally:
+        supervisor.kill_all()
