@@ -53,6 +53,7 @@ __all__ = [
     "GENERATED_IMAGES_NOTE",
     "fidelity_guard",
     "fidelity_guard_note",
+    "monotone",
     "PROFILE_CODECS",
     "PlanRow",
     "Profile",
@@ -286,6 +287,20 @@ def _spread(samples: Sequence[float]) -> float:
     return (q3 - q1) / median if median >= _SPREAD_FLOOR_MS else 0.0
 
 
+def monotone(values: Sequence[float], *, increasing: bool) -> list[float]:
+    """The closest sequence (least squares) to ``values`` that never decreases (or never increases): the
+    pool-adjacent-violators algorithm. A run that breaks the order becomes its mean."""
+    sign = 1.0 if increasing else -1.0
+    blocks: list[tuple[float, int]] = []  # NOTE: (mean, size) of each pooled run, in order
+    for value in values:
+        mean, size = sign * value, 1
+        while blocks and blocks[-1][0] > mean:
+            previous, count = blocks.pop()
+            mean, size = (previous * count + mean * size) / (count + size), count + size
+        blocks.append((mean, size))
+    return [sign * mean for mean, size in blocks for _ in range(size)]
+
+
 def profile_model(
     loaded: LoadedModel,
     images: Sequence[bytes],
@@ -363,10 +378,14 @@ def profile_model(
         progress("timing")
     with torch.inference_mode():
         times = _rounds_ms(timed, repeats, sync, watch=watch)
-    for index, (cut, codec_profiles) in enumerate(zip(candidates, measured_codecs, strict=True)):
-        head_times, tail_times = times[2 * index], times[2 * index + 1]
-        profile.spread = max(profile.spread, _spread(head_times), _spread(tail_times))
-        head_ms, tail_ms = statistics.median(head_times), statistics.median(tail_times)
+    heads = [statistics.median(times[2 * index]) for index in range(len(candidates))]
+    tails = [statistics.median(times[2 * index + 1]) for index in range(len(candidates))]
+    profile.spread = max((_spread(samples) for samples in times), default=0.0)
+    # NOTE: a later cut's head runs every node of an earlier cut's head and more (cuts are in the graph's
+    # order), and its tail a part of the earlier tail: where noise inverts that order, the times are pooled.
+    # Cuts a cheap node apart then agree, as their compute does.
+    heads, tails = monotone(heads, increasing=True), monotone(tails, increasing=False)
+    for cut, head_ms, tail_ms, codec_profiles in zip(candidates, heads, tails, measured_codecs, strict=True):
         profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, codec_profiles))
     return profile
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -261,3 +262,36 @@ def test_a_cpu_quota_lengthens_every_profiled_time_and_is_recorded(monkeypatch: 
     assert profile_model(loaded, images, repeats=1).cpu_quota == 0.25
     with pytest.raises(ValueError, match="positive"):
         profile_model(loaded, images, repeats=1, cpu_quota=0.0)
+
+
+def test_monotone_pools_the_runs_that_break_the_order() -> None:
+    from shared.planning import monotone
+
+    assert monotone([1.0, 3.0, 2.0, 4.0], increasing=True) == [1.0, 2.5, 2.5, 4.0]
+    assert monotone([5.0, 4.0, 4.5, 1.0], increasing=False) == [5.0, 4.25, 4.25, 1.0]
+    assert monotone([3.0, 1.0, 1.0, 1.0], increasing=True) == [1.5, 1.5, 1.5, 1.5]
+    assert monotone([1.0, 2.0, 2.0, 7.0], increasing=True) == [1.0, 2.0, 2.0, 7.0]
+    assert monotone([], increasing=False) == []
+
+
+def test_a_profile_s_heads_grow_and_tails_shrink_along_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Noise that inverts two cuts a cheap node apart (add_1's tail measured below layer1's, although it
+    runs layer1's tail and a ReLU more) is pooled: a later cut's head runs an earlier one's and more."""
+    import shared.planning
+
+    measured = shared.planning._rounds_ms
+
+    def inverted(*args: Any, **kwargs: Any) -> list[list[float]]:
+        times = measured(*args, **kwargs)
+        heads, tails = times[0::2], times[1::2]
+        heads[1], heads[2] = [t * 10 for t in heads[2]], heads[1]  # NOTE: cut 1's head "slower" than cut 2's
+        tails[1], tails[2] = tails[2], [t * 10 for t in tails[1]]  # NOTE: cut 2's tail "slower" than cut 1's
+        return [t for pair in zip(heads, tails, strict=True) for t in pair]
+
+    monkeypatch.setattr(shared.planning, "_rounds_ms", inverted)
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    profile = profile_model(loaded, [encode_image(synthetic_image())], repeats=1)
+    assert [c.index for c in profile.cuts] == sorted(c.index for c in profile.cuts)
+    heads, tails = [c.head_ms for c in profile.cuts], [c.tail_ms for c in profile.cuts]
+    assert heads == sorted(heads) and tails == sorted(tails, reverse=True)
+    assert heads[1] == heads[2] and tails[1] == tails[2]  # NOTE: the inverted pair, pooled
