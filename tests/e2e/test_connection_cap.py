@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from splitinfer.processes import Service, start_service, wait_until
+from tests.support.raw_http import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -23,23 +24,7 @@ _TIMEOUT_S = 10.0
 
 
 def _exchange(conn: socket.socket, request: bytes) -> tuple[str, dict[str, str], bytes]:
-    """Send ``request``; the status line, headers and body of the answer (read by its Content-Length)."""
-    conn.settimeout(_TIMEOUT_S)
-    conn.sendall(request)
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = conn.recv(65536)
-        assert chunk, received
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
-    length = 0 if request.startswith(b"HEAD ") else int(headers["content-length"])
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        assert chunk, body
-        body += chunk
-    return lines[0], headers, body
+    return exchange(conn, request, _TIMEOUT_S)
 
 
 @pytest.mark.parametrize("kind", ["cloud", "edge"])

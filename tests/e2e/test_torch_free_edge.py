@@ -29,6 +29,7 @@ from shared.preprocessing import decode_image
 from shared.splitting import ModelGraph
 from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.raw_http import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -198,23 +199,7 @@ _GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def _exchange(conn: socket.socket, request: bytes) -> tuple[str, dict[str, str], bytes]:
-    """Send ``request``; the status line, headers and body of the answer (read by its Content-Length)."""
-    conn.settimeout(_TIMEOUT_S)
-    conn.sendall(request)
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = conn.recv(65536)
-        assert chunk, received
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
-    length = 0 if request.startswith(b"HEAD ") else int(headers["content-length"])
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        assert chunk, body
-        body += chunk
-    return lines[0], headers, body
+    return exchange(conn, request, _TIMEOUT_S)
 
 
 def _closed_within(conn: socket.socket, seconds: float) -> float:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -22,7 +20,7 @@ from edge_lite.settings import EdgeLiteSettings
 from edge_service.settings import EdgeSettings
 from service_core import connections, serving
 from splitinfer.http_protocol import service_protocol
-from splitinfer.serve import uvicorn_config
+from tests.support.raw_http import served_in_thread
 
 CAP = 8
 CEILING = 16  # connections.connection_ceiling(8): 8 more, answered 503
@@ -40,21 +38,9 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Callable[[], int]]]:
     """The port of a server with MAX_CONNECTIONS 8, and how many connections it holds."""
     settings = EdgeSettings(port=0, keep_alive_s=60, max_connections=CAP)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     options = {} if request.param == "auto" else {"http": service_protocol(H11Protocol)}
-    server = uvicorn.Server(uvicorn_config(_app, settings, lifespan="off", **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1], lambda: len(server.server_state.connections)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with served_in_thread(_app, settings, **options) as (server, port):
+        yield port, lambda: len(server.server_state.connections)
 
 
 def _wait_for(condition: Callable[[], bool]) -> None:

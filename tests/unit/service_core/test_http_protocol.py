@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_service.settings import EdgeSettings
 from splitinfer.http_protocol import with_head_deadline
-from splitinfer.serve import uvicorn_config
+from tests.support.raw_http import served_in_thread
 
 _KEEP_ALIVE_S = 0.5
 _GRACE_S = 5.0
@@ -38,21 +36,9 @@ def port(request: pytest.FixtureRequest) -> Iterator[int]:
     """A server as the services run (uvicorn's automatic choice: httptools here), and one on h11 (what runs
     where httptools is not installed)."""
     settings = EdgeSettings(port=0, keep_alive_s=_KEEP_ALIVE_S)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     options = {} if request.param == "auto" else {"http": with_head_deadline(H11Protocol)}
-    server = uvicorn.Server(uvicorn_config(_app, settings, lifespan="off", **options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with served_in_thread(_app, settings, **options) as (_, port):
+        yield port
 
 
 def _closed_within(conn: socket.socket, seconds: float) -> bytes | None:

@@ -1,0 +1,59 @@
+"""HTTP at the socket level for tests: one exchange on a raw connection, and a uvicorn server in a thread
+configured as the services are (``splitinfer.serve.uvicorn_config``)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+from service_core.serving import ServingSettings
+from splitinfer.serve import uvicorn_config
+
+__all__ = ["exchange", "served_in_thread"]
+
+
+def exchange(conn: socket.socket, request: bytes, timeout_s: float = 10.0) -> tuple[str, dict[str, str], bytes]:
+    """Send ``request``; the status line, headers and body of the answer (read by its Content-Length)."""
+    conn.settimeout(timeout_s)
+    conn.sendall(request)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = conn.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:])}
+    length = 0 if request.startswith(b"HEAD ") else int(headers["content-length"])
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        assert chunk, body
+        body += chunk
+    return lines[0], headers, body
+
+
+@contextmanager
+def served_in_thread(
+    app: Any, settings: ServingSettings, **uvicorn_options: Any
+) -> Iterator[tuple[uvicorn.Server, int]]:
+    """``app`` served by uvicorn on a free loopback port, in a thread: the server and its port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn_config(app, settings, lifespan="off", **uvicorn_options))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
