@@ -15,7 +15,7 @@ import uvicorn
 from service_core.serving import ServingSettings
 from splitinfer.serve import uvicorn_config
 
-__all__ = ["exchange", "served_in_thread"]
+__all__ = ["exchange", "read_until_closed", "served_in_thread"]
 
 
 def exchange(conn: socket.socket, request: bytes, timeout_s: float = 10.0) -> tuple[str, dict[str, str], bytes]:
@@ -36,6 +36,21 @@ def exchange(conn: socket.socket, request: bytes, timeout_s: float = 10.0) -> tu
         assert chunk, body
         body += chunk
     return lines[0], headers, body
+
+
+def read_until_closed(conn: socket.socket, timeout_s: float) -> bytes | None:
+    """What the server sent before it closed the connection (a reset counts as closed), or None if it was
+    still open after ``timeout_s`` without sending more."""
+    conn.settimeout(timeout_s)
+    received = b""
+    try:
+        while chunk := conn.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return received
 
 
 @contextmanager

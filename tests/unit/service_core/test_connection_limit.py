@@ -20,7 +20,7 @@ from edge_lite.settings import EdgeLiteSettings
 from edge_service.settings import EdgeSettings
 from service_core import connections, serving
 from splitinfer.http_protocol import service_protocol
-from tests.support.raw_http import served_in_thread
+from tests.support.raw_http import read_until_closed, served_in_thread
 
 CAP = 8
 CEILING = 16  # connections.connection_ceiling(8): 8 more, answered 503
@@ -52,13 +52,8 @@ def _wait_for(condition: Callable[[], bool]) -> None:
 
 def _until_closed(conn: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (fails after a few seconds)."""
-    conn.settimeout(_TIMEOUT_S)
-    received = b""
-    try:
-        while chunk := conn.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
+    received = read_until_closed(conn, _TIMEOUT_S)
+    assert received is not None, "the server kept the connection open"
     return received
 
 

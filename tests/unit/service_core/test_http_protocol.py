@@ -16,7 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_service.settings import EdgeSettings
 from splitinfer.http_protocol import with_head_deadline
-from tests.support.raw_http import served_in_thread
+from tests.support.raw_http import read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5
 _GRACE_S = 5.0
@@ -43,14 +43,7 @@ def port(request: pytest.FixtureRequest) -> Iterator[int]:
 
 def _closed_within(conn: socket.socket, seconds: float) -> bytes | None:
     """What the server sent before it closed the connection, or None if it was still open after ``seconds``."""
-    conn.settimeout(seconds)
-    received = b""
-    try:
-        while chunk := conn.recv(4096):
-            received += chunk
-    except TimeoutError:
-        return None
-    return received
+    return read_until_closed(conn, seconds)
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET / HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "half a head"])
