@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from splitinfer.processes import Service, start_service, wait_until
-from tests.support.raw_http import exchange
+from tests.support.raw_http import exchange, hold_served_connections
 
 pytestmark = pytest.mark.e2e
 
@@ -37,10 +37,7 @@ def test_connections_beyond_the_limit_get_503_until_others_close(
     wait_until(service)
     get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     with ExitStack() as stack:
-        held = [stack.enter_context(socket.create_connection(("127.0.0.1", service.port))) for _ in range(CAP)]
-        for conn in held:  # NOTE: one by one, each kept alive: the k-th is served while k are open
-            status, _, body = _exchange(conn, get)
-            assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+        held = hold_served_connections(stack, service.port, CAP, get, _TIMEOUT_S)
 
         with socket.create_connection(("127.0.0.1", service.port)) as extra:
             status, headers, body = _exchange(extra, get)

@@ -29,7 +29,7 @@ from shared.preprocessing import decode_image
 from shared.splitting import ModelGraph
 from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
-from tests.support.raw_http import exchange
+from tests.support.raw_http import exchange, hold_served_connections
 
 pytestmark = pytest.mark.e2e
 
@@ -224,10 +224,7 @@ def test_edge_lite_is_served_as_the_services_are(setup: tuple[Path, Service, Pat
         assert httpx.head(f"{edge.url}/v1/classify").status_code == 405
 
         with ExitStack() as stack:
-            held = [stack.enter_context(socket.create_connection(("127.0.0.1", edge.port))) for _ in range(CAP)]
-            for conn in held:  # NOTE: one by one, each kept alive: the k-th is served while k are open
-                status, _, body = _exchange(conn, _GET)
-                assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+            held = hold_served_connections(stack, edge.port, CAP, _GET, _TIMEOUT_S)
             with socket.create_connection(("127.0.0.1", edge.port)) as beyond:
                 status, headers, body = _exchange(beyond, _GET)
                 assert status == "HTTP/1.1 503 Service Unavailable"

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import uvicorn
@@ -15,7 +15,7 @@ import uvicorn
 from service_core.serving import ServingSettings
 from splitinfer.serve import uvicorn_config
 
-__all__ = ["exchange", "read_until_closed", "served_in_thread"]
+__all__ = ["exchange", "hold_served_connections", "read_until_closed", "served_in_thread"]
 
 
 def exchange(conn: socket.socket, request: bytes, timeout_s: float = 10.0) -> tuple[str, dict[str, str], bytes]:
@@ -36,6 +36,20 @@ def exchange(conn: socket.socket, request: bytes, timeout_s: float = 10.0) -> tu
         assert chunk, body
         body += chunk
     return lines[0], headers, body
+
+
+def hold_served_connections(
+    stack: ExitStack, port: int, count: int, request: bytes, timeout_s: float = 10.0
+) -> list[socket.socket]:
+    """``count`` connections to ``port``, opened and served ``request`` one by one (each answered 200 and kept
+    alive: the k-th is served while k are open), held until ``stack`` closes."""
+    held = []
+    for _ in range(count):
+        conn = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+        status, _, _ = exchange(conn, request, timeout_s)
+        assert status == "HTTP/1.1 200 OK", status
+        held.append(conn)
+    return held
 
 
 def read_until_closed(conn: socket.socket, timeout_s: float) -> bytes | None:
