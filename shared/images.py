@@ -128,7 +128,9 @@ def _empty_header(data: bytes) -> InvalidImage | None:
     size = declared_size(kind, data) if kind is not None else None
     if size is None or min(size) > 0:
         return None
-    return InvalidImage(f"the {kind} image's header says it is {size[0]}x{size[1]} pixels; an image has at least 1x1")
+    return InvalidImage(
+        f"the {kind} image's header says it is {size[0]} pixels wide and {size[1]} high; it needs at least 1 of each"
+    )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

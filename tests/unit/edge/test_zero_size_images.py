@@ -83,7 +83,8 @@ def test_a_zero_size_image_is_a_422_naming_its_size(client: TestClient, kind: st
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["status"] == 422 and body["type"].endswith("/invalid-image")
-    assert body["detail"] == f"the {kind} image's header says it is {width}x{height} pixels; an image has at least 1x1"
+    detail = f"the {kind} image's header says it is {width} pixels wide and {height} high; it needs at least 1 of each"
+    assert body["detail"] == detail
 
 
 @pytest.mark.parametrize("kind", sorted(MAKERS))
