@@ -1,10 +1,11 @@
 """Large JPEGs decoded at a reduced scale (``shared.images``, Pillow's ``draft``): what the model sees, what it costs.
 
-    PYTHONPATH=. .venv/bin/python bench/jpeg_draft.py      # ~5 min on 2 cores; rewrites the docs section
+    PYTHONPATH=. .venv/bin/python bench/jpeg_draft.py      # ~3 min on 2 cores; rewrites the docs section
 
-EfficientNet-Lite0 with its real ImageNet weights (224 crop of a 256 resize... its own preprocessing) classifies
+EfficientNet-Lite0 with its real ImageNet weights (its own preprocessing: a 224 crop of a 256 resize) classifies
 each image twice, decoded in full and decoded as the services decode it (libjpeg's scaled IDCT down to at least
-twice the resize size on the short side, then the same resize, crop and normalization), and compares the two:
+``DRAFT_MARGIN`` (4) times the resize size on the short side, then the same resize, crop and normalization), and
+compares the two:
 top-1 agreement, top-5 overlap and the relative L2 difference of the logits. As a yardstick, the same comparison
 between two encodings of the same picture that a user might just as well have sent (JPEG quality 90 and 95, both
 decoded in full). Also timed (one thread, median of 3): decode + preprocess per image, and the decoded pixels.

@@ -35,8 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from edge_lite.app import create_app
+        from service_core.connections import raise_open_files_limit
         from splitinfer.serve import run_service
 
+        raise_open_files_limit()  # NOTE: before the settings, whose default MAX_CONNECTIONS fits the limit
         settings = settings_from_args(EdgeLiteSettings, args)
         run_service(create_app(settings), settings, debug=args.debug)
     except KeyboardInterrupt:

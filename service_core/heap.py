@@ -48,12 +48,20 @@ class HeapTrimmer:
         self.trim, self.threshold_pixels = trim, threshold_pixels
         self.trims = 0
         self._pending: asyncio.Future[None] | None = None
+        self._again = False
+        """A large request ended while a trim ran: what it freed may be in an arena that trim had passed."""
 
     def released(self, pixels: int) -> None:
-        """A request that decoded ``pixels`` has ended (its images freed): trim if they were many, unless a
-        trim is already under way (it will return these pages too, or the next large request's will)."""
-        if self.trim is None or pixels < self.threshold_pixels or self._pending is not None:
+        """A request that decoded ``pixels`` has ended (its images freed): trim if they were many. One trim
+        runs at a time; a large request that ends meanwhile gets one more trim after it."""
+        if self.trim is None or pixels < self.threshold_pixels:
             return
+        if self._pending is not None:
+            self._again = True
+            return
+        self._start()
+
+    def _start(self) -> None:
         self._pending = asyncio.get_running_loop().run_in_executor(None, self.trim)
         self._pending.add_done_callback(self._done)
 
@@ -62,3 +70,6 @@ class HeapTrimmer:
         self.trims += 1
         if not future.cancelled() and (error := future.exception()) is not None:
             logger.warning("malloc_trim failed: %s", error)
+        if self._again:
+            self._again = False
+            self._start()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, UnsupportedMediaType
 from shared.image_headers import declared_size, signature_format
@@ -154,7 +154,8 @@ def _load(image: Image.Image, resize_size: int | None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if resize_size is not None and image.format == "JPEG":
+            # NOTE: MPO (a phone's JPEG with a second picture, such as an Ultra HDR gain map) is a JPEG too.
+            if resize_size is not None and isinstance(image, JpegImagePlugin.JpegImageFile):
                 # NOTE: a no-op unless both sides are at least twice the request (see the module docstring).
                 side = DRAFT_MARGIN * resize_size
                 image.draft(image.mode, (side, side))

@@ -137,30 +137,40 @@ def test_a_max_connections_over_the_file_descriptor_limit_is_refused_at_startup(
 _UNDER_A_LOW_SOFT_LIMIT = """
 import resource, sys
 import splitinfer.serve
-from splitinfer.cli import main
+from {module} import main
 
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # macOS's default soft limit
 served = []
 splitinfer.serve.run_service = lambda app, settings, **_: served.append(settings)
-code = main(["edge", "--model", "tests.fixture_models:tiny_cnn", "--weights", "none", "--port", "0"])
+code = main({argv})
 print(code, served[0].max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
+_SERVICES = {
+    "splitinfer edge": ("splitinfer.cli", ["edge", "--model", "tests.fixture_models:tiny_cnn", "--weights", "none"]),
+    "edge_lite": ("edge_lite.__main__", ["--onnx-dir", "."]),  # NOTE: the export is read in the lifespan
+}
 
 
-def test_a_low_soft_file_limit_is_raised_so_the_default_is_not_one_connection() -> None:
+@pytest.mark.parametrize("service", list(_SERVICES))
+def test_a_low_soft_file_limit_is_raised_so_the_default_is_not_one_connection(service: str) -> None:
     """Under ``ulimit -Sn 256`` (hard limit higher) the default was MAX_CONNECTIONS 1: a second idle
     connection made every request a 503. The service raises its soft limit first, as far as the hard one."""
     import resource
     import subprocess
     import sys
 
+    module, argv = _SERVICES[service]
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = connections.connection_ceiling(connections.DEFAULT_MAX_CONNECTIONS) + connections.RESERVED_FDS
     if hard != resource.RLIM_INFINITY and hard < needed:
         pytest.skip(f"the hard open-files limit ({hard}) is below {needed}")
     done = subprocess.run(
-        [sys.executable, "-c", _UNDER_A_LOW_SOFT_LIMIT], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", _UNDER_A_LOW_SOFT_LIMIT.format(module=module, argv=[*argv, "--port", "0"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", str(connections.DEFAULT_MAX_CONNECTIONS), str(needed)]

@@ -37,7 +37,7 @@ def _picture(width: int, height: int, fmt: str = "JPEG", orientation: int | None
         ((2047, 3000), (2047, 3000)),  # NOTE: under 8x the resize size on its short side: decoded in full
     ],
 )
-def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_keeps_twice_the_resize_size(
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_that_keeps_four_times_the_resize_size(
     size: tuple[int, int], decoded: tuple[int, int]
 ) -> None:
     blob = _picture(*size)
@@ -65,3 +65,17 @@ def test_a_grayscale_jpeg_stays_grayscale_until_converted() -> None:
     image = decode_image(buffer.getvalue(), resize_size=PRE.resize_size)
     assert image.size == (1024, 1024) and image.mode == "RGB"
     assert image.getpixel((10, 10)) == (77, 77, 77)
+
+
+def test_a_phone_s_multi_picture_jpeg_is_decoded_at_a_reduced_scale_too() -> None:
+    """MPO (a JPEG with more pictures after it: an Ultra HDR gain map, a stereo pair) opens as its own format."""
+    big = Image.open(io.BytesIO(_picture(4096, 3072)))
+    buffer = io.BytesIO()
+    big.save(buffer, format="MPO", save_all=True, append_images=[Image.new("RGB", (512, 384))])
+    blob = buffer.getvalue()
+    assert Image.open(io.BytesIO(blob)).format == "MPO"
+    image = decode_image(blob, resize_size=PRE.resize_size)
+    assert image.size == (2048, 1536) and image.mode == "RGB"
+    assert decode_image(blob).size == (4096, 3072)
+    full, scaled = PRE(decode_image(blob)), PRE(image)
+    assert float((full - scaled).norm() / full.norm()) < 0.01
