@@ -62,6 +62,8 @@ class HeapTrimmer:
         self._start()
 
     def _start(self) -> None:
+        if self.trim is None:  # NOTE: released() never starts one then
+            return
         self._pending = asyncio.get_running_loop().run_in_executor(None, self.trim)
         self._pending.add_done_callback(self._done)
 
