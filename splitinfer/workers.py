@@ -18,11 +18,12 @@ The parent supervises its workers:
   while the service is not stopping is replaced by a fresh worker on the same port with the same
   settings; the others keep serving meanwhile. Replacements back off: 0.5 s, doubling up to 10 s for a
   worker that lived less than a minute, 0.5 s again after one that lived longer.
-- A worker started with the cloud that dies before it was ready (weights that do not load, a bad setting:
-  its replacement would fail the same way) ends the service: the parent stops the others and exits 1.
-  A replacement that dies before it was ready (the OOM killer picks a worker at its memory peak, while it
-  loads the model) is replaced in turn, backing off: a worker in its slot has loaded with these
-  settings, and the others keep serving.
+- A worker that dies before any worker was ready (weights that do not load, a bad setting: its
+  replacement would fail the same way) ends the service: the parent stops the others and exits 1. Once
+  some worker has loaded with these settings, a worker that dies while loading (the OOM killer picks a
+  worker at its memory peak, and N models load at once at start-up) is replaced in turn, backing off,
+  and the others keep serving. A replacement that cannot even be started (fork's ENOMEM) is tried again
+  after the same backoff.
 - A worker that exits with status 0 or on SIGTERM/SIGINT was stopped on purpose and is not replaced.
 - Once the parent is stopping, nothing is replaced.
 - On Linux a worker gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a parent killed outright
@@ -174,8 +175,6 @@ class _Slot:
     quick_deaths: int = 0
     restart_at: float | None = None
     replaces: str = ""
-    loaded: bool = False
-    """A worker in this slot has been ready: the settings load, and a death while loading is no startup mistake."""
 
 
 class _Supervisor:
@@ -196,6 +195,8 @@ class _Supervisor:
         self.forwarded = 0
         self.failure: str | None = None
         self.restarts = 0
+        self.ever_ready = False
+        """Some worker has loaded with these settings: a death while loading is then no startup mistake."""
 
     def start(self, count: int) -> None:
         for _ in range(count):
@@ -230,6 +231,7 @@ class _Supervisor:
             time.sleep(_POLL_S)
         for worker in self.workers():
             worker.read_ready()
+            self.ever_ready = self.ever_ready or worker.ready
         now = time.monotonic()
         for slot in self.slots:
             self._check(slot, now)
@@ -260,7 +262,14 @@ class _Supervisor:
         slot.restart_at = None
         if self.stop_signal is None:
             # NOTE: a signal that lands during the spawn is forwarded to the new worker by the next round
-            slot.worker = self.spawn(self.settings)
+            try:
+                slot.worker = self.spawn(self.settings)
+            except OSError as exc:  # NOTE: fork's ENOMEM or EAGAIN, EMFILE: likely right after an OOM kill
+                delay = backoff_s(slot.quick_deaths)
+                slot.quick_deaths += 1
+                slot.restart_at = now + delay
+                logger.error("cannot start a cloud worker (%s): trying again in %.1f s", exc, delay)
+                return
             self.restarts += 1
             logger.warning(
                 "cloud worker %d replaces worker %s (restart %d)", slot.worker.process.pid, slot.replaces, self.restarts
@@ -277,11 +286,15 @@ class _Supervisor:
         if code in _STOPPED_ON_PURPOSE:
             logger.info("cloud worker %d stopped (%s): not replaced", pid, how)
             return
-        if worker.ready:
-            slot.loaded = True
-        elif not slot.loaded:
+        self.ever_ready = self.ever_ready or worker.ready
+        if not self.ever_ready:
+            cause = (
+                "if the OOM killer sent it, give the machine more memory or run fewer workers"
+                if code < 0
+                else "its error is above"
+            )
             self.failure = (
-                f"cloud worker {pid} died ({how}) before it was ready (its error is above; a replacement would "
+                f"cloud worker {pid} died ({how}) before any worker was ready ({cause}; a replacement would "
                 "fail the same way): stopping the cloud"
             )
             logger.error("%s", self.failure)
