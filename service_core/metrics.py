@@ -68,6 +68,13 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "splitinfer_connections_refused",
+            "Client connections refused at MAX_CONNECTIONS: a request answered 503 ('answered'), or a connection "
+            "closed before any request ('closed'). Neither reaches splitinfer_requests.",
+            ["how"],
+            registry=self.registry,
+        )
         self.info = Gauge(
             "splitinfer_info",
             "Constant 1, labelled with what this instance serves.",

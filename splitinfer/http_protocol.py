@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -35,7 +36,7 @@ from service_core.connections import connection_ceiling
 from service_core.problems import domain_problem
 from shared.errors import ServiceUnavailable
 
-__all__ = ["http_protocol", "service_protocol", "with_connection_limit", "with_head_deadline"]
+__all__ = ["RefusalCounter", "http_protocol", "service_protocol", "with_connection_limit", "with_head_deadline"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +121,27 @@ class _Throttled:
             self.count, self.last = 0, now
 
 
-def with_connection_limit(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+RefusalCounter = Callable[[str], None]
+"""Called with ``"answered"`` (a request got the 503) or ``"closed"`` (a connection closed unanswered)."""
+
+
+def with_connection_limit(
+    base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None
+) -> type[asyncio.Protocol]:
     """``base`` (a uvicorn HTTP protocol) with its config's ``limit_concurrency`` (``MAX_CONNECTIONS``)
     enforced as :mod:`service_core.connections` describes: a request that arrives while more connections are
     open (or more requests are being served) gets a problem+json 503 with ``Retry-After`` and its connection
-    is closed; a connection opened beyond :func:`connection_ceiling` is closed at once, unanswered."""
-    refused = _Throttled("more than %d connections open: a request got 503")
-    dropped = _Throttled("%d connections open: a new connection was closed unanswered")
+    is closed; a connection opened beyond :func:`connection_ceiling` is closed at once, unanswered. Each
+    refusal is logged (throttled) and passed to ``on_refused`` (the service's metrics)."""
+    logged = {
+        "answered": _Throttled("more than %d connections open: a request got 503"),
+        "closed": _Throttled("%d connections open: a new connection was closed unanswered"),
+    }
+
+    def refused(how: str, count: int) -> None:
+        logged[how](count)
+        if on_refused is not None:
+            on_refused(how)
 
     class ConnectionLimitProtocol(base):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -143,7 +158,7 @@ def with_connection_limit(base: type[asyncio.Protocol]) -> type[asyncio.Protocol
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             if self._ceiling and len(self.connections) > self._ceiling:
-                dropped(len(self.connections) - 1)
+                refused("closed", len(self.connections) - 1)
                 transport.close()
 
         async def _app_within_limit(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,7 +166,7 @@ def with_connection_limit(base: type[asyncio.Protocol]) -> type[asyncio.Protocol
             # and every request being served (this one included: its task exists when it calls the app).
             limit = self._max_connections
             if scope["type"] == "http" and (len(self.connections) > limit or len(self.tasks) > limit):
-                refused(limit)
+                refused("answered", limit)
                 busy = ServiceUnavailable(
                     f"the server is serving {limit} connections, its limit; retry shortly",
                     retry_after=_RETRY_AFTER_S,
@@ -166,13 +181,13 @@ def with_connection_limit(base: type[asyncio.Protocol]) -> type[asyncio.Protocol
     return ConnectionLimitProtocol
 
 
-def service_protocol(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+def service_protocol(base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:
     """``base`` with everything the services add: the connection limit and the request-head deadline."""
-    return with_connection_limit(with_head_deadline(base))
+    return with_connection_limit(with_head_deadline(base), on_refused)
 
 
-def http_protocol() -> type[asyncio.Protocol]:
+def http_protocol(on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:
     """uvicorn's automatic choice of HTTP protocol (httptools when installed, else h11), as the services run it."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return service_protocol(AutoHTTPProtocol)
+    return service_protocol(AutoHTTPProtocol, on_refused)

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
-from splitinfer.http_protocol import http_protocol
+from splitinfer.http_protocol import RefusalCounter, http_protocol
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
@@ -101,8 +101,11 @@ def warn_of_a_lowered_connection_limit(settings: ServingSettings) -> None:
         logger.warning("%s", warning)
 
 
-def uvicorn_config(app: Any, settings: ServingSettings, **uvicorn_options: Any) -> uvicorn.Config:
-    """How every service runs under uvicorn (``uvicorn_options`` override)."""
+def uvicorn_config(
+    app: Any, settings: ServingSettings, on_refused: RefusalCounter | None = None, **uvicorn_options: Any
+) -> uvicorn.Config:
+    """How every service runs under uvicorn (``uvicorn_options`` override; ``on_refused`` counts the
+    connections ``MAX_CONNECTIONS`` refuses)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -112,13 +115,26 @@ def uvicorn_config(app: Any, settings: ServingSettings, **uvicorn_options: Any) 
         "timeout_keep_alive": settings.keep_alive_s,
         # NOTE: a deadline on request heads (uvicorn's keep-alive timer does not close half-sent ones) and
         # problem+json for requests uvicorn's parser refuses.
-        "http": http_protocol(),
+        "http": http_protocol(on_refused),
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
         "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }
     return uvicorn.Config(app, **(options | uvicorn_options))
+
+
+def _refusal_counter(app: Any) -> RefusalCounter | None:
+    """The service's ``splitinfer_connections_refused`` counter (``app.state.metrics``), if it has one."""
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    counter = getattr(metrics, "connections_refused", None)
+    if counter is None:
+        return None
+
+    def count(how: str) -> None:
+        counter.labels(how).inc()
+
+    return count
 
 
 def run_service(
@@ -136,7 +152,8 @@ def run_service(
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)
     served = _StartupErrors(app, quiet=not debug)
-    server = _DrainingServer(uvicorn_config(served, settings, **uvicorn_options), settings.drain_s, app)
+    config = uvicorn_config(served, settings, _refusal_counter(app), **uvicorn_options)
+    server = _DrainingServer(config, settings.drain_s, app)
     try:
         server.run(sockets=sockets)
     except SystemExit as exc:  # NOTE: uvicorn exits (status 3) when the lifespan fails

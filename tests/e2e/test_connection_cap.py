@@ -55,6 +55,10 @@ def test_connections_beyond_the_limit_get_503_until_others_close(
         assert status == "HTTP/1.1 200 OK" and headers["content-length"] == "15"
         status, _, body = _exchange(held[0], get)
         assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+        # NOTE: the refusal never reached the app's request metrics; it has its own counter
+        status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK"
+        assert 'splitinfer_connections_refused_total{how="answered"} 1.0' in body.decode(), body.decode()
 
     deadline = time.monotonic() + _TIMEOUT_S
     while (response := httpx.get(f"{service.url}/healthz", timeout=_TIMEOUT_S)).status_code != 200:

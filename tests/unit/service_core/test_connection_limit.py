@@ -35,12 +35,13 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.fixture(params=["auto", "h11"])
-def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Callable[[], int]]]:
-    """The port of a server with MAX_CONNECTIONS 8, and how many connections it holds."""
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, Callable[[], int], list[str]]]:
+    """The port of a server with MAX_CONNECTIONS 8, how many connections it holds, and its refusals as counted."""
+    refusals: list[str] = []
     settings = EdgeSettings(port=0, keep_alive_s=60, max_connections=CAP)
-    options = {} if request.param == "auto" else {"http": service_protocol(H11Protocol)}
-    with served_in_thread(_app, settings, **options) as (server, port):
-        yield port, lambda: len(server.server_state.connections)
+    options = {} if request.param == "auto" else {"http": service_protocol(H11Protocol, refusals.append)}
+    with served_in_thread(_app, settings, on_refused=refusals.append, **options) as (server, port):
+        yield port, lambda: len(server.server_state.connections), refusals
 
 
 def _wait_for(condition: Callable[[], bool]) -> None:
@@ -69,9 +70,9 @@ def _get(conn: socket.socket) -> bytes:
 
 
 def test_requests_beyond_max_connections_get_503_problems_until_connections_close(
-    server: tuple[int, Callable[[], int]],
+    server: tuple[int, Callable[[], int], list[str]],
 ) -> None:
-    port, open_connections = server
+    port, open_connections, refusals = server
     with ExitStack() as stack:
         held = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(CAP)]
         for conn in held:  # NOTE: served one by one: the k-th is served while k connections are open
@@ -108,6 +109,8 @@ def test_requests_beyond_max_connections_get_503_problems_until_connections_clos
     _wait_for(lambda: open_connections() == 0)
     with socket.create_connection(("127.0.0.1", port)) as again:
         assert _get(again).startswith(b"HTTP/1.1 200 ")
+    # NOTE: what the service's splitinfer_connections_refused counts
+    assert sorted(refusals) == ["answered"] * (1 + CEILING - CAP) + ["closed"]
 
 
 def test_the_default_fits_the_file_descriptor_limit() -> None:
