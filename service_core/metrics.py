@@ -1,4 +1,9 @@
-"""Prometheus metrics and the per-request middleware both services use (one registry per app)."""
+"""Prometheus metrics and the per-request middleware both services use (one registry per app).
+
+A process started with ``PROMETHEUS_MULTIPROC_DIR`` (each worker of ``splitinfer cloud --workers N``) keeps
+its values in that directory, and its ``/metrics`` adds up every process's there
+(:mod:`service_core.multiprocess_metrics`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.http import header_value
+from service_core.multiprocess_metrics import collect, multiprocess_dir
 
 __all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response"]
 
@@ -34,6 +40,8 @@ class ServiceMetrics:
 
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir()
+        """Where several processes keep their values (scrapes add them up), or None: this process's own."""
         labels = {"service": service}
         self.requests = Counter(
             "splitinfer_requests",
@@ -80,18 +88,27 @@ class ServiceMetrics:
             "Constant 1, labelled with what this instance serves.",
             ["service", "model", "weights", "cut", "codec"],
             registry=self.registry,
+            multiprocess_mode="max",
         )
+        self._info_labels: tuple[str, ...] | None = None
         self._service = labels["service"]
         # NOTE: the children the cloud's hot path observes, looked up once
         self.received_bytes = self.payload_bytes.labels("received")
         self.tail_seconds = self.compute.labels("tail")
 
     def set_info(self, model: str, weights: str, cut: str = "", codec: str | None = "") -> None:
+        if self._info_labels is not None:
+            # NOTE: a value kept in a file outlives clear(): the old labels' series would stay at 1
+            self.info.labels(*self._info_labels).set(0)
         self.info.clear()
-        self.info.labels(self._service, model, weights, cut, codec or "").set(1)
+        self._info_labels = (self._service, model, weights, cut, codec or "")
+        self.info.labels(*self._info_labels).set(1)
 
 
 def metrics_response(metrics: ServiceMetrics) -> Response:
+    """This process's metrics, or every process's added up when they share a directory."""
+    if metrics.multiprocess_dir is not None:
+        return Response(collect(metrics.multiprocess_dir), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,0 +1,104 @@
+"""Metrics of several processes added up on every scrape, and a dead process's totals kept
+(:mod:`service_core.multiprocess_metrics`). Each "worker" is a real process: prometheus_client picks where
+values live when it is first imported, from ``PROMETHEUS_MULTIPROC_DIR``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, collect, retire
+
+_WORKER = """
+import sys
+from service_core.metrics import ServiceMetrics, metrics_response
+metrics = ServiceMetrics("cloud")
+print(metrics.multiprocess_dir)
+metrics.set_info("resnet18", "none")
+for _ in range(int(sys.argv[1])):
+    metrics.requests.labels("/v1/tail", "POST", "200").inc()
+    metrics.latency.labels("/v1/tail").observe(0.003)
+if len(sys.argv) > 2:
+    metrics.set_info("resnet18", "none", cut=sys.argv[2])
+print(metrics_response(metrics).body.decode())
+"""
+
+
+def _worker(directory: Path | None, requests: int, *extra: str) -> tuple[int, str]:
+    """Run one process that serves ``requests`` tails; its pid and what its /metrics would answer."""
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROCESS_DIR_ENV}
+    if directory is not None:
+        env[MULTIPROCESS_DIR_ENV] = str(directory)
+    root = Path(__file__).resolve().parents[3]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(requests), *extra],
+        env=env | {"PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    return process.pid, out
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    match = re.search(rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    assert match is not None, f"{name} {labels} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_a_scrape_adds_up_every_process_s_metrics(tmp_path: Path) -> None:
+    _, first = _worker(tmp_path, 3)
+    _, second = _worker(tmp_path, 4)
+    assert first.splitlines()[0] == str(tmp_path)
+    # NOTE: each process answers with everything in the directory so far, not only its own
+    assert _sample(first, "splitinfer_requests_total", 'route="/v1/tail"') == 3
+    assert _sample(second, "splitinfer_requests_total", 'route="/v1/tail"') == 7
+    scraped = collect(tmp_path).decode()
+    assert _sample(scraped, "splitinfer_requests_total", 'route="/v1/tail"') == 7
+    assert _sample(scraped, "splitinfer_request_duration_seconds_count") == 7
+    assert _sample(scraped, "splitinfer_info", 'model="resnet18"') == 1
+
+
+def test_a_dead_process_s_totals_are_kept_in_a_bounded_number_of_files(tmp_path: Path) -> None:
+    pids = [_worker(tmp_path, requests)[0] for requests in (3, 4, 5)]
+    before = collect(tmp_path).decode()
+    for pid in pids:
+        retire(tmp_path, pid)
+    after = collect(tmp_path).decode()
+    for name, labels in [
+        ("splitinfer_requests_total", 'route="/v1/tail"'),
+        ("splitinfer_request_duration_seconds_count", ""),
+        ("splitinfer_request_duration_seconds_sum", ""),
+        ("splitinfer_request_duration_seconds_bucket", 'le="0.005"'),
+    ]:
+        assert _sample(after, name, labels) == _sample(before, name, labels), name
+    assert _sample(after, "splitinfer_requests_total", 'route="/v1/tail"') == 12
+    # NOTE: one file per kind of added-up metric, however many processes retired; their gauges are gone
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_retired.db", "histogram_retired.db"]
+    assert "splitinfer_info{" not in after
+
+
+def test_retiring_one_process_leaves_the_others_files_alone(tmp_path: Path) -> None:
+    first, _ = _worker(tmp_path, 3)
+    second, _ = _worker(tmp_path, 4)
+    retire(tmp_path, first)
+    assert {p.name for p in tmp_path.glob("*.db")} >= {f"counter_{second}.db", f"histogram_{second}.db"}
+    assert not list(tmp_path.glob(f"*_{first}.db"))
+    assert _sample(collect(tmp_path).decode(), "splitinfer_requests_total", 'route="/v1/tail"') == 7
+
+
+def test_a_changed_info_leaves_no_stale_series_at_1(tmp_path: Path) -> None:
+    _, out = _worker(tmp_path, 1, "layer3")
+    assert _sample(out, "splitinfer_info", 'cut="layer3"') == 1
+    assert _sample(out, "splitinfer_info", 'cut=""') == 0
+
+
+def test_without_the_directory_a_process_answers_with_its_own_metrics(tmp_path: Path) -> None:
+    _, out = _worker(None, 2)
+    assert out.splitlines()[0] == "None"
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
+    assert not list(tmp_path.iterdir())
