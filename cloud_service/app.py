@@ -17,6 +17,7 @@ from cloud_service.settings import CloudSettings
 from cloud_service.state import BatcherFactory, CloudState, TailBatcher, TailRunner
 from service_core.admission import Admission
 from service_core.app import create_service_app
+from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import load_in_own_thread
 from shared.preprocessing import ImageLimits
@@ -92,7 +93,7 @@ def create_app(settings: CloudSettings | None = None, *, batcher: BatcherFactory
             runs = batcher(run, executor, settings)
             runs.start()
             try:
-                yield CloudState(settings, model, runs, metrics, threads)
+                yield CloudState(settings, model, runs, metrics, threads, HeapTrimmer(malloc_trim()))
             finally:
                 await runs.stop()
 

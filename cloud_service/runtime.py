@@ -25,7 +25,7 @@ from shared.folding import fold_batchnorm
 from shared.models import LoadedModel
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
-from shared.protocol import expected_for_cut, expected_images, images_from_payload
+from shared.protocol import decode_image_payload, expected_for_cut, expected_images
 from shared.splitting import INPUT_CUT
 from shared.tensor_checks import all_finite
 from shared.values import ValueSpec
@@ -77,6 +77,9 @@ class TailInput:
     tensors: tuple[torch.Tensor, ...]
     batch_size: int
     """Items (images): a tensor may carry several rows per item (Swin's windows)."""
+    decoded_pixels: int = 0
+    """Pixels decoded for it (images at cut ``input``; 0 for activations): freed by the time it is returned,
+    and the service trims its heap after large ones (service_core.heap)."""
 
 
 class CloudModel:
@@ -199,8 +202,10 @@ class CloudModel:
             expected = expected_images(metadata.get("codec", ""), self.loaded.preprocessor.crop_size)
             payload = decode_read_payload(body, header, kind="image", expected=expected, **common)  # type: ignore[arg-type]
             with self._image_decodes:
-                images = images_from_payload(payload, self.loaded.preprocessor, self.image_limits, self.wire_limits)
-            return TailInput(INPUT_CUT, (images,), int(images.shape[0]))
+                images, pixels = decode_image_payload(
+                    payload, self.loaded.preprocessor, self.image_limits, self.wire_limits
+                )
+            return TailInput(INPUT_CUT, (images,), int(images.shape[0]), decoded_pixels=pixels)
         if kind == "activations":
             if metadata.get("cut") == INPUT_CUT:
                 raise ModelMismatch("cut 'input' carries images (kind 'image'), not activations")

@@ -16,6 +16,7 @@ from cloud_service.batching import BatchStats
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from service_core.app import service_state
+from service_core.heap import HeapTrimmer
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import TorchThreads
 
@@ -46,6 +47,8 @@ class CloudState:
     batcher: TailBatcher
     metrics: ServiceMetrics
     threads: TorchThreads
+    heap: HeapTrimmer
+    """Gives the memory of large images decoded at cut ``input`` back to the system (service_core.heap)."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 

@@ -104,6 +104,8 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     else:
         tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
     decode_ms = (time.perf_counter() - started) * 1000
+    if tail_input.decoded_pixels:  # NOTE: images (cut input), their decoded pictures freed by now; never tensors
+        state.heap.released(tail_input.decoded_pixels)
     logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
     state.metrics.tail_seconds.observe(stats.compute_ms / 1000)
     timings = TailTimings(

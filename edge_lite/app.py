@@ -34,6 +34,7 @@ from shared.errors import (
     BadGateway,
     CloudTimeout,
     CloudUnavailable,
+    ModelMismatch,
     PayloadTooLarge,
     ServiceUnavailable,
     SplitInferError,
@@ -78,12 +79,15 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
     if options is None:  # NOTE: unreachable: the settings allow onnxruntime and openvino only
         raise ValueError(f"engine {settings.engine!r} cannot run an ONNX head")
     path = settings.onnx_dir / manifest.head.file
-    try:
-        head = open_half(path, options)
-    except Exception as exc:  # NOTE: ONNX Runtime's and OpenVINO's load errors derive from Exception only
-        raise ValueError(f"cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    if list(head.output_names) != [t.name for t in manifest.cut_tensors]:
-        raise ValueError(f"head.onnx returns {list(head.output_names)}; its manifest says {manifest.cut_tensors}")
+    # NOTE: a missing or unreadable file raises the OS's error, one the engine refuses UnloadableModel; each
+    # is a one-line startup failure (splitinfer.failures). Anything else is a bug and keeps its traceback.
+    head = open_half(path, options)
+    expected = [t.name for t in manifest.cut_tensors]
+    if list(head.output_names) != expected:
+        raise ModelMismatch(
+            f"{str(path)!r} is not the head its manifest describes: it returns {list(head.output_names)}, "
+            f"the manifest's cut {manifest.cut!r} has {expected}"
+        )
     preprocessor = NumpyPreprocessor.from_json(manifest.preprocessing, settings.max_image_pixels)
     return manifest, head, preprocessor
 

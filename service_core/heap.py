@@ -5,7 +5,8 @@ freed once it serves blocks up to that size from the arenas instead of mapping t
 36-megapixel images left an edge at 2.2 GB of resident memory for good (bounded by the admission limits,
 but never given back). After a request whose images had at least :data:`LARGE_DECODE_PIXELS` pixels,
 :class:`HeapTrimmer` calls glibc's ``malloc_trim(0)`` in a worker thread (one at a time), which returns
-the free pages of every arena. Elsewhere (musl, macOS) it does nothing.
+the free pages of every arena. Elsewhere (musl, macOS) it does nothing. The edge uses it after its
+requests; the cloud after decoding the images of a cut ``input`` payload (activations never trigger it).
 """
 
 from __future__ import annotations

@@ -16,12 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.http import header_value
 from service_core.multiprocess_metrics import collect, multiprocess_dir
 
-__all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response"]
+__all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response", "route_label"]
 
 logger = logging.getLogger("splitinfer.access")
 _ACCESS_LOG = "request_id=%s method=%s route=%s status=%d ms=%.1f %s"
@@ -122,6 +123,26 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
 
 
+def route_label(scope: Scope) -> str:
+    """The matched route's template: FastAPI's routes (and the direct ones) leave themselves in
+    ``scope["route"]``; a plain Starlette route (FastAPI's own ``/openapi.json``) or a mount (the Swagger UI
+    files) leaves only its ``endpoint``, found here among the app's routes: a mount is one label, never the
+    path of a file under it. Anything else is ``unmatched`` (labels stay bounded by the routes)."""
+    matched = scope.get("route")
+    if matched is not None:
+        return str(getattr(matched, "path", "unmatched"))
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is None or app is None:
+        return "unmatched"
+    for candidate in getattr(app, "routes", ()):
+        if (isinstance(candidate, Route) and candidate.endpoint is endpoint) or (
+            isinstance(candidate, Mount) and candidate.app is endpoint
+        ):
+            return candidate.path
+    return "unmatched"
+
+
 class _RequestIds:
     """The client's ``X-Request-ID`` when it is well-formed, else a new one: a random per-process prefix and
     a counter (unique without a ``uuid4`` per request, which costs a system call for its random bytes)."""
@@ -169,7 +190,7 @@ class _ObserveRequests:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_label(scope)
             method = method_label(scope["method"])
             key = (route, method, status_label(status))
             counted = self._counted.get(key) or self._counted.setdefault(key, self.metrics.requests.labels(*key))

@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from shared.ov_engine import EngineUnavailable, OvHalf, OvOptions, check_precision, cpu_capabilities
+from shared.ov_engine import (
+    EngineUnavailable,
+    OvHalf,
+    OvOptions,
+    UnloadableModel,
+    check_precision,
+    cpu_capabilities,
+    unloadable,
+)
 
 __all__ = [
     "ENGINES",
@@ -29,6 +37,7 @@ __all__ = [
     "OrtHalf",
     "OrtOptions",
     "SessionCache",
+    "UnloadableModel",
     "engine_options",
     "open_half",
     "providers_for",
@@ -76,7 +85,14 @@ class OrtHalf:
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[options.optimization]
         source = str(model) if isinstance(model, Path) else model
-        self.session = ort.InferenceSession(source, session_options, providers=providers_for(options.device))
+        try:
+            self.session = ort.InferenceSession(source, session_options, providers=providers_for(options.device))
+        except Exception as exc:
+            # NOTE: ONNX Runtime's own errors (InvalidProtobuf, InvalidGraph, NotImplemented, ...) come from its
+            # binding and derive from Exception only; anything else (a TypeError, ...) is a bug and goes on.
+            if not type(exc).__module__.startswith("onnxruntime."):
+                raise
+            raise unloadable(model, "ONNX Runtime", exc) from exc
         self.providers: tuple[str, ...] = tuple(self.session.get_providers())
         self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
         self.output_names: tuple[str, ...] = tuple(o.name for o in self.session.get_outputs())
@@ -123,7 +139,12 @@ def engine_options(
 
 
 def open_half(model: Path | bytes, options: EngineOptions) -> OnnxHalf:
-    """The ONNX half ``model`` on the engine that ``options`` configure."""
+    """The ONNX half ``model`` on the engine that ``options`` configure. A file that is missing, unreadable or a
+    folder raises the OS's ``OSError`` (``FileNotFoundError``, ``PermissionError``, ``IsADirectoryError``); one
+    the engine refuses, :class:`UnloadableModel`."""
+    if isinstance(model, Path):
+        with model.open("rb"):  # NOTE: the OS says what is wrong with the path, not the engine's load error
+            pass
     if isinstance(options, OvOptions):
         return OvHalf(model, options)
     return OrtHalf(model, options)

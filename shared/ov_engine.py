@@ -26,7 +26,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "EngineUnavailable", "OvHalf", "OvOptions", "check_precision", "cpu_capabilities"]
+__all__ = [
+    "PRECISIONS",
+    "EngineUnavailable",
+    "OvHalf",
+    "OvOptions",
+    "UnloadableModel",
+    "check_precision",
+    "cpu_capabilities",
+    "unloadable",
+]
 
 Precision = Literal["f32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("f32", "bf16")
@@ -34,6 +43,24 @@ PRECISIONS: tuple[str, ...] = ("f32", "bf16")
 
 class EngineUnavailable(ValueError):
     """The engine cannot run as configured here (not installed, or a precision the CPU lacks)."""
+
+
+class UnloadableModel(ValueError):
+    """The engine refused an ONNX half that was read (the file is damaged, is not ONNX, or holds operators
+    or an opset this engine lacks). A missing or unreadable file is the OS's own ``OSError`` instead."""
+
+
+_MAX_ENGINE_MESSAGE = 400
+
+
+def unloadable(model: Path | bytes, engine: str, exc: BaseException) -> UnloadableModel:
+    """The :class:`UnloadableModel` for ``exc``, an engine's load error, with its message on one line."""
+    source = repr(str(model)) if isinstance(model, Path) else f"a {len(model)}-byte model"
+    reason = " ".join(str(exc).split())[:_MAX_ENGINE_MESSAGE]
+    return UnloadableModel(
+        f"{source} is not an ONNX model {engine} can load (damaged, not ONNX, or made for a newer engine): "
+        f"{type(exc).__name__}: {reason}"
+    )
 
 
 @dataclass(frozen=True)
@@ -88,17 +115,22 @@ class OvHalf:
         ov = _openvino()
         core = ov.Core()
         check_precision(options.precision, tuple(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
-        if isinstance(model, bytes):
-            graph = core.read_model(model, ov.Tensor(np.empty(0, dtype=np.uint8)))
-        else:
-            graph = core.read_model(str(model))
         config = {
             "INFERENCE_NUM_THREADS": options.threads * options.streams,
             "NUM_STREAMS": options.streams,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": options.precision,
         }
-        self.compiled = core.compile_model(graph, "CPU", config)
+        # NOTE: OpenVINO reports every reading and compiling failure as a RuntimeError; only these two calls
+        # are the model's: a RuntimeError anywhere else is a bug and is not blamed on the file.
+        try:
+            if isinstance(model, bytes):
+                graph = core.read_model(model, ov.Tensor(np.empty(0, dtype=np.uint8)))
+            else:
+                graph = core.read_model(str(model))
+            self.compiled = core.compile_model(graph, "CPU", config)
+        except RuntimeError as exc:
+            raise unloadable(model, "OpenVINO", exc) from exc
         self.options = options
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision: str = hint.to_string() if hasattr(hint, "to_string") else str(hint)

@@ -41,6 +41,7 @@ from shared.protocol import (
     expected_images,
     images_from_payload,
 )
+from shared.samples import generated_jpegs
 from shared.splitting import INPUT_CUT, OUTPUT_CUT, Cut, ModelGraph
 from shared.wire import WireLimits, decode_payload
 
@@ -49,6 +50,7 @@ __all__ = [
     "CutProfile",
     "FRAMING_OVERHEAD",
     "GENERATED_ERROR_FACTOR",
+    "GENERATED_PROFILE_IMAGES",
     "GENERATED_IMAGES",
     "GENERATED_IMAGES_NOTE",
     "fidelity_guard",
@@ -92,7 +94,10 @@ class CutProfile:
 
 
 GENERATED_IMAGES = "generated"
-"""``Profile.images`` when ``splitinfer profile`` ran without ``--images``."""
+"""``Profile.images`` when :func:`profile_model` measured on pictures it generated (given no images;
+``splitinfer profile`` without ``--images``)."""
+GENERATED_PROFILE_IMAGES = 4
+"""How many pictures :func:`profile_model` generates when given none (640x480 JPEGs, q=90)."""
 GENERATED_ERROR_FACTOR = 2.0
 """The planner counts codec errors measured on generated pictures this many times: on real photos they are
 larger, by 1.9x (median over EfficientNet-Lite0's 474 routes with its real weights; docs/benchmarks.md,
@@ -121,7 +126,7 @@ class Profile:
     precision: str = "f32"  # engine openvino's precision (f32 or bf16); f32 for the others
     spread: float = 0.0  # the largest interquartile range / median of a cut's repeated head or tail times
     cpu_quota: float | None = None  # the CPU quota (cores) the times were taken under: see profile_model
-    images: str = ""  # what the codec errors were measured on: GENERATED_IMAGES, or the folder of photos given
+    images: str = ""  # what the codec errors were measured on: GENERATED_IMAGES, the photos' source, or "" (unsaid)
 
     @property
     def engine_label(self) -> str:
@@ -303,8 +308,9 @@ def monotone(values: Sequence[float], *, increasing: bool) -> list[float]:
 
 def profile_model(
     loaded: LoadedModel,
-    images: Sequence[bytes],
+    images: Sequence[bytes] | None = None,
     *,
+    images_source: str = "",
     device: str = "cpu",
     all_cuts: bool = False,
     codecs: Sequence[str] = PROFILE_CODECS,
@@ -318,15 +324,24 @@ def profile_model(
     """Measure head, tail, encode and decode times and payload sizes at every candidate cut, here.
 
     Times are medians over ``repeats`` runs on the first image; payload sizes and codec errors are
-    means over all ``images`` (compressed sizes depend on the picture). ``cpu_quota`` is the CPU quota
-    in cores this process runs under (``"detect"``: read from its cgroup; ``None``: none): with one,
-    every time is the longer of the wall time and the process's CPU time over the quota, the time a
-    request sees once the quota throttles it (a short piece of work timed alone often fits in one
-    period's quota and runs at full speed).
+    means over all ``images`` (compressed sizes depend on the picture). With no ``images``, it generates
+    :data:`GENERATED_PROFILE_IMAGES` pictures and records ``images`` as :data:`GENERATED_IMAGES`, whose
+    errors the planner counts :data:`GENERATED_ERROR_FACTOR` times (:attr:`Profile.error_factor`); images
+    given are recorded as ``images_source`` says (a folder's name; empty: unsaid, counted once).
+    ``cpu_quota`` is the CPU quota in cores this process runs under (``"detect"``: read from its cgroup;
+    ``None``: none): with one, every time is the longer of the wall time and the process's CPU time over
+    the quota, the time a request sees once the quota throttles it (a short piece of work timed alone
+    often fits in one period's quota and runs at full speed).
     """
     quota = cpu_quota_cores() if cpu_quota == "detect" else cpu_quota
     if quota is not None and quota <= 0:
         raise ValueError(f"cpu_quota must be positive cores or None, not {quota}")
+    if images is None:
+        if images_source:
+            raise ValueError(f"images_source {images_source!r} names images, but none were given")
+        images, images_source = generated_jpegs(GENERATED_PROFILE_IMAGES), GENERATED_IMAGES
+    if not images:
+        raise ValueError("profile_model needs at least one image (or None: generated pictures)")
     watch = _Stopwatch(quota)
     graph = loaded.graph()
     target = torch.device(device)
@@ -345,6 +360,7 @@ def profile_model(
     profile.engine = engine
     profile.precision = openvino_precision if engine == "openvino" else "f32"
     profile.cpu_quota = quota
+    profile.images = images_source
     profile.image_decode_ms = _median_ms(partial(decode_image, images[0], resize_size=resize_size), repeats, watch)
     profile.preprocess_ms = _median_ms(partial(loaded.preprocessor.batch, decoded[:1]), repeats, watch)
     common = {"model": loaded.name, "weights": loaded.digest}

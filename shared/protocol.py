@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -18,6 +19,8 @@ from shared.wire import BATCH, ExpectedTensor, Payload, PerItem, WireLimits, Wir
 
 __all__ = [
     "JPEG_QUALITY",
+    "DecodedImages",
+    "decode_image_payload",
     "encode_picture",
     "encode_activations",
     "encode_images",
@@ -124,13 +127,30 @@ def encode_images(
     return encode_payload(tensors, kind="image", model=model, weights=weights, cut=INPUT_CUT, codec=codec)
 
 
+class DecodedImages(NamedTuple):
+    """An ``image`` payload decoded: the model's input batch, and how many pixels were decoded for it."""
+
+    batch: torch.Tensor
+    pixels: int
+    """The decoded pictures' pixels together (codec ``uint8``: the pixels sent); they are freed once the
+    batch is made, and a service trims its heap after large ones (service_core.heap)."""
+
+
 def images_from_payload(
     payload: Payload, preprocessor: ImagePreprocessor, limits: ImageLimits, wire_limits: WireLimits
 ) -> torch.Tensor:
     """Decode an ``image`` payload into the model's normalized input batch."""
+    return decode_image_payload(payload, preprocessor, limits, wire_limits).batch
+
+
+def decode_image_payload(
+    payload: Payload, preprocessor: ImagePreprocessor, limits: ImageLimits, wire_limits: WireLimits
+) -> DecodedImages:
+    """:func:`images_from_payload`, with the number of pixels decoded."""
     base, _ = parse_codec_name(payload.codec, IMAGE_CODECS)
     if base == "uint8":
-        return torch.stack([preprocessor.finish(pixels) for pixels in payload.tensors[0]])
+        pixels = payload.tensors[0]  # NOTE: (batch, 3, crop, crop), as expected_images says
+        return DecodedImages(torch.stack([preprocessor.finish(item) for item in pixels]), pixels.numel() // 3)
     sizes, blob = payload.tensors
     if sizes.numel() > wire_limits.max_batch:
         raise InvalidTensor(f"{sizes.numel()} images exceed the batch limit {wire_limits.max_batch}")
@@ -142,6 +162,7 @@ def images_from_payload(
     offsets = [sum(counts[:i]) for i in range(len(counts))]
     blobs = [data[offset : offset + size] for offset, size in zip(offsets, counts, strict=True)]
     images = decode_images(blobs, limits, resize_size=preprocessor.resize_size if base == "image" else None)
+    decoded = sum(image.width * image.height for image in images)
     batch = []
     for image in images:
         if base == "image":
@@ -153,4 +174,4 @@ def images_from_payload(
                     f"got {image.size[0]}x{image.size[1]}"
                 )
             batch.append(preprocessor.finish(image))
-    return torch.stack(batch)
+    return DecodedImages(torch.stack(batch), decoded)

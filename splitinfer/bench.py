@@ -18,10 +18,10 @@ import torch
 from shared.models import LoadedModel, load_model
 from shared.preprocessing import decode_image
 from shared.protocol import encode_activations, encode_images
+from shared.samples import generated_jpegs
 from shared.splitting import INPUT_CUT
 from shared.wire import MEDIA_TYPE
 from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
-from splitinfer.samples import encode_image, synthetic_image
 
 __all__ = [
     "USER_DEFAULT_ENV",
@@ -44,7 +44,7 @@ def bench_images(folder: str | None = None, count: int = 8) -> list[bytes]:
     if folder:
         suffixes = {".jpg", ".jpeg", ".png", ".webp"}
         return [p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in suffixes]
-    return [encode_image(synthetic_image(640, 480, seed=seed)) for seed in range(count)]
+    return generated_jpegs(count)
 
 
 def edge_sender(images: Sequence[bytes], top_k: int = 5) -> Send:

@@ -349,7 +349,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shared.planning import GENERATED_IMAGES, GENERATED_IMAGES_NOTE, profile_model
+    from shared.planning import GENERATED_IMAGES_NOTE, profile_model
     from splitinfer.bench import bench_images
     from splitinfer.checks import check_device
 
@@ -369,7 +369,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         profile = profile_model(
             loaded,
-            bench_images(args.images, 4),
+            bench_images(args.images) if args.images else None,  # NOTE: None: the library's generated pictures
+            images_source=_photos_label(args.images) if args.images else "",
             device=args.device,
             all_cuts=args.all_cuts,
             repeats=args.repeats,
@@ -379,7 +380,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             openvino_precision=args.openvino_precision,
             cpu_quota="detect" if args.cpu_quota is None else (args.cpu_quota or None),
         )
-    profile.images = _photos_label(args.images) if args.images else GENERATED_IMAGES
     profile.save(args.output)
     elapsed = time.perf_counter() - started
     quota = f", timed as under its CPU quota of {profile.cpu_quota:g} cores" if profile.cpu_quota else ""

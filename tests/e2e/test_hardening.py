@@ -97,6 +97,53 @@ def test_2_memory_of_large_images_goes_back_to_the_system_after_their_requests(
     assert growth_mib < 200, growth_mib  # NOTE: without the trim it stayed about 450 MB higher here
 
 
+def _input_cut_images(blobs: list[bytes], codec: str = "image") -> bytes:
+    """A wire payload of encoded images for the tiny model's cut ``input`` (what an edge sends there)."""
+    import torch
+
+    from shared.wire import encode_payload
+
+    return encode_payload(
+        {
+            "image_sizes": torch.tensor([len(blob) for blob in blobs], dtype=torch.int64),
+            "image_bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8),
+        },
+        kind="image",
+        model=TINY_MODEL,
+        weights=load_model(TINY_MODEL, "none").digest,
+        cut="input",
+        codec=codec,
+    )
+
+
+def test_2_the_cloud_gives_back_the_memory_of_large_images_at_cut_input(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """The edge's test above, for the cloud: images sent at the input cut are decoded there."""
+    cloud = _start("cloud", TINY, tmp_path, stop_all)
+    pid = cloud.process.pid
+    small = _input_cut_images([JPEG])
+    big = _input_cut_images([png_bytes_of_size(7200, 5000)])  # 36 Mpixel (about 140 MB decoded), a few KB sent
+    headers = {"Content-Type": MEDIA_TYPE}
+    with httpx.Client(base_url=cloud.url, timeout=120, headers=headers) as client:
+        assert client.post("/v1/tail", content=small).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        def post_big(_: int) -> int:
+            return client.post("/v1/tail", content=big).status_code
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(post_big, range(8))) == [200] * 8
+        assert peak_kib(pid) - before > 300 * 1024  # NOTE: the images did take memory while decoded
+        deadline = time.monotonic() + 10
+        while (rss_kib(pid, "VmRSS") - before) > 200 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    growth_mib = (rss_kib(pid, "VmRSS") - before) / 1024
+    assert growth_mib < 200, growth_mib
+
+
 def test_2_the_cloud_refuses_thin_images_at_cut_input(tmp_path: Path, stop_all: list[Service]) -> None:
     import torch
 

@@ -47,3 +47,23 @@ def test_small_fixed_size_activations_decode_on_the_loop_and_compressed_ones_do_
     assert not model.cheap_to_decode(zstd, model.read_header(zstd))
     big = encode_activations((torch.rand(600, 512),), cut, codec="fp32", **common)
     assert len(big) > INLINE_DECODE_BYTES and not model.cheap_to_decode(big, model.read_header(big))
+
+
+def test_only_images_at_the_input_cut_report_decoded_pixels() -> None:
+    """What the cloud's heap trim keys on: the decoded pictures' pixels; activations report none (their
+    path pays one comparison for it)."""
+    from PIL import Image
+
+    from shared.protocol import encode_images
+    from splitinfer.samples import encode_image
+
+    loaded = load_model("resnet18", "none")
+    model = CloudModel(loaded)
+    common = {"model": loaded.name, "weights": loaded.digest}
+    activations = encode_activations((torch.rand(1, 512),), model.graph.cut("flatten"), codec="fp32", **common)
+    assert model.decode(activations).decoded_pixels == 0
+    pictures = [Image.new("RGB", (640, 480)), Image.new("RGB", (300, 200))]
+    raw = [encode_image(picture) for picture in pictures]
+    for codec, pixels in (("image", 640 * 480 + 300 * 200), ("png", 2 * 224 * 224), ("uint8", 2 * 224 * 224)):
+        payload = encode_images(raw, pictures, loaded.preprocessor, codec=codec, **common)
+        assert model.decode(payload).decoded_pixels == pixels, codec

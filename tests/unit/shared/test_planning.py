@@ -295,3 +295,38 @@ def test_a_profile_s_heads_grow_and_tails_shrink_along_the_cuts(monkeypatch: pyt
     heads, tails = [c.head_ms for c in profile.cuts], [c.tail_ms for c in profile.cuts]
     assert heads == sorted(heads) and tails == sorted(tails, reverse=True)
     assert heads[1] == heads[2] and tails[1] == tails[2]  # NOTE: the inverted pair, pooled
+
+
+def test_a_profile_the_library_makes_on_its_own_pictures_records_them_as_generated(tmp_path: Path) -> None:
+    """Without images, profile_model measures on pictures it generates and says so, as `splitinfer profile`
+    without --images does: the planner counts their errors GENERATED_ERROR_FACTOR times either way."""
+    from shared.planning import GENERATED_ERROR_FACTOR, GENERATED_IMAGES
+    from splitinfer.bench import bench_images
+
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    generated = profile_model(loaded, repeats=1)
+    assert generated.images == GENERATED_IMAGES
+    assert generated.error_factor == GENERATED_ERROR_FACTOR
+    from shared.planning import GENERATED_PROFILE_IMAGES
+
+    # NOTE: the same pictures as the CLI's default (sizes are means over the images: equal means the same)
+    cli_default = profile_model(loaded, bench_images(None, GENERATED_PROFILE_IMAGES), repeats=1)
+    assert [c.bytes_per_image for c in generated.cuts[0].codecs] == [
+        c.bytes_per_image for c in cli_default.cuts[0].codecs
+    ]
+    assert cli_default.images == "" and cli_default.error_factor == 1.0  # images given, their source unsaid
+    photos = profile_model(loaded, [encode_image(synthetic_image(seed=3))], images_source="photos/", repeats=1)
+    assert (photos.images, photos.error_factor) == ("photos/", 1.0)
+    path = tmp_path / "generated.json"
+    generated.save(path)
+    assert Profile.load(path).error_factor == GENERATED_ERROR_FACTOR
+    with pytest.raises(ValueError, match="none were given"):
+        profile_model(loaded, images_source="photos/", repeats=1)
+
+
+def test_an_older_profile_without_an_images_field_loads_and_counts_once(tmp_path: Path) -> None:
+    data = EDGE.to_json()
+    del data["images"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Profile.load(tmp_path / "old.json")
+    assert (old.images, old.error_factor) == ("", 1.0)
