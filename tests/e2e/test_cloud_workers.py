@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
 from splitinfer.processes import Service, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.raw_http import read_until_closed
 
 pytestmark = pytest.mark.e2e
 
@@ -223,5 +225,36 @@ def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         _wait_for_log(cloud, replaced, 30)
         assert _gone(victim)
         assert cloud.process.poll() is None, cloud.output()
+    finally:
+        cloud.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. Each worker must get one
+    SIGINT (the parent's): a second one makes uvicorn stop at once when the drain window ends, cutting the
+    request in flight. One is held in flight here (its body half sent) across the signal and the drain."""
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path)  # NOTE: in a session of its own
+    try:
+        wait_until(cloud)
+        payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        serving: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline:  # NOTE: both loaded: both drain, neither loads
+            serving.add(_served_by(_tail(cloud.url, payload)))
+        assert len(serving) == 2, cloud.output()
+        head = (
+            f"POST /v1/tail HTTP/1.1\r\nHost: x\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", cloud.port), timeout=20) as held:
+            held.sendall(head + payload[:100])
+            time.sleep(0.5)  # NOTE: a worker has taken the connection and started the request
+            os.killpg(cloud.process.pid, signal.SIGINT)  # NOTE: what the terminal does on Ctrl-C
+            time.sleep(2.5)  # NOTE: past the drain window (1 s), when a worker that got two SIGINTs force-exits
+            held.sendall(payload[100:])
+            answer = read_until_closed(held, 15)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200 OK\r\n"), (answer, cloud.output())
+        assert cloud.process.wait(20) == 0, cloud.output()
+        assert all(_gone(pid) for pid in serving), cloud.output()
+        assert cloud.output().count("draining: /readyz answers 503") == 2, cloud.output()
     finally:
         cloud.stop()
