@@ -470,6 +470,8 @@ def worker_main() -> None:
 
         app.router.lifespan_context = lifespan
         run_service(app, settings, sockets=[sock])
+    except KeyboardInterrupt:  # NOTE: uvicorn raises the SIGINT it has drained on again: a stop, no traceback
+        return
     except Exception as exc:
         text = explain(exc)
         if text is None:

@@ -250,11 +250,16 @@ def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None
             time.sleep(0.5)  # NOTE: a worker has taken the connection and started the request
             os.killpg(cloud.process.pid, signal.SIGINT)  # NOTE: what the terminal does on Ctrl-C
             time.sleep(2.5)  # NOTE: past the drain window (1 s), when a worker that got two SIGINTs force-exits
-            held.sendall(payload[100:])
-            answer = read_until_closed(held, 15)
+            try:
+                held.sendall(payload[100:])
+                answer = read_until_closed(held, 15)
+            except OSError:  # NOTE: the worker cut the connection (a broken pipe)
+                answer = None
         assert answer is not None and answer.startswith(b"HTTP/1.1 200 OK\r\n"), (answer, cloud.output())
         assert cloud.process.wait(20) == 0, cloud.output()
         assert all(_gone(pid) for pid in serving), cloud.output()
-        assert cloud.output().count("draining: /readyz answers 503") == 2, cloud.output()
+        output = cloud.output()
+        assert output.count("draining: /readyz answers 503") == 2, output
+        assert "Traceback" not in output, output  # NOTE: uvicorn raises the drained SIGINT again in each worker
     finally:
         cloud.stop()
