@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
 import re
 import signal
 import socket
+import subprocess
+import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +24,7 @@ from service_core.http import SERVED_BY_HEADER
 from shared.models import load_model
 from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
-from splitinfer.processes import Service, start_service, wait_until
+from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
 from tests.support.raw_http import read_until_closed
 
@@ -263,3 +269,67 @@ def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None
         assert "Traceback" not in output, output  # NOTE: uvicorn raises the drained SIGINT again in each worker
     finally:
         cloud.stop()
+
+
+def _own_the_terminal() -> None:
+    """In the child: a session whose controlling terminal is its stdin (a pty), as a shell's foreground job."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # NOTE: not SIG_IGN inherited from a backgrounded test run
+
+
+def test_ctrl_c_typed_on_a_tostop_terminal_stops_every_worker(tmp_path: Path) -> None:
+    """On a real terminal (a pty) set to `stty tostop`, where a background process group that writes to the
+    terminal is stopped: the workers (each in its own group) still log, serve, and stop on Ctrl-C."""
+    master, terminal = pty.openpty()
+    modes = termios.tcgetattr(terminal)
+    modes[3] |= termios.TOSTOP
+    termios.tcsetattr(terminal, termios.TCSANOW, modes)
+    port = free_port()
+    command = [sys.executable, "-m", "splitinfer", "cloud", "--host", "127.0.0.1", "--port", str(port), *TINY]
+    cloud = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=_own_the_terminal,
+        env={**os.environ, "SPLITINFER_THREADS": "1"},
+    )
+    os.close(terminal)
+    screen = bytearray()
+    reader = threading.Thread(target=_read_terminal, args=(master, screen), daemon=True)
+    reader.start()
+    try:
+        payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        serving: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline and cloud.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                serving.add(_served_by(_tail(f"http://127.0.0.1:{port}", payload)))
+                continue
+            time.sleep(0.2)
+        assert len(serving) == 2, screen.decode(errors="replace")
+        os.write(master, b"\x03")  # NOTE: Ctrl-C typed: the terminal sends SIGINT to its foreground group
+        assert cloud.wait(20) == 0, screen.decode(errors="replace")
+    finally:
+        if cloud.poll() is None:
+            os.killpg(cloud.pid, signal.SIGKILL)
+            cloud.wait()
+        reader.join(5)
+        os.close(master)
+    output = screen.decode(errors="replace")
+    assert all(_gone(pid) for pid in serving), output
+    assert output.count("draining: /readyz answers 503") == 2, output
+    assert "Traceback" not in output, output
+
+
+def _read_terminal(master: int, screen: bytearray) -> None:
+    """What the terminal shows, until every process has closed it."""
+    for _ in range(100_000):
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # NOTE: EIO once no process holds the terminal open
+            return
+        if not data:
+            return
+        screen.extend(data)
