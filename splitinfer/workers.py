@@ -317,7 +317,7 @@ class _Supervisor:
                 return
             worker.overdue_at = now
             logger.error(
-                "cloud worker %d is not ready after %.0f s, past the loading deadline of %g s (%s): stopping it",
+                "cloud worker %d is not ready after %.1f s, past the loading deadline of %g s (%s): stopping it",
                 worker.process.pid,
                 worker.loading_for(now),
                 self.load_timeout_s,

@@ -194,6 +194,23 @@ def test_a_worker_that_cannot_start_ends_the_cloud(tmp_path: Path) -> None:
     assert " replaces worker " not in output, output
 
 
+def test_workers_past_the_loading_deadline_end_the_cloud(tmp_path: Path) -> None:
+    """--worker-load-timeout-s reaches the supervisor: no worker is ready (importing torch alone takes
+    longer than the deadline), so both are stopped and the parent exits 1 with one line saying why."""
+    args = [*TINY, "--workers", "2", "--worker-load-timeout-s", "0.3"]
+    cloud = start_service("cloud", args, tmp_path)
+    try:
+        assert cloud.process.wait(60) == 1, cloud.output()
+    finally:
+        cloud.stop()
+    output = cloud.output()
+    failures = [line for line in output.splitlines() if "was not ready within the loading deadline" in line]
+    assert len(failures) == 1, output
+    assert "loading deadline of 0.3 s (--worker-load-timeout-s, SPLITINFER_WORKER_LOAD_TIMEOUT_S)" in failures[0]
+    assert failures[0].endswith("stopping the cloud"), failures[0]
+    assert " replaces worker " not in output, output
+
+
 @pytest.mark.slow
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     """SIGKILL to the parent alone (no drain of its own): its workers stop, nothing keeps the port."""
