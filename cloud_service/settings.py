@@ -39,3 +39,11 @@ class CloudSettings(ServiceSettings):
         description="Processes serving the port (SO_REUSEPORT), each with its own model; threads default to "
         "cores / workers.",
     )
+    worker_load_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="With workers > 1: seconds a worker may take to load its model and become ready; past it the "
+        "worker is killed (SIGTERM, then SIGKILL), which stops the cloud while no worker has been ready and is "
+        "replaced like any dead worker once one has.",
+    )

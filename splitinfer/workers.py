@@ -4,7 +4,11 @@ Every worker listens on its own socket bound to the same address with ``SO_REUSE
 spreads new connections over the workers, so no process hands requests to another. A worker starts
 listening once its model has loaded, so connections never wait in the backlog of a worker that is still
 loading. The parent holds the port (bound, not listening) while the workers start and restart, forwards
-SIGTERM/SIGINT to them (each drains as a single cloud does) and exits 0 when they have. Each worker gets
+SIGTERM/SIGINT to them (each drains as a single cloud does) and exits 0 when they have. Every worker runs
+in a process group of its own, so Ctrl-C in a terminal (SIGINT to the foreground process group) reaches
+the parent alone and each worker gets the one signal the parent forwards: a worker that got the
+terminal's SIGINT as well would take the second for "stop at once" and cut its requests in flight. (Ctrl-Z
+stops the parent alone too; the workers keep serving.) Each worker gets
 ``cores // N`` torch threads unless ``threads`` is set. With a GPU, every worker loads the model onto the
 same device: their kernels share it (NVIDIA MPS lets them run concurrently rather than time-sliced).
 
@@ -18,6 +22,11 @@ The parent supervises its workers:
   while the service is not stopping is replaced by a fresh worker on the same port with the same
   settings; the others keep serving meanwhile. Replacements back off: 0.5 s, doubling up to 10 s for a
   worker that lived less than a minute, 0.5 s again after one that lived longer.
+- A worker that is not ready :attr:`CloudSettings.worker_load_timeout_s` after it started (a model load
+  stuck on a network filesystem, a deadlock in a native library, SIGSTOP while loading) is sent SIGTERM,
+  then SIGKILL :data:`KILL_GRACE_S` later, and is then handled as a worker that died while loading (below),
+  whatever its exit status. The deadline holds while the parent is stopping too, so a hung worker cannot
+  keep the parent from exiting.
 - A worker that dies before any worker was ready (weights that do not load, a bad setting: its
   replacement would fail the same way) ends the service: the parent stops the others and exits 1. Once
   some worker has loaded with these settings, a worker that dies while loading (the OOM killer picks a
@@ -53,7 +62,7 @@ from typing import Any
 from cloud_service.settings import CloudSettings
 from splitinfer.threads import share_of_cores
 
-__all__ = ["backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
+__all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
 
 logger = logging.getLogger("splitinfer")
 _WORKER_ENTRY = "from splitinfer.workers import worker_main; worker_main()"
@@ -68,6 +77,10 @@ HEARTBEAT_S = 1.0
 SILENT_S = 30.0
 """A ready worker whose pipe stays silent this long is hung (stopped, or its event loop blocked): it is
 killed, and so replaced."""
+KILL_GRACE_S = 5.0
+"""A worker past its loading deadline gets SIGTERM, then SIGKILL this long after."""
+_DEFAULT_LOAD_TIMEOUT_S: float = CloudSettings.model_fields["worker_load_timeout_s"].default
+_LOAD_TIMEOUT_SETTING = "--worker-load-timeout-s, SPLITINFER_WORKER_LOAD_TIMEOUT_S"
 
 
 def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -117,6 +130,10 @@ class _Worker:
     ready: bool = False
     heard_at: float = 0.0
     """When the worker last wrote to its pipe."""
+    overdue_at: float | None = None
+    """When the parent sent SIGTERM to this worker for not being ready by the loading deadline."""
+    killed: bool = False
+    """SIGKILL has been sent (after the grace that followed ``overdue_at``)."""
 
     def read_ready(self, now: float | None = None) -> None:
         """Take what the worker wrote (its readiness byte, then heartbeats) without blocking; close the pipe
@@ -139,6 +156,10 @@ class _Worker:
         """How long a ready worker whose pipe is open has not written (0 otherwise)."""
         return now - self.heard_at if self.ready and self.ready_fd is not None else 0.0
 
+    def loading_for(self, now: float) -> float:
+        """How long a worker that is not ready yet has been running (0 once ready)."""
+        return 0.0 if self.ready else now - self.started
+
     def close(self) -> None:
         if self.ready_fd is not None:
             os.close(self.ready_fd)
@@ -146,11 +167,16 @@ class _Worker:
 
 
 def _spawn(settings: dict[str, Any], entry: str = _WORKER_ENTRY) -> _Worker:
-    """Start ``python -c entry`` with the settings, the readiness pipe's number and the parent's pid on stdin."""
+    """Start ``python -c entry`` in a process group of its own, with the settings, the readiness pipe's number
+    and the parent's pid on stdin."""
     read_fd, write_fd = os.pipe()
     try:
         os.set_blocking(read_fd, False)
-        process = subprocess.Popen([sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd])
+        # NOTE: a group of its own: a terminal's Ctrl-C goes to the foreground group, the parent's alone, and
+        # the worker gets only the signal the parent forwards (two SIGINTs make uvicorn skip the drain).
+        process = subprocess.Popen(
+            [sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd], process_group=0
+        )
     except BaseException:
         os.close(read_fd)
         raise
@@ -185,10 +211,14 @@ class _Supervisor:
         settings: dict[str, Any],
         spawn: Callable[[dict[str, Any]], _Worker] = _spawn,
         silent_s: float = SILENT_S,
+        load_timeout_s: float = _DEFAULT_LOAD_TIMEOUT_S,
+        kill_grace_s: float = KILL_GRACE_S,
     ) -> None:
         self.settings = settings
         self.spawn = spawn
         self.silent_s = silent_s
+        self.load_timeout_s = load_timeout_s
+        self.kill_grace_s = kill_grace_s
         self.slots: list[_Slot] = []
         self.stop_signal: int | None = None
         self.signals = 0
@@ -247,6 +277,8 @@ class _Supervisor:
 
     def _check(self, slot: _Slot, now: float) -> None:
         worker = slot.worker
+        if worker is not None and worker.process.poll() is None:
+            self._enforce_load_deadline(worker, now)
         if worker is not None and self.stop_signal is None and worker.silent_for(now) > self.silent_s:
             logger.error(
                 "cloud worker %d has been silent for %.0f s (stopped, or its event loop blocked): killing it",
@@ -275,6 +307,28 @@ class _Supervisor:
                 "cloud worker %d replaces worker %s (restart %d)", slot.worker.process.pid, slot.replaces, self.restarts
             )
 
+    def _enforce_load_deadline(self, worker: _Worker, now: float) -> None:
+        """SIGTERM to a live worker not ready by the deadline, SIGKILL after the grace (never blocking: a
+        process in uninterruptible sleep dies when its system call returns, and the others need the loop)."""
+        if worker.ready or worker.killed:
+            return
+        if worker.overdue_at is None:
+            if worker.loading_for(now) <= self.load_timeout_s:
+                return
+            worker.overdue_at = now
+            logger.error(
+                "cloud worker %d is not ready after %.1f s, past the loading deadline of %g s (%s): stopping it",
+                worker.process.pid,
+                worker.loading_for(now),
+                self.load_timeout_s,
+                _LOAD_TIMEOUT_SETTING,
+            )
+            worker.process.terminate()
+        elif now - worker.overdue_at >= self.kill_grace_s:
+            worker.killed = True
+            logger.error("cloud worker %d ignored SIGTERM for %g s: killing it", worker.process.pid, self.kill_grace_s)
+            worker.process.kill()
+
     def _died(self, slot: _Slot, worker: _Worker, now: float) -> None:
         worker.read_ready()  # NOTE: a byte written just before the worker died still counts
         worker.close()
@@ -283,10 +337,22 @@ class _Supervisor:
         pid, how = worker.process.pid, _describe(code)
         if self.stop_signal is not None:
             return
-        if code in _STOPPED_ON_PURPOSE:
+        overdue = worker.overdue_at is not None
+        if code in _STOPPED_ON_PURPOSE and not overdue:  # NOTE: the SIGTERM the deadline sent is no purpose
             logger.info("cloud worker %d stopped (%s): not replaced", pid, how)
             return
+        if overdue:
+            how = f"{how} past the loading deadline of {self.load_timeout_s:g} s"
         self.ever_ready = self.ever_ready or worker.ready
+        if not self.ever_ready and overdue:
+            self.failure = (
+                f"cloud worker {pid} was not ready within the loading deadline of {self.load_timeout_s:g} s "
+                f"({_LOAD_TIMEOUT_SETTING}) and no worker has been ready (a load stuck on a slow or hung "
+                "filesystem, a deadlock; raise the setting if the model needs longer): stopping the cloud"
+            )
+            logger.error("%s", self.failure)
+            self.request_stop(signal.SIGTERM)
+            return
         if not self.ever_ready:
             cause = (
                 "if the OOM killer sent it, give the machine more memory or run fewer workers"
@@ -328,7 +394,7 @@ def run_workers(settings: CloudSettings) -> int:
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
     try:
         port = int(holder.getsockname()[1])
-        supervisor = _Supervisor(_worker_settings(settings, port))
+        supervisor = _Supervisor(_worker_settings(settings, port), load_timeout_s=settings.worker_load_timeout_s)
         previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             supervisor.start(settings.workers)
@@ -376,6 +442,9 @@ def worker_main() -> None:
     from splitinfer.failures import explain
     from splitinfer.serve import run_service
 
+    # NOTE: in a background process group (its own) a write to the terminal stops the worker when the
+    # terminal has `stty tostop` set, unless SIGTTOU is ignored: the worker logs to the parent's stderr.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     message = json.loads(sys.stdin.read())
     _die_with_parent(int(message["parent"]))
     ready_fd = int(message["ready_fd"])
@@ -401,6 +470,8 @@ def worker_main() -> None:
 
         app.router.lifespan_context = lifespan
         run_service(app, settings, sockets=[sock])
+    except KeyboardInterrupt:  # NOTE: uvicorn raises the SIGINT it has drained on again: a stop, no traceback
+        return
     except Exception as exc:
         text = explain(exc)
         if text is None:

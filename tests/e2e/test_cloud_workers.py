@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import pty
 import re
 import signal
+import socket
+import subprocess
+import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +24,9 @@ from service_core.http import SERVED_BY_HEADER
 from shared.models import load_model
 from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
-from splitinfer.processes import Service, start_service, wait_until
+from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.raw_http import read_until_closed
 
 pytestmark = pytest.mark.e2e
 
@@ -186,6 +194,23 @@ def test_a_worker_that_cannot_start_ends_the_cloud(tmp_path: Path) -> None:
     assert " replaces worker " not in output, output
 
 
+def test_workers_past_the_loading_deadline_end_the_cloud(tmp_path: Path) -> None:
+    """--worker-load-timeout-s reaches the supervisor: no worker is ready (importing torch alone takes
+    longer than the deadline), so both are stopped and the parent exits 1 with one line saying why."""
+    args = [*TINY, "--workers", "2", "--worker-load-timeout-s", "0.3"]
+    cloud = start_service("cloud", args, tmp_path)
+    try:
+        assert cloud.process.wait(60) == 1, cloud.output()
+    finally:
+        cloud.stop()
+    output = cloud.output()
+    failures = [line for line in output.splitlines() if "was not ready within the loading deadline" in line]
+    assert len(failures) == 1, output
+    assert "loading deadline of 0.3 s (--worker-load-timeout-s, SPLITINFER_WORKER_LOAD_TIMEOUT_S)" in failures[0]
+    assert failures[0].endswith("stopping the cloud"), failures[0]
+    assert " replaces worker " not in output, output
+
+
 @pytest.mark.slow
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     """SIGKILL to the parent alone (no drain of its own): its workers stop, nothing keeps the port."""
@@ -225,3 +250,103 @@ def test_a_stopped_worker_is_killed_and_replaced(tmp_path: Path) -> None:
         assert cloud.process.poll() is None, cloud.output()
     finally:
         cloud.stop()
+
+
+def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. Each worker must get one
+    SIGINT (the parent's): a second one makes uvicorn stop at once when the drain window ends, cutting the
+    request in flight. One is held in flight here (its body half sent) across the signal and the drain."""
+    cloud = start_service("cloud", [*TINY, "--workers", "2"], tmp_path)  # NOTE: in a session of its own
+    try:
+        wait_until(cloud)
+        payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        serving: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline:  # NOTE: both loaded: both drain, neither loads
+            serving.add(_served_by(_tail(cloud.url, payload)))
+        assert len(serving) == 2, cloud.output()
+        head = (
+            f"POST /v1/tail HTTP/1.1\r\nHost: x\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", cloud.port), timeout=20) as held:
+            held.sendall(head + payload[:100])
+            time.sleep(0.5)  # NOTE: a worker has taken the connection and started the request
+            os.killpg(cloud.process.pid, signal.SIGINT)  # NOTE: what the terminal does on Ctrl-C
+            time.sleep(2.5)  # NOTE: past the drain window (1 s), when a worker that got two SIGINTs force-exits
+            try:
+                held.sendall(payload[100:])
+                answer = read_until_closed(held, 15)
+            except OSError:  # NOTE: the worker cut the connection (a broken pipe)
+                answer = None
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200 OK\r\n"), (answer, cloud.output())
+        assert cloud.process.wait(20) == 0, cloud.output()
+        assert all(_gone(pid) for pid in serving), cloud.output()
+        output = cloud.output()
+        assert output.count("draining: /readyz answers 503") == 2, output
+        assert "Traceback" not in output, output  # NOTE: uvicorn raises the drained SIGINT again in each worker
+    finally:
+        cloud.stop()
+
+
+def _own_the_terminal() -> None:
+    """In the child: a session whose controlling terminal is its stdin (a pty), as a shell's foreground job."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # NOTE: not SIG_IGN inherited from a backgrounded test run
+
+
+def test_ctrl_c_typed_on_a_tostop_terminal_stops_every_worker(tmp_path: Path) -> None:
+    """On a real terminal (a pty) set to `stty tostop`, where a background process group that writes to the
+    terminal is stopped: the workers (each in its own group) still log, serve, and stop on Ctrl-C."""
+    master, terminal = pty.openpty()
+    modes = termios.tcgetattr(terminal)
+    modes[3] |= termios.TOSTOP
+    termios.tcsetattr(terminal, termios.TCSANOW, modes)
+    port = free_port()
+    command = [sys.executable, "-m", "splitinfer", "cloud", "--host", "127.0.0.1", "--port", str(port), *TINY]
+    cloud = subprocess.Popen(
+        [*command, "--workers", "2"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        preexec_fn=_own_the_terminal,
+        env={**os.environ, "SPLITINFER_THREADS": "1"},
+    )
+    os.close(terminal)
+    screen = bytearray()
+    reader = threading.Thread(target=_read_terminal, args=(master, screen), daemon=True)
+    reader.start()
+    try:
+        payload = cloud_payloads(load_model(TINY[1], "none"), "block", "fp32", [encode_image(synthetic_image())])[0]
+        serving: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(serving) < 2 and time.monotonic() < deadline and cloud.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                serving.add(_served_by(_tail(f"http://127.0.0.1:{port}", payload)))
+                continue
+            time.sleep(0.2)
+        assert len(serving) == 2, screen.decode(errors="replace")
+        os.write(master, b"\x03")  # NOTE: Ctrl-C typed: the terminal sends SIGINT to its foreground group
+        assert cloud.wait(20) == 0, screen.decode(errors="replace")
+    finally:
+        if cloud.poll() is None:
+            os.killpg(cloud.pid, signal.SIGKILL)
+            cloud.wait()
+        reader.join(5)
+        os.close(master)
+    output = screen.decode(errors="replace")
+    assert all(_gone(pid) for pid in serving), output
+    assert output.count("draining: /readyz answers 503") == 2, output
+    assert "Traceback" not in output, output
+
+
+def _read_terminal(master: int, screen: bytearray) -> None:
+    """What the terminal shows, until every process has closed it."""
+    for _ in range(100_000):
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # NOTE: EIO once no process holds the terminal open
+            return
+        if not data:
+            return
+        screen.extend(data)

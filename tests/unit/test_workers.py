@@ -6,9 +6,11 @@ pipe it names; the supervisor is driven round by round, so the races are played 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +208,97 @@ def test_a_ready_worker_that_falls_silent_is_killed_and_replaced() -> None:
         assert supervisor.restarts == 1
     finally:
         supervisor.kill_all()
+
+
+# The loading deadline: a worker that never gets ready (a load stuck on a network filesystem, a deadlock, SIGSTOP)
+
+
+def test_a_worker_stopped_while_loading_ends_the_cloud_at_the_deadline() -> None:
+    """With one worker that never gets ready, the cloud would neither serve nor exit: past the deadline the
+    worker is killed (SIGKILL, since a stopped process leaves SIGTERM pending) and the parent exits 1."""
+    supervisor = _Supervisor({}, spawn=scripted(LOADING), load_timeout_s=1.0, kill_grace_s=0.5)
+    try:
+        supervisor.start(1)
+        stuck = supervisor.workers()[0]
+        os.kill(stuck.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        assert supervisor.run() == 1
+        assert time.monotonic() - started < 15
+        assert stuck.process.returncode == -signal.SIGKILL
+        assert supervisor.restarts == 0
+        assert supervisor.failure is not None
+        assert (
+            f"cloud worker {stuck.process.pid} was not ready within the loading deadline of 1 s" in supervisor.failure
+        )
+        assert "--worker-load-timeout-s, SPLITINFER_WORKER_LOAD_TIMEOUT_S" in supervisor.failure
+    finally:
+        supervisor.kill_all()
+
+
+def test_a_worker_past_the_deadline_that_exits_on_sigterm_still_ends_the_cloud(supervisors: Any) -> None:
+    """SIGTERM is a stop on purpose only when the parent did not send it for the deadline."""
+    supervisor = supervisors(LOADING)
+    supervisor.load_timeout_s = 0.5
+    supervisor.start(1)
+    stuck = supervisor.workers()[0]
+    assert supervisor.run() == 1
+    assert stuck.process.returncode == -signal.SIGTERM
+    assert supervisor.failure is not None and "loading deadline" in supervisor.failure
+
+
+def test_a_worker_past_the_deadline_beside_a_ready_one_is_replaced(supervisors: Any) -> None:
+    supervisor = supervisors(SERVE, LOADING, SERVE)
+    supervisor.start(2)
+    serving, stuck = supervisor.workers()
+    steps_until(supervisor, lambda: serving.ready)
+    supervisor.load_timeout_s = 0.5  # NOTE: only now, so that the deadline cannot pass before `serving` loads
+    steps_until(supervisor, lambda: supervisor.restarts == 1, rounds=100)
+    supervisor.load_timeout_s = 600.0  # NOTE: the replacement may take longer than 0.5 s on a busy machine
+    assert stuck.process.returncode == -signal.SIGTERM
+    assert supervisor.failure is None and serving.process.poll() is None
+    assert "past the loading deadline of 0.5 s" in supervisor.slots[1].replaces
+    replacement = supervisor.slots[1].worker
+    assert replacement is not None and replacement is not stuck
+    steps_until(supervisor, lambda: replacement.ready)
+    supervisor.request_stop(signal.SIGTERM)
+    assert supervisor.run() == 0
+
+
+IGNORING_SIGTERM = (
+    "import json, pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(json.load(sys.stdin)['settings']['marker']).touch(); time.sleep(60)"
+)
+
+
+def test_the_deadline_holds_while_stopping(tmp_path: Path) -> None:
+    """A loading worker that ignores the forwarded stop cannot keep the parent from exiting."""
+    marker = tmp_path / "ignoring"
+    supervisor = _Supervisor(
+        {"marker": str(marker)}, spawn=scripted(IGNORING_SIGTERM), load_timeout_s=1.0, kill_grace_s=0.5
+    )
+    try:
+        supervisor.start(1)
+        stuck = supervisor.workers()[0]
+        for _ in range(200):
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        assert marker.exists()
+        supervisor.request_stop(signal.SIGTERM)
+        started = time.monotonic()
+        assert supervisor.run() == 0
+        assert time.monotonic() - started < 15
+        assert stuck.process.returncode == -signal.SIGKILL
+    finally:
+        supervisor.kill_all()
+
+
+def test_a_worker_runs_in_a_process_group_of_its_own() -> None:
+    """Ctrl-C in a terminal signals the foreground process group: the parent's, not the workers'."""
+    worker = _spawn({}, entry=LOADING)
+    try:
+        assert os.getpgid(worker.process.pid) == worker.process.pid != os.getpgrp()
+    finally:
+        worker.process.kill()
+        worker.process.wait()
+        worker.close()
