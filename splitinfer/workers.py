@@ -44,6 +44,7 @@ Settings travel to the workers as JSON on their stdin (the token included: never
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -52,14 +53,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from cloud_service.settings import CloudSettings
+from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, retire
 from splitinfer.threads import share_of_cores
 
 __all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
@@ -166,16 +170,16 @@ class _Worker:
             self.ready_fd = None
 
 
-def _spawn(settings: dict[str, Any], entry: str = _WORKER_ENTRY) -> _Worker:
-    """Start ``python -c entry`` in a process group of its own, with the settings, the readiness pipe's number
-    and the parent's pid on stdin."""
+def _spawn(settings: dict[str, Any], entry: str = _WORKER_ENTRY, env: Mapping[str, str] | None = None) -> _Worker:
+    """Start ``python -c entry`` in a process group of its own (with ``env``, else this process's environment),
+    with the settings, the readiness pipe's number and the parent's pid on stdin."""
     read_fd, write_fd = os.pipe()
     try:
         os.set_blocking(read_fd, False)
         # NOTE: a group of its own: a terminal's Ctrl-C goes to the foreground group, the parent's alone, and
         # the worker gets only the signal the parent forwards (two SIGINTs make uvicorn skip the drain).
         process = subprocess.Popen(
-            [sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd], process_group=0
+            [sys.executable, "-c", entry], stdin=subprocess.PIPE, pass_fds=[write_fd], process_group=0, env=env
         )
     except BaseException:
         os.close(read_fd)
@@ -213,8 +217,11 @@ class _Supervisor:
         silent_s: float = SILENT_S,
         load_timeout_s: float = _DEFAULT_LOAD_TIMEOUT_S,
         kill_grace_s: float = KILL_GRACE_S,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_exit = on_exit
+        """Called with the pid of every worker that has exited (its metrics are retired)."""
         self.spawn = spawn
         self.silent_s = silent_s
         self.load_timeout_s = load_timeout_s
@@ -335,6 +342,8 @@ class _Supervisor:
         slot.worker = None
         code = worker.process.returncode
         pid, how = worker.process.pid, _describe(code)
+        if self.on_exit is not None:
+            self.on_exit(pid)
         if self.stop_signal is not None:
             return
         overdue = worker.overdue_at is not None
@@ -392,9 +401,18 @@ def run_workers(settings: CloudSettings) -> int:
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
+    metrics = tempfile.TemporaryDirectory(prefix="splitinfer-metrics-")
     try:
         port = int(holder.getsockname()[1])
-        supervisor = _Supervisor(_worker_settings(settings, port), load_timeout_s=settings.worker_load_timeout_s)
+        # NOTE: every worker keeps its metric values in one directory, so that whichever worker a scrape
+        # reaches answers with all of them added up (service_core.multiprocess_metrics)
+        env = os.environ | {MULTIPROCESS_DIR_ENV: metrics.name}
+        supervisor = _Supervisor(
+            _worker_settings(settings, port),
+            spawn=functools.partial(_spawn, env=env),
+            load_timeout_s=settings.worker_load_timeout_s,
+            on_exit=functools.partial(_retire_metrics, Path(metrics.name)),
+        )
         previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             supervisor.start(settings.workers)
@@ -409,6 +427,15 @@ def run_workers(settings: CloudSettings) -> int:
             supervisor.kill_all()
     finally:
         holder.close()
+        metrics.cleanup()
+
+
+def _retire_metrics(directory: Path, pid: int) -> None:
+    """Fold a dead worker's metric files into the retired totals (a failure costs only its files' space)."""
+    try:
+        retire(directory, pid)
+    except OSError as exc:
+        logger.warning("cannot retire the metrics of cloud worker %d (%s)", pid, exc)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -161,6 +161,55 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(tiny_workers: tuple[
     assert f"cloud worker {victim} died (killed by SIGKILL)" in cloud.output()
 
 
+_TAILS_COUNTED = re.compile(r'^splitinfer_requests_total\{[^}]*route="/v1/tail"[^}]*status="200"[^}]*\} (\S+)$', re.M)
+
+
+def _tails_counted(url: str, scrapes: int = 6) -> list[float]:
+    """The tails each of ``scrapes`` scrapes of /metrics counts (a new connection each: any worker answers)."""
+    counted = []
+    for _ in range(scrapes):
+        response = httpx.get(url + "/metrics", timeout=10)
+        assert response.status_code == 200, response.text
+        found = _TAILS_COUNTED.search(response.text)
+        counted.append(float(found.group(1)) if found else 0.0)
+    return counted
+
+
+def _scrapes_agree(url: str, at_least: float, timeout_s: float = 10) -> float:
+    """The count every scrape agrees on, once it is at least ``at_least`` (a worker counts a request just
+    after its reply is sent)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counted = _tails_counted(url)
+        if len(set(counted)) == 1 and counted[0] >= at_least:
+            return counted[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"scrapes counted {counted} tails, expected all the same and >= {at_least}")
+        time.sleep(0.1)
+
+
+def _metrics_dir(pid: int) -> Path:
+    for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        name, _, value = variable.partition(b"=")
+        if name == b"PROMETHEUS_MULTIPROC_DIR":
+            return Path(value.decode())
+    raise AssertionError(f"worker {pid} has no metrics directory")
+
+
+def test_every_scrape_counts_every_worker_s_requests_a_dead_one_s_too(tiny_workers: tuple[Service, bytes]) -> None:
+    """/metrics answers from whichever worker the kernel picks; each adds up every worker's counts, and a
+    replaced worker's counts are kept (folded into the retired totals, its own files gone)."""
+    cloud, payload = tiny_workers
+    before = _scrapes_agree(cloud.url, 0)
+    served = {_served_by(_tail(cloud.url, payload)) for _ in range(10)}
+    assert _scrapes_agree(cloud.url, before + 10) == before + 10, served
+    victim, new = _kill_one_and_serve_on(cloud, payload)
+    assert _scrapes_agree(cloud.url, before + 12) >= before + 12
+    directory = _metrics_dir(new)
+    assert not list(directory.glob(f"*_{victim}.db")), sorted(directory.iterdir())
+    assert (directory / "counter_retired.db").is_file()
+
+
 def test_sigterm_after_a_restart_stops_everything(tiny_workers: tuple[Service, bytes]) -> None:
     """After a restart, a worker dies just as SIGTERM reaches the parent: nothing replaces it, every
     process ends, exit 0."""
@@ -171,10 +220,12 @@ def test_sigterm_after_a_restart_stops_everything(tiny_workers: tuple[Service, b
     alive = sorted(pid for pid in pids if not _gone(pid))
     assert len(alive) == 2, (alive, cloud.output())
     restarts = len(_REPLACED.findall(cloud.output()))
+    directory = _metrics_dir(alive[1])
     os.kill(alive[0], signal.SIGKILL)
     os.kill(cloud.process.pid, signal.SIGTERM)  # NOTE: the parent alone: it forwards to its workers
     assert cloud.process.wait(30) == 0, cloud.output()
     assert all(_gone(pid) for pid in alive), cloud.output()
+    assert not directory.exists()  # NOTE: the workers' metrics go with the parent
     assert len(_REPLACED.findall(cloud.output())) == restarts, cloud.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(cloud.url + "/healthz", timeout=5)
