@@ -38,6 +38,10 @@ The parent supervises its workers:
 - On Linux a worker gets SIGTERM when the parent dies (``PR_SET_PDEATHSIG``), so a parent killed outright
   leaves no orphan serving the port. The parent itself needs a supervisor (systemd, compose, Kubernetes).
 
+The workers keep their metric values in one directory the parent makes (and removes): whichever worker a
+scrape of ``/metrics`` reaches answers with every worker's counts, a dead worker's folded into the retired
+totals (:mod:`service_core.multiprocess_metrics`).
+
 Settings travel to the workers as JSON on their stdin (the token included: never on a command line).
 """
 
