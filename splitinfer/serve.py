@@ -116,6 +116,9 @@ def uvicorn_config(
         # NOTE: a deadline on request heads (uvicorn's keep-alive timer does not close half-sent ones) and
         # problem+json for requests uvicorn's parser refuses.
         "http": http_protocol(on_refused),
+        # NOTE: no route is a WebSocket: an Upgrade request is served as the plain HTTP request it also is
+        # (uvicorn would hand it to a WebSocket library and answer a bodiless text/plain 403).
+        "ws": "none",
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,

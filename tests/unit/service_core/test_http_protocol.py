@@ -16,7 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_service.settings import EdgeSettings
 from splitinfer.http_protocol import with_head_deadline
-from tests.support.raw_http import read_until_closed, served_in_thread
+from tests.support.raw_http import exchange, read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5
 _GRACE_S = 5.0
@@ -100,3 +100,15 @@ def test_a_request_the_parser_refuses_gets_problem_json(port: int, head: bytes) 
         "status": 400,
         "detail": "",
     }
+
+
+def test_a_websocket_upgrade_is_served_as_plain_http(port: int) -> None:
+    """No route is a WebSocket: the request is answered as the GET it is, not handed to a WebSocket library."""
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        status, _, body = exchange(conn, upgrade)
+    assert status.startswith("HTTP/1.1 200"), status
+    assert body == b"ok"
