@@ -16,6 +16,12 @@ a problem+json 503 with ``Retry-After`` like the services' other 503s, and a con
 ceiling is closed at once, so the file descriptors the process holds are bounded however fast clients
 connect (:func:`with_connection_limit`).
 
+A request head is bounded (:func:`with_head_size_limit`): httptools keeps the whole head (every header, a
+header value however long) in memory until it ends, and one connection sending header lines as fast as
+loopback carries them grew a service by a gigabyte in two seconds, kept afterwards. A head over
+:data:`MAX_HEAD_BYTES` gets a problem+json 431 and its connection is closed (h11, where httptools is not
+installed, refuses it with its own limit, set to the same size: a 400).
+
 A request uvicorn's parser refuses (a control character in a header, a malformed ``Content-Length``)
 never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. Here it gets the same
 ``application/problem+json`` body as every other error (README "Errors").
@@ -36,27 +42,98 @@ from service_core.connections import connection_ceiling
 from service_core.problems import domain_problem
 from shared.errors import ServiceUnavailable
 
-__all__ = ["RefusalCounter", "http_protocol", "service_protocol", "with_connection_limit", "with_head_deadline"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "RefusalCounter",
+    "http_protocol",
+    "service_protocol",
+    "with_connection_limit",
+    "with_head_deadline",
+    "with_head_size_limit",
+]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 1.0
 _LOG_EVERY_S = 10.0
 
-_BAD_REQUEST = json.dumps(
-    {
-        "type": "https://split-inference.dev/problems/bad-request",
-        "title": "Bad request",
-        "status": 400,
-        "detail": "the request is not valid HTTP/1.1",
-    },
-    separators=(",", ":"),
-).encode()
-_BAD_REQUEST_RESPONSE = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n"
-    + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_BAD_REQUEST)
-    + _BAD_REQUEST
+MAX_HEAD_BYTES = 64 * 1024
+"""The most a request head (request line and headers) may take (nginx allows 32 KB, Node.js 16 KB)."""
+
+
+def _problem_response(status: int, reason: str, problem: str, title: str, detail: str) -> bytes:
+    body = json.dumps(
+        {"type": f"https://split-inference.dev/problems/{problem}", "title": title, "status": status, "detail": detail},
+        separators=(",", ":"),
+    ).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {len(body)}\r\n"
+    return head.encode() + b"connection: close\r\n\r\n" + body
+
+
+_HEAD_TOO_LARGE_RESPONSE = _problem_response(
+    431,
+    "Request Header Fields Too Large",
+    "request-header-fields-too-large",
+    "Request header fields too large",
+    f"the request head (its line and headers) exceeds {MAX_HEAD_BYTES} bytes",
 )
+_BAD_REQUEST_RESPONSE = _problem_response(
+    400, "Bad Request", "bad-request", "Bad request", "the request is not valid HTTP/1.1"
+)
+
+
+def with_head_size_limit(base: type[asyncio.Protocol], limit: int = MAX_HEAD_BYTES) -> type[asyncio.Protocol]:
+    """``base`` (uvicorn's httptools protocol; any other is returned as it is) that answers a request whose
+    head exceeds ``limit`` bytes with a problem+json 431 and closes its connection, having fed the parser at
+    most ``limit`` bytes of it.
+
+    The bytes of a head are counted from the end of the previous message (or the connection's start) until
+    httptools reports the head complete. Past the limit the parser is fed only up to it: a head that ends
+    there lets the rest through (its body, the next requests), one that does not is refused.
+    """
+    if not hasattr(base, "on_headers_complete"):  # NOTE: h11 bounds heads itself (h11_max_incomplete_event_size)
+        return base
+
+    class HeadSizeLimitProtocol(base):  # type: ignore[valid-type, misc]
+        _in_head = True
+        _head_bytes = 0
+        _heads_completed = 0
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._heads_completed += 1
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_head, self._head_bytes = True, 0
+            super().on_message_complete()
+
+        def data_received(self, data: bytes) -> None:
+            # NOTE: bounded: each round feeds the parser at least one byte, or refuses
+            while data and not self.transport.is_closing():
+                if not self._in_head:
+                    super().data_received(data)
+                    return
+                room = limit - self._head_bytes
+                if len(data) <= room:
+                    self._head_bytes += len(data)
+                    super().data_received(data)
+                    return
+                completed = self._heads_completed
+                self._head_bytes = limit
+                super().data_received(data[:room])
+                if self._heads_completed == completed:
+                    self._refuse_head()
+                    return
+                data = data[room:]
+
+        def _refuse_head(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
+                self.transport.close()
+
+    HeadSizeLimitProtocol.__name__ = HeadSizeLimitProtocol.__qualname__ = f"HeadSizeLimit{base.__name__}"
+    return HeadSizeLimitProtocol
 
 
 def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
@@ -182,8 +259,9 @@ def with_connection_limit(
 
 
 def service_protocol(base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:
-    """``base`` with everything the services add: the connection limit and the request-head deadline."""
-    return with_connection_limit(with_head_deadline(base), on_refused)
+    """``base`` with everything the services add: the connection limit, the request-head deadline and the
+    bound on a request head's size."""
+    return with_connection_limit(with_head_deadline(with_head_size_limit(base)), on_refused)
 
 
 def http_protocol(on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:

@@ -14,7 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
-from splitinfer.http_protocol import RefusalCounter, http_protocol
+from splitinfer.http_protocol import MAX_HEAD_BYTES, RefusalCounter, http_protocol
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
@@ -119,6 +119,9 @@ def uvicorn_config(
         # NOTE: no route is a WebSocket: an Upgrade request is served as the plain HTTP request it also is
         # (uvicorn would hand it to a WebSocket library and answer a bodiless text/plain 403).
         "ws": "none",
+        # NOTE: h11 (where httptools is not installed) refuses longer heads itself; httptools is bounded by
+        # http_protocol's with_head_size_limit
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,
         "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
