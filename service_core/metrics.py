@@ -98,10 +98,11 @@ class ServiceMetrics:
         self.tail_seconds = self.compute.labels("tail")
 
     def set_info(self, model: str, weights: str, cut: str = "", codec: str | None = "") -> None:
-        if self._info_labels is not None:
-            # NOTE: a value kept in a file outlives clear(): the old labels' series would stay at 1
+        if self.multiprocess_dir is None:
+            self.info.clear()
+        elif self._info_labels is not None:
+            # NOTE: values kept in files cannot be cleared: the old labels' series goes to 0 instead
             self.info.labels(*self._info_labels).set(0)
-        self.info.clear()
         self._info_labels = (self._service, model, weights, cut, codec or "")
         self.info.labels(*self._info_labels).set(1)
 

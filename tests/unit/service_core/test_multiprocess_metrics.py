@@ -34,7 +34,7 @@ def _worker(directory: Path | None, requests: int, *extra: str) -> tuple[int, st
         env[MULTIPROCESS_DIR_ENV] = str(directory)
     root = Path(__file__).resolve().parents[3]
     process = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(requests), *extra],
+        [sys.executable, "-W", "error", "-c", _WORKER, str(requests), *extra],
         env=env | {"PYTHONPATH": str(root)},
         stdout=subprocess.PIPE,
         text=True,
