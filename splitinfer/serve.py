@@ -120,7 +120,7 @@ def uvicorn_config(
         # (uvicorn would hand it to a WebSocket library and answer a bodiless text/plain 403).
         "ws": "none",
         # NOTE: h11 (where httptools is not installed) refuses longer heads itself; httptools is bounded by
-        # http_protocol's with_head_size_limit
+        # http_protocol's with_framing_limits
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,

@@ -5,6 +5,7 @@ are: splitinfer.serve.uvicorn_config)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -15,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge_service.settings import EdgeSettings
-from splitinfer.http_protocol import with_head_deadline
+from splitinfer.http_protocol import MAX_BODY_CHUNKS, with_head_deadline
 from tests.support.raw_http import exchange, read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5
@@ -27,7 +28,7 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["path"] == "/slow":
         await asyncio.sleep(3 * _KEEP_ALIVE_S)
-    answer = b"ok"
+    answer = b"ok"  # NOTE: without reading the body, except at /count
     if scope["path"] == "/count":  # NOTE: how many body bytes arrived
         received, more = 0, True
         while more:
@@ -169,3 +170,47 @@ def test_a_head_under_the_limit_sent_with_its_body_and_the_next_request_is_serve
     assert reply is not None
     assert reply.count(b"HTTP/1.1 200") == 2, reply
     assert reply.count(b"\r\n\r\n300000") == 2, reply
+
+
+@pytest.fixture
+def httptools_port() -> Iterator[int]:
+    """A server as the services run it (httptools: the chunk bound is httptools' alone)."""
+    with served_in_thread(_app, EdgeSettings(port=0, keep_alive_s=_KEEP_ALIVE_S)) as (_, port):
+        yield port
+
+
+def _chunked(path: bytes, chunks: int, size: int) -> bytes:
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    return head + (b"%x\r\n" % size + b"c" * size + b"\r\n") * chunks + b"0\r\n\r\n"
+
+
+def test_a_body_in_too_many_chunks_is_refused(httptools_port: int) -> None:
+    """A body sent a byte a chunk: 413 once it passes MAX_BODY_CHUNKS chunks, and the connection closes."""
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        with contextlib.suppress(OSError):  # NOTE: the server closed the connection
+            conn.sendall(_chunked(b"/count", MAX_BODY_CHUNKS + 1000, 1))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413"), reply
+    assert b"content-type: application/problem+json" in status.lower()
+    assert json.loads(body)["type"] == "https://split-inference.dev/problems/payload-too-large"
+
+
+def test_a_body_in_fewer_larger_chunks_is_served_whole(httptools_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        conn.sendall(_chunked(b"/count", 2000, 1024))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None and reply.startswith(b"HTTP/1.1 200"), reply
+    assert reply.endswith(b"\r\n\r\n%d" % (2000 * 1024))
+
+
+def test_a_request_answered_before_its_body_gets_no_second_answer(httptools_port: int) -> None:
+    """The app answered without reading the body; the chunks that keep coming close the connection, with no
+    413 after the answer."""
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        with contextlib.suppress(OSError):
+            conn.sendall(_chunked(b"/", MAX_BODY_CHUNKS + 1000, 1))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert reply.count(b"HTTP/1.1 ") == 1 and reply.startswith(b"HTTP/1.1 200"), reply
