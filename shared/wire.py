@@ -87,6 +87,7 @@ __all__ = [
     "PayloadKind",
     "WireHeader",
     "WireLimits",
+    "declared_bytes",
     "decode_payload",
     "decode_read_payload",
     "encode_payload",
@@ -406,6 +407,12 @@ def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]
             raise MalformedPayload(f"tensor {item['name']!r} has shape {shape!r}")
         parsed.append((item["name"], dtype, tuple(shape)))
     return parsed
+
+
+def declared_bytes(metadata: Mapping[str, str]) -> int:
+    """The bytes of the logical tensors a payload's header ``metadata`` declares: what it decodes to (raises
+    :class:`MalformedPayload` or :class:`UnsupportedMediaType` for a list it cannot read)."""
+    return sum(_numel(shape) * dtype.itemsize for _, dtype, shape in _parse_tensor_list(metadata.get("tensors", "[]")))
 
 
 def _check_expected(
