@@ -28,10 +28,10 @@ class CloudSettings(ServiceSettings):
     max_decoded_bytes_in_flight: int = Field(
         2 * 1024**3,
         ge=1,
-        description="Memory that request payloads may take once decoded, together: each reserves its declared "
-        "activations' bytes times its codec's decoding working set (2-8) from its header until it is answered "
-        "(a few KiB of int2+ans decode to a whole batch); beyond it new requests get 503 + Retry-After before "
-        "decoding. A request alone is always admitted.",
+        description="Memory that request payloads may take once decoded, together: each reserves the float32 "
+        "bytes its header declares (activations, or a crop per image) times its decoding working set (2-8) until "
+        "it is answered (a few KiB of int2+ans, or 32 tiny JPEGs, decode to a whole batch); beyond it new requests "
+        "get 503 + Retry-After before decoding. A request alone is always admitted.",
     )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel limit of images shipped at cut 'input'.")
     tail_cache_size: int = Field(32, ge=1, description="Built tails kept (one per cut requested).")

@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from cloud_service.auth import check_bearer
-from cloud_service.decode_budget import decode_cost
 from cloud_service.state import CloudState
 from service_core.http import SERVED_BY_HEADER
 from service_core.openapi import operation_problems
@@ -101,7 +100,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     model = state.model
     header = model.read_header(body)
     # NOTE: what the payload decodes to is reserved until it is answered (a few KiB can decode to a batch)
-    with state.decode_budget.reserve(decode_cost(header[0], model.wire_limits.max_decoded_bytes)):
+    with state.decode_budget.reserve(model.decode_cost(header)):
         if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
             tail_input = model.decode(body, header)
         else:

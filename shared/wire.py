@@ -87,7 +87,7 @@ __all__ = [
     "PayloadKind",
     "WireHeader",
     "WireLimits",
-    "declared_bytes",
+    "declared_tensors",
     "decode_payload",
     "decode_read_payload",
     "encode_payload",
@@ -409,10 +409,11 @@ def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]
     return parsed
 
 
-def declared_bytes(metadata: Mapping[str, str]) -> int:
-    """The bytes of the logical tensors a payload's header ``metadata`` declares: what it decodes to (raises
-    :class:`MalformedPayload` or :class:`UnsupportedMediaType` for a list it cannot read)."""
-    return sum(_numel(shape) * dtype.itemsize for _, dtype, shape in _parse_tensor_list(metadata.get("tensors", "[]")))
+def declared_tensors(metadata: Mapping[str, str]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The logical tensors (name, dtype, shape) a payload's header ``metadata`` declares, unchecked against
+    what the receiver expects (raises :class:`MalformedPayload` or :class:`UnsupportedMediaType` for a list it
+    cannot read)."""
+    return _parse_tensor_list(metadata.get("tensors", "[]"))
 
 
 def _check_expected(

@@ -1,6 +1,6 @@
-"""Hostile ``/v1/tail`` payloads against a real cloud process: what a compact payload decodes to is memory the
-cloud must bound, whatever the payload's size on the wire (a few KiB of ``int2+ans`` or ``dct50+ans`` decode to
-a whole batch of activations)."""
+"""Hostile ``/v1/tail`` payloads against a real cloud process: what a payload decodes to is memory the cloud
+must bound, whatever the payload's size on the wire (a few KiB of ``int2+ans`` or ``dct50+ans`` decode to a
+whole batch of activations, 16 tiny JPEGs to 16 normalized crops)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from shared.models import load_model
+from shared.protocol import encode_images
 from shared.wire import MEDIA_TYPE, encode_payload
 from splitinfer.processes import Service, start_service, wait_until
+from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +24,16 @@ TINY_MODEL = "tests.fixture_models:tiny_cnn"
 MIB = 1024 * 1024
 
 
-def _compact_payload(batch: int, codec: str) -> tuple[bytes, int]:
-    """A payload of ``batch`` zero activations at the tiny model's largest cut: its bytes, and the bytes of
-    the activations it declares."""
+def _small_payload(batch: int, kind: str) -> tuple[bytes, int]:
+    """A small payload that decodes to ``batch`` items: zero activations at the tiny model's largest cut
+    (``int2+ans``), or tiny JPEGs; its bytes, and the bytes of the float32 tensors it decodes to."""
     loaded = load_model(TINY_MODEL, "none")
+    if kind == "image":
+        blob = encode_image(synthetic_image(8, 8))
+        body = encode_images(
+            [blob] * batch, [], loaded.preprocessor, model=TINY_MODEL, weights=loaded.digest, codec="image"
+        )
+        return body, batch * 3 * loaded.preprocessor.crop_size**2 * 4
     cut = max(
         (c for c in loaded.graph().cuts if c.single_tensor and c.name not in ("input", "output")),
         key=lambda c: c.tensors[0].numel,
@@ -33,13 +41,16 @@ def _compact_payload(batch: int, codec: str) -> tuple[bytes, int]:
     spec = cut.tensors[0]
     values = torch.zeros((batch, *spec.shape[1:]))
     body = encode_payload(
-        {spec.name: values}, kind="activations", model=TINY_MODEL, weights=loaded.digest, cut=cut.name, codec=codec
+        {spec.name: values}, kind="activations", model=TINY_MODEL, weights=loaded.digest, cut=cut.name, codec="int2+ans"
     )
     return body, values.nbytes
 
 
-def test_compact_payloads_in_flight_are_bounded_by_what_they_decode_to(tmp_path: Path, stop_all: list[Service]) -> None:
-    body, decoded = _compact_payload(16, "int2+ans")
+@pytest.mark.parametrize("kind", ["activations", "image"])
+def test_small_payloads_in_flight_are_bounded_by_what_they_decode_to(
+    tmp_path: Path, stop_all: list[Service], kind: str
+) -> None:
+    body, decoded = _small_payload(16, kind)
     assert len(body) < 16 * 1024 < decoded
     budget = int(decoded * 3 * 1.5)  # NOTE: room for one such payload's decoding (3x its size), not two
     cloud = start_service(
