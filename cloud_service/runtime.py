@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from cloud_service.decode_budget import decode_cost
 from shared.engines import Engine, engine_options
 from shared.errors import (
     MalformedPayload,
@@ -174,6 +175,12 @@ class CloudModel:
         """The body's parsed header (bounded; only typed errors), read once for :meth:`cheap_to_decode` and
         :meth:`decode` (a route's header is parsed once: :class:`HeaderCache`)."""
         return self._headers.read(body)
+
+    def decode_cost(self, header: WireHeader) -> int:
+        """The memory that decoding the payload with ``header`` and holding it for the tail takes, as the
+        decode budget counts it (:mod:`cloud_service.decode_budget`)."""
+        limits = self.wire_limits
+        return decode_cost(header[0], limits.max_decoded_bytes, limits.max_batch, self.loaded.preprocessor.crop_size)
 
     def cheap_to_decode(self, body: bytes, header: WireHeader) -> bool:
         """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):

@@ -25,6 +25,14 @@ class CloudSettings(ServiceSettings):
     max_payload_mib_per_image: int = Field(
         4, ge=1, description="Payload size limit per image in the batch (the total limit scales with it)."
     )
+    max_decoded_bytes_in_flight: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Memory that request payloads may take once decoded, together: each reserves the float32 "
+        "bytes its header declares (activations, or a crop per image) times its decoding working set (2-8) until "
+        "it is answered (a few KiB of int2+ans, or 32 tiny JPEGs, decode to a whole batch); beyond it new requests "
+        "get 503 + Retry-After before decoding. A request alone is always admitted.",
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel limit of images shipped at cut 'input'.")
     tail_cache_size: int = Field(32, ge=1, description="Built tails kept (one per cut requested).")
     channels_last: bool = Field(False, description="Run 4-D activations and the model in channels_last layout.")

@@ -13,6 +13,7 @@ import torch
 from fastapi import Depends, Request
 
 from cloud_service.batching import BatchStats
+from cloud_service.decode_budget import DecodeBudget
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from service_core.app import service_state
@@ -50,6 +51,10 @@ class CloudState:
     heap: HeapTrimmer
     """Gives the memory of large images decoded at cut ``input`` back to the system (service_core.heap)."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    decode_budget: DecodeBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.max_decoded_bytes_in_flight)
 
 
 async def cloud_state(request: Request) -> CloudState:

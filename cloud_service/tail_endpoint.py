@@ -99,14 +99,18 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     model = state.model
     header = model.read_header(body)
-    if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
-        tail_input = model.decode(body, header)
-    else:
-        tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
-    decode_ms = (time.perf_counter() - started) * 1000
-    if tail_input.decoded_pixels:  # NOTE: images (cut input), their decoded pictures freed by now; never tensors
-        state.heap.released(tail_input.decoded_pixels)
-    logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
+    # NOTE: what the payload decodes to is reserved until it is answered (a few KiB can decode to a batch)
+    with state.decode_budget.reserve(model.decode_cost(header)):
+        if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
+            tail_input = model.decode(body, header)
+        else:
+            tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
+        decode_ms = (time.perf_counter() - started) * 1000
+        if tail_input.decoded_pixels:  # NOTE: images (cut input), their decoded pictures freed by now; never tensors
+            state.heap.released(tail_input.decoded_pixels)
+        logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
+    cut = tail_input.cut
+    del tail_input  # NOTE: the decoded tensors go with their reservation, before a slow reader takes the reply
     state.metrics.tail_seconds.observe(stats.compute_ms / 1000)
     timings = TailTimings(
         recv_ms=(started - arrived) * 1000,
@@ -116,13 +120,13 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
         queue_ms=stats.queue_ms,
         tail_ms=stats.compute_ms,
     )
-    scope.setdefault("state", {})["log_fields"] = {"cut": tail_input.cut, "bytes": len(body), "batch": stats.batch_size}
+    scope.setdefault("state", {})["log_fields"] = {"cut": cut, "bytes": len(body), "batch": stats.batch_size}
     loaded = model.loaded
     if _JSON in headers.accept:
         content: dict[str, Any] = {
             "model": loaded.name,
             "weights_digest": loaded.digest,
-            "cut": tail_input.cut,
+            "cut": cut,
             "logits": logits.tolist(),
             "batch_size": stats.batch_size,
             "timings_ms": {k: round(v, 3) for k, v in asdict(timings).items() if k.endswith("_ms") and v is not None},
@@ -130,7 +134,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
         data = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         content_type = _JSON
     else:
-        data = model.encode_logits(logits, tail_input.cut)
+        data = model.encode_logits(logits, cut)
         content_type = _MEDIA_TYPE_BYTES
     total = replace(timings, total_ms=(time.perf_counter() - arrived) * 1000)
     response_headers = [

@@ -9,6 +9,8 @@ services are (see :mod:`edge_lite.__main__`).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +51,8 @@ __all__ = ["EdgeLiteState", "create_app"]
 logger = logging.getLogger(__name__)
 MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
+_MAX_INFO_BYTES = 64 * 1024
+_INFO_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -216,21 +220,39 @@ def _run_head(state: EdgeLiteState, blob: bytes, timings: dict[str, float]) -> b
     return payload
 
 
+async def _bounded_call(
+    client: httpx.AsyncClient, method: str, path: str, limit: int, **kwargs: Any
+) -> tuple[int, bytes]:
+    """A call to the cloud: its status and its body as sent, refused (502) past ``limit`` bytes or in an encoding
+    that was not asked for."""
+    async with client.stream(method, path, **kwargs) as response:
+        if response.headers.get("content-encoding", "identity") != "identity":
+            raise BadGateway("the cloud answered with a content encoding that was not asked for")
+        chunks, size = [], 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise BadGateway(f"the cloud's reply to {path} exceeds {limit} bytes")
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
+
+
 async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
+    deadline_s = state.settings.request_timeout_s
     try:
-        async with state.client.stream(
-            "POST", "/v1/tail", content=payload, headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
-        ) as response:
-            if response.headers.get("content-encoding", "identity") != "identity":
-                raise BadGateway("the cloud answered with a content encoding that was not asked for")
-            chunks, size = [], 0
-            async for chunk in response.aiter_raw():
-                size += len(chunk)
-                if size > _MAX_REPLY_BYTES:
-                    raise BadGateway(f"the cloud's reply exceeds {_MAX_REPLY_BYTES} bytes")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-            status = response.status_code
+        # NOTE: the read timeout bounds each wait for a chunk; a cloud that trickles its reply a byte at a time
+        # never trips it, so the whole call has a deadline too
+        async with asyncio.timeout(deadline_s):
+            status, body = await _bounded_call(
+                state.client,
+                "POST",
+                "/v1/tail",
+                _MAX_REPLY_BYTES,
+                content=payload,
+                headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE},
+            )
+    except TimeoutError as exc:
+        raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer within {deadline_s:g} s") from exc
     except httpx.TimeoutException as exc:
         raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
     except httpx.TransportError as exc:
@@ -346,10 +368,13 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
     if request.app.state.draining:
         raise ServiceUnavailable("the service is shutting down")
     try:
-        response = await state.client.get("/v1/info", timeout=2.0)
-        cloud = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ServiceUnavailable(f"cloud not ready: {exc}") from exc
+        async with asyncio.timeout(_INFO_TIMEOUT_S):
+            _, body = await _bounded_call(
+                state.client, "GET", "/v1/info", _MAX_INFO_BYTES, headers={"Accept-Encoding": "identity"}
+            )
+        cloud = json.loads(body)
+    except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
+        raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
     manifest = state.manifest
     if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
         manifest.model,

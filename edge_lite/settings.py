@@ -29,6 +29,9 @@ class EdgeLiteSettings(ServingSettings):
     token: SecretStr | None = Field(None, description="Bearer token the cloud requires (never logged).")
     connect_timeout_s: float = Field(2.0, gt=0, description="Connect timeout of calls to the cloud.")
     read_timeout_s: float = Field(15.0, gt=0, description="Read timeout of calls to the cloud.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of a request's call to the cloud, however the reply trickles in (504 after)."
+    )
     max_concurrent_requests: int = Field(64, ge=1, description="Requests in progress before 503 + Retry-After.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")

@@ -150,8 +150,8 @@ def decode_logits(body: bytes, *, model: str, weights: str, batch_size: int, num
         raise BadGateway("the cloud's reply has a malformed header")
     try:
         header = json.loads(body[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadGateway(f"the cloud's reply header is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # NOTE: UTF-8, JSON and int-digit errors, and deep nesting
+        raise BadGateway(f"the cloud's reply header is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         raise BadGateway("the cloud's reply has no metadata")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import platform
 import statistics
 import time
@@ -52,6 +53,7 @@ __all__ = [
     "GENERATED_ERROR_FACTOR",
     "GENERATED_PROFILE_IMAGES",
     "GENERATED_IMAGES",
+    "MAX_PROFILE_BYTES",
     "GENERATED_IMAGES_NOTE",
     "fidelity_guard",
     "fidelity_guard_note",
@@ -93,6 +95,8 @@ class CutProfile:
     codecs: tuple[CodecProfile, ...]
 
 
+MAX_PROFILE_BYTES = 16 * 1024 * 1024
+"""The largest profile file read: far more than any model's (a cut with its eight codecs is about 2 KiB)."""
 GENERATED_IMAGES = "generated"
 """``Profile.images`` when :func:`profile_model` measured on pictures it generated (given no images;
 ``splitinfer profile`` without ``--images``)."""
@@ -151,8 +155,21 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        """Read a profile; a file that is not one this version reads raises :class:`ValueError` saying so."""
-        data = json.loads(Path(path).read_text())
+        """Read a profile; a file that is not one this version reads raises :class:`ValueError` saying so (in
+        one line naming the file: a profile may be a file someone handed you)."""
+        how = "write it again with `splitinfer profile`"
+        path = Path(path)
+        if not path.is_file():  # NOTE: a FIFO or a device would block or never end
+            raise ValueError(f"{path} is not a regular file: not a profile; {how}")
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise ValueError(f"{path} is over {MAX_PROFILE_BYTES} bytes, more than any profile; {how}")
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # NOTE: JSON, UTF-8 and int-digit errors are ValueErrors
+            raise ValueError(
+                f"{path} is not a profile this version of splitinfer reads (not JSON: {type(exc).__name__}: "
+                f"{str(exc)[:200]}); {how}"
+            ) from exc
         try:
             cuts = [
                 CutProfile(
@@ -164,12 +181,32 @@ class Profile:
                 )
                 for c in data.pop("cuts")
             ]
-            return cls(**data, cuts=cuts)
-        except (TypeError, KeyError, AttributeError) as exc:
+            profile = cls(**data, cuts=cuts)
+            _check_numbers(profile)
+            return profile
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(
                 f"{path} is not a profile this version of splitinfer reads ({type(exc).__name__}: {exc}); "
                 "write it again with `splitinfer profile`"
             ) from exc
+
+
+def _check_numbers(profile: Profile) -> None:
+    """Every time, size and error of ``profile`` is a finite, non-negative number (the planner compares them:
+    a NaN would make any route look best)."""
+    named: list[tuple[str, object]] = [
+        (name, getattr(profile, name)) for name in ("image_decode_ms", "preprocess_ms", "reply_bytes", "spread")
+    ]
+    for cut in profile.cuts:
+        named += [(f"cut {cut.name!r} {name}", getattr(cut, name)) for name in ("head_ms", "tail_ms")]
+        for codec in cut.codecs:
+            named += [
+                (f"cut {cut.name!r} codec {codec.codec!r} {name}", getattr(codec, name))
+                for name in ("bytes_per_image", "encode_ms", "decode_ms", "relative_l2_error")
+            ]
+    for name, value in named:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} is {value!r}; times, sizes and errors are finite, non-negative numbers")
 
 
 @dataclass(frozen=True)

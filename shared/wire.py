@@ -87,6 +87,7 @@ __all__ = [
     "PayloadKind",
     "WireHeader",
     "WireLimits",
+    "declared_tensors",
     "decode_payload",
     "decode_read_payload",
     "encode_payload",
@@ -406,6 +407,13 @@ def _parse_tensor_list(raw: str) -> list[tuple[str, torch.dtype, tuple[int, ...]
             raise MalformedPayload(f"tensor {item['name']!r} has shape {shape!r}")
         parsed.append((item["name"], dtype, tuple(shape)))
     return parsed
+
+
+def declared_tensors(metadata: Mapping[str, str]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The logical tensors (name, dtype, shape) a payload's header ``metadata`` declares, unchecked against
+    what the receiver expects (raises :class:`MalformedPayload` or :class:`UnsupportedMediaType` for a list it
+    cannot read)."""
+    return _parse_tensor_list(metadata.get("tensors", "[]"))
 
 
 def _check_expected(

@@ -89,6 +89,18 @@ def test_logits_reply_is_decoded_and_checked() -> None:
         decode_logits(body[:-4], model="m", weights="sha256:w", batch_size=2, num_classes=10)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b"[" * 30_000 + b"]" * 30_000, b'{"__metadata__": {}, "x": ' + b"9" * 5000 + b"}", b"[1, 2"],
+    ids=["nested 30000 deep", "a 5000-digit number", "truncated"],
+)
+def test_a_logits_reply_whose_header_no_parser_reads_is_the_clouds_fault(header: bytes) -> None:
+    """A broken or hostile cloud's reply is a 502, never a RecursionError's 500."""
+    body = struct.pack("<Q", len(header)) + header + bytes(80)
+    with pytest.raises(BadGateway, match="header"):
+        decode_logits(body, model="m", weights="sha256:w", batch_size=2, num_classes=10)
+
+
 @pytest.mark.parametrize("preprocessor", [ImagePreprocessor(), LITE0_PREPROCESSOR], ids=["imagenet", "tflite"])
 def test_numpy_preprocessing_equals_torchvision_to_the_bit(preprocessor: ImagePreprocessor) -> None:
     ours = NumpyPreprocessor.from_json(preprocessor.to_json())

@@ -330,3 +330,44 @@ def test_an_older_profile_without_an_images_field_loads_and_counts_once(tmp_path
     (tmp_path / "old.json").write_text(json.dumps(data))
     old = Profile.load(tmp_path / "old.json")
     assert (old.images, old.error_factor) == ("", 1.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        "[" * 100_000 + "]" * 100_000,
+        "[]",
+        '"a string"',
+        '{"x": ' + "9" * 100_000 + "}",
+        "\xff\xfe not UTF-8",
+    ],
+    ids=["truncated JSON", "nested 100000 deep", "a list", "a string", "a 100000-digit number", "not UTF-8"],
+)
+def test_a_hostile_profile_file_is_a_value_error_naming_it(tmp_path: Path, text: str) -> None:
+    """A profile someone handed you: one line naming the file (the services and the CLI print it), never a
+    RecursionError's traceback."""
+    path = tmp_path / "profile.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"profile\.json is not a profile .* `splitinfer profile`"):
+        Profile.load(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0], ids=["NaN", "Infinity", "negative"])
+def test_a_profile_with_times_or_sizes_that_are_not_finite_and_non_negative_is_refused(
+    tmp_path: Path, value: float
+) -> None:
+    data = EDGE.to_json()
+    data["cuts"][1]["head_ms"] = value
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"profile\.json is not a profile .*head_ms"):
+        Profile.load(path)
+
+
+def test_a_profile_file_too_large_to_be_one_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "profile.json"
+    with path.open("wb") as file:
+        file.truncate(3 * 1024**3)  # NOTE: sparse: 3 GiB of zeros that take no disk
+    with pytest.raises(ValueError, match=r"profile\.json is over"):
+        Profile.load(path)

@@ -1,0 +1,55 @@
+"""The decode budget: what a payload's header says it decodes to, and when a reservation is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cloud_service.decode_budget import WORKING_SET, DecodeBudget, decode_cost
+from shared.errors import MalformedPayload, ServiceUnavailable
+
+MIB = 1024 * 1024
+
+
+def _metadata(codec: str, shape: list[int], kind: str = "activations") -> dict[str, str]:
+    dtype = "float32" if kind != "image" else "int64" if len(shape) == 1 else "uint8"
+    return {"kind": kind, "codec": codec, "tensors": json.dumps([{"name": "x", "dtype": dtype, "shape": shape}])}
+
+
+@pytest.mark.parametrize(
+    ("codec", "factor"),
+    [("dct50+ans", WORKING_SET["dct"]), ("int2+ans", 3), ("int8+zstd", 3), ("int4", 3), ("fp16", 2), ("fp32", 2)],
+)
+def test_a_payload_costs_what_it_declares_times_its_decoders_working_set(codec: str, factor: int) -> None:
+    assert decode_cost(_metadata(codec, [32, 64, 112, 112]), 512 * MIB, 32, 224) == 32 * 64 * 112 * 112 * 4 * factor
+
+
+@pytest.mark.parametrize("shape", [[16], [16, 3, 224, 224]], ids=["image_sizes", "pixels"])
+def test_images_cost_their_normalized_crops(shape: list[int]) -> None:
+    metadata = _metadata("image", shape, kind="image")
+    assert decode_cost(metadata, 512 * MIB, 32, 224) == 16 * 3 * 224 * 224 * 4 * WORKING_SET["image"]
+
+
+def test_payloads_the_wire_limits_refuse_cost_nothing_here() -> None:
+    """Decoding refuses them (413) before it allocates."""
+    assert decode_cost(_metadata("int2+ans", [10**12, 10**12]), 512 * MIB, 32, 224) == 0
+    assert decode_cost(_metadata("image", [33], kind="image"), 512 * MIB, 32, 224) == 0
+    assert decode_cost(_metadata("fp32", [1, 10], kind="logits"), 512 * MIB, 32, 224) == 0
+
+
+def test_an_unreadable_tensor_list_is_the_clients_mistake() -> None:
+    with pytest.raises(MalformedPayload):
+        decode_cost({"kind": "activations", "codec": "int2+ans", "tensors": "[{"}, 512 * MIB, 32, 224)
+
+
+def test_a_reservation_past_the_budget_is_refused_and_a_request_alone_is_admitted() -> None:
+    budget = DecodeBudget(100)
+    with budget.reserve(1000):  # NOTE: alone: admitted whatever its cost
+        with pytest.raises(ServiceUnavailable) as refused, budget.reserve(1):
+            pass
+        assert refused.value.retry_after == 1
+    assert budget.in_use == 0
+    with budget.reserve(60), budget.reserve(40), budget.reserve(0):
+        assert budget.in_use == 100
+    assert budget.in_use == 0
