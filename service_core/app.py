@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service_core.admission import Admission, AdmissionMiddleware
 from service_core.body_limit import BodyLimitMiddleware, LimitFor
@@ -82,7 +83,10 @@ def operations_router(readiness: Readiness) -> APIRouter:
     @ops.get("/metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
-        return metrics_response(request.app.state.metrics)
+        metrics: ServiceMetrics = request.app.state.metrics
+        if metrics.multiprocess_dir is not None:  # NOTE: reads every worker's files, may wait for a lock
+            return await run_in_threadpool(metrics_response, metrics)
+        return metrics_response(metrics)
 
     return ops
 

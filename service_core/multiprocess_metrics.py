@@ -7,17 +7,21 @@ keeps its values in memory-mapped files in one directory (``PROMETHEUS_MULTIPROC
 prometheus_client is first imported), and a scrape adds up all of them (:func:`collect`).
 
 The supervisor (:mod:`splitinfer.workers`) makes the directory, starts every worker with it, and
-:func:`retire` s a dead worker's files: its counters and histograms are added into one file per kind
+:class:`Retirements` folds a dead worker's files: its counters and histograms are added into one file per kind
 (``counter_retired.db``, ``histogram_retired.db``), so the totals never drop and the directory holds a
 bounded number of files however often workers are replaced; its gauges go (a gauge describes a live
-process). A scrape holds a shared lock on the directory while it reads, :func:`retire` an exclusive one,
-so no scrape counts a dead worker twice or misses it.
+process). A scrape holds a shared lock on the directory while it reads, a retirement an exclusive one, so
+no scrape counts a dead worker twice or misses it. Neither side waits for the other for long: a retirement
+that finds scrapes reading is tried again later (the supervisor must keep supervising), and a scrape that
+finds a retirement going on for a second answers 503.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +29,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, mmap_dict, multiprocess, values
 
-__all__ = ["MULTIPROCESS_DIR_ENV", "collect", "multiprocess_dir", "retire"]
+from shared.errors import ServiceUnavailable
+
+__all__ = ["MULTIPROCESS_DIR_ENV", "Retirements", "collect", "multiprocess_dir"]
+
+logger = logging.getLogger(__name__)
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LOCK_FILE = ".lock"
 _ADDED_UP = frozenset({"counter", "histogram", "summary"})
+_COLLECT_WAIT_S = 1.0
+_COLLECT_POLL_S = 0.005
 # NOTE: prometheus_client's multiprocess half has no type hints
 _MmapedDict: Any = mmap_dict.MmapedDict
 _MultiProcessCollector: Any = multiprocess.MultiProcessCollector
@@ -46,6 +56,7 @@ def multiprocess_dir() -> Path | None:
 
 @contextmanager
 def _locked(directory: Path, operation: int) -> Iterator[None]:
+    """Hold ``operation`` (LOCK_SH or LOCK_EX, with LOCK_NB: BlockingIOError while another holds it)."""
     fd = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, operation)
@@ -54,23 +65,58 @@ def _locked(directory: Path, operation: int) -> Iterator[None]:
         os.close(fd)  # NOTE: closing the descriptor releases the lock
 
 
-def collect(directory: Path) -> bytes:
-    """The Prometheus text of every process's metrics in ``directory``, added up."""
+def collect(directory: Path, wait_s: float = _COLLECT_WAIT_S) -> bytes:
+    """The Prometheus text of every process's metrics in ``directory``, added up. Blocks while a dead process's
+    files are being retired (milliseconds), at most ``wait_s``: then :class:`ServiceUnavailable` (a retiring
+    process that is itself stopped must not hang every scrape)."""
     registry = CollectorRegistry()
     _MultiProcessCollector(registry, path=str(directory))
-    with _locked(directory, fcntl.LOCK_SH):
-        return generate_latest(registry)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with _locked(directory, fcntl.LOCK_SH | fcntl.LOCK_NB):
+                return generate_latest(registry)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    "the workers' metrics are being updated; retry shortly", retry_after=1
+                ) from None
+            time.sleep(_COLLECT_POLL_S)
 
 
-def retire(directory: Path, pid: int) -> None:
-    """Fold the files of process ``pid`` (dead) into the retired totals: counters and histograms are added
-    into ``<kind>_retired.db``, gauges are dropped."""
-    with _locked(directory, fcntl.LOCK_EX):
-        for path in sorted(directory.glob(f"*_{pid}.db")):
-            kind = path.name.split("_", 1)[0]
-            if kind in _ADDED_UP:
-                _add_into(directory / f"{kind}_retired.db", path)
-            path.unlink()
+class Retirements:
+    """Dead processes whose files are folded into the retired totals: counters and histograms are added into
+    ``<kind>_retired.db``, gauges are dropped. Never waits: while scrapes hold the lock, the pids wait for the
+    next :meth:`retry` (their files are still counted meanwhile, each once)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.pending: set[int] = set()
+
+    def retire(self, pid: int) -> None:
+        self.pending.add(pid)
+        self.retry()
+
+    def retry(self) -> None:
+        if not self.pending:
+            return
+        try:
+            with _locked(self.directory, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                for pid in sorted(self.pending):
+                    _fold(self.directory, pid)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # NOTE: a full disk: the files stay, still counted, only not compacted
+            logger.warning("cannot retire the metric files of processes %s: %s", sorted(self.pending), exc)
+        self.pending.clear()
+
+
+def _fold(directory: Path, pid: int) -> None:
+    for path in sorted(directory.glob(f"*_{pid}.db")):
+        kind = path.name.split("_", 1)[0]
+        if kind in _ADDED_UP:
+            _add_into(directory / f"{kind}_retired.db", path)
+        path.unlink()
 
 
 def _add_into(target: Path, source: Path) -> None:

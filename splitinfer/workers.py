@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,7 +68,7 @@ from types import FrameType
 from typing import Any
 
 from cloud_service.settings import CloudSettings
-from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, retire
+from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, Retirements
 from splitinfer.threads import share_of_cores
 
 __all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
@@ -75,6 +76,7 @@ __all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_s
 logger = logging.getLogger("splitinfer")
 _WORKER_ENTRY = "from splitinfer.workers import worker_main; worker_main()"
 _POLL_S = 0.2
+_METRICS_PREFIX = "splitinfer-metrics-"
 _FIRST_BACKOFF_S = 0.5
 _MAX_BACKOFF_S = 10.0
 _STABLE_S = 60.0  # NOTE: a worker that lived this long resets its slot's backoff
@@ -221,11 +223,11 @@ class _Supervisor:
         silent_s: float = SILENT_S,
         load_timeout_s: float = _DEFAULT_LOAD_TIMEOUT_S,
         kill_grace_s: float = KILL_GRACE_S,
-        on_exit: Callable[[int], None] | None = None,
+        metrics: Retirements | None = None,
     ) -> None:
         self.settings = settings
-        self.on_exit = on_exit
-        """Called with the pid of every worker that has exited (its metrics are retired)."""
+        self.metrics = metrics
+        """Where every worker that has exited has its metric files retired."""
         self.spawn = spawn
         self.silent_s = silent_s
         self.load_timeout_s = load_timeout_s
@@ -273,6 +275,8 @@ class _Supervisor:
         for worker in self.workers():
             worker.read_ready()
             self.ever_ready = self.ever_ready or worker.ready
+        if self.metrics is not None:
+            self.metrics.retry()  # NOTE: the dead whose files scrapes were reading
         now = time.monotonic()
         for slot in self.slots:
             self._check(slot, now)
@@ -346,8 +350,8 @@ class _Supervisor:
         slot.worker = None
         code = worker.process.returncode
         pid, how = worker.process.pid, _describe(code)
-        if self.on_exit is not None:
-            self.on_exit(pid)
+        if self.metrics is not None:
+            self.metrics.retire(pid)
         if self.stop_signal is not None:
             return
         overdue = worker.overdue_at is not None
@@ -405,7 +409,8 @@ def run_workers(settings: CloudSettings) -> int:
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
-    metrics = tempfile.TemporaryDirectory(prefix="splitinfer-metrics-")
+    _remove_orphaned_metrics()
+    metrics = tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
     try:
         port = int(holder.getsockname()[1])
         # NOTE: every worker keeps its metric values in one directory, so that whichever worker a scrape
@@ -415,7 +420,7 @@ def run_workers(settings: CloudSettings) -> int:
             _worker_settings(settings, port),
             spawn=functools.partial(_spawn, env=env),
             load_timeout_s=settings.worker_load_timeout_s,
-            on_exit=functools.partial(_retire_metrics, Path(metrics.name)),
+            metrics=Retirements(Path(metrics.name)),
         )
         previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -434,12 +439,23 @@ def run_workers(settings: CloudSettings) -> int:
         metrics.cleanup()
 
 
-def _retire_metrics(directory: Path, pid: int) -> None:
-    """Fold a dead worker's metric files into the retired totals (a failure costs only its files' space)."""
+def _remove_orphaned_metrics() -> None:
+    """Remove the metrics directories of parents that are gone (killed before they could remove their own)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
+        pid = directory.name.removeprefix(_METRICS_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
     try:
-        retire(directory, pid)
-    except OSError as exc:
-        logger.warning("cannot retire the metrics of cloud worker %d (%s)", pid, exc)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # NOTE: another user's process
+        return True
+    return True
 
 
 def _die_with_parent(parent: int) -> None:

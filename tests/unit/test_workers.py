@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from splitinfer.workers import _spawn, _Supervisor, _Worker, backoff_s
+from splitinfer.workers import _remove_orphaned_metrics, _spawn, _Supervisor, _Worker, backoff_s
 
 READY = "import json, os, sys, time; m = json.load(sys.stdin); os.write(m['ready_fd'], b'1'); "
 CRASH_WHEN_READY = READY + "time.sleep(0.1); sys.exit(1)"
@@ -302,3 +305,22 @@ def test_a_worker_runs_in_a_process_group_of_its_own() -> None:
         worker.process.kill()
         worker.process.wait()
         worker.close()
+
+
+def test_the_metrics_directories_of_parents_that_are_gone_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent killed outright (SIGKILL, the terminal closed) leaves its workers' metrics directory behind;
+    the next parent removes it, and no directory of a parent still running."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = tmp_path / f"splitinfer-metrics-{gone.pid}-abc"
+    running = tmp_path / f"splitinfer-metrics-{os.getpid()}-def"
+    other = tmp_path / "splitinfer-metrics-notapid-ghi"
+    for directory in (orphan, running, other):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"x")
+    _remove_orphaned_metrics()
+    assert not orphan.exists()
+    assert running.exists() and other.exists()

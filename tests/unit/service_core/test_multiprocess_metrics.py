@@ -4,13 +4,18 @@ values live when it is first imported, from ``PROMETHEUS_MULTIPROC_DIR``."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, collect, retire
+import pytest
+
+from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, Retirements, collect
+from shared.errors import ServiceUnavailable
 
 _WORKER = """
 import sys
@@ -66,8 +71,10 @@ def test_a_scrape_adds_up_every_process_s_metrics(tmp_path: Path) -> None:
 def test_a_dead_process_s_totals_are_kept_in_a_bounded_number_of_files(tmp_path: Path) -> None:
     pids = [_worker(tmp_path, requests)[0] for requests in (3, 4, 5)]
     before = collect(tmp_path).decode()
+    retirements = Retirements(tmp_path)
     for pid in pids:
-        retire(tmp_path, pid)
+        retirements.retire(pid)
+    assert not retirements.pending
     after = collect(tmp_path).decode()
     for name, labels in [
         ("splitinfer_requests_total", 'route="/v1/tail"'),
@@ -85,7 +92,7 @@ def test_a_dead_process_s_totals_are_kept_in_a_bounded_number_of_files(tmp_path:
 def test_retiring_one_process_leaves_the_others_files_alone(tmp_path: Path) -> None:
     first, _ = _worker(tmp_path, 3)
     second, _ = _worker(tmp_path, 4)
-    retire(tmp_path, first)
+    Retirements(tmp_path).retire(first)
     assert {p.name for p in tmp_path.glob("*.db")} >= {f"counter_{second}.db", f"histogram_{second}.db"}
     assert not list(tmp_path.glob(f"*_{first}.db"))
     assert _sample(collect(tmp_path).decode(), "splitinfer_requests_total", 'route="/v1/tail"') == 7
@@ -102,3 +109,41 @@ def test_without_the_directory_a_process_answers_with_its_own_metrics(tmp_path: 
     assert out.splitlines()[0] == "None"
     assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
     assert not list(tmp_path.iterdir())
+
+
+def _hold_lock(directory: Path, operation: int) -> int:
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, operation)
+    return fd
+
+
+def test_a_retirement_never_waits_for_scrapes(tmp_path: Path) -> None:
+    """A scrape holding the lock (or stopped while holding it) must not stall the supervisor: the pid waits
+    for a later retry, its files still counted once meanwhile."""
+    pid, _ = _worker(tmp_path, 3)
+    reading = _hold_lock(tmp_path, fcntl.LOCK_SH)
+    retirements = Retirements(tmp_path)
+    try:
+        started = time.monotonic()
+        retirements.retire(pid)
+        assert time.monotonic() - started < 0.5
+        assert retirements.pending == {pid}
+        assert list(tmp_path.glob(f"*_{pid}.db"))
+    finally:
+        os.close(reading)
+    retirements.retry()
+    assert not retirements.pending and not list(tmp_path.glob(f"*_{pid}.db"))
+    assert _sample(collect(tmp_path).decode(), "splitinfer_requests_total", 'route="/v1/tail"') == 3
+
+
+def test_a_scrape_waits_for_a_retirement_at_most_its_bound(tmp_path: Path) -> None:
+    _worker(tmp_path, 1)
+    retiring = _hold_lock(tmp_path, fcntl.LOCK_EX)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            collect(tmp_path, wait_s=0.2)
+        assert time.monotonic() - started < 2
+    finally:
+        os.close(retiring)
+    assert _sample(collect(tmp_path).decode(), "splitinfer_requests_total", 'route="/v1/tail"') == 1
