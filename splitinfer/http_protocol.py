@@ -16,13 +16,14 @@ a problem+json 503 with ``Retry-After`` like the services' other 503s, and a con
 ceiling is closed at once, so the file descriptors the process holds are bounded however fast clients
 connect (:func:`with_connection_limit`).
 
-A request's framing is bounded (:func:`with_framing_limits`). httptools keeps the whole head (every header,
-a header value however long) in memory until it ends, and one connection sending header lines as fast as
-loopback carries them grew a service by a gigabyte in two seconds, kept afterwards: a head over
-:data:`MAX_HEAD_BYTES` gets a problem+json 431 (h11, where httptools is not installed, refuses it with its
-own limit, set to the same size: a 400). A chunked body in more than :data:`MAX_BODY_CHUNKS` chunks (a
-body sent a byte a chunk keeps the event loop busy 200 times as long as the same body in large chunks)
-gets a problem+json 413. Either way the connection is closed.
+A request's framing is bounded (:func:`with_framing_limits`). httptools keeps a whole head (every header,
+a header value however long) in memory until it ends, so one connection sending header lines as fast as it
+can grew a service by as much as it sent: a head over :data:`MAX_HEAD_BYTES` gets a problem+json 431 (h11,
+where httptools is not installed, refuses it with its own limit, set to the same size: a 400). A chunked
+body costs the parser a callback per chunk, so a body sent a byte a chunk keeps the event loop busy for
+many times as long as the same body in large chunks: one in more than :data:`MAX_BODY_CHUNKS` chunks gets
+a problem+json 413. Either way nothing more is read, and the connection closes once the requests before
+it are answered.
 
 A request uvicorn's parser refuses (a control character in a header, a malformed ``Content-Length``)
 never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. Here it gets the same
@@ -63,8 +64,7 @@ _LOG_EVERY_S = 10.0
 MAX_HEAD_BYTES = 64 * 1024
 """The most a request head (request line and headers) may take (nginx allows 32 KB, Node.js 16 KB)."""
 MAX_BODY_CHUNKS = 64 * 1024
-"""The most chunks a chunked request body may come in: a body sent a byte a chunk costs the parser about
-0.2 us of the event loop per byte, 200 times what the same body costs in large chunks."""
+"""The most chunks (with data) a chunked request body may come in."""
 
 
 def _problem_response(status: int, reason: str, problem: str, title: str, detail: str) -> bytes:
@@ -100,15 +100,24 @@ def with_framing_limits(
 ) -> type[asyncio.Protocol]:
     """``base`` (uvicorn's httptools protocol; any other is returned as it is) with bounds on how a request is
     framed: a head over ``head_limit`` bytes gets a problem+json 431, a chunked body in more than
-    ``chunk_limit`` chunks a problem+json 413; either way the connection is closed and nothing more of it is
-    parsed.
+    ``chunk_limit`` chunks a problem+json 413. Nothing more is read from the connection; the refusal is
+    written once the requests before it on the connection (pipelined) are answered, and the connection
+    closes.
 
     The bytes of a head are counted from the end of the previous message (or the connection's start) until
-    httptools reports the head complete. Past the limit the parser is fed only up to it: a head that ends
-    there lets the rest through (its body, the next requests), one that does not is refused.
+    httptools reports the head complete; the parser is fed at most ``head_limit`` bytes at a time, so a head
+    is refused within twice the limit wherever it starts. Past the limit the parser is fed only up to it: a
+    head that ends there lets the rest through (its body, the next requests), one that does not is refused.
+
+    A request asking to upgrade the connection (WebSocket, h2c) is answered as plain HTTP, and then the
+    connection closes: httptools stops parsing at an upgrade, so what the client sent after it is not read.
     """
     if not hasattr(base, "on_headers_complete"):  # NOTE: h11 bounds heads itself (h11_max_incomplete_event_size)
         return base
+    logged = {
+        _HEAD_TOO_LARGE_RESPONSE: _Throttled(f"a request head over {head_limit} bytes got 431"),
+        _TOO_MANY_CHUNKS_RESPONSE: _Throttled(f"a body in more than {chunk_limit} chunks got 413"),
+    }
 
     class FramingLimitsProtocol(base):  # type: ignore[valid-type, misc]
         _in_head = True
@@ -116,7 +125,10 @@ def with_framing_limits(
         _heads_completed = 0
         _chunks = 0
         _refused = False
-        """Once a request is refused, the parser's callbacks for what follows in the same data do nothing."""
+        """Once a request is refused, nothing more is parsed, and the callbacks still due do nothing."""
+        _refusal: bytes | None = None
+        """The refusal to write once ``_owed`` more responses (to earlier requests) are complete."""
+        _owed = 0
 
         def on_message_begin(self) -> None:
             self._chunks = 0
@@ -125,12 +137,18 @@ def with_framing_limits(
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._heads_completed += 1
-            if not self._refused:
-                super().on_headers_complete()
+            if self._refused:
+                return
+            super().on_headers_complete()
+            if self.parser.should_upgrade() and self.cycle is not None:
+                self.cycle.keep_alive = False  # NOTE: httptools parses nothing after an upgrade
 
-        def on_chunk_header(self) -> None:  # NOTE: httptools calls it for every chunk of a chunked body
+        def _unsupported_upgrade_warning(self) -> None:
+            """Silent: no route is a WebSocket (``ws="none"``), and each such request is answered as HTTP."""
+
+        def on_chunk_header(self) -> None:  # NOTE: httptools calls it for every chunk, the closing one too
             self._chunks += 1
-            if self._chunks > chunk_limit:
+            if self._chunks > chunk_limit + 1:
                 self._refuse(_TOO_MANY_CHUNKS_RESPONSE)
 
         def on_body(self, body: bytes) -> None:
@@ -142,35 +160,64 @@ def with_framing_limits(
             if not self._refused:
                 super().on_message_complete()
 
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._refusal is not None:
+                self._owed -= 1
+                if self._owed <= 0:
+                    self._write_refusal(self._refusal)
+
         def data_received(self, data: bytes) -> None:
+            view = memoryview(data)
             # NOTE: bounded: each round feeds the parser at least one byte, or refuses
-            while data and not self.transport.is_closing():
+            while view and not self._refused and not self.transport.is_closing():
                 if not self._in_head:
-                    super().data_received(data)
-                    return
+                    super().data_received(view[:head_limit])
+                    view = view[head_limit:]
+                    continue
                 room = head_limit - self._head_bytes
-                if len(data) <= room:
-                    self._head_bytes += len(data)
-                    super().data_received(data)
+                if len(view) <= room:
+                    self._head_bytes += len(view)
+                    super().data_received(view)
                     return
                 completed = self._heads_completed
                 self._head_bytes = head_limit
-                super().data_received(data[:room])
+                super().data_received(view[:room])
                 if self._heads_completed == completed:
                     self._refuse(_HEAD_TOO_LARGE_RESPONSE)
                     return
-                data = data[room:]
+                view = view[room:]
 
         def _refuse(self, response: bytes) -> None:
-            """Answer ``response`` unless the request being parsed has been answered (or is being answered)
-            already, and close the connection."""
+            """Refuse the request being parsed: write ``response`` now, or after the responses owed to the
+            requests before it; a request already being answered only has its connection closed."""
             if self._refused or self.transport.is_closing():
                 return
             self._refused = True
+            logged[response]()
             cycle: Any = self.cycle
-            if self._in_head or cycle is None or not cycle.response_started:
+            pipeline: Any = self.pipeline
+            if not self._in_head:  # NOTE: a body: the request refused is the newest, ``cycle``
+                queued = [entry for entry in pipeline if entry[0] is cycle]
+                if not queued and cycle.response_started:
+                    self.transport.close()
+                    return
+                for entry in queued:
+                    pipeline.remove(entry)
+                owed = len(pipeline) + 1 if queued else 0
+            else:  # NOTE: a head: the requests before it are ``cycle`` (the newest) and those queued
+                owed = 0 if cycle is None or cycle.response_complete else len(pipeline) + 1
+            if owed:
+                self._refusal, self._owed = response, owed
+                self.flow.pause_reading()  # NOTE: until the owed responses are out (each resumes it)
+                return
+            self._write_refusal(response)
+
+        def _write_refusal(self, response: bytes) -> None:
+            self._refusal = None
+            if not self.transport.is_closing():
                 self.transport.write(response)
-            self.transport.close()  # NOTE: a request in progress sees the client disconnect
+                self.transport.close()  # NOTE: a request in progress sees the client disconnect
 
     FramingLimitsProtocol.__name__ = FramingLimitsProtocol.__qualname__ = f"FramingLimits{base.__name__}"
     return FramingLimitsProtocol

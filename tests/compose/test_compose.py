@@ -319,6 +319,20 @@ def test_edge_became_ready_only_after_the_cloud(stack: Stack) -> None:
     stack.build.results["edge_started_after_cloud_ready_s"] = round((edge_started - cloud_ready[0]).total_seconds(), 1)
 
 
+def test_the_image_serves_with_the_bounded_http_parser(stack: Stack) -> None:
+    """The image has httptools, which the services' framing bounds need: a request head over 64 KiB is a
+    problem+json 431 (h11, the fallback, would answer 400 with uvicorn's own limit)."""
+    host, port = stack.edge_url.removeprefix("http://").rsplit(":", 1)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"p" * 100_000 + b"\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 431"), reply[:300]
+    assert b"application/problem+json" in reply
+
+
 def test_only_the_edge_is_published_on_loopback_and_the_cloud_needs_the_token(stack: Stack) -> None:
     ports = stack.inspect("edge")["NetworkSettings"]["Ports"]
     assert [(b["HostIp"], b["HostPort"]) for b in ports["8000/tcp"]] == [

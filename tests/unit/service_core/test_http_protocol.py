@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -14,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_service.settings import EdgeSettings
-from splitinfer.http_protocol import MAX_BODY_CHUNKS, with_head_deadline
+from splitinfer.http_protocol import MAX_BODY_CHUNKS, http_protocol, with_framing_limits, with_head_deadline
 from tests.support.raw_http import exchange, read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5
@@ -214,3 +216,74 @@ def test_a_request_answered_before_its_body_gets_no_second_answer(httptools_port
         reply = _closed_within(conn, _GRACE_S)
     assert reply is not None
     assert reply.count(b"HTTP/1.1 ") == 1 and reply.startswith(b"HTTP/1.1 200"), reply
+
+
+def _replies(reply: bytes) -> list[bytes]:
+    """The status lines in what a connection received, in order."""
+    return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", reply)
+
+
+def test_a_refused_head_waits_for_the_answer_owed_before_it(httptools_port: int) -> None:
+    """A pipelined request with an oversized head behind a slow one: the slow one gets its own answer first,
+    then the 431 (it was written at once, as the slow request's answer)."""
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + _padded_head(200))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert _replies(reply) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 431 Request Header Fields Too Large"], reply
+    assert b"\r\n\r\nok" in reply
+
+
+@pytest.fixture
+def two_chunks_port() -> Iterator[int]:
+    """A server whose bodies may come in at most 2 chunks (and the closing one)."""
+    protocol = with_head_deadline(with_framing_limits(HttpToolsProtocol, chunk_limit=2))
+    with served_in_thread(_app, EdgeSettings(port=0, keep_alive_s=_KEEP_ALIVE_S), http=protocol) as (_, port):
+        yield port
+
+
+@pytest.mark.parametrize(("chunks", "status"), [(2, b"200"), (3, b"413")])
+def test_the_chunk_bound_counts_the_chunks_that_carry_data(two_chunks_port: int, chunks: int, status: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", two_chunks_port)) as conn:
+        conn.sendall(_chunked(b"/count", chunks, 10))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None and reply.startswith(b"HTTP/1.1 " + status), reply
+
+
+def test_a_refused_body_waits_for_the_answer_owed_before_it(two_chunks_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", two_chunks_port)) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + _chunked(b"/count", 5, 10))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert _replies(reply) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 413 Content Too Large"], reply
+
+
+def test_an_oversized_head_right_after_a_body_is_refused(httptools_port: int) -> None:
+    """A head that starts in the same read as the previous request's body is counted too (within twice the
+    limit)."""
+    body = b"b" * 50_000
+    first = _padded_head(1, b"/count", b"Content-Length: %d\r\n" % len(body)) + body
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        with contextlib.suppress(OSError):
+            conn.sendall(first + _padded_head(150))
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert _replies(reply) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 431 Request Header Fields Too Large"], reply
+
+
+def test_after_an_upgrade_request_the_connection_closes(httptools_port: int) -> None:
+    """httptools parses nothing after an upgrade: a request pipelined behind one is not answered as if it
+    were the next one; the connection closes after the upgrade request's answer."""
+    upgrade = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", httptools_port)) as conn:
+        conn.sendall(upgrade + b"GET /count HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert _replies(reply) == [b"HTTP/1.1 200 OK"], reply
+    assert b"\r\nconnection: close\r\n" in reply.lower() and reply.endswith(b"ok")
+
+
+def test_the_services_parse_http_with_httptools() -> None:
+    """The framing bounds are httptools' (a dependency of the project): the protocol the services run is
+    built on it, not on h11."""
+    assert issubclass(http_protocol(), HttpToolsProtocol)
