@@ -180,10 +180,12 @@ def decode_images(
     *,
     resize_size: int | None = None,
     names: Sequence[str | None] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> list[Image.Image]:
     """Decode the images of one request: every one's size is checked from its header, and their pixels
     summed against ``max_batch_pixels``, before the first is decoded. ``names`` (the uploaded file names,
-    untrusted) only make a refusal clearer: ``image 3 ("cat.png") (0-based) of 5: ...``."""
+    untrusted) only make a refusal clearer: ``image 3 ("cat.png") (0-based) of 5: ...``. ``size``: what
+    every image must measure (width, height), else :class:`InvalidImage`."""
     count = len(blobs)
     given = list(names or ())[:count]
     labels = [_label(index, count, given[index] if index < len(given) else None) for index in range(count)]
@@ -192,6 +194,8 @@ def decode_images(
     for index, image in enumerate(opened):
         width, height = image.size
         total += width * height
+        if size is not None:
+            _naming(labels[index], _check_size, image.size, size)
         if resize_size is not None:
             _naming(labels[index], check_resize, width, height, resize_size, limits.max_pixels)
     if total > limits.max_batch_pixels:
@@ -218,6 +222,11 @@ def _label(index: int, count: int, name: str | None) -> str | None:
     shown = display_name(name) if name else ""
     quoted = f' ("{shown}")' if shown else ""
     return f"image {index}{quoted} (0-based) of {count}"
+
+
+def _check_size(got: tuple[int, int], size: tuple[int, int]) -> None:
+    if got != size:
+        raise InvalidImage(f"the image must be {size[0]}x{size[1]} pixels; it is {got[0]}x{got[1]}")
 
 
 def _naming(label: str | None, step: Callable[..., T], *args: Any) -> T:

@@ -161,17 +161,15 @@ def decode_image_payload(
     data = blob.numpy().tobytes()
     offsets = [sum(counts[:i]) for i in range(len(counts))]
     blobs = [data[offset : offset + size] for offset, size in zip(offsets, counts, strict=True)]
-    images = decode_images(blobs, limits, resize_size=preprocessor.resize_size if base == "image" else None)
-    decoded = sum(image.width * image.height for image in images)
-    batch = []
-    for image in images:
-        if base == "image":
-            batch.append(preprocessor(image))
-        else:
-            if image.size != (preprocessor.crop_size, preprocessor.crop_size):
-                raise InvalidImage(
-                    f"a {base} image of the input cut must be {preprocessor.crop_size}x{preprocessor.crop_size}; "
-                    f"got {image.size[0]}x{image.size[1]}"
-                )
-            batch.append(preprocessor.finish(image))
-    return DecodedImages(torch.stack(batch), decoded)
+    if base == "image":
+        images = decode_images(blobs, limits, resize_size=preprocessor.resize_size)
+        batch = [preprocessor(image) for image in images]
+    else:
+        # NOTE: the crop itself: any other size is refused from its header, before it is decoded
+        crop = (preprocessor.crop_size, preprocessor.crop_size)
+        try:
+            images = decode_images(blobs, limits, size=crop)
+        except InvalidImage as exc:
+            raise InvalidImage(f"a {base} image of the input cut: {exc.detail}") from exc
+        batch = [preprocessor.finish(image) for image in images]
+    return DecodedImages(torch.stack(batch), sum(image.width * image.height for image in images))

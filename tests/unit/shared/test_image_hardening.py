@@ -67,3 +67,30 @@ def test_15_image_sizes_that_wrap_around_int64_are_refused_before_summing() -> N
     )
     with pytest.raises(InvalidTensor, match="do not add up"):
         images_from_payload(payload, PRE, ImageLimits(), WireLimits())
+
+
+def test_a_crop_of_the_wrong_size_at_the_input_cut_is_refused_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Codec png at cut input carries the 224 crop itself: a 36-megapixel PNG (35 KB on the wire) is refused
+    from its header, not decoded first (121 MiB) and refused after."""
+    import shared.images
+
+    def payload_of(blob: bytes) -> Payload:
+        return Payload(
+            kind="image",
+            model="m",
+            weights="w",
+            cut="input",
+            codec="png",
+            tensors=(torch.tensor([len(blob)]), torch.frombuffer(bytearray(blob), dtype=torch.uint8)),
+            names=("image_sizes", "image_bytes"),
+        )
+
+    crop = images_from_payload(payload_of(png_bytes_of_size(224, 224)), PRE, ImageLimits(), WireLimits())
+    assert tuple(crop.shape) == (1, 3, 224, 224)
+    decoded: list[object] = []
+    monkeypatch.setattr(shared.images, "_load", lambda *args: decoded.append(args))
+    with pytest.raises(InvalidImage, match=r"png image of the input cut: .*224x224 pixels; it is 7200x5000"):
+        images_from_payload(payload_of(png_bytes_of_size(7200, 5000)), PRE, ImageLimits(), WireLimits())
+    assert decoded == []
