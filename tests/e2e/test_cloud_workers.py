@@ -26,7 +26,7 @@ from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads
 from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
-from tests.support.raw_http import read_until_closed
+from tests.support.raw_http import exchange, read_until_closed
 
 pytestmark = pytest.mark.e2e
 
@@ -320,9 +320,13 @@ def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None
             f"POST /v1/tail HTTP/1.1\r\nHost: x\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
         ).encode()
         with socket.create_connection(("127.0.0.1", cloud.port), timeout=20) as held:
+            # NOTE: a first request answered on the connection: a worker has accepted it (one still in a
+            # listening socket's backlog would be reset when the worker stops listening)
+            status, _, _ = exchange(held, head + payload)
+            assert status == "HTTP/1.1 200 OK", status
             held.sendall(head + payload[:100])
-            time.sleep(0.5)  # NOTE: a worker has taken the connection and started the request
             os.killpg(cloud.process.pid, signal.SIGINT)  # NOTE: what the terminal does on Ctrl-C
+            _wait_for_log_count(cloud, "draining: /readyz answers 503", 2, timeout_s=20)
             time.sleep(2.5)  # NOTE: past the drain window (1 s), when a worker that got two SIGINTs force-exits
             try:
                 held.sendall(payload[100:])
@@ -337,6 +341,14 @@ def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None
         assert "Traceback" not in output, output  # NOTE: uvicorn raises the drained SIGINT again in each worker
     finally:
         cloud.stop()
+
+
+def _wait_for_log_count(service: Service, text: str, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while service.output().count(text) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} x {text!r} not in the log within {timeout_s} s:\n{service.output()}")
+        time.sleep(0.1)
 
 
 def _own_the_terminal() -> None:
