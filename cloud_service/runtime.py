@@ -23,7 +23,7 @@ from shared.errors import (
     SplitInferError,
 )
 from shared.folding import fold_batchnorm
-from shared.models import LoadedModel
+from shared.models import LoadedModel, check_labels
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
 from shared.protocol import decode_image_payload, expected_for_cut, expected_images
@@ -121,6 +121,7 @@ class CloudModel:
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        check_labels(loaded.labels, self.num_classes)  # NOTE: unused here, but a wrong file is the user's mistake
         self._tails: OrderedDict[str, Callable[..., torch.Tensor]] = OrderedDict()
         self._tail_cache_size = tail_cache_size
         self._lock = threading.Lock()

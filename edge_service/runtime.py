@@ -18,7 +18,7 @@ from PIL import Image
 from shared.engines import Engine, engine_options
 from shared.errors import BadGateway, SplitInferError
 from shared.folding import fold_batchnorm
-from shared.models import LoadedModel
+from shared.models import LoadedModel, check_labels
 from shared.ort_torch import ort_half_for
 from shared.preprocessing import ImageLimits, decode_images
 from shared.protocol import encode_activations, encode_images, expected_logits
@@ -93,8 +93,7 @@ class EdgeModel:
         self.cuts_digest = self.graph.cuts_digest()
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
-        if loaded.labels and len(loaded.labels) != self.num_classes:
-            raise ValueError(f"{len(loaded.labels)} labels for a model with {self.num_classes} classes")
+        check_labels(loaded.labels, self.num_classes)
         self._splits: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
         self._lock = threading.Lock()
         # engine (issue 20): the head runs with ONNX Runtime or OpenVINO from a verified export, one per cut

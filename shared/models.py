@@ -8,7 +8,7 @@ import importlib
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ __all__ = [
     "LITE0",
     "LoadedModel",
     "ModelOptions",
+    "check_labels",
     "WeightsKind",
     "imagenet_categories",
     "load_model",
@@ -117,6 +118,12 @@ def imagenet_categories() -> tuple[str, ...]:
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     return tuple(_IMAGENET_CATEGORIES)
+
+
+def check_labels(labels: Sequence[str], num_classes: int) -> None:
+    """Class names, if any, must name every class: a ValueError otherwise (both services refuse to start)."""
+    if labels and len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {num_classes} classes")
 
 
 def read_labels(path: Path) -> tuple[str, ...]:

@@ -158,3 +158,7 @@ def test_labels_file_fits_the_model(tmp_path: Path) -> None:
     loaded = load_model(CUSTOM, "none", options=ModelOptions(preprocessing={"crop_size": 256}, labels_file=labels))
     with pytest.raises(ValueError, match="2 labels for a model with 5 classes"):
         EdgeModel(loaded, ImageLimits())
+    from cloud_service.runtime import CloudModel
+
+    with pytest.raises(ValueError, match="2 labels for a model with 5 classes"):
+        CloudModel(loaded)  # NOTE: the cloud names no class, but the file is as wrong there
