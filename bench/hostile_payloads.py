@@ -28,28 +28,34 @@ from shared.wire import MEDIA_TYPE, encode_payload
 from splitinfer.processes import rss_kib, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "small_payload"]
 
 RESULTS = Path(__file__).parent / "results" / "hostile_payloads.json"
 
 
-def measure(model: str, codec: str, count: int, batch: int = 32) -> dict[str, Any]:
+def small_payload(model: str, codec: str, batch: int) -> tuple[bytes, str, int]:
+    """A few KiB that decode to ``batch`` items: zero activations at the model's largest single-tensor cut
+    coded with ``codec``, or (``image``) 8x8 JPEGs at cut input; the body, its cut, and the bytes of the
+    float32 tensors it decodes to."""
     loaded = load_model(model, "none")
     if codec == "image":  # NOTE: 8x8 JPEGs, each decoded to a normalized crop
         blob = encode_image(synthetic_image(8, 8))
         body = encode_images([blob] * batch, [], loaded.preprocessor, model=model, weights=loaded.digest, codec=codec)
-        cut_name, decoded = "input", batch * 3 * loaded.preprocessor.crop_size**2 * 4
-    else:
-        cut = max(
-            (c for c in loaded.graph().cuts if c.single_tensor and c.name not in ("input", "output")),
-            key=lambda c: c.tensors[0].numel,
-        )
-        spec = cut.tensors[0]
-        values = torch.zeros((batch, *spec.shape[1:]))
-        body = encode_payload(
-            {spec.name: values}, kind="activations", model=model, weights=loaded.digest, cut=cut.name, codec=codec
-        )
-        cut_name, decoded = cut.name, values.nbytes
+        return body, "input", batch * 3 * loaded.preprocessor.crop_size**2 * 4
+    cut = max(
+        (c for c in loaded.graph().cuts if c.single_tensor and c.name not in ("input", "output")),
+        key=lambda c: c.tensors[0].numel,
+    )
+    spec = cut.tensors[0]
+    values = torch.zeros((batch, *spec.shape[1:]))
+    body = encode_payload(
+        {spec.name: values}, kind="activations", model=model, weights=loaded.digest, cut=cut.name, codec=codec
+    )
+    return body, cut.name, values.nbytes
+
+
+def measure(model: str, codec: str, count: int, batch: int = 32) -> dict[str, Any]:
+    body, cut_name, decoded = small_payload(model, codec, batch)
     with tempfile.TemporaryDirectory() as logs:
         cloud = start_service("cloud", ["--model", model, "--weights", "none"], Path(logs))
         try:

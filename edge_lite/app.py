@@ -155,13 +155,20 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    too_large = f"the body exceeds the limit of {limit} bytes"
+    return await _joined(request.stream(), limit, lambda: PayloadTooLarge(too_large))
+
+
+async def _joined(chunks: AsyncIterator[bytes], limit: int, too_large: Callable[[], SplitInferError]) -> bytes:
+    """``chunks`` joined, ``too_large()`` raised as soon as they pass ``limit`` bytes."""
+    kept: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise too_large()
+        kept.append(chunk)
+    return b"".join(kept)
 
 
 async def _read_image(request: Request, state: EdgeLiteState) -> bytes:
@@ -228,13 +235,10 @@ async def _bounded_call(
     async with client.stream(method, path, **kwargs) as response:
         if response.headers.get("content-encoding", "identity") != "identity":
             raise BadGateway("the cloud answered with a content encoding that was not asked for")
-        chunks, size = [], 0
-        async for chunk in response.aiter_raw():
-            size += len(chunk)
-            if size > limit:
-                raise BadGateway(f"the cloud's reply to {path} exceeds {limit} bytes")
-            chunks.append(chunk)
-        return response.status_code, b"".join(chunks)
+        body = await _joined(
+            response.aiter_raw(), limit, lambda: BadGateway(f"the cloud's reply to {path} exceeds {limit} bytes")
+        )
+        return response.status_code, body
 
 
 async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
-from shared.models import load_model
-from shared.protocol import encode_images
-from shared.wire import MEDIA_TYPE, encode_payload
+from bench.hostile_payloads import small_payload
+from shared.wire import MEDIA_TYPE
 from splitinfer.processes import Service, start_service, wait_until
-from splitinfer.samples import encode_image, synthetic_image
 
 pytestmark = pytest.mark.e2e
 
@@ -27,23 +24,8 @@ MIB = 1024 * 1024
 def _small_payload(batch: int, kind: str) -> tuple[bytes, int]:
     """A small payload that decodes to ``batch`` items: zero activations at the tiny model's largest cut
     (``int2+ans``), or tiny JPEGs; its bytes, and the bytes of the float32 tensors it decodes to."""
-    loaded = load_model(TINY_MODEL, "none")
-    if kind == "image":
-        blob = encode_image(synthetic_image(8, 8))
-        body = encode_images(
-            [blob] * batch, [], loaded.preprocessor, model=TINY_MODEL, weights=loaded.digest, codec="image"
-        )
-        return body, batch * 3 * loaded.preprocessor.crop_size**2 * 4
-    cut = max(
-        (c for c in loaded.graph().cuts if c.single_tensor and c.name not in ("input", "output")),
-        key=lambda c: c.tensors[0].numel,
-    )
-    spec = cut.tensors[0]
-    values = torch.zeros((batch, *spec.shape[1:]))
-    body = encode_payload(
-        {spec.name: values}, kind="activations", model=TINY_MODEL, weights=loaded.digest, cut=cut.name, codec="int2+ans"
-    )
-    return body, values.nbytes
+    body, _, decoded = small_payload(TINY_MODEL, "image" if kind == "image" else "int2+ans", batch)
+    return body, decoded
 
 
 @pytest.mark.parametrize("kind", ["activations", "image"])
