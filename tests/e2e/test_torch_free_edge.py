@@ -294,7 +294,8 @@ def test_edge_lite_with_a_head_that_is_not_onnx_fails_to_start_in_one_line(
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     last = _one_line_failure(_run_edge_lite(tmp_path, cloud.url))
     assert last.startswith(
-        f"python -m edge_lite: error: the service did not start: ValueError: cannot load '{head}': InvalidProtobuf: "
+        f"python -m edge_lite: error: the service did not start: UnloadableModel: '{head}' is not an ONNX model "
+        "ONNX Runtime can load (damaged, not ONNX, or made for a newer engine): InvalidProtobuf: "
     ), last
     with_debug = _run_edge_lite(tmp_path, cloud.url, "--debug")
     assert with_debug.returncode != 0 and "Traceback" in with_debug.stderr
