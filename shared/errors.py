@@ -11,6 +11,7 @@ Every error carries the HTTP status it maps to, so a service renders it once
     ├── RequestTimeout                  408  the request body did not arrive in time
     ├── ModelMismatch                   409  payload for another model, weights or cut
     ├── PayloadTooLarge                 413  body, tensor or image over a limit
+    ├── RequestHeadersTooLarge          431  request head (line and headers) over a limit
     ├── UnsupportedMediaType            415  content type, image format, codec or dtype
     ├── UnprocessableContent            422  well-formed but unusable
     │   ├── InvalidTensor               422  shape, element count or values wrong
@@ -40,6 +41,7 @@ __all__ = [
     "ModelMismatch",
     "NonFiniteOutput",
     "PayloadTooLarge",
+    "RequestHeadersTooLarge",
     "RequestTimeout",
     "ServiceUnavailable",
     "SplitInferError",
@@ -89,6 +91,12 @@ class PayloadTooLarge(SplitInferError):
     status = 413
     title = "Payload too large"
     slug = "payload-too-large"
+
+
+class RequestHeadersTooLarge(SplitInferError):
+    status = 431
+    title = "Request header fields too large"
+    slug = "request-header-fields-too-large"
 
 
 class UnsupportedMediaType(SplitInferError):

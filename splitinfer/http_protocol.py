@@ -33,7 +33,6 @@ never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,8 +41,8 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from service_core.connections import connection_ceiling
-from service_core.problems import domain_problem
-from shared.errors import ServiceUnavailable
+from service_core.problems import PROBLEM_MEDIA_TYPE, domain_problem
+from shared.errors import BadRequest, PayloadTooLarge, RequestHeadersTooLarge, ServiceUnavailable, SplitInferError
 
 __all__ = [
     "MAX_BODY_CHUNKS",
@@ -67,32 +66,26 @@ MAX_BODY_CHUNKS = 64 * 1024
 """The most chunks (with data) a chunked request body may come in."""
 
 
-def _problem_response(status: int, reason: str, problem: str, title: str, detail: str) -> bytes:
-    body = json.dumps(
-        {"type": f"https://split-inference.dev/problems/{problem}", "title": title, "status": status, "detail": detail},
-        separators=(",", ":"),
-    ).encode()
-    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {len(body)}\r\n"
+def _raw_problem(error: SplitInferError, reason: str) -> bytes:
+    """``error``'s problem+json response as bytes to write on a connection uvicorn's cycle does not own
+    (the body as :func:`service_core.problems.domain_problem` renders it), closing the connection."""
+    body = bytes(domain_problem(error).body)
+    head = f"HTTP/1.1 {error.status} {reason}\r\ncontent-type: {PROBLEM_MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n"
     return head.encode() + b"connection: close\r\n\r\n" + body
 
 
-_HEAD_TOO_LARGE_RESPONSE = _problem_response(
-    431,
+_HEAD_TOO_LARGE_RESPONSE = _raw_problem(
+    RequestHeadersTooLarge(f"the request head (its line and headers) exceeds {MAX_HEAD_BYTES} bytes"),
     "Request Header Fields Too Large",
-    "request-header-fields-too-large",
-    "Request header fields too large",
-    f"the request head (its line and headers) exceeds {MAX_HEAD_BYTES} bytes",
 )
-_TOO_MANY_CHUNKS_RESPONSE = _problem_response(
-    413,
+_TOO_MANY_CHUNKS_RESPONSE = _raw_problem(
+    PayloadTooLarge(
+        f"the body is sent in more than {MAX_BODY_CHUNKS} chunks; send it in fewer, larger ones (or with a "
+        "Content-Length)"
+    ),
     "Content Too Large",
-    "payload-too-large",
-    "Payload too large",
-    f"the body is sent in more than {MAX_BODY_CHUNKS} chunks; send it in fewer, larger ones (or with a Content-Length)",
 )
-_BAD_REQUEST_RESPONSE = _problem_response(
-    400, "Bad Request", "bad-request", "Bad request", "the request is not valid HTTP/1.1"
-)
+_BAD_REQUEST_RESPONSE = _raw_problem(BadRequest("the request is not valid HTTP/1.1"), "Bad Request")
 
 
 def with_framing_limits(
