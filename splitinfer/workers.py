@@ -408,19 +408,17 @@ def run_workers(settings: CloudSettings) -> int:
 
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
-    holder = reuse_port_socket(settings.host, settings.port, listen=False)
     _remove_orphaned_metrics()
-    metrics = tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
-    try:
+    holder = reuse_port_socket(settings.host, settings.port, listen=False)
+    # NOTE: every worker keeps its metric values in one directory, so that whichever worker a scrape reaches
+    # answers with all of them added up (service_core.multiprocess_metrics)
+    with holder, tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-") as metrics_dir:
         port = int(holder.getsockname()[1])
-        # NOTE: every worker keeps its metric values in one directory, so that whichever worker a scrape
-        # reaches answers with all of them added up (service_core.multiprocess_metrics)
-        env = os.environ | {MULTIPROCESS_DIR_ENV: metrics.name}
         supervisor = _Supervisor(
             _worker_settings(settings, port),
-            spawn=functools.partial(_spawn, env=env),
+            spawn=functools.partial(_spawn, env=os.environ | {MULTIPROCESS_DIR_ENV: metrics_dir}),
             load_timeout_s=settings.worker_load_timeout_s,
-            metrics=Retirements(Path(metrics.name)),
+            metrics=Retirements(Path(metrics_dir)),
         )
         previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -434,9 +432,6 @@ def run_workers(settings: CloudSettings) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             supervisor.kill_all()
-    finally:
-        holder.close()
-        metrics.cleanup()
 
 
 def _remove_orphaned_metrics() -> None:
