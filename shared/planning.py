@@ -329,18 +329,41 @@ def _spread(samples: Sequence[float]) -> float:
     return (q3 - q1) / median if median >= _SPREAD_FLOOR_MS else 0.0
 
 
-def monotone(values: Sequence[float], *, increasing: bool) -> list[float]:
+def monotone(values: Sequence[float], *, increasing: bool, tied: Sequence[bool] = ()) -> list[float]:
     """The closest sequence (least squares) to ``values`` that never decreases (or never increases): the
-    pool-adjacent-violators algorithm. A run that breaks the order becomes its mean."""
+    pool-adjacent-violators algorithm. A run that breaks the order becomes its mean. ``tied[i]``: value ``i``
+    must equal value ``i - 1`` (cuts that carry the same tensors); each tied run counts as its mean, weighted
+    by its length."""
     sign = 1.0 if increasing else -1.0
+    runs: list[tuple[float, int]] = []  # NOTE: (sum, length) of each tied run, in order
+    for index, value in enumerate(values):
+        if runs and index < len(tied) and tied[index]:
+            total, length = runs[-1]
+            runs[-1] = (total + value, length + 1)
+        else:
+            runs.append((value, 1))
     blocks: list[tuple[float, int]] = []  # NOTE: (mean, size) of each pooled run, in order
-    for value in values:
-        mean, size = sign * value, 1
+    for total, length in runs:
+        mean, size = sign * total / length, length
         while blocks and blocks[-1][0] > mean:
             previous, count = blocks.pop()
             mean, size = (previous * count + mean * size) / (count + size), count + size
         blocks.append((mean, size))
     return [sign * mean for mean, size in blocks for _ in range(size)]
+
+
+def _same_values(first: Sequence[Any], second: Sequence[Any]) -> bool:
+    """Whether two cuts carry the same values: as many, each tensor equal to the other's once flattened (a
+    ``flatten``, a view or an ``Identity`` between them), each other value equal."""
+    if len(first) != len(second):
+        return False
+    for one, other in zip(first, second, strict=True):
+        if isinstance(one, torch.Tensor) and isinstance(other, torch.Tensor):
+            if one.numel() != other.numel() or not torch.equal(one.reshape(-1), other.reshape(-1)):
+                return False
+        elif isinstance(one, torch.Tensor) or isinstance(other, torch.Tensor) or one != other:
+            return False
+    return True
 
 
 def profile_model(
@@ -407,12 +430,16 @@ def profile_model(
     sync = torch.cuda.synchronize if target.type == "cuda" else None
     timed: list[Callable[[], object]] = []  # head and tail of every cut, timed together below
     measured_codecs: list[tuple[CodecProfile, ...]] = []
+    tied: list[bool] = []  # NOTE: each cut: it carries, on every image, what the cut before it carries
+    previous: list[tuple[Any, ...]] | None = None
     for cut in candidates:
         if progress is not None:
             progress(cut.name)
         head, tail = _halves(loaded, graph, cut, engine, device, onnx_threads, openvino_precision)
         with torch.inference_mode():
             shipped_all = [tuple(_to(t, torch.device("cpu")) for t in head(b)) for b in batches]
+            tied.append(previous is not None and all(map(_same_values, previous, shipped_all)))
+            previous = shipped_all
             shipped = tuple(_to(t, target) for t in shipped_all[0])
             timed += [partial(head, batch), partial(tail, *shipped)]
             if cut.name == INPUT_CUT:
@@ -436,8 +463,10 @@ def profile_model(
     profile.spread = max((_spread(samples) for samples in times), default=0.0)
     # NOTE: a later cut's head runs every node of an earlier cut's head and more (cuts are in the graph's
     # order), and its tail a part of the earlier tail: where noise inverts that order, the times are pooled.
-    # Cuts a cheap node apart then agree, as their compute does.
-    heads, tails = monotone(heads, increasing=True), monotone(tails, increasing=False)
+    # Cuts a cheap node apart then agree, as their compute does; cuts that carry the same values (a flatten
+    # apart) get the same times.
+    heads = monotone(heads, increasing=True, tied=tied)
+    tails = monotone(tails, increasing=False, tied=tied)
     for cut, head_ms, tail_ms, codec_profiles in zip(candidates, heads, tails, measured_codecs, strict=True):
         profile.cuts.append(CutProfile(cut.name, cut.index, head_ms, tail_ms, codec_profiles))
     return profile

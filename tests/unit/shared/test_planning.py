@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,15 +275,30 @@ def test_monotone_pools_the_runs_that_break_the_order() -> None:
     assert monotone([], increasing=False) == []
 
 
+def test_monotone_keeps_tied_values_equal_and_weighs_each_tied_run_by_its_length() -> None:
+    from shared.planning import monotone
+
+    assert monotone([1.0, 2.0, 4.0], increasing=True, tied=[False, False, True]) == [1.0, 3.0, 3.0]
+    # NOTE: the tied run (1, 13) counts as 7 twice, so 5 stays alone (pooling 5 with 1 first would give 6.33)
+    assert monotone([5.0, 1.0, 13.0], increasing=True, tied=[False, False, True]) == [5.0, 7.0, 7.0]
+    assert monotone([4.0, 6.0, 1.0], increasing=False, tied=[False, True, False]) == [5.0, 5.0, 1.0]
+    assert monotone([2.0, 9.0, 1.0], increasing=True, tied=[False, True, False]) == [4.0, 4.0, 4.0]
+
+
+def _ordered_times(fns: Sequence[object], *args: Any, **kwargs: Any) -> list[list[float]]:
+    """Stands in for ``shared.planning._rounds_ms``: cut ``i`` of ``n`` gets head ``i + 1`` ms and tail ``n - i``
+    ms (heads grow, tails shrink, as in a model), so a test's changes to them are all that is out of order."""
+    cuts = len(fns) // 2
+    return [[float(i + 1) if kind == 0 else float(cuts - i)] for i in range(cuts) for kind in (0, 1)]
+
+
 def test_a_profile_s_heads_grow_and_tails_shrink_along_the_cuts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Noise that inverts two cuts a cheap node apart (add_1's tail measured below layer1's, although it
     runs layer1's tail and a ReLU more) is pooled: a later cut's head runs an earlier one's and more."""
     import shared.planning
 
-    measured = shared.planning._rounds_ms
-
     def inverted(*args: Any, **kwargs: Any) -> list[list[float]]:
-        times = measured(*args, **kwargs)
+        times = _ordered_times(*args, **kwargs)
         heads, tails = times[0::2], times[1::2]
         heads[1], heads[2] = [t * 10 for t in heads[2]], heads[1]  # NOTE: cut 1's head "slower" than cut 2's
         tails[1], tails[2] = tails[2], [t * 10 for t in tails[1]]  # NOTE: cut 2's tail "slower" than cut 1's
@@ -295,6 +311,31 @@ def test_a_profile_s_heads_grow_and_tails_shrink_along_the_cuts(monkeypatch: pyt
     heads, tails = [c.head_ms for c in profile.cuts], [c.tail_ms for c in profile.cuts]
     assert heads == sorted(heads) and tails == sorted(tails, reverse=True)
     assert heads[1] == heads[2] and tails[1] == tails[2]  # NOTE: the inverted pair, pooled
+
+
+def test_cuts_that_carry_the_same_values_get_the_same_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny_cnn's ``mean`` and ``flatten`` carry the same 8 values (a flatten apart): measured apart, their
+    times differ only by noise, and a profile gives both the mean of the two. Cuts that carry other values
+    (``relu_1`` before them) keep their own."""
+    import shared.planning
+
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    names = [cut.name for cut in loaded.graph().single_tensor_cuts()]
+    mean, flatten = names.index("mean"), names.index("flatten")
+
+    def apart(*args: Any, **kwargs: Any) -> list[list[float]]:
+        times = _ordered_times(*args, **kwargs)
+        # NOTE: still in order (a later head longer, a later tail shorter), so monotone alone keeps them
+        times[2 * flatten] = [t + 4 for t in times[2 * mean]]
+        times[2 * mean + 1] = [t + 4 for t in times[2 * flatten + 1]]
+        return times
+
+    monkeypatch.setattr(shared.planning, "_rounds_ms", apart)
+    profile = profile_model(loaded, [encode_image(synthetic_image())], repeats=1)
+    by_name = {cut.name: cut for cut in profile.cuts}
+    assert by_name["mean"].head_ms == by_name["flatten"].head_ms == mean + 1 + 2
+    assert by_name["mean"].tail_ms == by_name["flatten"].tail_ms == len(names) - flatten + 2
+    assert by_name["relu_1"].head_ms == mean and by_name["output"].head_ms == len(names)  # NOTE: not pooled
 
 
 def test_a_profile_the_library_makes_on_its_own_pictures_records_them_as_generated(tmp_path: Path) -> None:
