@@ -32,8 +32,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# --durations: the slowest tests, to keep the suite inside CI's budget (about 20 minutes on 2 cores).
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
