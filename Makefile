@@ -10,7 +10,7 @@ TORCH_PIP_OPTIONS ?=
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint test-slow test-compose bench clean
+.PHONY: install demo test lint test-slow test-compose clean
 
 $(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -79,7 +79,7 @@ class EdgeSettings(ServiceSettings):
     codec: str | None = Field(
         None,
         description="Wire codec: fp32, fp16, bf16, int8 (each optionally +zstd), int2..int6, intB-topP "
-        "(each optionally +zstd or +ans), budgetN+ans; for cut 'input': image, png, jpeg or uint8. "
+        "(each optionally +zstd or +ans), budgetN+ans, dctN+ans; for cut 'input': image, png, jpeg or uint8. "
         "Default: fp16, or image for cut 'input'.",
     )
     cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")

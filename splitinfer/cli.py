@@ -650,7 +650,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     planner.add_argument("--json", action="store_true")
     planner.set_defaults(func=_cmd_plan)
 
-    add_export_parser(sub)
+    add_export_parser(sub, [common])
 
     classify = add("classify", "classify images through a running edge")
     classify.add_argument("images", nargs="+")

@@ -53,10 +53,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    export = sub.add_parser(
-        "export", help="write the head and tail of a cut as ONNX (checked against torch) with a manifest"
-    )
+def add_export_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    """``export`` and its options; ``parents``: the options every command takes (``--debug``, ``--width``)."""
+    help_text = "write the head and tail of a cut as ONNX (checked against torch) with a manifest"
+    export = sub.add_parser("export", help=help_text, description=help_text, parents=parents)
     export.add_argument("model")
     export.add_argument(
         "--cut", required=True, help="a cut name, or 'all' for every single-tensor cut (one folder each)"

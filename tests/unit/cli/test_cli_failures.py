@@ -196,6 +196,16 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str], tmp_path:
         main(["classify", str(tmp_path / "nope.jpg"), "--debug"])
 
 
+def test_every_command_takes_debug_and_width_after_its_name() -> None:
+    from splitinfer.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, command in commands.items():
+        flags = {flag for action in command._actions for flag in action.option_strings}
+        assert {"--debug", "--width"} <= flags, name
+
+
 def test_a_second_up_on_busy_ports_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
