@@ -233,9 +233,11 @@ async def _classify_admitted(
             if reply.timings.tail_ms is not None:
                 timings["cloud_tail"] = reply.timings.tail_ms
             if len(reply.body) <= _INLINE_LOGITS_BYTES:  # NOTE: decoding is cheaper than a thread hop
-                logits = model.decode_logits(reply.body, len(blobs))
+                logits = model.decode_logits(reply.body, len(blobs), route.cut.name)
             else:
-                logits = await run_in_threadpool(state.threads.wrap(model.decode_logits), reply.body, len(blobs))
+                logits = await run_in_threadpool(
+                    state.threads.wrap(model.decode_logits), reply.body, len(blobs), route.cut.name
+                )
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
                 raise
