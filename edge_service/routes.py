@@ -35,6 +35,7 @@ from shared.errors import (
     UnprocessableContent,
     UnsupportedMediaType,
 )
+from shared.images import UndecodableImage
 from shared.tail_timings import TailTimings, format_server_timing
 from shared.tensor_checks import all_finite
 from shared.wire import WireLimits
@@ -204,6 +205,10 @@ async def _classify_admitted(
     try:
         async with asyncio.timeout(settings.request_timeout_s):
             prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route, names)
+    except UndecodableImage as exc:
+        # NOTE: an image that failed partway allocated its buffer (freed by now): trimmed as a decoded one.
+        request.state.decoded_pixels = exc.decoded_pixels
+        raise
     except TimeoutError as exc:
         # NOTE: the edge's own compute, not the cloud: a busy edge (503, retry), not a CloudTimeout.
         raise EdgeOverloaded(

@@ -34,6 +34,7 @@ __all__ = [
     "DRAFT_MARGIN",
     "MAX_NAME_CHARS",
     "ImageLimits",
+    "UndecodableImage",
     "check_resize",
     "decode_image",
     "decode_images",
@@ -59,6 +60,17 @@ class ImageLimits:
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
     max_batch_pixels: int = 120_000_000
+
+
+class UndecodableImage(InvalidImage):
+    """An image of a request that failed partway through decoding (truncated or corrupt data: 422, as any
+    :class:`InvalidImage`). ``decoded_pixels``: the pixels the request's images had allocated by then, the
+    failed image's full buffer included (it is allocated before its data runs out); they are freed when this
+    is raised, and a service trims its heap after many (service_core.heap), as after a decoded request."""
+
+    def __init__(self, detail: str, *, decoded_pixels: int = 0) -> None:
+        super().__init__(detail)
+        self.decoded_pixels = decoded_pixels
 
 
 # NOTE: PIL's parsers raise many kinds of errors on malformed input (a text or ICC chunk over PIL's
@@ -202,7 +214,21 @@ def decode_images(
         raise PayloadTooLarge(
             f"the {len(opened)} images have {total} pixels together; the limit is {limits.max_batch_pixels}"
         )
-    return [_naming(labels[index], _load, image, resize_size) for index, image in enumerate(opened)]
+    decoded: list[Image.Image] = []
+    failure: str | None = None
+    for index, image in enumerate(opened):
+        try:
+            decoded.append(_naming(labels[index], _load, image, resize_size))
+        except InvalidImage as exc:
+            failure = exc.detail
+            break
+    if failure is None:
+        return decoded
+    # NOTE: the failed image's size is its draft's (a JPEG decoded at a reduced scale allocates that much).
+    pixels = sum(image.width * image.height for image in (*decoded, opened[len(decoded)]))
+    for image in (*decoded, *opened):
+        image.close()  # NOTE: and raised outside the handler: no traceback keeps the decoder, and its buffer, alive
+    raise UndecodableImage(failure, decoded_pixels=pixels)
 
 
 def display_name(name: str) -> str:

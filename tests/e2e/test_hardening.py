@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -86,19 +87,49 @@ def test_2_memory_of_large_images_goes_back_to_the_system_after_their_requests(
     # NOTE: without the trim the edge stayed about 450 MB higher here
 
 
-def _memory_goes_back(pid: int, before_kib: int, post_big: Callable[[], httpx.Response]) -> None:
-    """Eight large-image requests, four at a time, all 200: they take memory while decoded, and the process
-    is back within 200 MiB of ``before_kib`` in 10 s."""
+def _memory_goes_back(pid: int, before_kib: int, post_big: Callable[[], httpx.Response], status: int = 200) -> None:
+    """Eight large-image requests, four at a time, all ``status``: they take memory while decoded, and the
+    process is back within 200 MiB of ``before_kib`` in 10 s."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as pool:
-        assert [r.status_code for r in pool.map(lambda _: post_big(), range(8))] == [200] * 8
+        assert [r.status_code for r in pool.map(lambda _: post_big(), range(8))] == [status] * 8
     assert peak_kib(pid) - before_kib > 300 * 1024  # NOTE: the images did take memory while decoded
     deadline = time.monotonic() + 10
     while (rss_kib(pid, "VmRSS") - before_kib) > 200 * 1024 and time.monotonic() < deadline:
         time.sleep(0.2)
     growth_mib = (rss_kib(pid, "VmRSS") - before_kib) / 1024
     assert growth_mib < 200, growth_mib
+
+
+def _truncated_rgb_png(width: int, height: int) -> bytes:
+    """An RGB PNG of any size written by hand (a few KB), cut at 80 % of its bytes: Pillow allocates its
+    whole buffer from the header, fills it until the data runs out, and the decode fails (422)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" + bytes(range(256)) * (3 * width // 256) + b"\0" * (3 * width % 256)  # filter 0, then pixels
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    whole = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return whole[: len(whole) * 8 // 10]
+
+
+def test_2_memory_of_large_images_that_fail_partway_goes_back_to_the_system(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """The test above with truncated images: they fail (422) after their buffers were allocated and partly
+    filled, and the edge trims after them too."""
+    edge = _start("edge", [*TINY, "--cut", "output", "--head-workers", "4"], tmp_path, stop_all)
+    pid = edge.process.pid
+    big = _truncated_rgb_png(7200, 5000)  # 36 Mpixel (108 MB as RGB), a few KB on the wire
+    with httpx.Client(base_url=edge.url, timeout=120) as client:
+        assert client.post("/v1/classify", files={"image": ("a.jpg", JPEG)}).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        _memory_goes_back(pid, before, lambda: client.post("/v1/classify", files={"image": ("big.png", big)}), 422)
 
 
 def _input_cut_images(blobs: list[bytes]) -> bytes:
@@ -123,6 +154,21 @@ def test_2_the_cloud_gives_back_the_memory_of_large_images_at_cut_input(
         before = rss_kib(pid, "VmRSS")
 
         _memory_goes_back(pid, before, lambda: client.post("/v1/tail", content=big))
+
+
+def test_2_the_cloud_gives_back_the_memory_of_large_images_at_cut_input_that_fail_partway(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    cloud = _start("cloud", TINY, tmp_path, stop_all)
+    pid = cloud.process.pid
+    small = _input_cut_images([JPEG])
+    big = _input_cut_images([_truncated_rgb_png(7200, 5000)])
+    headers = {"Content-Type": MEDIA_TYPE}
+    with httpx.Client(base_url=cloud.url, timeout=120, headers=headers) as client:
+        assert client.post("/v1/tail", content=small).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        _memory_goes_back(pid, before, lambda: client.post("/v1/tail", content=big), 422)
 
 
 def test_2_the_cloud_refuses_thin_images_at_cut_input(tmp_path: Path, stop_all: list[Service]) -> None:
