@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from edge_service.cloud_client import sanitize
+from edge_service.decode_cost import images_cost
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
@@ -184,11 +185,15 @@ async def _classify(
     request: Request, state: EdgeState, blobs: list[bytes], pinned: RouteChoice | None, names: list[str | None]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
-    read: service_core.admission, configured in edge_service.app)."""
+    read: service_core.admission, configured in edge_service.app). What the images decode to is reserved
+    from their headers until the request is answered (edge_service.decode_cost)."""
+    model = state.model
+    cost = images_cost(blobs, model.image_limits, model.loaded.preprocessor.resize_size)
     state.in_flight += 1
     try:
-        choice = _dispatch(state, pinned, len(blobs))
-        return await _classify_admitted(request, state, blobs, choice.route, names)
+        with state.decode_budget.reserve(cost):
+            choice = _dispatch(state, pinned, len(blobs))
+            return await _classify_admitted(request, state, blobs, choice.route, names)
     finally:
         state.in_flight -= 1
         # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).

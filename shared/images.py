@@ -38,6 +38,7 @@ __all__ = [
     "check_resize",
     "decode_image",
     "decode_images",
+    "decoded_size",
     "display_name",
     "resized_size",
 ]
@@ -96,6 +97,18 @@ def check_resize(width: int, height: int, resize_size: int, max_pixels: int) -> 
             f"the {width}x{height} image resized to a {resize_size}-pixel short side would be "
             f"{new_width}x{new_height} = {new_width * new_height} pixels; the limit is {max_pixels}"
         )
+
+
+def decoded_size(kind: str, width: int, height: int, resize_size: int | None) -> tuple[int, int]:
+    """The size :func:`decode_images` decodes a ``kind`` image (a Pillow format name) of ``width`` x ``height``
+    at: a large JPEG's reduced scale (Pillow's ``draft`` arithmetic: the largest of 1/8, 1/4, 1/2 that keeps
+    both sides at least ``DRAFT_MARGIN * resize_size``), else its own size."""
+    if kind not in ("JPEG", "MPO") or resize_size is None:
+        return width, height
+    side = DRAFT_MARGIN * resize_size
+    fits = min(width // side, height // side)
+    scale = next(s for s in (8, 4, 2, 1) if fits >= s or s == 1)
+    return (width + scale - 1) // scale, (height + scale - 1) // scale
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:

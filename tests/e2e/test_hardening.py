@@ -367,6 +367,76 @@ def test_5_a_huge_cloud_reply_costs_the_edge_little(
     assert growth_mib < 100, growth_mib
 
 
+# -- 3b. what a batch decodes to, held while the cloud answers, is bounded ------------------------------------
+
+
+class _SlowLogits(BaseHTTPRequestHandler):
+    """/v1/info: healthy; /v1/tail: zero logits for the payload's cut and batch, after ``delay_s``."""
+
+    digest = ""
+    delay_s = 2.0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(json.dumps({"model": TINY_MODEL, "weights_digest": self.digest}).encode(), "application/json")
+
+    def do_POST(self) -> None:
+        import torch
+
+        from shared.protocol import encode_logits
+        from shared.wire import WireLimits, read_header
+
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        metadata, _ = read_header(data, WireLimits())
+        rows = json.loads(metadata["tensors"])[0]["shape"][0]
+        time.sleep(self.delay_s)
+        logits = encode_logits(torch.zeros(rows, 10), model=TINY_MODEL, weights=self.digest, cut=metadata["cut"])
+        self._send(logits, MEDIA_TYPE)
+
+
+def test_3_the_decoded_images_of_batches_waiting_on_the_cloud_are_bounded(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """Eight batches of eight 9-megapixel PNGs (69 KB each) at once, the cloud taking 2 s: each decodes to
+    288 MB and the edge held them all while the cloud answered (+1.3 GB peak RSS before). With a 300 MiB
+    MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before decoding."""
+    handler = type("Cloud", (_SlowLogits,), {"digest": load_model(TINY_MODEL, "none").digest})
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        args = [*TINY, "--cut", "block", "--cloud-url", url, "--head-workers", "2"]
+        edge = _start("edge", [*args, "--max-decoded-bytes-in-flight", str(300 * MIB)], tmp_path, stop_all, "/healthz")
+        big = png_bytes_of_size(3000, 3000)
+        files = [("images", (f"{i}.png", big)) for i in range(8)]
+        with httpx.Client(base_url=edge.url, timeout=120) as client:
+            assert client.post("/v1/classify", files={"image": ("a.jpg", JPEG)}).status_code == 200
+            before = peak_kib(edge.process.pid)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda _: client.post("/v1/classify/batch", files=files), range(8)))
+        growth_mib = (peak_kib(edge.process.pid) - before) / 1024
+        assert growth_mib < 600, growth_mib
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses[0] == 200 and statuses[-1] == 503 and set(statuses) == {200, 503}, statuses
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1"
+        assert "MAX_DECODED_BYTES_IN_FLIGHT" in refused.json()["detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # -- 14. Ctrl-C on `splitinfer up` under load: the edge stops first, no request fails ----------------------
 
 
