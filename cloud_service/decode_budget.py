@@ -1,4 +1,4 @@
-"""A bound on the memory that request payloads take once decoded, whatever their size on the wire.
+"""What a request payload costs the cloud's decode budget (service_core.decode_budget), from its header.
 
 Admission (service_core.admission) bounds the *bodies* in flight, but a small body can decode to a whole
 batch: a compact codec's few KiB (``int2+ans`` or ``dct50+ans`` of near-zero activations) to a batch of
@@ -12,13 +12,11 @@ admitted, so the budget never refuses a payload the wire limits accept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
-from shared.errors import ServiceUnavailable
 from shared.wire import declared_tensors
 
-__all__ = ["WORKING_SET", "DecodeBudget", "decode_cost"]
+__all__ = ["WORKING_SET", "decode_cost"]
 
 WORKING_SET = {"dct": 8, "compact": 3, "cast": 2, "image": 3}
 """Peak memory of decoding a payload, per byte of the float32 tensors it decodes to (measured: ``dct50+ans``
@@ -50,27 +48,3 @@ def decode_cost(metadata: Mapping[str, str], max_decoded_bytes: int, max_batch: 
     if "+" in codec or codec.startswith("int"):
         return declared * WORKING_SET["compact"]
     return declared * WORKING_SET["cast"]
-
-
-class DecodeBudget:
-    """Bytes reserved by the requests being decoded or waiting for the tail (used on the event loop only)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.in_use = 0
-
-    @contextmanager
-    def reserve(self, cost: int) -> Iterator[None]:
-        """Hold ``cost`` bytes until the block ends; :class:`ServiceUnavailable` (503) when they do not fit
-        beside what others hold."""
-        if cost and self.in_use and self.in_use + cost > self.max_bytes:
-            raise ServiceUnavailable(
-                f"payloads being decoded hold {self.in_use} bytes; this one needs {cost} more to decode, past the "
-                f"limit of {self.max_bytes} (MAX_DECODED_BYTES_IN_FLIGHT)",
-                retry_after=1,
-            )
-        self.in_use += cost
-        try:
-            yield
-        finally:
-            self.in_use -= cost

@@ -13,10 +13,10 @@ import torch
 from fastapi import Depends, Request
 
 from cloud_service.batching import BatchStats
-from cloud_service.decode_budget import DecodeBudget
 from cloud_service.runtime import CloudModel
 from cloud_service.settings import CloudSettings
 from service_core.app import service_state
+from service_core.decode_budget import DecodeBudget
 from service_core.heap import HeapTrimmer
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import TorchThreads

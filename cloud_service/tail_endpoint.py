@@ -20,6 +20,7 @@ from cloud_service.state import CloudState
 from service_core.http import SERVED_BY_HEADER
 from service_core.openapi import operation_problems
 from shared.errors import ClientClosedRequest, ServiceUnavailable, UnsupportedMediaType
+from shared.images import UndecodableImage
 from shared.tail_timings import BodyArrival, TailTimings
 from shared.wire import MEDIA_TYPE
 
@@ -101,10 +102,15 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     header = model.read_header(body)
     # NOTE: what the payload decodes to is reserved until it is answered (a few KiB can decode to a batch)
     with state.decode_budget.reserve(model.decode_cost(header)):
-        if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
-            tail_input = model.decode(body, header)
-        else:
-            tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
+        try:
+            if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
+                tail_input = model.decode(body, header)
+            else:
+                tail_input = await run_in_threadpool(state.threads.wrap(model.decode), body, header)
+        except UndecodableImage as exc:
+            # NOTE: an image that failed partway allocated its buffer (freed by now): trimmed as a decoded one.
+            state.heap.released(exc.decoded_pixels)
+            raise
         decode_ms = (time.perf_counter() - started) * 1000
         if tail_input.decoded_pixels:  # NOTE: images (cut input), their decoded pictures freed by now; never tensors
             state.heap.released(tail_input.decoded_pixels)

@@ -306,7 +306,12 @@ async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_log
     timings["cloud_round_trip"] = round((time.perf_counter() - sent) * 1000, 3)
     manifest = state.manifest
     values = decode_logits(
-        reply, model=manifest.model, weights=manifest.weights, batch_size=1, num_classes=manifest.num_classes
+        reply,
+        model=manifest.model,
+        weights=manifest.weights,
+        cut=manifest.cut,
+        batch_size=1,
+        num_classes=manifest.num_classes,
     )
     timings["total"] = round((time.perf_counter() - start) * 1000, 3)
     return {

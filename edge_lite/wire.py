@@ -137,10 +137,12 @@ def encode_activations(
     return save_arrays(stored, metadata, bf16)
 
 
-def decode_logits(body: bytes, *, model: str, weights: str, batch_size: int, num_classes: int) -> np.ndarray:
-    """The cloud's reply (kind ``logits``, codec ``fp32``) as a float32 ``batch_size x num_classes`` array.
+def decode_logits(body: bytes, *, model: str, weights: str, cut: str, batch_size: int, num_classes: int) -> np.ndarray:
+    """The cloud's reply to a payload sent at ``cut`` (kind ``logits``, codec ``fp32``) as a float32
+    ``batch_size x num_classes`` array.
 
-    Everything wrong with it is the cloud's fault: :class:`BadGateway` (502).
+    Everything wrong with it is the cloud's fault: :class:`BadGateway` (502), logits it says it computed at
+    another cut included (a confused cloud, or a proxy mixing replies).
     """
     expected_bytes = batch_size * num_classes * 4
     if len(body) < 8 or len(body) > expected_bytes + _MAX_REPLY_HEADER:
@@ -155,7 +157,14 @@ def decode_logits(body: bytes, *, model: str, weights: str, batch_size: int, num
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict):
         raise BadGateway("the cloud's reply has no metadata")
-    wanted = {"format": FORMAT, "version": PROTOCOL_VERSION, "kind": "logits", "model": model, "weights": weights}
+    wanted = {
+        "format": FORMAT,
+        "version": PROTOCOL_VERSION,
+        "kind": "logits",
+        "model": model,
+        "weights": weights,
+        "cut": cut,
+    }
     for key, value in wanted.items():
         if metadata.get(key) != value:
             raise BadGateway(f"the cloud's reply has {key} {metadata.get(key)!r}; expected {value!r}")

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from edge_service.cloud_client import sanitize
+from edge_service.decode_cost import images_cost
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
@@ -35,6 +36,7 @@ from shared.errors import (
     UnprocessableContent,
     UnsupportedMediaType,
 )
+from shared.images import UndecodableImage
 from shared.tail_timings import TailTimings, format_server_timing
 from shared.tensor_checks import all_finite
 from shared.wire import WireLimits
@@ -183,11 +185,15 @@ async def _classify(
     request: Request, state: EdgeState, blobs: list[bytes], pinned: RouteChoice | None, names: list[str | None]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
-    read: service_core.admission, configured in edge_service.app)."""
+    read: service_core.admission, configured in edge_service.app). What the images decode to is reserved
+    from their headers until the request is answered (edge_service.decode_cost)."""
+    model = state.model
+    cost = images_cost(blobs, model.image_limits, model.loaded.preprocessor.resize_size)
     state.in_flight += 1
     try:
-        choice = _dispatch(state, pinned, len(blobs))
-        return await _classify_admitted(request, state, blobs, choice.route, names)
+        with state.decode_budget.reserve(cost):
+            choice = _dispatch(state, pinned, len(blobs))
+            return await _classify_admitted(request, state, blobs, choice.route, names)
     finally:
         state.in_flight -= 1
         # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).
@@ -204,6 +210,10 @@ async def _classify_admitted(
     try:
         async with asyncio.timeout(settings.request_timeout_s):
             prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route, names)
+    except UndecodableImage as exc:
+        # NOTE: an image that failed partway allocated its buffer (freed by now): trimmed as a decoded one.
+        request.state.decoded_pixels = exc.decoded_pixels
+        raise
     except TimeoutError as exc:
         # NOTE: the edge's own compute, not the cloud: a busy edge (503, retry), not a CloudTimeout.
         raise EdgeOverloaded(
@@ -233,9 +243,11 @@ async def _classify_admitted(
             if reply.timings.tail_ms is not None:
                 timings["cloud_tail"] = reply.timings.tail_ms
             if len(reply.body) <= _INLINE_LOGITS_BYTES:  # NOTE: decoding is cheaper than a thread hop
-                logits = model.decode_logits(reply.body, len(blobs))
+                logits = model.decode_logits(reply.body, len(blobs), route.cut.name)
             else:
-                logits = await run_in_threadpool(state.threads.wrap(model.decode_logits), reply.body, len(blobs))
+                logits = await run_in_threadpool(
+                    state.threads.wrap(model.decode_logits), reply.body, len(blobs), route.cut.name
+                )
         except _RECOVERABLE as exc:
             if settings.fallback != "local":
                 raise

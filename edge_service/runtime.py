@@ -183,8 +183,9 @@ class EdgeModel:
             output: torch.Tensor = tail(*inputs)
             return output.float()
 
-    def decode_logits(self, body: bytes, batch_size: int) -> torch.Tensor:
-        """The cloud's reply; anything wrong with it is the cloud's fault (502)."""
+    def decode_logits(self, body: bytes, batch_size: int, cut: str) -> torch.Tensor:
+        """The cloud's reply to a payload sent at ``cut``; anything wrong with it is the cloud's fault (502),
+        logits it says it computed at another cut included (a confused cloud, or a proxy mixing replies)."""
         try:
             payload = decode_payload(
                 body,
@@ -196,6 +197,8 @@ class EdgeModel:
             )
         except SplitInferError as exc:
             raise BadGateway(f"the cloud's reply is not usable: {exc.detail}") from exc
+        if payload.cut != cut:
+            raise BadGateway(f"the cloud's reply holds logits of cut {payload.cut!r}; this edge sent cut {cut!r}")
         logits = payload.tensors[0]
         if logits.shape[0] != batch_size:
             raise BadGateway(f"the cloud returned {logits.shape[0]} rows of logits for {batch_size} images")

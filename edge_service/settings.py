@@ -102,6 +102,14 @@ class EdgeSettings(ServiceSettings):
         description="Upload bytes the edge admits at once (Content-Length, or MAX_UPLOAD_BYTES when none is "
         "declared); beyond it new requests get 503 + Retry-After before their body is read.",
     )
+    max_decoded_bytes_in_flight: int = Field(
+        1024**3,
+        ge=1,
+        description="Memory that the images of requests in progress may take once decoded, together: each "
+        "request reserves its images' decoded pixels (from their headers, a large JPEG at its reduced scale) "
+        "times 4 bytes until it is answered (a few-KB PNG can declare 40 megapixels); beyond it new requests "
+        "get 503 + Retry-After before decoding. A request alone is always admitted.",
+    )
     head_workers: int | None = Field(
         None,
         ge=1,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from edge_service.route_policy import RoutePolicy
 from edge_service.runtime import EdgeModel
 from edge_service.settings import EdgeSettings
 from service_core.app import service_state
+from service_core.decode_budget import DecodeBudget
 from service_core.heap import HeapTrimmer
 from service_core.metrics import ServiceMetrics
 from service_core.torch_threads import TorchThreads
@@ -34,6 +35,11 @@ class EdgeState:
     heap: HeapTrimmer
     """Gives the memory of large decoded images back after their request."""
     in_flight: int = 0
+    decode_budget: DecodeBudget = field(init=False)
+    """What the images of requests in progress take decoded (edge_service.decode_cost)."""
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.max_decoded_bytes_in_flight)
 
 
 async def edge_state(request: Request) -> EdgeState:

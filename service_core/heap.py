@@ -7,6 +7,8 @@ but never given back). After a request whose images had at least :data:`LARGE_DE
 :class:`HeapTrimmer` calls glibc's ``malloc_trim(0)`` in a worker thread (one at a time), which returns
 the free pages of every arena. Elsewhere (musl, macOS) it does nothing. The edge uses it after its
 requests; the cloud after decoding the images of a cut ``input`` payload (activations never trigger it).
+An image that fails partway through decoding counts as well: Pillow allocated its buffer from its header
+before the data ran out (:class:`shared.images.UndecodableImage` carries the pixels).
 """
 
 from __future__ import annotations

@@ -34,9 +34,11 @@ __all__ = [
     "DRAFT_MARGIN",
     "MAX_NAME_CHARS",
     "ImageLimits",
+    "UndecodableImage",
     "check_resize",
     "decode_image",
     "decode_images",
+    "decoded_size",
     "display_name",
     "resized_size",
 ]
@@ -59,6 +61,17 @@ class ImageLimits:
     max_pixels: int = 40_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
     max_batch_pixels: int = 120_000_000
+
+
+class UndecodableImage(InvalidImage):
+    """An image of a request that failed partway through decoding (truncated or corrupt data: 422, as any
+    :class:`InvalidImage`). ``decoded_pixels``: the pixels the request's images had allocated by then, the
+    failed image's full buffer included (it is allocated before its data runs out); they are freed when this
+    is raised, and a service trims its heap after many (service_core.heap), as after a decoded request."""
+
+    def __init__(self, detail: str, *, decoded_pixels: int = 0) -> None:
+        super().__init__(detail)
+        self.decoded_pixels = decoded_pixels
 
 
 # NOTE: PIL's parsers raise many kinds of errors on malformed input (a text or ICC chunk over PIL's
@@ -84,6 +97,18 @@ def check_resize(width: int, height: int, resize_size: int, max_pixels: int) -> 
             f"the {width}x{height} image resized to a {resize_size}-pixel short side would be "
             f"{new_width}x{new_height} = {new_width * new_height} pixels; the limit is {max_pixels}"
         )
+
+
+def decoded_size(kind: str, width: int, height: int, resize_size: int | None) -> tuple[int, int]:
+    """The size :func:`decode_images` decodes a ``kind`` image (a Pillow format name) of ``width`` x ``height``
+    at: a large JPEG's reduced scale (Pillow's ``draft`` arithmetic: the largest of 1/8, 1/4, 1/2 that keeps
+    both sides at least ``DRAFT_MARGIN * resize_size``), else its own size."""
+    if kind not in ("JPEG", "MPO") or resize_size is None:
+        return width, height
+    side = DRAFT_MARGIN * resize_size
+    fits = min(width // side, height // side)
+    scale = next(s for s in (8, 4, 2, 1) if fits >= s or s == 1)
+    return (width + scale - 1) // scale, (height + scale - 1) // scale
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -202,7 +227,21 @@ def decode_images(
         raise PayloadTooLarge(
             f"the {len(opened)} images have {total} pixels together; the limit is {limits.max_batch_pixels}"
         )
-    return [_naming(labels[index], _load, image, resize_size) for index, image in enumerate(opened)]
+    decoded: list[Image.Image] = []
+    failure: str | None = None
+    for index, image in enumerate(opened):
+        try:
+            decoded.append(_naming(labels[index], _load, image, resize_size))
+        except InvalidImage as exc:
+            failure = exc.detail
+            break
+    if failure is None:
+        return decoded
+    # NOTE: the failed image's size is its draft's (a JPEG decoded at a reduced scale allocates that much).
+    pixels = sum(image.width * image.height for image in (*decoded, opened[len(decoded)]))
+    for image in (*decoded, *opened):
+        image.close()  # NOTE: and raised outside the handler: no traceback keeps the decoder, and its buffer, alive
+    raise UndecodableImage(failure, decoded_pixels=pixels)
 
 
 def display_name(name: str) -> str:

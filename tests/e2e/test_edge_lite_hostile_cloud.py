@@ -14,9 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from shared.models import load_model
 from shared.onnx_export import export_split
+from shared.protocol import encode_logits
 from splitinfer.processes import Service, rss_kib, wait_until
 from splitinfer.samples import encode_image, synthetic_image
 from tests.e2e.test_torch_free_edge import start_edge_lite
@@ -34,6 +36,8 @@ class _HostileCloud(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     info: bytes = b""
     huge_info_mib = 0
+    reply: bytes = b""
+    """If set, what ``/v1/tail`` answers at once instead of its trickle."""
     stop = threading.Event()
 
     def log_message(self, *args: object) -> None:
@@ -56,6 +60,13 @@ class _HostileCloud(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
+        if self.reply:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.splitinfer+safetensors")
+            self.send_header("Content-Length", str(len(self.reply)))
+            self.end_headers()
+            self.wfile.write(self.reply)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.splitinfer+safetensors")
         self.send_header("Content-Length", "100000")
@@ -123,3 +134,25 @@ def test_a_huge_cloud_info_costs_readyz_little(
     response = httpx.get(f"{edge.url}/readyz", timeout=60)
     assert response.status_code == 503, response.text
     assert (rss_kib(edge.process.pid, "VmHWM") - before) / 1024 < 32
+
+
+def test_logits_of_another_cut_than_the_one_sent_are_a_bad_gateway(
+    hostile: tuple[Path, str, type[_HostileCloud]], tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """The export is split at ``stem``; a cloud (or a proxy mixing replies) answering with logits it says it
+    computed at ``block`` is refused as the cloud's fault."""
+    export, cloud_url, handler = hostile
+    info = json.loads(handler.info)
+    handler.reply = encode_logits(torch.zeros(1, 10), model=info["model"], weights=info["weights_digest"], cut="block")
+    edge = _edge(export, cloud_url, tmp_path, stop_all)
+    response = httpx.post(
+        f"{edge.url}/v1/classify", files={"image": ("a.jpg", encode_image(synthetic_image()))}, timeout=30
+    )
+    assert response.status_code == 502, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "cut 'block'; expected 'stem'" in response.json()["detail"]
+    handler.reply = encode_logits(torch.ones(1, 10), model=info["model"], weights=info["weights_digest"], cut="stem")
+    response = httpx.post(
+        f"{edge.url}/v1/classify", files={"image": ("a.jpg", encode_image(synthetic_image()))}, timeout=30
+    )
+    assert response.status_code == 200, response.text

@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -86,19 +87,49 @@ def test_2_memory_of_large_images_goes_back_to_the_system_after_their_requests(
     # NOTE: without the trim the edge stayed about 450 MB higher here
 
 
-def _memory_goes_back(pid: int, before_kib: int, post_big: Callable[[], httpx.Response]) -> None:
-    """Eight large-image requests, four at a time, all 200: they take memory while decoded, and the process
-    is back within 200 MiB of ``before_kib`` in 10 s."""
+def _memory_goes_back(pid: int, before_kib: int, post_big: Callable[[], httpx.Response], status: int = 200) -> None:
+    """Eight large-image requests, four at a time, all ``status``: they take memory while decoded, and the
+    process is back within 200 MiB of ``before_kib`` in 10 s."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as pool:
-        assert [r.status_code for r in pool.map(lambda _: post_big(), range(8))] == [200] * 8
+        assert [r.status_code for r in pool.map(lambda _: post_big(), range(8))] == [status] * 8
     assert peak_kib(pid) - before_kib > 300 * 1024  # NOTE: the images did take memory while decoded
     deadline = time.monotonic() + 10
     while (rss_kib(pid, "VmRSS") - before_kib) > 200 * 1024 and time.monotonic() < deadline:
         time.sleep(0.2)
     growth_mib = (rss_kib(pid, "VmRSS") - before_kib) / 1024
     assert growth_mib < 200, growth_mib
+
+
+def _truncated_rgb_png(width: int, height: int) -> bytes:
+    """An RGB PNG of any size written by hand (a few KB), cut at 80 % of its bytes: Pillow allocates its
+    whole buffer from the header, fills it until the data runs out, and the decode fails (422)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" + bytes(range(256)) * (3 * width // 256) + b"\0" * (3 * width % 256)  # filter 0, then pixels
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    whole = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return whole[: len(whole) * 8 // 10]
+
+
+def test_2_memory_of_large_images_that_fail_partway_goes_back_to_the_system(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """The test above with truncated images: they fail (422) after their buffers were allocated and partly
+    filled, and the edge trims after them too."""
+    edge = _start("edge", [*TINY, "--cut", "output", "--head-workers", "4"], tmp_path, stop_all)
+    pid = edge.process.pid
+    big = _truncated_rgb_png(7200, 5000)  # 36 Mpixel (108 MB as RGB), a few KB on the wire
+    with httpx.Client(base_url=edge.url, timeout=120) as client:
+        assert client.post("/v1/classify", files={"image": ("a.jpg", JPEG)}).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        _memory_goes_back(pid, before, lambda: client.post("/v1/classify", files={"image": ("big.png", big)}), 422)
 
 
 def _input_cut_images(blobs: list[bytes]) -> bytes:
@@ -123,6 +154,21 @@ def test_2_the_cloud_gives_back_the_memory_of_large_images_at_cut_input(
         before = rss_kib(pid, "VmRSS")
 
         _memory_goes_back(pid, before, lambda: client.post("/v1/tail", content=big))
+
+
+def test_2_the_cloud_gives_back_the_memory_of_large_images_at_cut_input_that_fail_partway(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    cloud = _start("cloud", TINY, tmp_path, stop_all)
+    pid = cloud.process.pid
+    small = _input_cut_images([JPEG])
+    big = _input_cut_images([_truncated_rgb_png(7200, 5000)])
+    headers = {"Content-Type": MEDIA_TYPE}
+    with httpx.Client(base_url=cloud.url, timeout=120, headers=headers) as client:
+        assert client.post("/v1/tail", content=small).status_code == 200
+        before = rss_kib(pid, "VmRSS")
+
+        _memory_goes_back(pid, before, lambda: client.post("/v1/tail", content=big), 422)
 
 
 def test_2_the_cloud_refuses_thin_images_at_cut_input(tmp_path: Path, stop_all: list[Service]) -> None:
@@ -319,6 +365,76 @@ def test_5_a_huge_cloud_reply_costs_the_edge_little(
         time.sleep(5.1)  # the breaker's reset time: each mode reaches the cloud
     growth_mib = (peak_kib(edge.process.pid) - before) / 1024
     assert growth_mib < 100, growth_mib
+
+
+# -- 3b. what a batch decodes to, held while the cloud answers, is bounded ------------------------------------
+
+
+class _SlowLogits(BaseHTTPRequestHandler):
+    """/v1/info: healthy; /v1/tail: zero logits for the payload's cut and batch, after ``delay_s``."""
+
+    digest = ""
+    delay_s = 2.0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(json.dumps({"model": TINY_MODEL, "weights_digest": self.digest}).encode(), "application/json")
+
+    def do_POST(self) -> None:
+        import torch
+
+        from shared.protocol import encode_logits
+        from shared.wire import WireLimits, read_header
+
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        metadata, _ = read_header(data, WireLimits())
+        rows = json.loads(metadata["tensors"])[0]["shape"][0]
+        time.sleep(self.delay_s)
+        logits = encode_logits(torch.zeros(rows, 10), model=TINY_MODEL, weights=self.digest, cut=metadata["cut"])
+        self._send(logits, MEDIA_TYPE)
+
+
+def test_3_the_decoded_images_of_batches_waiting_on_the_cloud_are_bounded(
+    tmp_path: Path, stop_all: list[Service]
+) -> None:
+    """Eight batches of eight 9-megapixel PNGs (69 KB each) at once, the cloud taking 2 s: each decodes to
+    288 MB and the edge held them all while the cloud answered (+1.3 GB peak RSS before). With a 300 MiB
+    MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before decoding."""
+    handler = type("Cloud", (_SlowLogits,), {"digest": load_model(TINY_MODEL, "none").digest})
+    server = _QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        args = [*TINY, "--cut", "block", "--cloud-url", url, "--head-workers", "2"]
+        edge = _start("edge", [*args, "--max-decoded-bytes-in-flight", str(300 * MIB)], tmp_path, stop_all, "/healthz")
+        big = png_bytes_of_size(3000, 3000)
+        files = [("images", (f"{i}.png", big)) for i in range(8)]
+        with httpx.Client(base_url=edge.url, timeout=120) as client:
+            assert client.post("/v1/classify", files={"image": ("a.jpg", JPEG)}).status_code == 200
+            before = peak_kib(edge.process.pid)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda _: client.post("/v1/classify/batch", files=files), range(8)))
+        growth_mib = (peak_kib(edge.process.pid) - before) / 1024
+        assert growth_mib < 600, growth_mib
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses[0] == 200 and statuses[-1] == 503 and set(statuses) == {200, 503}, statuses
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1"
+        assert "MAX_DECODED_BYTES_IN_FLIGHT" in refused.json()["detail"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- 14. Ctrl-C on `splitinfer up` under load: the edge stops first, no request fails ----------------------

@@ -114,13 +114,14 @@ class _FakeCloud(BaseHTTPRequestHandler):
             self._reply(200, b"late", MEDIA_TYPE)
         elif self.mode == "garbage":
             self._reply(200, b"\x00garbage" * 10, MEDIA_TYPE)
-        else:  # a well-formed reply for the edge's model and weights, with one row of logits for two images
+        else:  # a well-formed reply for the edge's model and weights: one row of logits for two images
+            # (wrong-rows), or the row of one image said to come from another cut than the edge sent (wrong-cut)
             body = encode_payload(
                 {"logits": torch.zeros(1, self.classes)},
                 kind="logits",
                 model=self.model,
                 weights=self.weights,
-                cut="block",
+                cut="stem" if self.mode == "wrong-cut" else "block",
                 codec="fp32",
             )
             self._reply(200, body, MEDIA_TYPE)
@@ -137,7 +138,7 @@ class _FakeCloud(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-rows", 502)])
+@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-rows", 502), ("wrong-cut", 502)])
 def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[Service]) -> None:
     handler = type("Handler", (_FakeCloud,), {"mode": mode})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -167,6 +168,8 @@ def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[
         assert response.headers["content-type"] == "application/problem+json"
         if mode == "wrong-rows":
             assert "1 rows of logits for 2 images" in response.json()["detail"]
+        if mode == "wrong-cut":
+            assert "logits of cut 'stem'; this edge sent cut 'block'" in response.json()["detail"]
         assert time.monotonic() - started < 2.9  # the read timeout, not the cloud's 3 s
         fallback = send(local.url)
         assert fallback.status_code == 200 and fallback.json()["completed_on"] == "edge"

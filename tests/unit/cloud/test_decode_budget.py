@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from cloud_service.decode_budget import WORKING_SET, DecodeBudget, decode_cost
+from cloud_service.decode_budget import WORKING_SET, decode_cost
+from service_core.decode_budget import DecodeBudget
 from shared.errors import MalformedPayload, ServiceUnavailable
 
 MIB = 1024 * 1024

@@ -24,6 +24,7 @@ from shared.planning import CodecProfile, CutProfile, Profile
 from shared.preprocessing import ImageLimits
 from shared.protocol import encode_logits
 from shared.tail_timings import TailTimings
+from shared.wire import WireLimits, read_header
 from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
@@ -397,12 +398,13 @@ def auto_edge(loaded: LoadedModel, tmp_path: Path) -> Iterator[TestClient]:
     edge, cloud = _profiles(loaded, input_bytes=len(PICTURE))
     edge.save(tmp_path / "edge.json")
     cloud.save(tmp_path / "cloud.json")
-    logits = encode_logits(torch.zeros(1, 10), model=loaded.name, weights=loaded.digest, cut="input")
 
     def cloud_tail(request: httpx.Request) -> httpx.Response:
         # An 8 Mbit/s link with a 10 ms RTT, as the cloud would report it.
         recv_ms = len(request.content) * 8 / 8e6 * 1000
         time.sleep((recv_ms + 12) / 1000)
+        cut = read_header(request.content, WireLimits())[0]["cut"]  # NOTE: the edge checks the reply's cut
+        logits = encode_logits(torch.zeros(1, 10), model=loaded.name, weights=loaded.digest, cut=cut)
         timing = f"recv;dur={recv_ms:.3f}, total;dur={recv_ms + 2:.3f}"
         return httpx.Response(200, content=logits, headers={"Server-Timing": timing})
 

@@ -76,17 +76,27 @@ def test_numpy_encoder_is_deterministic() -> None:
 def test_logits_reply_is_decoded_and_checked() -> None:
     logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(1))
     body = encode_logits(logits, model="m", weights="sha256:w", cut="c")
-    got = decode_logits(body, model="m", weights="sha256:w", batch_size=2, num_classes=10)
+    got = decode_logits(body, model="m", weights="sha256:w", cut="c", batch_size=2, num_classes=10)
     assert np.array_equal(got, logits.numpy())
     with pytest.raises(BadGateway, match="weights"):
-        decode_logits(body, model="m", weights="sha256:other", batch_size=2, num_classes=10)
+        decode_logits(body, model="m", weights="sha256:other", cut="c", batch_size=2, num_classes=10)
     with pytest.raises(BadGateway, match="expected F32"):
-        decode_logits(body, model="m", weights="sha256:w", batch_size=1, num_classes=10)
+        decode_logits(body, model="m", weights="sha256:w", cut="c", batch_size=1, num_classes=10)
     nan = encode_logits(torch.full((2, 10), float("nan")), model="m", weights="sha256:w", cut="c")
     with pytest.raises(BadGateway, match="NaN"):
-        decode_logits(nan, model="m", weights="sha256:w", batch_size=2, num_classes=10)
+        decode_logits(nan, model="m", weights="sha256:w", cut="c", batch_size=2, num_classes=10)
     with pytest.raises(BadGateway):
-        decode_logits(body[:-4], model="m", weights="sha256:w", batch_size=2, num_classes=10)
+        decode_logits(body[:-4], model="m", weights="sha256:w", cut="c", batch_size=2, num_classes=10)
+
+
+def test_a_logits_reply_for_another_cut_is_the_clouds_fault() -> None:
+    """A cloud (or a proxy mixing replies) that answers with logits of another cut than the one sent: 502."""
+    logits = torch.randn(1, 10, generator=torch.Generator().manual_seed(2))
+    body = encode_logits(logits, model="m", weights="sha256:w", cut="stem")
+    got = decode_logits(body, model="m", weights="sha256:w", cut="stem", batch_size=1, num_classes=10)
+    assert np.array_equal(got, logits.numpy())
+    with pytest.raises(BadGateway, match="cut 'stem'; expected 'block'"):
+        decode_logits(body, model="m", weights="sha256:w", cut="block", batch_size=1, num_classes=10)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +108,7 @@ def test_a_logits_reply_whose_header_no_parser_reads_is_the_clouds_fault(header:
     """A broken or hostile cloud's reply is a 502, never a RecursionError's 500."""
     body = struct.pack("<Q", len(header)) + header + bytes(80)
     with pytest.raises(BadGateway, match="header"):
-        decode_logits(body, model="m", weights="sha256:w", batch_size=2, num_classes=10)
+        decode_logits(body, model="m", weights="sha256:w", cut="c", batch_size=2, num_classes=10)
 
 
 @pytest.mark.parametrize("preprocessor", [ImagePreprocessor(), LITE0_PREPROCESSOR], ids=["imagenet", "tflite"])

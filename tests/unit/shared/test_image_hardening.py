@@ -94,3 +94,47 @@ def test_a_crop_of_the_wrong_size_at_the_input_cut_is_refused_before_it_is_decod
     with pytest.raises(InvalidImage, match=r"png image of the input cut: .*224x224 pixels; it is 7200x5000"):
         images_from_payload(payload_of(png_bytes_of_size(7200, 5000)), PRE, ImageLimits(), WireLimits())
     assert decoded == []
+
+
+def test_an_image_that_fails_partway_counts_the_pixels_it_allocated_and_frees_them() -> None:
+    """Pillow allocates an image's buffer before reading its data: a truncated image raises
+    UndecodableImage (422) carrying the pixels its request had allocated, with every buffer freed by then
+    (no traceback keeps the decoder alive), so the heap trim that follows finds them free."""
+    from PIL import Image
+
+    from shared.images import UndecodableImage
+    from shared.preprocessing import decode_images
+
+    whole = png_bytes_of_size(1200, 1000)
+    cut = png_bytes_of_size(2500, 2000)
+    cut = cut[: len(cut) * 6 // 10]
+    before = Image.core.get_stats()
+    with pytest.raises(UndecodableImage, match=r"image 1 \(0-based\) of 2: .*truncated") as raised:
+        decode_images([whole, cut], resize_size=PRE.resize_size)
+    after = Image.core.get_stats()
+    assert raised.value.status == 422 and isinstance(raised.value, InvalidImage)
+    assert raised.value.decoded_pixels == 1200 * 1000 + 2500 * 2000
+    allocated = after["allocated_blocks"] - before["allocated_blocks"]
+    assert allocated > 0 and after["freed_blocks"] - before["freed_blocks"] == allocated
+
+
+def test_a_truncated_large_jpeg_counts_the_pixels_of_its_reduced_decode() -> None:
+    """A large JPEG is decoded at a reduced scale (its draft): what it allocated is that size."""
+    import io
+
+    from PIL import Image
+
+    from shared.images import UndecodableImage
+    from shared.preprocessing import decode_images
+
+    y, x = np.mgrid[0:4096, 0:4096]
+    picture = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=80)
+    blob = buffer.getvalue()
+    with pytest.raises(UndecodableImage, match="truncated") as raised:
+        decode_images([blob[: len(blob) * 6 // 10]], resize_size=PRE.resize_size)
+    assert raised.value.decoded_pixels == 1024 * 1024  # a quarter of each side: 4 x 256 on its short side
+    with pytest.raises(UndecodableImage, match="truncated") as raised:
+        decode_images([blob[: len(blob) * 6 // 10]])  # no resize size: decoded whole
+    assert raised.value.decoded_pixels == 4096 * 4096

@@ -1,0 +1,95 @@
+"""The edge's decode budget: what a request's images cost from their headers, and the 503 past the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from edge_service import EdgeSettings, create_app
+from edge_service.decode_cost import BYTES_PER_PIXEL, images_cost
+from shared.images import ImageLimits, decode_images, decoded_size
+from shared.models import load_model
+from shared.protocol import encode_logits
+from shared.wire import WireLimits, read_header
+from tests.support.images import png_bytes_of_size
+
+TINY = "tests.fixture_models:tiny_cnn"
+MIB = 1024 * 1024
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    picture = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1000, 700), (2000, 1100), (300, 200), (130, 1000), (257, 129)])
+def test_decoded_size_is_the_size_a_jpeg_is_decoded_at(width: int, height: int) -> None:
+    """Pillow's draft arithmetic (its 1/8, 1/4, 1/2 scales), at a resize size of 32 (drafts from 128 pixels)."""
+    (image,) = decode_images([_jpeg(width, height)], resize_size=32)
+    assert decoded_size("JPEG", width, height, 32) == image.size
+    assert decoded_size("PNG", width, height, 32) == (width, height)  # only JPEGs have a reduced scale
+    assert decoded_size("JPEG", width, height, None) == (width, height)
+
+
+def test_a_request_costs_its_decoded_pixels_from_the_headers() -> None:
+    limits = ImageLimits(max_pixels=40_000_000, max_batch_pixels=120_000_000)
+    big = png_bytes_of_size(6000, 5000)  # 30 megapixels in a few KB
+    assert images_cost([big], limits, 256) == 30_000_000 * BYTES_PER_PIXEL
+    assert images_cost([big, big, big], limits, 256) == 90_000_000 * BYTES_PER_PIXEL
+    photo = _jpeg(4096, 3072)  # decoded at half scale for a 256 resize (both sides at least 1024)
+    assert images_cost([photo], limits, 256) == 2048 * 1536 * BYTES_PER_PIXEL
+    # refused before anything is decoded (413 or 415): they cost nothing
+    assert images_cost([big] * 5, limits, 256) == 0  # 150 megapixels together
+    assert images_cost([png_bytes_of_size(7000, 7000)], limits, 256) == 0  # 49 megapixels
+    assert images_cost([b"not an image"], limits, 256) == 0
+    # a header this parser cannot read costs the most an image may
+    assert images_cost([b"\x89PNG\r\n\x1a\n" + bytes(8)], limits, 256) == 40_000_000 * BYTES_PER_PIXEL
+
+
+def test_past_the_budget_a_request_gets_503_before_its_images_are_decoded() -> None:
+    """A batch of four 9-megapixel PNGs (144 MiB decoded) waits on the cloud; another like it would pass the
+    200 MiB budget (503, Retry-After), a small image still fits beside it."""
+    loaded = load_model(TINY, "none")
+    entered, release = threading.Event(), threading.Event()
+
+    async def cloud(request: httpx.Request) -> httpx.Response:
+        rows = json.loads(read_header(request.content, WireLimits())[0]["tensors"])[0]["shape"][0]
+        if rows == 4:
+            entered.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+        reply = encode_logits(torch.zeros(rows, 10), model=TINY, weights=loaded.digest, cut="block")
+        return httpx.Response(200, content=reply)
+
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="block", codec="fp32", max_decoded_bytes_in_flight=200 * MIB,
+        read_timeout_s=30.0,
+    )  # type: ignore[call-arg]  # fmt: skip
+    big = png_bytes_of_size(3000, 3000)
+    batch = [("images", (f"{i}.png", big)) for i in range(4)]
+    with TestClient(create_app(settings, cloud_transport=httpx.MockTransport(cloud))) as client:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/v1/classify/batch", files=batch)
+            assert entered.wait(60)
+            refused = client.post("/v1/classify/batch", files=batch)
+            small = client.post("/v1/classify", files={"image": ("s.png", png_bytes_of_size(64, 64))})
+            release.set()
+            assert first.result(60).status_code == 200
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert "MAX_DECODED_BYTES_IN_FLIGHT" in refused.json()["detail"]
+        assert small.status_code == 200, small.text
+        assert client.post("/v1/classify/batch", files=batch).status_code == 200  # the budget is free again
