@@ -29,14 +29,15 @@ A request uvicorn's parser refuses (a control character in a header, a malformed
 never reaches the app: uvicorn answers it with a ``text/plain`` 400 of its own. Here it gets the same
 ``application/problem+json`` body as every other error (README "Errors").
 
-A refusal written while the client is still sending (the rest of a huge head, the next of many chunks, what
-follows a malformed head) is followed by a lingering close (:func:`with_lingering_close`), as Apache and
-nginx do: closing a socket with unread bytes makes the kernel reset the connection, and the client's send
-fails (many clients then never read the answer) or, on some systems, the answer it had received is dropped.
-The write side is shut (a FIN after the answer), and what still arrives is read and dropped, unparsed, until
-the client closes, :data:`LINGER_S` pass or :data:`LINGER_BYTES` arrive; then the connection closes. A
-lingering connection holds its file descriptor, so it still counts toward ``MAX_CONNECTIONS``: for at most
-:data:`LINGER_S` more.
+A refusal written while the client is still sending (the rest of a huge head, the next of many chunks,
+what follows a malformed head, the body of a request answered 503 by the connection limit) is followed by
+a lingering close (:func:`with_lingering_close`), as Apache and nginx do: closing a socket with unread
+bytes makes the kernel reset the connection, and the client's send fails (many clients then never read the
+answer) or, on some systems, the answer it had received is dropped. The write side is shut (a FIN after
+the answer), and what still arrives is read and dropped, unparsed, until the client closes,
+:data:`LINGER_S` pass or :data:`LINGER_BYTES` arrive; then the connection closes. A lingering connection
+holds its file descriptor, so it still counts toward ``MAX_CONNECTIONS``: for at most :data:`LINGER_S`
+more (a connection beyond the ceiling is closed at once, unanswered, without lingering).
 """
 
 from __future__ import annotations
@@ -365,6 +366,22 @@ class _Throttled:
             self.count, self.last = 0, now
 
 
+class _ClosesLingering:
+    """A transport whose ``close()`` is a lingering one: handed to the cycle of a request answered 503 by the
+    connection limit (uvicorn's cycle closes the connection itself once a ``Connection: close`` answer is
+    out, while the client may still be sending the request's body)."""
+
+    def __init__(self, transport: asyncio.Transport, close_lingering: Callable[[], None]) -> None:
+        self._transport = transport
+        self._close_lingering = close_lingering
+
+    def close(self) -> None:
+        self._close_lingering()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 RefusalCounter = Callable[[str], None]
 """Called with ``"answered"`` (a request got the 503) or ``"closed"`` (a connection closed unanswered)."""
 
@@ -376,7 +393,8 @@ def with_connection_limit(
     enforced as :mod:`service_core.connections` describes: a request that arrives while more connections are
     open (or more requests are being served) gets a problem+json 503 with ``Retry-After`` and its connection
     is closed; a connection opened beyond :func:`connection_ceiling` is closed at once, unanswered. Each
-    refusal is logged (throttled) and passed to ``on_refused`` (the service's metrics)."""
+    refusal is logged (throttled) and passed to ``on_refused`` (the service's metrics). The 503's connection
+    closes lingering (:func:`with_lingering_close`): the request's body may still be coming."""
     logged = {
         "answered": _Throttled("more than %d connections open: a request got 503"),
         "closed": _Throttled("%d connections open: a new connection was closed unanswered"),
@@ -386,6 +404,8 @@ def with_connection_limit(
         logged[how](count)
         if on_refused is not None:
             on_refused(how)
+
+    base = with_lingering_close(base)
 
     class ConnectionLimitProtocol(base):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -417,6 +437,10 @@ def with_connection_limit(
                 )
                 response = domain_problem(busy)
                 response.headers["Connection"] = "close"
+                cycle = getattr(send, "__self__", None)  # NOTE: uvicorn's cycle, which closes after the answer
+                transport: asyncio.Transport = self.transport
+                if cycle is not None and getattr(cycle, "transport", None) is transport:
+                    cycle.transport = _ClosesLingering(transport, self.close_lingering)
                 await response(scope, receive, send)
                 return
             await self._served_app(scope, receive, send)

@@ -23,6 +23,7 @@ from splitinfer.http_protocol import (
     MAX_BODY_CHUNKS,
     MAX_HEAD_BYTES,
     http_protocol,
+    service_protocol,
     with_framing_limits,
     with_head_deadline,
     with_lingering_close,
@@ -408,3 +409,23 @@ def test_a_lingering_connection_closes_after_its_bytes() -> None:
                     sent += len(_PAD) * 64
         assert sent < 32 * 1024 * 1024, f"the server read {sent} bytes after its refusal"
         assert _open_connections(server, _GRACE_S) == 0
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_a_request_refused_by_the_connection_limit_is_answered_without_a_reset(parser: str) -> None:
+    """MAX_CONNECTIONS 1, one connection held: a client uploading a body on a second connection gets the whole
+    503 (sent before its body is read) and no reset."""
+    settings = EdgeSettings(port=0, keep_alive_s=60.0, max_connections=1)
+    options = {} if parser == "auto" else {"http": service_protocol(H11Protocol)}
+    head = b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 262144\r\n\r\n"
+    with (
+        served_in_thread(_app, settings, **options) as (_, port),
+        socket.create_connection(("127.0.0.1", port)) as held,
+    ):
+        status, _, _ = exchange(held, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK"
+        for _ in range(_ROUNDS):
+            reply = _sent_then_read(port, head, b"u" * 262144)
+            status_line, _, body = reply.partition(b"\r\n\r\n")
+            assert status_line.startswith(b"HTTP/1.1 503"), reply
+            assert json.loads(body)["status"] == 503
