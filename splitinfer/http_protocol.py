@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,11 +67,13 @@ __all__ = [
     "with_framing_limits",
     "with_head_deadline",
     "with_lingering_close",
+    "with_tls_handshake",
 ]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 1.0
+_EARLY_BYTES = 1024 * 1024
 _LOG_EVERY_S = 10.0
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -447,6 +450,106 @@ def with_connection_limit(
 
     ConnectionLimitProtocol.__name__ = ConnectionLimitProtocol.__qualname__ = f"ConnectionLimit{base.__name__}"
     return ConnectionLimitProtocol
+
+
+def with_tls_handshake(
+    base: type[asyncio.Protocol], context: ssl.SSLContext, on_refused: RefusalCounter | None = None
+) -> type[asyncio.Protocol]:
+    """``base`` (a uvicorn HTTP protocol, as :func:`service_protocol` builds it) served over TLS with
+    ``context``, the handshake counted and bounded like the connection it opens (the server is then given
+    no ``ssl`` of its own: the connections it accepts are plain TCP until this protocol starts TLS).
+
+    With ``ssl`` given to the server, asyncio runs the handshake before the HTTP protocol sees the connection,
+    for up to 60 s: connections that never send a ClientHello were neither counted toward ``MAX_CONNECTIONS``
+    nor closed for a minute, so a client opening them as fast as it could exhausted the process's file
+    descriptors. Here a connection counts from the moment it is accepted: one opened beyond
+    :func:`connection_ceiling` is closed at once, unanswered, and a handshake not complete within the
+    keep-alive timeout is aborted. Then ``base`` takes the connection over, and its request-head deadline
+    starts.
+
+    The loop must honour ``pause_reading()`` from ``connection_made`` (asyncio's does; uvloop 0.23 starts
+    reading right after it all the same, and the ClientHello would be read before the TLS layer is in
+    place): a connection whose bytes arrive before its handshake starts is closed, and an error logged.
+    The services run on asyncio's loop when they serve TLS (:func:`splitinfer.serve.uvicorn_config`)."""
+    logged = _Throttled("%d connections open: a new TLS connection was closed before its handshake")
+    misread = _Throttled(
+        "a TLS connection's first bytes were read before its handshake started, and it was closed: its event "
+        "loop ignores pause_reading() in connection_made (serve TLS on asyncio's loop)"
+    )
+
+    class TlsHandshakeProtocol(asyncio.Protocol):
+        tls_context = context
+        """What the server serves TLS with (for its startup line)."""
+
+        def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
+            self._arguments = {"config": config, "server_state": server_state, "app_state": app_state}
+            self.loop: asyncio.AbstractEventLoop = _loop or asyncio.get_event_loop()
+            self.connections: set[Any] = server_state.connections
+            self._timeout_s: float = config.timeout_keep_alive
+            limit = config.limit_concurrency or 0
+            self._ceiling = connection_ceiling(limit) if limit else 0
+            self.transport: asyncio.Transport | None = None
+            self._handshake: asyncio.Task[None] | None = None
+            self._handshaking = False
+            self._early = bytearray()
+            """Bytes (decrypted) that came with the handshake's end, before ``base`` took the connection over."""
+
+        def connection_made(self, transport: Any) -> None:  # NOTE: create_server's: an asyncio.Transport
+            self.transport = transport
+            self.connections.add(self)
+            if self._ceiling and len(self.connections) > self._ceiling:
+                self.connections.discard(self)
+                logged(len(self.connections))
+                if on_refused is not None:
+                    on_refused("closed")
+                transport.close()
+                return
+            transport.pause_reading()  # NOTE: the ClientHello is for the TLS layer start_tls puts in between
+            self._handshake = self.loop.create_task(self._serve_over_tls(transport))
+
+        async def _serve_over_tls(self, transport: asyncio.Transport) -> None:
+            try:
+                if transport.is_closing():
+                    return
+                self._handshaking = True
+                tls = await self.loop.start_tls(
+                    transport, self, context, server_side=True, ssl_handshake_timeout=self._timeout_s
+                )
+            except OSError:  # NOTE: timed out, refused by TLS or reset; start_tls has closed the connection
+                return
+            finally:
+                self.connections.discard(self)
+            if tls is None:
+                transport.close()
+                return
+            protocol = base(**self._arguments, _loop=self.loop)  # type: ignore[call-arg]
+            tls.set_protocol(protocol)
+            protocol.connection_made(tls)
+            if self._early and not tls.is_closing():
+                protocol.data_received(bytes(self._early))
+            self._early = bytearray()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._handshaking:  # NOTE: the loop read the ClientHello before start_tls: no handshake
+                misread()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            # NOTE: bounded: what one read brings between the handshake's end and this task's next step
+            self._early += data
+            if len(self._early) > _EARLY_BYTES and self.transport is not None:
+                self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.connections.discard(self)
+
+        def shutdown(self) -> None:
+            """The server stops: a handshake in progress is abandoned."""
+            if self.transport is not None:
+                self.transport.close()
+
+    TlsHandshakeProtocol.__name__ = TlsHandshakeProtocol.__qualname__ = f"TlsHandshake{base.__name__}"
+    return TlsHandshakeProtocol
 
 
 def service_protocol(base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:
