@@ -519,7 +519,7 @@ def with_tls_handshake(
                 return
             finally:
                 self.connections.discard(self)
-            if tls is None:
+            if tls is None or tls.is_closing():  # NOTE: lost at the handshake's end: nothing to hand over
                 transport.close()
                 return
             protocol = base(**self._arguments, _loop=self.loop)  # type: ignore[call-arg]
