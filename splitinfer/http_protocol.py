@@ -252,7 +252,7 @@ def with_framing_limits(
                 return
             view = memoryview(data)
             # NOTE: bounded: each round feeds the parser at least one byte, or refuses
-            while view and not self._refused and not self.transport.is_closing():
+            while view and not self._refused and not self._lingering and not self.transport.is_closing():
                 if not self._in_head:
                     super().data_received(view[:head_limit])
                     view = view[head_limit:]
@@ -273,7 +273,7 @@ def with_framing_limits(
         def _refuse(self, response: bytes) -> None:
             """Refuse the request being parsed: write ``response`` now, or after the responses owed to the
             requests before it; a request already being answered only has its connection closed."""
-            if self._refused or self.transport.is_closing():
+            if self._refused or self._lingering or self.transport.is_closing():
                 return
             self._refused = True
             logged[response]()
@@ -297,7 +297,7 @@ def with_framing_limits(
 
         def _write_refusal(self, response: bytes) -> None:
             self._refusal = None
-            if not self.transport.is_closing():
+            if not self._lingering and not self.transport.is_closing():
                 self.transport.write(response)
                 self.close_lingering()  # NOTE: a request in progress sees the client disconnect
 
@@ -338,7 +338,7 @@ def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
 
         def send_400_response(self, msg: str) -> None:
             # NOTE: written as bytes (h11's state machine is in error already); the connection closes.
-            if not self.transport.is_closing():
+            if not self._lingering and not self.transport.is_closing():
                 self.transport.write(_BAD_REQUEST_RESPONSE)
                 self.close_lingering()
 
