@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import select
 import shutil
 import socket
@@ -26,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from edge_service.settings import EdgeSettings
 from service_core.connections import connection_ceiling
 from splitinfer.http_protocol import with_tls_handshake
+from splitinfer.serve import _DrainingServer, uvicorn_config
 from tests.support.raw_http import exchange, served_in_thread
 
 _KEEP_ALIVE_S = 2.0
@@ -167,3 +169,18 @@ def test_a_refused_head_over_tls_is_answered_whole(tls_server: tuple[Any, int], 
         status, headers, body = exchange(conn, b"")  # type: ignore[arg-type]
     assert status == "HTTP/1.1 431 Request Header Fields Too Large"
     assert headers["content-type"] == "application/problem+json" and json.loads(body)["status"] == 431
+
+
+def test_the_startup_line_says_https(certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The server is given no SSL context of its own (its protocol runs TLS); its startup line says https all
+    the same, and it runs on asyncio's loop."""
+    cert, key = certificate
+    config = uvicorn_config(_app, EdgeSettings(port=0, ssl_certfile=cert, ssl_keyfile=key), lifespan="off")
+    config.load()
+    assert config.ssl is None and config.loop == "asyncio"
+    with socket.socket() as listener, caplog.at_level(logging.INFO):
+        listener.bind(("127.0.0.1", 0))
+        _DrainingServer(config, 0, _app)._log_started_message([listener])
+        port = listener.getsockname()[1]
+    assert f"Uvicorn running on https://127.0.0.1:{port}" in caplog.text
+    assert config.ssl is None
