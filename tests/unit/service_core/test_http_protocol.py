@@ -1,6 +1,7 @@
-"""Connections that never finish a request head are closed after the keep-alive timeout, and requests
-uvicorn cannot parse get problem+json (a real uvicorn server on a loopback port, configured as the services
-are: splitinfer.serve.uvicorn_config)."""
+"""Connections that never finish a request head are closed after the keep-alive timeout, requests uvicorn
+cannot parse get problem+json, framing is bounded (431, 413), and a refusal written while the client is
+still sending is followed by a lingering close, not a reset (a real uvicorn server on a loopback port,
+configured as the services are: splitinfer.serve.uvicorn_config)."""
 
 from __future__ import annotations
 
