@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -14,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
-from splitinfer.http_protocol import MAX_HEAD_BYTES, RefusalCounter, http_protocol
+from splitinfer.http_protocol import MAX_HEAD_BYTES, RefusalCounter, http_protocol, with_tls_handshake
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
@@ -54,6 +57,19 @@ class _DrainingServer(uvicorn.Server):
         timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
         timer.daemon = True
         timer.start()
+
+    def _log_started_message(self, listeners: Sequence[socket.SocketType]) -> None:
+        # NOTE: uvicorn's line says https when its config has an SSL context; the services' TLS is their
+        # protocol's (with_tls_handshake), and the server's config has none.
+        tls = getattr(self.config.http_protocol_class, "tls_context", None)
+        if tls is None:
+            super()._log_started_message(listeners)
+            return
+        self.config.ssl = tls
+        try:
+            super()._log_started_message(listeners)
+        finally:
+            self.config.ssl = None
 
 
 class _StartupErrors:
@@ -124,10 +140,30 @@ def uvicorn_config(
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,
-        "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
     }
-    return uvicorn.Config(app, **(options | uvicorn_options))
+    if settings.ssl_certfile is not None:
+        # NOTE: uvloop reads a new connection's first bytes (the ClientHello) before the protocol can start
+        # TLS on it (it ignores pause_reading() in connection_made); asyncio's loop waits
+        options["loop"] = "asyncio"
+    options |= uvicorn_options
+    if settings.ssl_certfile is not None:
+        # NOTE: TLS is the protocol's, not the server's: the handshake is then counted and bounded
+        context = _tls_context(settings.ssl_certfile, settings.ssl_keyfile)
+        options["http"] = with_tls_handshake(options["http"], context, on_refused)
+    return uvicorn.Config(app, **options)
+
+
+def _tls_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
+    """The context uvicorn would make of ``--ssl-certfile`` and ``--ssl-keyfile`` (its defaults)."""
+    return uvicorn.config.create_ssl_context(
+        certfile=certfile,
+        keyfile=keyfile,
+        password=None,
+        ssl_version=uvicorn.config.SSL_PROTOCOL_VERSION,
+        cert_reqs=ssl.CERT_NONE,
+        ca_certs=None,
+        ciphers=None,
+    )
 
 
 def _refusal_counter(app: Any) -> RefusalCounter | None:

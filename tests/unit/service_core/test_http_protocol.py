@@ -1,6 +1,7 @@
-"""Connections that never finish a request head are closed after the keep-alive timeout, and requests
-uvicorn cannot parse get problem+json (a real uvicorn server on a loopback port, configured as the services
-are: splitinfer.serve.uvicorn_config)."""
+"""Connections that never finish a request head are closed after the keep-alive timeout, requests uvicorn
+cannot parse get problem+json, framing is bounded (431, 413), and a refusal written while the client is
+still sending is followed by a lingering close, not a reset (a real uvicorn server on a loopback port,
+configured as the services are: splitinfer.serve.uvicorn_config)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
@@ -18,7 +20,15 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_service.settings import EdgeSettings
-from splitinfer.http_protocol import MAX_BODY_CHUNKS, http_protocol, with_framing_limits, with_head_deadline
+from splitinfer.http_protocol import (
+    MAX_BODY_CHUNKS,
+    MAX_HEAD_BYTES,
+    http_protocol,
+    service_protocol,
+    with_framing_limits,
+    with_head_deadline,
+    with_lingering_close,
+)
 from tests.support.raw_http import exchange, read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5
@@ -287,3 +297,136 @@ def test_the_services_parse_http_with_httptools() -> None:
     """The framing bounds are httptools' (a dependency of the project): the protocol the services run is
     built on it, not on h11."""
     assert issubclass(http_protocol(), HttpToolsProtocol)
+
+
+def _sent_then_read(port: int, head: bytes, rest: bytes, piece: int = 4096) -> bytes:
+    """Send ``head`` then ``rest`` (in ``piece``-byte writes, as a client still sending would), half-close,
+    then read to the end: what came back. A reset (the send or the read failing) fails the test: the server
+    closed with bytes of ours unread, and a client may lose the answer (Windows drops received data on a
+    reset; a client failing to send may never read)."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.settimeout(_GRACE_S)
+        try:
+            conn.sendall(head)
+            for start in range(0, len(rest), piece):
+                conn.sendall(rest[start : start + piece])
+            conn.shutdown(socket.SHUT_WR)
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        except OSError as exc:
+            pytest.fail(f"the server reset the connection: {exc!r}")
+    return received
+
+
+_ROUNDS = 20
+
+
+def test_a_refused_head_is_answered_without_a_reset(port: int, request: pytest.FixtureRequest) -> None:
+    """A client still sending header lines when its head is refused reads the whole refusal, and the server
+    closes cleanly (it half-closes and reads what is still coming, instead of closing with it unread, which
+    resets the connection): 20 rounds, so that a race shows."""
+    expected = b"HTTP/1.1 431" if request.node.callspec.params["port"] == "auto" else b"HTTP/1.1 400"
+    for _ in range(_ROUNDS):
+        reply = _sent_then_read(port, b"GET / HTTP/1.1\r\nHost: x\r\n", _PAD * 256)
+        status, _, body = reply.partition(b"\r\n\r\n")
+        assert status.startswith(expected), reply
+        assert b"content-type: application/problem+json" in status.lower()
+        length = int(re.search(rb"content-length: (\d+)", status.lower()).group(1))  # type: ignore[union-attr]
+        assert len(body) == length and json.loads(body)["status"] == int(expected[-3:])
+
+
+def test_a_body_in_too_many_chunks_is_answered_without_a_reset(httptools_port: int) -> None:
+    chunks = _chunked(b"/count", MAX_BODY_CHUNKS + 5000, 1)
+    head, _, rest = chunks.partition(b"\r\n\r\n")
+    for _ in range(_ROUNDS):
+        reply = _sent_then_read(httptools_port, head + b"\r\n\r\n", rest)
+        status, _, body = reply.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 413"), reply
+        assert json.loads(body)["type"] == "https://split-inference.dev/problems/payload-too-large"
+
+
+def test_a_garbled_request_is_answered_without_a_reset(port: int) -> None:
+    """The parser's 400 too: the client still sending what follows a malformed head reads it whole."""
+    for _ in range(_ROUNDS):
+        reply = _sent_then_read(port, b"GET / HTTP/1.1\r\nHost: x\r\nRequest ID: 1\r\n\r\n", b"z" * 256 * 1024)
+        assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1 ") == 1, reply  # NOTE: no 431 after it
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["status"] == 400
+
+
+@contextlib.contextmanager
+def _lingering_server(seconds: float, max_bytes: int) -> Iterator[tuple[Any, int]]:
+    """A server as the services run, whose connections linger ``seconds`` or ``max_bytes`` after a refusal."""
+    lingering = with_lingering_close(HttpToolsProtocol, seconds=seconds, max_bytes=max_bytes)
+    protocol = with_head_deadline(with_framing_limits(lingering))
+    settings = EdgeSettings(port=0, keep_alive_s=60.0)  # NOTE: no other timer closes the connection
+    with served_in_thread(_app, settings, http=protocol) as (server, port):
+        yield server, port
+
+
+def _refused(conn: socket.socket) -> None:
+    """Send a head over the limit, and read the 431 (the connection then lingers)."""
+    conn.settimeout(_GRACE_S)
+    conn.sendall(_padded_head(MAX_HEAD_BYTES // 1024 + 8))
+    received = b""
+    while b"}" not in received:  # NOTE: the problem+json body's end
+        chunk = conn.recv(65536)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 431"), received
+
+
+def _open_connections(server: Any, seconds: float) -> int:
+    """How many connections the server holds once they are all closed, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while server.server_state.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(server.server_state.connections)
+
+
+def test_a_lingering_connection_closes_after_its_time() -> None:
+    """A client that neither closes nor sends after its refusal: closed once the linger time is over (the
+    server's FIN first, at once, after the answer), its descriptor released."""
+    with (
+        _lingering_server(seconds=1.5, max_bytes=1 << 30) as (server, port),
+        socket.create_connection(("127.0.0.1", port)) as conn,
+    ):
+        _refused(conn)
+        assert conn.recv(65536) == b""  # NOTE: the write side is shut right after the answer
+        assert len(server.server_state.connections) == 1, "closed before its linger time"
+        assert _open_connections(server, _GRACE_S) == 0
+
+
+def test_a_lingering_connection_closes_after_its_bytes() -> None:
+    """A client that keeps sending after its refusal: closed (reset) once the byte bound is read, long before
+    the linger time."""
+    sent = 0
+    with _lingering_server(seconds=60.0, max_bytes=256 * 1024) as (server, port):
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            _refused(conn)
+            with contextlib.suppress(OSError):  # NOTE: the reset
+                while sent < 256 * 1024 * 1024:
+                    conn.sendall(_PAD * 64)
+                    sent += len(_PAD) * 64
+        assert sent < 32 * 1024 * 1024, f"the server read {sent} bytes after its refusal"
+        assert _open_connections(server, _GRACE_S) == 0
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_a_request_refused_by_the_connection_limit_is_answered_without_a_reset(parser: str) -> None:
+    """MAX_CONNECTIONS 1, one connection held: a client uploading a body on a second connection gets the whole
+    503 (sent before its body is read) and no reset."""
+    settings = EdgeSettings(port=0, keep_alive_s=60.0, max_connections=1)
+    options = {} if parser == "auto" else {"http": service_protocol(H11Protocol)}
+    head = b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 262144\r\n\r\n"
+    with (
+        served_in_thread(_app, settings, **options) as (_, port),
+        socket.create_connection(("127.0.0.1", port)) as held,
+    ):
+        status, _, _ = exchange(held, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK"
+        for _ in range(_ROUNDS):
+            reply = _sent_then_read(port, head, b"u" * 262144)
+            status_line, _, body = reply.partition(b"\r\n\r\n")
+            assert status_line.startswith(b"HTTP/1.1 503"), reply
+            assert json.loads(body)["status"] == 503

@@ -1,0 +1,186 @@
+"""TLS handshakes are bounded like the connections they open: a connection that never completes its
+handshake is closed after the keep-alive timeout, and counts toward MAX_CONNECTIONS meanwhile (a real
+uvicorn server on a loopback port with a self-signed certificate, configured as the services are:
+splitinfer.serve.uvicorn_config)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import select
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from edge_service.settings import EdgeSettings
+from service_core.connections import connection_ceiling
+from splitinfer.http_protocol import with_tls_handshake
+from splitinfer.serve import _DrainingServer, uvicorn_config
+from tests.support.raw_http import exchange, served_in_thread
+
+_KEEP_ALIVE_S = 2.0
+_CAP = 1
+_SILENT = 3 * connection_ceiling(_CAP)
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    answer = scope["scheme"].encode()
+    headers = [(b"content-length", str(len(answer)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[tuple[Any, int]]:
+    """A TLS server with MAX_CONNECTIONS 1 (its ceiling 9) and a 2 s keep-alive timeout: it and its port."""
+    cert, key = certificate
+    settings = EdgeSettings(
+        port=0, keep_alive_s=_KEEP_ALIVE_S, max_connections=_CAP, ssl_certfile=cert, ssl_keyfile=key
+    )
+    with served_in_thread(_app, settings) as (server, port):
+        yield server, port
+
+
+def _closed(conn: socket.socket) -> bool:
+    """Whether the server has closed ``conn`` (without waiting)."""
+    readable, _, _ = select.select([conn], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return conn.recv(4096) == b""
+    except ConnectionError:
+        return True
+
+
+def _https_get(port: int, cert: Path) -> tuple[str, bytes]:
+    context = ssl.create_default_context(cafile=str(cert))
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        status, _, body = exchange(conn, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # type: ignore[arg-type]
+    return status, body
+
+
+def test_connections_that_never_start_a_handshake_are_bounded(
+    tls_server: tuple[Any, int], certificate: tuple[Path, Path]
+) -> None:
+    """27 connections that never send a ClientHello: those beyond the ceiling are closed at once, the rest
+    after the keep-alive timeout (asyncio's own handshake timeout is 60 s); then a client is served."""
+    _, port = tls_server
+    with contextlib.ExitStack() as stack:
+        silent = [stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(_SILENT)]
+        time.sleep(_KEEP_ALIVE_S / 2)
+        closed_at_once = sum(_closed(conn) for conn in silent)
+        assert closed_at_once >= _SILENT - connection_ceiling(_CAP), f"{closed_at_once} closed before the timeout"
+        deadline = time.monotonic() + 2 * _KEEP_ALIVE_S + 3
+        while not all(_closed(conn) for conn in silent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        open_ones = sum(not _closed(conn) for conn in silent)
+        assert open_ones == 0, f"{open_ones} silent connections still open after the handshake timeout"
+    assert _https_get(port, certificate[0]) == ("HTTP/1.1 200 OK", b"https")
+
+
+def test_a_tls_client_is_served(tls_server: tuple[Any, int], certificate: tuple[Path, Path]) -> None:
+    _, port = tls_server
+    for _ in range(3):
+        assert _https_get(port, certificate[0]) == ("HTTP/1.1 200 OK", b"https")
+
+
+class _Transport:
+    """What the handshake protocol uses of a transport."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_bytes_read_before_the_handshake_close_the_connection_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    """uvloop starts reading a connection right after connection_made even if it was paused there, so the
+    ClientHello can reach the protocol before its handshake starts (asyncio's loop waits: the services serve
+    TLS on it). The handshake could then never complete: the connection is closed at once, uncounted, with
+    an error saying why."""
+
+    async def scenario() -> tuple[bool, int]:
+        state = SimpleNamespace(connections=set())
+        config = SimpleNamespace(timeout_keep_alive=30.0, limit_concurrency=None)
+        protocol_class = with_tls_handshake(HttpToolsProtocol, ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+        protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())  # type: ignore[call-arg]
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"\x16\x03\x01")  # NOTE: before the handshake task's first step
+        await asyncio.sleep(0.1)
+        return transport.closed, len(state.connections)
+
+    assert asyncio.run(scenario()) == (True, 0)
+    assert "ignores pause_reading() in connection_made" in caplog.text
+
+
+def test_a_refused_head_over_tls_is_answered_whole(tls_server: tuple[Any, int], certificate: tuple[Path, Path]) -> None:
+    """TLS cannot half-close: the connection lingers all the same, and a client still sending its head reads
+    the whole 431."""
+    _, port = tls_server
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    pad = b"X-Pad: " + b"p" * 1017 + b"\r\n"
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(200):
+            conn.sendall(pad)
+        status, headers, body = exchange(conn, b"")  # type: ignore[arg-type]
+    assert status == "HTTP/1.1 431 Request Header Fields Too Large"
+    assert headers["content-type"] == "application/problem+json" and json.loads(body)["status"] == 431
+
+
+def test_the_startup_line_says_https(certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The server is given no SSL context of its own (its protocol runs TLS); its startup line says https all
+    the same, and it runs on asyncio's loop."""
+    cert, key = certificate
+    config = uvicorn_config(_app, EdgeSettings(port=0, ssl_certfile=cert, ssl_keyfile=key), lifespan="off")
+    config.load()
+    assert config.ssl is None and config.loop == "asyncio"
+    with socket.socket() as listener, caplog.at_level(logging.INFO):
+        listener.bind(("127.0.0.1", 0))
+        _DrainingServer(config, 0, _app)._log_started_message([listener])
+        port = listener.getsockname()[1]
+    assert f"Uvicorn running on https://127.0.0.1:{port}" in caplog.text
+    assert config.ssl is None
