@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
+from service_core.connections import connections_refused_counter
 from service_core.head_requests import HeadAsGetMiddleware
 from service_core.problems import install_problem_handlers
 from shared.cores import available_cores
@@ -69,6 +70,13 @@ class EdgeLiteState:
     in_flight: int = 0
 
 
+@dataclass(frozen=True)
+class ServingMetrics:
+    """What the HTTP protocol counts (``app.state.metrics``), from before the model loads."""
+
+    connections_refused: Counter
+
+
 def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreprocessor]:
     manifest = Manifest.read(settings.onnx_dir)
     manifest.verify(settings.onnx_dir, halves=("head",))
@@ -97,6 +105,8 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
 
 
 def create_app(settings: EdgeLiteSettings) -> FastAPI:
+    registry = CollectorRegistry()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manifest, head, preprocessor = _load(settings)
@@ -106,7 +116,6 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
         )
-        registry = CollectorRegistry()
         app.state.edge = EdgeLiteState(
             settings=settings,
             manifest=manifest,
@@ -134,6 +143,7 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
 
     app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan)
     app.state.draining = False  # NOTE: set on SIGTERM by splitinfer.serve
+    app.state.metrics = ServingMetrics(connections_refused_counter(registry))
     install_problem_handlers(app)
     app.add_middleware(HeadAsGetMiddleware)
     app.include_router(router)

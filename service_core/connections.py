@@ -25,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import resource
 
+from prometheus_client import CollectorRegistry, Counter
+
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "RESERVED_FDS",
     "check_max_connections",
     "connection_ceiling",
+    "connections_refused_counter",
     "default_max_connections",
     "lowered_default_warning",
     "open_files_limit",
@@ -112,4 +115,16 @@ def lowered_default_warning(max_connections: int, explicit: bool, open_files: in
         f"file descriptors (ulimit -n, its hard limit too) and {RESERVED_FDS} are kept for everything but client "
         f"connections; open connections beyond {max_connections} (idle ones too) get 503. Raise ulimit -n to "
         f"{needed} for the default" + (", or set MAX_CONNECTIONS to say this is meant" if fits else "")
+    )
+
+
+def connections_refused_counter(registry: CollectorRegistry) -> Counter:
+    """``splitinfer_connections_refused{how}``, which :func:`splitinfer.serve.run_service` finds as
+    ``app.state.metrics.connections_refused`` and counts the HTTP protocol's refusals in."""
+    return Counter(
+        "splitinfer_connections_refused",
+        "Client connections refused at MAX_CONNECTIONS: a request answered 503 ('answered'), or a connection "
+        "closed before any request ('closed'). Neither reaches splitinfer_requests.",
+        ["how"],
+        registry=registry,
     )

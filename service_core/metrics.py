@@ -19,10 +19,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service_core.connections import connections_refused_counter
 from service_core.http import header_value
 from service_core.multiprocess_metrics import collect, multiprocess_dir
 
-__all__ = ["REQUEST_ID_HEADER", "ServiceMetrics", "install_request_middleware", "metrics_response", "route_label"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "ServiceMetrics",
+    "install_request_middleware",
+    "metrics_response",
+    "route_label",
+]
 
 logger = logging.getLogger("splitinfer.access")
 _ACCESS_LOG = "request_id=%s method=%s route=%s status=%d ms=%.1f %s"
@@ -77,13 +84,7 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
-        self.connections_refused = Counter(
-            "splitinfer_connections_refused",
-            "Client connections refused at MAX_CONNECTIONS: a request answered 503 ('answered'), or a connection "
-            "closed before any request ('closed'). Neither reaches splitinfer_requests.",
-            ["how"],
-            registry=self.registry,
-        )
+        self.connections_refused = connections_refused_counter(self.registry)
         self.info = Gauge(
             "splitinfer_info",
             "Constant 1, labelled with what this instance serves.",

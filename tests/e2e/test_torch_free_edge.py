@@ -237,6 +237,10 @@ def test_edge_lite_is_served_as_the_services_are(setup: tuple[Path, Service, Pat
             assert status == "HTTP/1.1 200 OK" and headers["content-length"] == "15"
             status, _, body = _exchange(held[0], _GET)
             assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+            # NOTE: the refusal never reached the request metrics; it has its own counter, as in the services
+            status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status == "HTTP/1.1 200 OK"
+            assert 'splitinfer_connections_refused_total{how="answered"} 1.0' in body.decode(), body.decode()
 
         # a connection that never sends a request head, and one that stalls half-way through it, are closed
         # after the keep-alive deadline
