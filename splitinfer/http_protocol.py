@@ -563,3 +563,18 @@ def http_protocol(on_refused: RefusalCounter | None = None) -> type[asyncio.Prot
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     return service_protocol(AutoHTTPProtocol, on_refused)
+
+
+def __getattr__(name: str) -> Any:
+    """``ServiceHTTPProtocol``: :func:`http_protocol` for a service run by uvicorn itself, made when it is
+    first looked up (no work at import)::
+
+        uvicorn --factory cloud_service.app:create_app --http splitinfer.http_protocol:ServiceHTTPProtocol \\
+            --ws none --limit-concurrency 1024 --h11-max-incomplete-event-size 65536
+
+    gives it what ``splitinfer cloud`` does but the refusal counter: the connection cap (from
+    ``--limit-concurrency``), the request-head deadline (``--timeout-keep-alive``), the framing bounds, the
+    problem+json answers and the lingering close."""
+    if name == "ServiceHTTPProtocol":
+        return http_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
