@@ -146,7 +146,9 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             manifest=manifest,
             head=head,
             preprocessor=preprocessor,
-            limits=ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
+            limits=ImageLimits(
+                max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
+            ),
             client=client,
             registry=registry,
             requests=Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry),

@@ -1,6 +1,6 @@
 """The torch-free edge's memory bounds in process: the decode budget (MAX_DECODED_BYTES_IN_FLIGHT) and the
 heap trim after large decodes, whole or failed partway (tests/e2e/test_edge_lite_hostile_cloud.py measures
-them on a real process)."""
+them on a real process), and the image limits they are priced with (IMAGE_FORMATS)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from edge_lite.app import EdgeLiteState, create_app
 from edge_lite.settings import EdgeLiteSettings
 from service_core.heap import LARGE_DECODE_PIXELS, HeapTrimmer
+from service_core.image_cost import images_cost
 from shared.models import load_model
 from shared.onnx_export import export_split
 from shared.protocol import encode_logits
@@ -52,7 +53,7 @@ class _Trims:
         self.calls += 1
 
 
-def _client(tiny_export: Path, **settings: int) -> Iterator[tuple[TestClient, EdgeLiteState, _Trims]]:
+def _client(tiny_export: Path, **settings: int | str) -> Iterator[tuple[TestClient, EdgeLiteState, _Trims]]:
     app = create_app(EdgeLiteSettings(onnx_dir=tiny_export, **settings))  # type: ignore[arg-type]
     with TestClient(app) as client:
         state: EdgeLiteState = app.state.edge
@@ -135,3 +136,19 @@ def test_the_heap_is_trimmed_after_large_decodes_whole_or_failed_partway(
     assert failed.status_code == 422, failed.text
     assert _trimmed(trims, 2) == 2
     assert state.decode_budget.in_use == 0
+
+
+def test_image_formats_are_the_settings_and_a_refused_format_costs_nothing(tiny_export: Path) -> None:
+    """IMAGE_FORMATS was ignored (every default format decoded); an image it refuses is refused (415) from its
+    signature, before decoding, so it reserves nothing."""
+    for client, state, trims in _client(tiny_export, image_formats="PNG", max_decoded_bytes_in_flight=20 * MIB):
+        assert state.limits.formats == ("PNG",)
+        jpeg = encode_image(synthetic_image(3000, 2000))
+        assert images_cost([jpeg], state.limits, state.preprocessor.resize_size) == 0
+        state.decode_budget.in_use = 20 * MIB  # NOTE: full: anything that costs something is refused (503)
+        refused = _post(client, jpeg)
+        assert refused.status_code == 415, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        state.decode_budget.in_use = 0
+        assert _post(client, png_bytes_of_size(640, 480)).status_code == 200
+        assert _trimmed(trims, 1, wait_s=0.5) == 0
