@@ -5,6 +5,13 @@ response as :mod:`edge_service`'s, less the fallback and cut selection), ``GET /
 ``/readyz`` (not draining, and the cloud serves the export's model and weights) and ``/metrics``; ``HEAD``
 wherever ``GET`` is (:mod:`service_core.head_requests`). It is served by ``splitinfer.serve`` as the torch
 services are (see :mod:`edge_lite.__main__`).
+
+Memory is bounded as the torch edge bounds it: each request reserves what its image decodes to, priced from
+its header before decoding (:mod:`service_core.image_cost`), in a :class:`~service_core.decode_budget.DecodeBudget`
+of ``MAX_DECODED_BYTES_IN_FLIGHT`` until its head has run (the decoded image is freed then: the cloud call
+holds only the payload); past it, 503 + Retry-After. After a request that decoded at least
+:data:`~service_core.heap.LARGE_DECODE_PIXELS` (decoded whole or failed partway) the heap is trimmed
+(:class:`~service_core.heap.HeapTrimmer`), so a burst of large photos does not leave the process large.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import httpx
@@ -29,7 +36,10 @@ from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
 from service_core.connections import connections_refused_counter
+from service_core.decode_budget import DecodeBudget
 from service_core.head_requests import HeadAsGetMiddleware
+from service_core.heap import HeapTrimmer, malloc_trim
+from service_core.image_cost import images_cost
 from service_core.problems import install_problem_handlers
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
@@ -44,7 +54,7 @@ from shared.errors import (
     UnprocessableContent,
     UnsupportedMediaType,
 )
-from shared.images import ImageLimits, decode_image
+from shared.images import ImageLimits, UndecodableImage, decode_image
 from shared.onnx_manifest import Manifest
 
 __all__ = ["EdgeLiteState", "create_app"]
@@ -67,7 +77,22 @@ class EdgeLiteState:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
+    heap: HeapTrimmer
     in_flight: int = 0
+    decode_budget: DecodeBudget = field(init=False)
+    """What the images of requests being decoded take (service_core.image_cost)."""
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.max_decoded_bytes_in_flight)
+
+
+@dataclass
+class _HeadRun:
+    """What running a request's head measured: its steps' times, and the pixels its image decoded to (also
+    when the decode failed partway, or a later step failed)."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    decoded_pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,11 +146,14 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             manifest=manifest,
             head=head,
             preprocessor=preprocessor,
-            limits=ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
+            limits=ImageLimits(
+                max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels, formats=settings.formats
+            ),
             client=client,
             registry=registry,
             requests=Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry),
             latency=Histogram("splitinfer_request_seconds", "Classify latency", registry=registry),
+            heap=HeapTrimmer(malloc_trim()),
         )
         logger.info(
             "torch-free edge serving %s (weights %s) at cut %s with codec %s on %s, cloud %s",
@@ -211,19 +239,34 @@ async def _read_image(request: Request, state: EdgeLiteState) -> bytes:
         await form.close()
 
 
-def _run_head(state: EdgeLiteState, blob: bytes, timings: dict[str, float]) -> bytes:
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = fn()
-        timings[name] = round((time.perf_counter() - start) * 1000, 3)
-        return result
+def _timed(run: _HeadRun, name: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    result = fn()
+    run.timings[name] = round((time.perf_counter() - start) * 1000, 3)
+    return result
 
-    image = timed("decode", lambda: decode_image(blob, state.limits, resize_size=state.preprocessor.resize_size))
-    batch = timed("preprocess", lambda: state.preprocessor.batch([image]))
-    outputs = timed("head", lambda: state.head(batch))
+
+def _preprocessed(state: EdgeLiteState, blob: bytes, run: _HeadRun) -> np.ndarray:
+    """The model's input batch for ``blob``; the decoded image lives only here (freed when this returns)."""
+    try:
+        image = _timed(
+            run, "decode", lambda: decode_image(blob, state.limits, resize_size=state.preprocessor.resize_size)
+        )
+    except UndecodableImage as exc:
+        run.decoded_pixels = exc.decoded_pixels  # NOTE: its buffer was allocated before the data ran out
+        raise
+    run.decoded_pixels = image.width * image.height
+    batch: np.ndarray = _timed(run, "preprocess", lambda: state.preprocessor.batch([image]))
+    return batch
+
+
+def _run_head(state: EdgeLiteState, blob: bytes, run: _HeadRun) -> bytes:
+    batch = _preprocessed(state, blob, run)
+    outputs = _timed(run, "head", lambda: state.head(batch))
     named = {t.name: out for t, out in zip(state.manifest.cut_tensors, outputs, strict=True)}
     manifest = state.manifest
-    payload: bytes = timed(
+    payload: bytes = _timed(
+        run,
         "encode",
         lambda: encode_activations(
             named,
@@ -309,8 +352,15 @@ async def classify(
 async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_logits: bool) -> dict[str, Any]:
     start = time.perf_counter()
     blob = await _read_image(request, state)
-    timings: dict[str, float] = {}
-    payload = await run_in_threadpool(_run_head, state, blob, timings)
+    run = _HeadRun()
+    timings = run.timings
+    cost = images_cost([blob], state.limits, state.preprocessor.resize_size)
+    try:
+        with state.decode_budget.reserve(cost):
+            # NOTE: anyio waits for the thread even if this task is cancelled: the reservation outlives the image
+            payload = await run_in_threadpool(_run_head, state, blob, run)
+    finally:
+        state.heap.released(run.decoded_pixels)  # NOTE: the decoded image is freed by now (see _preprocessed)
     sent = time.perf_counter()
     reply = await _call_cloud(state, payload)
     timings["cloud_round_trip"] = round((time.perf_counter() - sent) * 1000, 3)

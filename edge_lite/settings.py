@@ -36,6 +36,15 @@ class EdgeLiteSettings(ServingSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
+    max_decoded_bytes_in_flight: int = Field(
+        256 * 1024**2,
+        ge=1,
+        description="Memory that the images of requests being decoded may take, together: each request reserves "
+        "its image's decoded pixels (from its header, a large JPEG at its reduced scale) times 4 bytes until its "
+        "head has run (a few-KB PNG can declare 40 megapixels); beyond it new requests get 503 + Retry-After "
+        "before decoding. A request alone is always admitted. 256 MiB (the torch edge: 1 GiB) suits a device with "
+        "1-2 GB: about twenty 12-megapixel phone JPEGs at once, or one 40-megapixel PNG.",
+    )
 
     @field_validator("codec")
     @classmethod

@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from edge_service.cloud_client import sanitize
-from edge_service.decode_cost import images_cost
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
 from edge_service.runtime import Prepared, Route
@@ -23,6 +22,7 @@ from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeIn
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.app import ServiceRoutes
 from service_core.http import media_type, versions
+from service_core.image_cost import images_cost
 from service_core.openapi import problem_responses
 from shared.errors import (
     BadGateway,
@@ -186,7 +186,7 @@ async def _classify(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
     read: service_core.admission, configured in edge_service.app). What the images decode to is reserved
-    from their headers until the request is answered (edge_service.decode_cost)."""
+    from their headers until the request is answered (service_core.image_cost)."""
     model = state.model
     cost = images_cost(blobs, model.image_limits, model.loaded.preprocessor.resize_size)
     state.in_flight += 1

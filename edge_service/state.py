@@ -36,7 +36,7 @@ class EdgeState:
     """Gives the memory of large decoded images back after their request."""
     in_flight: int = 0
     decode_budget: DecodeBudget = field(init=False)
-    """What the images of requests in progress take decoded (edge_service.decode_cost)."""
+    """What the images of requests in progress take decoded (service_core.image_cost)."""
 
     def __post_init__(self) -> None:
         self.decode_budget = DecodeBudget(self.settings.max_decoded_bytes_in_flight)

@@ -3,7 +3,7 @@
 Admission (service_core.admission) bounds the *bodies* in flight, but a small body can decode to far more:
 the cloud's compact codecs and tiny JPEGs decode to whole batches (cloud_service.decode_budget prices
 them), and an edge's few-KB PNG of 36 megapixels to 108 MB of RGB, held until the cloud answers
-(edge_service.decode_cost). Each request reserves what its header(s) say it decodes to, before anything is
+(service_core.image_cost). Each request reserves what its header(s) say it decodes to, before anything is
 decoded, until it is answered; past the budget it gets 503 + Retry-After. A request alone is always
 admitted, so the budget never refuses what the other limits accept.
 """

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from edge_service import EdgeSettings, create_app
-from edge_service.decode_cost import BYTES_PER_PIXEL, images_cost
+from service_core.image_cost import BYTES_PER_PIXEL, images_cost
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
 from shared.protocol import encode_logits

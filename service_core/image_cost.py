@@ -1,5 +1,6 @@
-"""What a request's images cost the edge's decode budget (service_core.decode_budget), read from their
-headers before any is decoded.
+"""What a request's images cost an edge's decode budget (service_core.decode_budget), read from their
+headers before any is decoded. Torch-free: both the torch edge (edge_service) and the torch-free one
+(edge_lite) price their requests with it.
 
 A few-KB PNG can declare 40 megapixels, and a batch up to ``MAX_BATCH_PIXELS`` together: decoded, that is
 up to 360 MB of RGB per request, and the edge holds it until the cloud answers (the fallback at cut
