@@ -161,7 +161,7 @@ def _empty_header(data: bytes) -> InvalidImage | None:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB: EXIF orientation applied, 16-bit scaled (not clipped) to 8 bits, alpha composited
     over white (not dropped: what is under a transparent pixel is arbitrary)."""
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # NOTE: in place: a copy would double the peak memory
     if image.mode in _SIXTEEN_BIT_MODES:
         # NOTE: convert("RGB") clips a 16-bit value to 255 (an almost white image); scale it instead.
         wide = np.asarray(image, dtype=np.int64)
@@ -172,7 +172,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # NOTE: convert copies even an RGB image
 
 
 def _load(image: Image.Image, resize_size: int | None) -> Image.Image:

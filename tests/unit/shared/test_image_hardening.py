@@ -138,3 +138,49 @@ def test_a_truncated_large_jpeg_counts_the_pixels_of_its_reduced_decode() -> Non
     with pytest.raises(UndecodableImage, match="truncated") as raised:
         decode_images([blob[: len(blob) * 6 // 10]])  # no resize size: decoded whole
     assert raised.value.decoded_pixels == 4096 * 4096
+
+
+_PEAK_PROBE = """
+import io, os, sys
+import numpy as np
+from PIL import Image
+from shared.images import ImageLimits, decode_image
+
+def status(field):
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+width, height = 4000, 3000
+ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None] + np.zeros((height, 1, 3), np.float32)
+picture = Image.fromarray(ramp.astype(np.uint8))
+for kind in ("PNG", "JPEG"):
+    buffer = io.BytesIO()
+    picture.save(buffer, kind)
+    data = buffer.getvalue()
+    before = status("VmRSS")
+    open(f"/proc/{os.getpid()}/clear_refs", "w").write("5")  # NOTE: VmHWM starts again from VmRSS
+    decoded = decode_image(data, ImageLimits(max_pixels=width * height))
+    print(kind, (status("VmHWM") - before) / (width * height))
+    del decoded
+"""
+
+
+def test_decoding_an_image_takes_its_decoded_size_once() -> None:
+    """Pillow keeps RGB at 4 bytes a pixel, what the decode budgets reserve (service_core.image_cost). Decoding
+    made two more copies of every image (applying its EXIF orientation, converting it to RGB, even an upright
+    RGB one): 12 bytes a pixel at its peak, measured in a process of its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from service_core.image_cost import BYTES_PER_PIXEL
+
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    )
+    peaks = {kind: float(value) for kind, value in (line.split() for line in result.stdout.splitlines())}
+    assert set(peaks) == {"PNG", "JPEG"}, result.stdout
+    for kind, per_pixel in peaks.items():
+        assert per_pixel < BYTES_PER_PIXEL + 1, (kind, per_pixel)
