@@ -184,3 +184,22 @@ def test_the_startup_line_says_https(certificate: tuple[Path, Path], caplog: pyt
         port = listener.getsockname()[1]
     assert f"Uvicorn running on https://127.0.0.1:{port}" in caplog.text
     assert config.ssl is None
+
+
+def test_a_tls_connection_that_never_answers_the_close_is_gone_within_the_keep_alive_timeout(
+    tls_server: tuple[Any, int], certificate: tuple[Path, Path]
+) -> None:
+    """Closing a TLS connection sends close_notify and waits for the client's; asyncio waits 30 s by default
+    (``ssl_shutdown_timeout``), and meanwhile the connection counts toward MAX_CONNECTIONS. Clients that
+    completed a handshake and then neither sent a request nor read held their connections for 31 s after
+    the 2 s head deadline closed them; the close is now bounded by the keep-alive timeout too."""
+    server, port = tls_server
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            raw = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            stack.enter_context(context.wrap_socket(raw, server_hostname="127.0.0.1"))  # NOTE: then silent
+        deadline = time.monotonic() + 4 * _KEEP_ALIVE_S + 2
+        while server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not server.server_state.connections, "silent TLS connections still counted past their close"
