@@ -4,9 +4,9 @@ Used to explain a refusal: Pillow refuses some images of an accepted format outr
 says width 0 is "not identified" by its PNG driver), which would read as "not an image" (415). With the
 signature the service can tell the client that it sent a malformed PNG (422), and with the header's size,
 what is wrong with it. And to price a request before anything is decoded (edge_service.decode_cost): the
-size returned is never less than the one Pillow opens the image at (an OS/2 bitmap's 16-bit sides, a GIF
-grown to its first frame), or None. Parsing is bounded (a fixed number of JPEG segments and GIF blocks)
-and never decodes.
+size returned is the one Pillow opens the image at (an OS/2 bitmap's 16-bit sides, a GIF grown to its
+first frame, a JPEG's last frame header), or None where this parser cannot tell. Parsing is bounded (a
+fixed number of JPEG segments and GIF blocks) and never decodes.
 """
 
 from __future__ import annotations
@@ -110,10 +110,10 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """The largest sides of the SOFn segments before the first scan (Pillow's size is the last one's), the
-    markers walked as Pillow walks them, for at most a fixed number of segments."""
+    """The size in the last SOFn segment before the first scan, as Pillow takes it (the markers walked as
+    Pillow walks them, for at most a fixed number of segments)."""
     offset = 2
-    width = height = -1
+    size: tuple[int, int] | None = None
     for _ in range(_JPEG_MAX_SEGMENTS):
         if data[offset : offset + 1] != b"\xff":
             return None  # NOTE: Pillow skips junk between segments, a byte at a time: not followed here
@@ -131,9 +131,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         (length,) = struct.unpack_from(">H", data, offset + 2)
         if code in _JPEG_FRAMES:
-            frame_height, frame_width = struct.unpack_from(">HH", data, offset + 5)
-            width, height = max(width, int(frame_width)), max(height, int(frame_height))
+            height, width = struct.unpack_from(">HH", data, offset + 5)
+            size = int(width), int(height)  # NOTE: each frame header replaces the one before, as in Pillow
         if code == 0xDA:  # NOTE: the first scan: Pillow reads no further header
-            return (width, height) if width >= 0 else None
+            return size
         offset += 2 + max(int(length), 2)  # NOTE: Pillow reads a length under 2 as an empty segment
     return None

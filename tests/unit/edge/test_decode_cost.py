@@ -130,10 +130,13 @@ def test_an_image_costs_at_least_what_pillow_decodes_it_to(kind: str, blob: byte
 def test_a_jpeg_costs_at_least_the_last_frame_header_pillow_reads() -> None:
     """Pillow's JPEG size is its last SOF segment's before the scan, and its buffer is allocated at that size
     before libjpeg reads a byte: a 1x1 SOF ahead of a 6-megapixel one made the request cost 4 bytes (the
-    first SOF's) while its decode allocated 18 MB, then failed."""
+    first SOF's) while its decode allocated 18 MB, then failed; a 65535 x 65535 one ahead of it made the
+    request cost nothing (as if refused for its size)."""
     photo = _jpeg(3000, 2000)
-    fake = b"\xff\xc0\x00\x11\x08\x00\x01\x00\x01\x03" + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
-    blob = photo[:2] + fake + photo[2:]
-    assert Image.open(io.BytesIO(blob)).size == (3000, 2000)
     limits = ImageLimits(max_pixels=40_000_000, max_batch_pixels=120_000_000)
-    assert images_cost([blob], limits, 1024) >= 3000 * 2000 * BYTES_PER_PIXEL  # no reduced scale at 1024
+    components = b"\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    for side in (b"\x00\x01", b"\xff\xff"):  # NOTE: a 1x1 frame header, and one over the pixel limit
+        fake = b"\xff\xc0\x00\x11\x08" + side + side + components
+        blob = photo[:2] + fake + photo[2:]
+        assert Image.open(io.BytesIO(blob)).size == (3000, 2000)  # NOTE: not refused: it is decoded (and fails)
+        assert images_cost([blob], limits, 1024) == 3000 * 2000 * BYTES_PER_PIXEL  # no reduced scale at 1024
