@@ -10,10 +10,8 @@ import contextlib
 import json
 import logging
 import select
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from service_core.connections import connection_ceiling
 from splitinfer.http_protocol import with_tls_handshake
 from splitinfer.serve import _DrainingServer, uvicorn_config
 from tests.support.raw_http import exchange, served_in_thread
+from tests.support.tls import self_signed_certificate
 
 _KEEP_ALIVE_S = 2.0
 _CAP = 1
@@ -47,16 +46,7 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
