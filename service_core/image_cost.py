@@ -21,9 +21,10 @@ _SIGNED = frozenset({"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"})
 """The formats :func:`shared.image_headers.signature_format` recognizes."""
 
 BYTES_PER_PIXEL = 4
-"""A request's peak memory per decoded pixel: its RGB images (3 bytes each), plus the copies made while the
-last one is converted and resized (measured: 4.0 for a batch of eight 9-megapixel PNGs, peak RSS growth
-of a real edge; tests/e2e/test_hardening.py)."""
+"""A request's memory per decoded pixel: its RGB images, which Pillow holds in 4 bytes a pixel (measured: 4.0
+for a batch of eight 9-megapixel PNGs, peak RSS growth of a real edge; tests/e2e/test_hardening.py).
+Converting one image to RGB peaks higher for a moment, in a decode worker: 12 bytes a pixel with alpha, 8
+for 16 bits (tests/unit/shared/test_decode_memory.py)."""
 
 
 def images_cost(blobs: Sequence[bytes], limits: ImageLimits, resize_size: int) -> int:

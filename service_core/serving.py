@@ -8,6 +8,7 @@ the same way. Nothing here imports torch.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -63,4 +64,21 @@ class ServingSettings(BaseSettings):
         for path in (self.ssl_certfile, self.ssl_keyfile):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {str(path)!r} does not exist")
+        if self.ssl_certfile is not None and self.ssl_keyfile is not None:
+            _check_certificate(self.ssl_certfile, self.ssl_keyfile)
         return self
+
+
+def _check_certificate(certfile: Path, keyfile: Path) -> None:
+    """Refuse (ValueError) a certificate and key that do not load together, as the server would load them:
+    not PEM, a key of another certificate, or an encrypted key (no setting gives its password, and OpenSSL
+    would stop the service to ask for it on the terminal)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except OSError as exc:  # NOTE: ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ValueError(
+            f"cannot load the TLS certificate {str(certfile)!r} with the key {str(keyfile)!r} ({reason}): both "
+            "must be PEM, the key unencrypted and the certificate's own"
+        ) from exc

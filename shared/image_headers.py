@@ -1,9 +1,12 @@
 """What an image's first bytes say: its format (by signature) and the size its header declares.
 
-Used only to explain a refusal: Pillow refuses some images of an accepted format outright (a PNG whose
-IHDR says width 0 is "not identified" by its PNG driver), which would read as "not an image" (415). With
-the signature the service can tell the client that it sent a malformed PNG (422), and with the header's
-size, what is wrong with it. Parsing is bounded (a fixed number of JPEG segments) and never decodes.
+Used to explain a refusal: Pillow refuses some images of an accepted format outright (a PNG whose IHDR
+says width 0 is "not identified" by its PNG driver), which would read as "not an image" (415). With the
+signature the service can tell the client that it sent a malformed PNG (422), and with the header's size,
+what is wrong with it. And to price a request before anything is decoded (edge_service.decode_cost): the
+size returned is the one Pillow opens the image at (an OS/2 bitmap's 16-bit sides, a GIF grown to its
+first frame, a JPEG's last frame header), or None where this parser cannot tell. Parsing is bounded (a
+fixed number of JPEG segments and GIF blocks) and never decodes.
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ _SIGNATURES = (
     (b"MM\x00*", "TIFF"),
 )
 _JPEG_MAX_SEGMENTS = 4096
-_JPEG_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})
-_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; not DHT, JPG, DAC
+_GIF_MAX_BLOCKS = 4096
+_BMP_CORE_HEADER = 12
+# NOTE: as Pillow's JpegImagePlugin.MARKER: markers without a length (JPG, RSTn, SOI, EOI, JPGn), the frame
+# headers (SOFn and DHP; not DHT, JPG, DAC), and every other marker it reads (each has a length)
+_JPEG_STANDALONE = frozenset({0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
+_JPEG_FRAMES = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xDE}
+_JPEG_SEGMENTS = frozenset(range(0xC0, 0xFF)) - _JPEG_STANDALONE
 
 
 def signature_format(data: bytes) -> str | None:
@@ -40,17 +48,49 @@ def declared_size(kind: str, data: bytes) -> tuple[int, int] | None:
             width, height = struct.unpack_from(">II", data, 16)
             return int(width), int(height)
         if kind == "GIF":
-            width, height = struct.unpack_from("<HH", data, 6)
-            return int(width), int(height)
+            return _gif_size(data)
         if kind == "BMP":
-            width, height = struct.unpack_from("<ii", data, 18)
-            return abs(int(width)), abs(int(height))  # NOTE: a negative height is a top-down bitmap
+            return _bmp_size(data)
         if kind == "WEBP":
             return _webp_size(data)
         if kind == "JPEG":
             return _jpeg_size(data)
     except struct.error:
         return None
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    """An OS/2 bitmap's 12-byte header has 16-bit sides; every other (Windows) header 32-bit ones."""
+    (header_size,) = struct.unpack_from("<I", data, 14)
+    if header_size == _BMP_CORE_HEADER:
+        width, height = struct.unpack_from("<HH", data, 18)
+        return int(width), int(height)
+    width, height = struct.unpack_from("<ii", data, 18)
+    return abs(int(width)), abs(int(height))  # NOTE: a negative height is a top-down bitmap
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    """The logical screen, grown to hold the first frame as Pillow grows it (a 1x1 screen can hold a frame of
+    65535 x 65535); None when the first frame's descriptor is not within a fixed number of blocks."""
+    screen_width, screen_height, flags = struct.unpack_from("<HHB", data, 6)
+    offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # NOTE: past the global colour table
+    in_extension = False
+    for _ in range(_GIF_MAX_BLOCKS):  # NOTE: blocks and an extension's sub-blocks alike
+        byte = data[offset : offset + 1]
+        if not byte:
+            return None
+        if in_extension:  # NOTE: a data sub-block: its size, then as many bytes; an empty one ends it
+            in_extension = byte[0] != 0
+            offset += 1 + byte[0]
+        elif byte == b",":  # NOTE: the first image descriptor: left, top, width, height
+            left, top, width, height = struct.unpack_from("<HHHH", data, offset + 1)
+            return max(int(screen_width), int(left + width)), max(int(screen_height), int(top + height))
+        elif byte == b"!":  # NOTE: an extension: its label, then its sub-blocks
+            in_extension = True
+            offset += 2
+        else:
+            return None
     return None
 
 
@@ -70,11 +110,13 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """The size in the first SOFn segment (walking at most a fixed number of segments)."""
+    """The size in the last SOFn segment before the first scan, as Pillow takes it (the markers walked as
+    Pillow walks them, for at most a fixed number of segments)."""
     offset = 2
+    size: tuple[int, int] | None = None
     for _ in range(_JPEG_MAX_SEGMENTS):
         if data[offset : offset + 1] != b"\xff":
-            return None
+            return None  # NOTE: Pillow skips junk between segments, a byte at a time: not followed here
         marker = data[offset + 1 : offset + 2]
         if not marker:
             return None
@@ -85,11 +127,13 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if code in _JPEG_STANDALONE:
             offset += 2
             continue
+        if code not in _JPEG_SEGMENTS:
+            return None
         (length,) = struct.unpack_from(">H", data, offset + 2)
         if code in _JPEG_FRAMES:
             height, width = struct.unpack_from(">HH", data, offset + 5)
-            return int(width), int(height)
-        if code == 0xDA or length < 2:  # NOTE: scan data before any frame header: not a JPEG we can read
-            return None
-        offset += 2 + int(length)
+            size = int(width), int(height)  # NOTE: each frame header replaces the one before, as in Pillow
+        if code == 0xDA:  # NOTE: the first scan: Pillow reads no further header
+            return size
+        offset += 2 + max(int(length), 2)  # NOTE: Pillow reads a length under 2 as an empty segment
     return None

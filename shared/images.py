@@ -160,19 +160,37 @@ def _empty_header(data: bytes) -> InvalidImage | None:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB: EXIF orientation applied, 16-bit scaled (not clipped) to 8 bits, alpha composited
-    over white (not dropped: what is under a transparent pixel is arbitrary)."""
-    ImageOps.exif_transpose(image, in_place=True)  # NOTE: in place: a copy would double the peak memory
+    over white (not dropped: what is under a transparent pixel is arbitrary). ``image`` (loaded) may be
+    changed, and returned: the copies are those a conversion needs, no more (tests/unit/shared/
+    test_decode_memory.py: peak bytes per pixel)."""
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in _SIXTEEN_BIT_MODES:
         # NOTE: convert("RGB") clips a 16-bit value to 255 (an almost white image); scale it instead.
-        wide = np.asarray(image, dtype=np.int64)
-        image = Image.fromarray(((np.clip(wide, 0, 65535) + 128) // 257).astype(np.uint8), mode="L")
+        image = _to_eight_bits(image, lambda band: (np.clip(band.astype(np.int64), 0, 65535) + 128) // 257)
     elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+        image = _to_eight_bits(image, lambda band: np.clip(band, 0, 255))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")  # NOTE: convert copies even an RGB image
+        composite = Image.alpha_composite(background, rgba)
+        del background, rgba  # NOTE: before the RGB copy is made
+        return composite.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+_BAND_PIXELS = 1 << 20
+"""Pixels a 16-bit or float image is brought to 8 bits in at a time (its temporaries stay a few MB)."""
+
+
+def _to_eight_bits(image: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    """``image`` as 8-bit ``L``: ``scale`` maps each band of rows (a NumPy array of its values) to 0..255."""
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        out[top:bottom] = scale(np.asarray(image.crop((0, top, width, bottom))))
+    return Image.fromarray(out, mode="L")
 
 
 def _load(image: Image.Image, resize_size: int | None) -> Image.Image:

@@ -74,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 _RETRY_AFTER_S = 1.0
 _EARLY_BYTES = 1024 * 1024
+_TLS_SHUTDOWN_S = 30.0  # NOTE: asyncio's own bound on waiting for a TLS client's close_notify
 _LOG_EVERY_S = 10.0
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -465,7 +466,8 @@ def with_tls_handshake(
     descriptors. Here a connection counts from the moment it is accepted: one opened beyond
     :func:`connection_ceiling` is closed at once, unanswered, and a handshake not complete within the
     keep-alive timeout is aborted. Then ``base`` takes the connection over, and its request-head deadline
-    starts.
+    starts. Closing waits for the client's close_notify for the keep-alive timeout too, at most asyncio's
+    default of 30 s (the connection counted all along), then the connection is dropped.
 
     The loop must honour ``pause_reading()`` from ``connection_made`` (asyncio's does; uvloop 0.23 starts
     reading right after it all the same, and the ClientHello would be read before the TLS layer is in
@@ -512,8 +514,14 @@ def with_tls_handshake(
                 if transport.is_closing():
                     return
                 self._handshaking = True
+                # NOTE: the close too (a cloud's 65 s keep-alive keeps asyncio's 30 s for it)
                 tls = await self.loop.start_tls(
-                    transport, self, context, server_side=True, ssl_handshake_timeout=self._timeout_s
+                    transport,
+                    self,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=self._timeout_s,
+                    ssl_shutdown_timeout=min(self._timeout_s, _TLS_SHUTDOWN_S),
                 )
             except OSError:  # NOTE: timed out, refused by TLS or reset; start_tls has closed the connection
                 return

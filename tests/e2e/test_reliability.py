@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +24,7 @@ from shared.splitting import ModelGraph
 from shared.wire import MEDIA_TYPE, encode_payload
 from splitinfer.processes import Service, free_port, start_service, wait_until
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.tls import self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -181,16 +180,8 @@ def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_token_and_tls(certificate: tuple[Path, Path], logs: Path, stop_all: list[Service]) -> None:

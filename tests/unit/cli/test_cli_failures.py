@@ -270,3 +270,13 @@ def test_a_startup_failure_with_debug_keeps_its_traceback(tmp_path: Path) -> Non
     result = _run(args)
     assert result.returncode != 0 and result.returncode != 2
     assert "Traceback" in result.stderr and "WeightsUnpickler error" in result.stderr
+
+
+def test_a_certificate_that_cannot_be_loaded_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A TLS file that exists but is not a PEM certificate and key (or a key of another certificate) is a
+    mistake in the settings, refused before the service starts, not the ssl module's traceback."""
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    tiny = ["--model", "tests.fixture_models:tiny_cnn", "--weights", "none", "--port", "0"]
+    line = _failure(capsys, ["cloud", *tiny, "--ssl-certfile", str(bad), "--ssl-keyfile", str(bad)])
+    assert "invalid settings" in line and f"cannot load the TLS certificate {str(bad)!r}" in line

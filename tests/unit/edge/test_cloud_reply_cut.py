@@ -14,13 +14,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from edge_service import EdgeSettings, create_app
 from edge_service.runtime import EdgeModel
 from shared.errors import BadGateway
 from shared.models import load_model
 from shared.preprocessing import ImageLimits
 from shared.protocol import encode_logits
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.edge_clients import mock_cloud_edges
 
 TINY = "tests.fixture_models:tiny_cnn"
 JPEG = encode_image(synthetic_image(seed=3))
@@ -44,19 +44,8 @@ def _replying(digest: str, cut: str, rows: int) -> Callable[[httpx.Request], htt
 
 @pytest.fixture
 def edge() -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def build(handler: Callable[[httpx.Request], httpx.Response], **settings: object) -> TestClient:
-        options: dict[str, object] = {"model": TINY, "weights": "none", "read_timeout_s": 5.0}
-        app = create_app(EdgeSettings(**(options | settings)), cloud_transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
+    with mock_cloud_edges(model=TINY, weights="none", read_timeout_s=5.0) as build:
+        yield build
 
 
 def test_decode_logits_refuses_a_reply_for_another_cut(digest: str) -> None:

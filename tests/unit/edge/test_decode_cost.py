@@ -93,3 +93,50 @@ def test_past_the_budget_a_request_gets_503_before_its_images_are_decoded() -> N
         assert "MAX_DECODED_BYTES_IN_FLIGHT" in refused.json()["detail"]
         assert small.status_code == 200, small.text
         assert client.post("/v1/classify/batch", files=batch).status_code == 200  # the budget is free again
+
+
+def _bmp_core(width: int, height: int) -> bytes:
+    """An OS/2 bitmap: its 12-byte BITMAPCOREHEADER has 16-bit sides (Pillow reads it as any BMP)."""
+    pixels = bytes(((width * 3 + 3) // 4) * 4 * height)
+    head = b"BM" + (26 + len(pixels)).to_bytes(4, "little") + bytes(4) + (26).to_bytes(4, "little")
+    return head + b"".join(n.to_bytes(2 if n != 12 else 4, "little") for n in (12, width, height, 1, 24)) + pixels
+
+
+def _gif_with_a_small_screen(width: int, height: int) -> bytes:
+    """A GIF whose logical screen says 1x1 while its first frame is ``width`` x ``height`` (Pillow grows the
+    image to the frame)."""
+    buffer = io.BytesIO()
+    Image.new("P", (width, height)).save(buffer, format="GIF")
+    data = bytearray(buffer.getvalue())
+    data[6:10] = (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("kind", "blob"),
+    [("BMP", _bmp_core(3000, 2000)), ("GIF", _gif_with_a_small_screen(3000, 2000))],
+    ids=["bmp-core-header", "gif-frame-past-its-screen"],
+)
+def test_an_image_costs_at_least_what_pillow_decodes_it_to(kind: str, blob: bytes) -> None:
+    """The budget holds only if a header never declares less than Pillow decodes: an OS/2 bitmap's header
+    (16-bit sides) read as a Windows one declared 131 M x 1.5 M pixels (over the limit: the request cost
+    nothing), and a GIF's logical screen of 1x1 hid a 6-megapixel first frame."""
+    limits = ImageLimits(formats=(kind,), max_pixels=40_000_000, max_batch_pixels=120_000_000)
+    (image,) = decode_images([blob], limits, resize_size=256)
+    assert image.size == (3000, 2000)
+    assert images_cost([blob], limits, 256) >= 3000 * 2000 * BYTES_PER_PIXEL
+
+
+def test_a_jpeg_costs_at_least_the_last_frame_header_pillow_reads() -> None:
+    """Pillow's JPEG size is its last SOF segment's before the scan, and its buffer is allocated at that size
+    before libjpeg reads a byte: a 1x1 SOF ahead of a 6-megapixel one made the request cost 4 bytes (the
+    first SOF's) while its decode allocated 18 MB, then failed; a 65535 x 65535 one ahead of it made the
+    request cost nothing (as if refused for its size)."""
+    photo = _jpeg(3000, 2000)
+    limits = ImageLimits(max_pixels=40_000_000, max_batch_pixels=120_000_000)
+    components = b"\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    for side in (b"\x00\x01", b"\xff\xff"):  # NOTE: a 1x1 frame header, and one over the pixel limit
+        fake = b"\xff\xc0\x00\x11\x08" + side + side + components
+        blob = photo[:2] + fake + photo[2:]
+        assert Image.open(io.BytesIO(blob)).size == (3000, 2000)  # NOTE: not refused: it is decoded (and fails)
+        assert images_cost([blob], limits, 1024) == 3000 * 2000 * BYTES_PER_PIXEL  # no reduced scale at 1024

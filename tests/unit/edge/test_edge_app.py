@@ -18,6 +18,7 @@ from shared.models import load_model
 from shared.preprocessing import decode_image
 from shared.protocol import encode_logits
 from splitinfer.samples import encode_image, synthetic_image
+from tests.support.edge_clients import mock_cloud_edges
 
 Handler = Callable[[httpx.Request], httpx.Response]
 JPEG = encode_image(synthetic_image(seed=3))
@@ -32,19 +33,8 @@ def reference() -> tuple[str, torch.Tensor]:
 
 @pytest.fixture
 def edge() -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def build(handler: Handler, **settings: object) -> TestClient:
-        options: dict[str, object] = {"weights": "none", "cut": "layer3", "read_timeout_s": 1.0}
-        app = create_app(EdgeSettings(**(options | settings)), cloud_transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
+    with mock_cloud_edges(weights="none", cut="layer3", read_timeout_s=1.0) as build:
+        yield build
 
 
 def _refuse(request: httpx.Request) -> httpx.Response:

@@ -10,10 +10,8 @@ import contextlib
 import json
 import logging
 import select
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from service_core.connections import connection_ceiling
 from splitinfer.http_protocol import with_tls_handshake
 from splitinfer.serve import _DrainingServer, uvicorn_config
 from tests.support.raw_http import exchange, served_in_thread
+from tests.support.tls import self_signed_certificate
 
 _KEEP_ALIVE_S = 2.0
 _CAP = 1
@@ -47,16 +46,7 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -184,3 +174,22 @@ def test_the_startup_line_says_https(certificate: tuple[Path, Path], caplog: pyt
         port = listener.getsockname()[1]
     assert f"Uvicorn running on https://127.0.0.1:{port}" in caplog.text
     assert config.ssl is None
+
+
+def test_a_tls_connection_that_never_answers_the_close_is_gone_within_the_keep_alive_timeout(
+    tls_server: tuple[Any, int], certificate: tuple[Path, Path]
+) -> None:
+    """Closing a TLS connection sends close_notify and waits for the client's; asyncio waits 30 s by default
+    (``ssl_shutdown_timeout``), and meanwhile the connection counts toward MAX_CONNECTIONS. Clients that
+    completed a handshake and then neither sent a request nor read held their connections for 31 s after
+    the 2 s head deadline closed them; the close is now bounded by the keep-alive timeout too."""
+    server, port = tls_server
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    with contextlib.ExitStack() as stack:
+        for _ in range(3):
+            raw = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            stack.enter_context(context.wrap_socket(raw, server_hostname="127.0.0.1"))  # NOTE: then silent
+        deadline = time.monotonic() + 4 * _KEEP_ALIVE_S + 2
+        while server.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not server.server_state.connections, "silent TLS connections still counted past their close"

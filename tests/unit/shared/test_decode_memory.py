@@ -1,0 +1,60 @@
+"""The peak memory of decoding one large image, per pixel, in a fresh process (the growth of its peak RSS).
+
+Pillow holds an RGB image in 4 bytes per pixel, the price the edge's decode budget puts on a decoded pixel
+(service_core.image_cost). On the way every mode paid for copies it did not need: the EXIF transpose and
+the RGB conversion copied an RGB image that needed neither (6 to 12 bytes per pixel at the peak, as glibc
+placed the copies), the alpha composite held an extra RGBA copy and its background past the RGB conversion
+(18 to 24), and a 16-bit image was scaled through full-size int64 arrays (15 to 21: a 70 KB PNG of 36
+megapixels took 720 MB to decode). Now 4, 12 and 8; an 8-bit grayscale one 5.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[3]
+
+_PROBE = """
+import resource, sys
+from pathlib import Path
+from shared.images import ImageLimits, decode_images
+blob = Path(sys.argv[1]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+(image,) = decode_images([blob], ImageLimits(), resize_size=256)
+assert image.mode == "RGB"
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (image.width * image.height))
+"""
+
+
+def _image(kind: str, mode: str, width: int, height: int) -> bytes:
+    if mode == "I;16":
+        picture = Image.fromarray(np.full((height, width), 40000, dtype=np.uint16))
+    else:
+        picture = Image.new(mode, (width, height), "white")
+    buffer = io.BytesIO()
+    picture.save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "most"),
+    [("PNG", "RGB", 4.5), ("JPEG", "RGB", 4.5), ("PNG", "L", 5.5), ("PNG", "RGBA", 12.5), ("PNG", "I;16", 8.5)],
+)
+def test_decoding_an_image_peaks_at_a_few_bytes_per_pixel(kind: str, mode: str, most: float, tmp_path: Path) -> None:
+    """A 4000 x 3000 image decoded in a fresh process that read only its bytes: the growth of its peak RSS."""
+    path = tmp_path / "image"
+    path.write_bytes(_image(kind, mode, 4000, 3000))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    per_pixel = float(result.stdout.strip())
+    assert per_pixel <= most, f"decoding a {mode} {kind} peaked at {per_pixel:.1f} bytes per pixel"
