@@ -130,7 +130,10 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
 
 
 def create_app(settings: EdgeLiteSettings) -> FastAPI:
+    # NOTE: the metrics are the app's, made once: a lifespan that runs again must not register them twice
     registry = CollectorRegistry()
+    requests = Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry)
+    latency = Histogram("splitinfer_request_seconds", "Classify latency", registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,8 +154,8 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             ),
             client=client,
             registry=registry,
-            requests=Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry),
-            latency=Histogram("splitinfer_request_seconds", "Classify latency", registry=registry),
+            requests=requests,
+            latency=latency,
             heap=HeapTrimmer(malloc_trim()),
         )
         logger.info(

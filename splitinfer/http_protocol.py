@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 _RETRY_AFTER_S = 1.0
 _EARLY_BYTES = 1024 * 1024
 _TLS_SHUTDOWN_S = 30.0  # NOTE: asyncio's own bound on waiting for a TLS client's close_notify
+_TLS_HANDSHAKE_S = 10.0  # NOTE: the longest a handshake may take, however long the keep-alive timeout
 _LOG_EVERY_S = 10.0
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -143,7 +144,8 @@ def with_lingering_close(
             if transport.can_write_eof():
                 transport.write_eof()  # NOTE: a FIN once the refusal is out (asyncio flushes it first)
             self._linger_left = max_bytes
-            self._linger_timer = self.loop.call_later(seconds, transport.close)
+            # NOTE: abort, not close: close waits, without a bound, for what a client that stopped reading left unsent
+            self._linger_timer = self.loop.call_later(seconds, transport.abort)
             self.flow.resume_reading()
 
         def data_received(self, data: bytes) -> None:
@@ -152,7 +154,7 @@ def with_lingering_close(
                 return
             self._linger_left -= len(data)
             if self._linger_left <= 0:
-                self.transport.close()  # NOTE: the bound: a client still sending now sees a reset
+                self.transport.abort()  # NOTE: the bound: a client still sending now sees a reset
 
         def on_response_complete(self) -> None:
             if not self._lingering:  # NOTE: the response of a request served as its refusal was written
@@ -465,7 +467,7 @@ def with_tls_handshake(
     nor closed for a minute, so a client opening them as fast as it could exhausted the process's file
     descriptors. Here a connection counts from the moment it is accepted: one opened beyond
     :func:`connection_ceiling` is closed at once, unanswered, and a handshake not complete within the
-    keep-alive timeout is aborted. Then ``base`` takes the connection over, and its request-head deadline
+    keep-alive timeout (at most 10 s) is aborted. Then ``base`` takes the connection over, and its request-head deadline
     starts. Closing waits for the client's close_notify for the keep-alive timeout too, at most asyncio's
     default of 30 s (the connection counted all along), then the connection is dropped.
 
@@ -520,7 +522,7 @@ def with_tls_handshake(
                     self,
                     context,
                     server_side=True,
-                    ssl_handshake_timeout=self._timeout_s,
+                    ssl_handshake_timeout=min(self._timeout_s, _TLS_HANDSHAKE_S),
                     ssl_shutdown_timeout=min(self._timeout_s, _TLS_SHUTDOWN_S),
                 )
             except OSError:  # NOTE: timed out, refused by TLS or reset; start_tls has closed the connection

@@ -152,3 +152,13 @@ def test_image_formats_are_the_settings_and_a_refused_format_costs_nothing(tiny_
         state.decode_budget.in_use = 0
         assert _post(client, png_bytes_of_size(640, 480)).status_code == 200
         assert _trimmed(trims, 1, wait_s=0.5) == 0
+
+
+def test_the_app_starts_again_after_it_stopped(tiny_export: Path) -> None:
+    """Its metrics are made once, with the app: a second start (a test client entered twice, a restarted
+    lifespan) registered them again in the same registry and failed with prometheus' duplicate error."""
+    app = create_app(EdgeLiteSettings(onnx_dir=tiny_export))
+    for _ in range(2):
+        with TestClient(app) as client:
+            assert client.get("/healthz").status_code == 200
+            assert b"splitinfer_requests_total" in client.get("/metrics").content

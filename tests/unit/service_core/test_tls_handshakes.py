@@ -193,3 +193,20 @@ def test_a_tls_connection_that_never_answers_the_close_is_gone_within_the_keep_a
         while server.server_state.connections and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not server.server_state.connections, "silent TLS connections still counted past their close"
+
+
+def test_a_handshake_is_bounded_however_long_the_keep_alive(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cloud's keep-alive is 65 s: a silent connection waits for its handshake at most
+    ``_TLS_HANDSHAKE_S`` (10 s; 1 s here), not the keep-alive timeout."""
+    import splitinfer.http_protocol
+
+    monkeypatch.setattr(splitinfer.http_protocol, "_TLS_HANDSHAKE_S", 1.0)
+    cert, key = certificate
+    settings = EdgeSettings(port=0, keep_alive_s=60, ssl_certfile=cert, ssl_keyfile=key)
+    with served_in_thread(_app, settings) as (_, port), socket.create_connection(("127.0.0.1", port)) as silent:
+        deadline = time.monotonic() + 10
+        while not _closed(silent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert time.monotonic() < deadline, "a silent connection outlived the handshake bound"
