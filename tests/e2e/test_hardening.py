@@ -407,8 +407,9 @@ def test_3_the_decoded_images_of_batches_waiting_on_the_cloud_are_bounded(
     tmp_path: Path, stop_all: list[Service]
 ) -> None:
     """Eight batches of eight 9-megapixel PNGs (69 KB each) at once, the cloud taking 2 s: each decodes to
-    288 MB and the edge held them all while the cloud answered (+1.3 to 1.6 GiB peak RSS before, in runs of the old code). With a 300 MiB
-    MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before decoding."""
+    288 MB and the edge held them all while the cloud answered (+1.3 to 1.6 GiB peak RSS before, in runs of
+    the old code). With a 300 MiB MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before
+    decoding."""
     handler = type("Cloud", (_SlowLogits,), {"digest": load_model(TINY_MODEL, "none").digest})
     server = _QuietServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
