@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -186,14 +187,15 @@ async def _classify(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Classify admitted images (admission, MAX_CONCURRENT_REQUESTS included, happens before the body is
     read: service_core.admission, configured in edge_service.app). What the images decode to is reserved
-    from their headers until the request is answered (service_core.image_cost)."""
+    from their headers (service_core.image_cost) until the head has run, or, at cut ``input``, whose
+    fallback needs the images, until the request is answered."""
     model = state.model
     cost = images_cost(blobs, model.image_limits, model.loaded.preprocessor.resize_size)
     state.in_flight += 1
     try:
-        with state.decode_budget.reserve(cost):
+        with state.decode_budget.reserve(cost) as release_decoded:
             choice = _dispatch(state, pinned, len(blobs))
-            return await _classify_admitted(request, state, blobs, choice.route, names)
+            return await _classify_admitted(request, state, blobs, choice.route, names, release_decoded)
     finally:
         state.in_flight -= 1
         # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).
@@ -201,7 +203,12 @@ async def _classify(
 
 
 async def _classify_admitted(
-    request: Request, state: EdgeState, blobs: list[bytes], route: Route, names: list[str | None]
+    request: Request,
+    state: EdgeState,
+    blobs: list[bytes],
+    route: Route,
+    names: list[str | None],
+    release_decoded: Callable[[], None],
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
     loop = asyncio.get_running_loop()
@@ -220,6 +227,8 @@ async def _classify_admitted(
             f"the edge could not finish its part within {settings.request_timeout_s} s", retry_after=1
         ) from exc
     request.state.decoded_pixels = prepared.decoded_pixels
+    if not prepared.images:  # NOTE: freed after the head (kept at cut input, for the fallback)
+        release_decoded()
     timings = prepared.timings_ms
     state.metrics.compute.labels("head").observe(timings.get("head", 0.0) / 1000)
     completed_on: Literal["cloud", "edge"] = "cloud"

@@ -52,10 +52,8 @@ class Prepared:
     """The cut's tensors, then its non-tensor values (see :class:`shared.splitting.Cut`)."""
     payload: bytes = b""
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def decoded_pixels(self) -> int:
-        return sum(image.width * image.height for image in self.images)
+    decoded_pixels: int = 0
+    """What the images decoded to, kept once they are freed (the heap trim after the request reads it)."""
 
 
 class _Stopwatch:
@@ -139,6 +137,7 @@ class EdgeModel:
             prepared.images = decode_images(
                 raw, self.image_limits, resize_size=self.loaded.preprocessor.resize_size, names=names
             )
+        prepared.decoded_pixels = sum(image.width * image.height for image in prepared.images)
         if route.cut.name == INPUT_CUT and route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_images(
@@ -158,6 +157,10 @@ class EdgeModel:
         with _Stopwatch(timings, "head"), torch.inference_mode():
             head, _ = self._split(route.cut)
             prepared.head_outputs = tuple(head(batch))
+        # NOTE: past the head only its tensors are needed (the fallback's tail runs on them): the images and
+        # their normalized copy are freed now, not when the cloud has answered
+        prepared.images = []
+        del batch
         if route.codec is not None:
             with _Stopwatch(timings, "encode"):
                 prepared.payload = encode_activations(

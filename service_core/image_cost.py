@@ -3,8 +3,8 @@ headers before any is decoded. Torch-free: both the torch edge (edge_service) an
 (edge_lite) price their requests with it.
 
 A few-KB PNG can declare 40 megapixels, and a batch up to ``MAX_BATCH_PIXELS`` together: decoded, that is
-up to 360 MB of RGB per request, and the edge holds it until the cloud answers (the fallback at cut
-``input`` runs the tail on the decoded images). Admission bounds bodies and requests in flight, not what
+up to 360 MB of RGB per request, held until the head has run (at cut ``input`` until the cloud answers:
+the fallback there runs the model on the decoded images). Admission bounds bodies and requests in flight, not what
 they decode to; each request therefore reserves its images' decoded pixels times :data:`BYTES_PER_PIXEL`.
 """
 

@@ -394,16 +394,18 @@ class _SlowLogits(BaseHTTPRequestHandler):
 def test_3_the_decoded_images_of_batches_waiting_on_the_cloud_are_bounded(
     tmp_path: Path, stop_all: list[Service]
 ) -> None:
-    """Eight batches of eight 9-megapixel PNGs (69 KB each) at once, the cloud taking 2 s: each decodes to
-    288 MB and the edge held them all while the cloud answered (+1.3 to 1.6 GiB peak RSS before, in runs of
-    the old code). With a 300 MiB MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before
-    decoding."""
+    """Eight batches of eight 9-megapixel PNGs (69 KB each) at once at cut ``input``, the cloud taking 2 s:
+    each decodes to 288 MB, and the edge keeps a request's images until the cloud answers (its fallback would
+    run the model on them); it held them all (+1.3 to 1.6 GiB peak RSS before, in runs of the old code). With
+    a 300 MiB MAX_DECODED_BYTES_IN_FLIGHT the ones past it get 503 + Retry-After before decoding. (At other
+    cuts the images, and their share of the budget, are freed once the head has run:
+    tests/unit/edge/test_decode_cost.py.)"""
     handler = type("Cloud", (_SlowLogits,), {"digest": load_model(TINY_MODEL, "none").digest})
     server = _QuietServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        args = [*TINY, "--cut", "block", "--cloud-url", url, "--head-workers", "2"]
+        args = [*TINY, "--cut", "input", "--codec", "image", "--cloud-url", url, "--head-workers", "2"]
         edge = _start("edge", [*args, "--max-decoded-bytes-in-flight", str(300 * MIB)], tmp_path, stop_all, "/healthz")
         big = png_bytes_of_size(3000, 3000)
         files = [("images", (f"{i}.png", big)) for i in range(8)]
