@@ -20,7 +20,7 @@ from edge_lite.app import _load
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import encode_activations
 from edge_service.runtime import EdgeModel
-from shared.images import decode_image
+from shared.images import decode_image, decode_images
 from shared.models import load_model
 from shared.onnx_export import export_split
 from shared.onnx_manifest import Manifest
@@ -86,7 +86,8 @@ def test_edge_and_cloud_run_a_cut_with_values_within_1e4_of_torch(engine: str) -
     both, single = cloud.run(CUT, [two.tensors, one.tensors])  # one merged run of 3 images
     reference = load_model("efficientnet_lite0", "DEFAULT")
     with torch.inference_mode():
-        want = reference.module(reference.preprocessor.batch(prepared.images))
+        images = decode_images(jpegs, resize_size=reference.preprocessor.resize_size)  # NOTE: prepare frees its own
+        want = reference.module(reference.preprocessor.batch(images))
     assert both.shape == (2, 1000) and single.shape == (1, 1000)
     assert (both - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
     assert (single[0] - want[0]).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
