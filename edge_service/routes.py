@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -22,6 +21,7 @@ from edge_service.runtime import Prepared, Route
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeInfo, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.app import ServiceRoutes
+from service_core.decode_budget import Reservation
 from service_core.http import media_type, versions
 from service_core.image_cost import images_cost
 from service_core.openapi import problem_responses
@@ -208,15 +208,22 @@ async def _classify_admitted(
     blobs: list[bytes],
     route: Route,
     names: list[str | None],
-    release_decoded: Callable[[], None],
+    release_decoded: Reservation,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     deadline = started + settings.request_timeout_s
+    preparing = state.executor.submit(model.prepare, blobs, route, names)
     try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            prepared: Prepared = await loop.run_in_executor(state.executor, model.prepare, blobs, route, names)
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                prepared: Prepared = await asyncio.wrap_future(preparing)
+        finally:
+            # NOTE: past the deadline, or with the client gone, the thread still decodes: its images stay
+            # reserved until it ends, or the budget would admit more than it bounds
+            if not preparing.done():
+                release_decoded.hold_until_done(preparing)
     except UndecodableImage as exc:
         # NOTE: an image that failed partway allocated its buffer (freed by now): trimmed as a decoded one.
         request.state.decoded_pixels = exc.decoded_pixels

@@ -6,7 +6,10 @@ import asyncio
 import io
 import json
 import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from edge_service import EdgeSettings, create_app
+from edge_service.runtime import EdgeModel, Prepared
 from service_core.image_cost import BYTES_PER_PIXEL, images_cost
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
@@ -147,3 +151,47 @@ def test_a_jpeg_costs_at_least_the_last_frame_header_pillow_reads() -> None:
         blob = photo[:2] + fake + photo[2:]
         assert Image.open(io.BytesIO(blob)).size == (3000, 2000)  # NOTE: not refused: it is decoded (and fails)
         assert images_cost([blob], limits, 1024) == 3000 * 2000 * BYTES_PER_PIXEL  # no reduced scale at 1024
+
+
+def test_images_a_thread_still_decodes_past_the_deadline_stay_reserved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request past its deadline gets 503, but the head's thread goes on decoding its images: their part of
+    the budget is held until that thread ends (it was given back with the 503, so the budget admitted a
+    second batch as large beside images still in memory)."""
+    loaded = load_model(TINY, "none")
+    entered, release = threading.Event(), threading.Event()
+    prepare = EdgeModel.prepare
+
+    def slow_prepare(self: EdgeModel, raw: Sequence[bytes], *args: Any, **kwargs: Any) -> Prepared:
+        if len(raw) == 4 and not entered.is_set():
+            entered.set()
+            release.wait(60)
+        return prepare(self, raw, *args, **kwargs)
+
+    async def cloud(request: httpx.Request) -> httpx.Response:
+        header = read_header(request.content, WireLimits())[0]
+        rows = json.loads(header["tensors"])[0]["shape"][0]
+        reply = encode_logits(torch.zeros(rows, 10), model=TINY, weights=loaded.digest, cut=header["cut"])
+        return httpx.Response(200, content=reply)
+
+    monkeypatch.setattr(EdgeModel, "prepare", slow_prepare)
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="block", codec="fp32", max_decoded_bytes_in_flight=200 * MIB,
+        request_timeout_s=1.0, head_workers=2,
+    )  # type: ignore[call-arg]  # fmt: skip
+    batch = [("images", (f"{i}.png", png_bytes_of_size(3000, 3000))) for i in range(4)]  # 144 MiB decoded
+    with TestClient(create_app(settings, cloud_transport=httpx.MockTransport(cloud))) as client:
+        try:
+            late = client.post("/v1/classify/batch", files=batch)
+            assert late.status_code == 503, late.text
+            assert "could not finish its part" in late.json()["detail"]
+            assert entered.is_set()
+            beside = client.post("/v1/classify/batch", files=batch)
+            assert beside.status_code == 503, beside.text
+            assert "MAX_DECODED_BYTES_IN_FLIGHT" in beside.json()["detail"]
+        finally:
+            release.set()
+        deadline = time.monotonic() + 30  # NOTE: the first thread decodes and runs its head, then gives back
+        while (answer := client.post("/v1/classify/batch", files=batch)).status_code != 200:
+            assert "MAX_DECODED_BYTES_IN_FLIGHT" in answer.json()["detail"], answer.text
+            assert time.monotonic() < deadline, "the budget was never given back"
+            time.sleep(0.1)
