@@ -203,9 +203,15 @@ def _load(image: Image.Image, resize_size: int | None) -> Image.Image:
                 side = DRAFT_MARGIN * resize_size
                 image.draft(image.mode, (side, side))
             image.load()
-            return _to_rgb(image)
+            rgb = _to_rgb(image)
         except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"the {image.format} image cannot be decoded: {str(exc)[:200]}") from exc
+    # NOTE: an opened file keeps what its decoder allocated for as long as it lives (a WebP's two libwebp
+    # canvases and a copy of its frame: 12 bytes a pixel beside the image's 4): an RGB one is returned as a
+    # plain image sharing its pixels, and the file, closed, is dropped by the caller.
+    plain = rgb._new(rgb.im) if rgb is image else rgb
+    image.close()
+    return plain
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None) -> Image.Image:
@@ -247,16 +253,22 @@ def decode_images(
         )
     decoded: list[Image.Image] = []
     failure: str | None = None
-    for index, image in enumerate(opened):
+    opened.reverse()
+    while opened:
+        # NOTE: each file is dropped once decoded (its pixels, and its decoder's buffers, are not held while
+        # the next images decode)
+        image = opened.pop()
         try:
-            decoded.append(_naming(labels[index], _load, image, resize_size))
+            decoded.append(_naming(labels[len(decoded)], _load, image, resize_size))
         except InvalidImage as exc:
             failure = exc.detail
+            opened.append(image)
             break
+        del image
     if failure is None:
         return decoded
     # NOTE: the failed image's size is its draft's (a JPEG decoded at a reduced scale allocates that much).
-    pixels = sum(image.width * image.height for image in (*decoded, opened[len(decoded)]))
+    pixels = sum(image.width * image.height for image in (*decoded, opened[-1]))
     for image in (*decoded, *opened):
         image.close()  # NOTE: and raised outside the handler: no traceback keeps the decoder, and its buffer, alive
     raise UndecodableImage(failure, decoded_pixels=pixels)
