@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.image_headers import declared_size, signature_format
+from shared.image_headers import declared_size, jpeg_coefficient_bytes, signature_format
 from shared.images import ImageLimits, decoded_size
 
 __all__ = ["BYTES_PER_PIXEL", "images_cost"]
@@ -28,11 +28,14 @@ for 16 bits (tests/unit/shared/test_decode_memory.py)."""
 
 
 def images_cost(blobs: Sequence[bytes], limits: ImageLimits, resize_size: int) -> int:
-    """The bytes a request with these (untrusted) images costs to decode and hold. An image whose header this
-    parser cannot read costs the most an image may (``max_pixels``); a request that the image limits refuse
-    from its headers (413: an image over ``max_pixels``, or more than ``max_batch_pixels`` together) costs
-    nothing, since it is refused before anything is decoded."""
-    declared = decoded = 0
+    """The bytes a request with these (untrusted) images costs to decode and hold: their decoded pixels, and
+    the most that decoding one of them holds beside them (they decode one after another): a progressive
+    JPEG's coefficients, 2 bytes a pixel per component at full resolution, decoded at a reduced scale or not
+    (a 1.3 MB progressive JPEG of 40 megapixels priced at its 10 MB quarter scale took 250 MB to decode).
+    An image whose header this parser cannot read costs the most an image may (``max_pixels``); a request
+    that the image limits refuse from its headers (413: an image over ``max_pixels``, or more than
+    ``max_batch_pixels`` together) costs nothing, since it is refused before anything is decoded."""
+    declared = decoded = scratch = 0
     for blob in blobs:
         kind = signature_format(blob)
         if kind is None or kind not in limits.formats:
@@ -49,6 +52,8 @@ def images_cost(blobs: Sequence[bytes], limits: ImageLimits, resize_size: int) -
         declared += width * height
         decoded_width, decoded_height = decoded_size(kind, width, height, resize_size)
         decoded += decoded_width * decoded_height
+        if kind == "JPEG":
+            scratch = max(scratch, jpeg_coefficient_bytes(blob) or 0)
     if declared > limits.max_batch_pixels:
         return 0
-    return decoded * BYTES_PER_PIXEL
+    return decoded * BYTES_PER_PIXEL + scratch
