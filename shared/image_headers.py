@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["declared_size", "signature_format"]
+__all__ = ["declared_size", "jpeg_coefficient_bytes", "signature_format"]
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -32,6 +32,7 @@ _BMP_CORE_HEADER = 12
 _JPEG_STANDALONE = frozenset({0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)})
 _JPEG_FRAMES = (frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}) | {0xDE}
 _JPEG_SEGMENTS = frozenset(range(0xC0, 0xFF)) - _JPEG_STANDALONE
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
 def signature_format(data: bytes) -> str | None:
@@ -112,8 +113,43 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """The size in the last SOFn segment before the first scan, as Pillow takes it (the markers walked as
     Pillow walks them, for at most a fixed number of segments)."""
+    frame = _jpeg_frame(data)
+    return None if frame is None else frame[0]
+
+
+def jpeg_coefficient_bytes(data: bytes) -> int | None:
+    """What libjpeg holds, beside the decoded image, while it decodes this (untrusted) JPEG: the DCT
+    coefficients of the whole image, 2 bytes each at full resolution however reduced the scale it is decoded
+    at, when its scans do not deliver each block in one pass (progressive, or a first scan that leaves out
+    components), else 0; None when the header cannot be read this far."""
+    frame = _jpeg_frame(data)
+    if frame is None:
+        return None
+    (width, height), progressive, sampling, first_scan = frame
+    if not sampling or (not progressive and first_scan >= len(sampling)):
+        return 0
+    most_h = max(h for h, _ in sampling)
+    most_v = max(v for _, v in sampling)
+    total = 0
+    for h, v in sampling:  # NOTE: libjpeg's per-component arrays, rounded up to whole MCUs
+        columns = _ceil(_ceil(width * h, most_h), 8)
+        rows = _ceil(_ceil(height * v, most_v), 8)
+        total += _ceil(columns, h) * h * _ceil(rows, v) * v * 64 * 2
+    return total
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+_JpegFrame = tuple[tuple[int, int], bool, list[tuple[int, int]], int]
+"""Size, progressive, each component's sampling factors (h, v), and the components in the first scan."""
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The last frame header before the first scan (see :func:`_jpeg_size`), and that scan's components."""
     offset = 2
-    size: tuple[int, int] | None = None
+    frame: _JpegFrame | None = None
     for _ in range(_JPEG_MAX_SEGMENTS):
         if data[offset : offset + 1] != b"\xff":
             return None  # NOTE: Pillow skips junk between segments, a byte at a time: not followed here
@@ -131,9 +167,15 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         (length,) = struct.unpack_from(">H", data, offset + 2)
         if code in _JPEG_FRAMES:
-            height, width = struct.unpack_from(">HH", data, offset + 5)
-            size = int(width), int(height)  # NOTE: each frame header replaces the one before, as in Pillow
+            height, width, count = struct.unpack_from(">HHB", data, offset + 5)
+            factors = data[offset + 10 : offset + 10 + 3 * count]
+            sampling = [(max(1, b >> 4), max(1, b & 15)) for b in factors[1::3]]
+            # NOTE: each frame header replaces the one before, as in Pillow
+            frame = (int(width), int(height)), code in _JPEG_PROGRESSIVE, sampling, len(sampling)
         if code == 0xDA:  # NOTE: the first scan: Pillow reads no further header
-            return size
+            if frame is None:
+                return None
+            (in_scan,) = struct.unpack_from(">B", data, offset + 4)
+            return frame[0], frame[1], frame[2], int(in_scan)
         offset += 2 + max(int(length), 2)  # NOTE: Pillow reads a length under 2 as an empty segment
     return None

@@ -121,7 +121,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         # NOTE: PIL warns (DecompressionBombWarning) before our own, stricter pixel check runs.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+            image = Image.open(io.BytesIO(_without_png_text(data)), formats=list(limits.formats))
         except UnidentifiedImageError as exc:
             raise _unidentified(data, limits) from exc
         except Image.DecompressionBombError as exc:
@@ -136,6 +136,37 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
             f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+_PNG_RAW_EXIF = b"Raw profile type exif\x00"
+"""The keyword of the text chunk in which some writers store EXIF (Pillow reads the orientation from it)."""
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """``data`` without its text chunks when it is a PNG (else as it is). Pillow decompresses every text chunk
+    and keeps it, as a string, with the image and every copy of it: up to 64 M characters, 4 bytes each when
+    one of them is outside the Basic Multilingual Plane, so a 66 KB PNG of 1x1 pixel held 268 MB (its price:
+    4 bytes). Text says nothing about the pixels, but for the EXIF some writers store in a text chunk, which is
+    kept (Pillow keeps one such chunk's text at a time: each replaces the one before)."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return data
+    kept: list[bytes] = []
+    start, offset = 0, len(_PNG_SIGNATURE)
+    while offset + 12 <= len(data):  # NOTE: bounded: each round moves past one whole chunk
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        end = offset + 12 + length
+        if end > len(data) or kind == b"IEND":
+            break  # NOTE: a truncated chunk, or the end: left to Pillow as they are
+        if kind in _PNG_TEXT_CHUNKS and not data.startswith(_PNG_RAW_EXIF, offset + 8):
+            kept.append(data[start:offset])
+            start = end
+        offset = end
+    if not kept:
+        return data
+    kept.append(data[start:])
+    return b"".join(kept)
 
 
 def _unidentified(data: bytes, limits: ImageLimits) -> SplitInferError:
@@ -203,9 +234,15 @@ def _load(image: Image.Image, resize_size: int | None) -> Image.Image:
                 side = DRAFT_MARGIN * resize_size
                 image.draft(image.mode, (side, side))
             image.load()
-            return _to_rgb(image)
+            rgb = _to_rgb(image)
         except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"the {image.format} image cannot be decoded: {str(exc)[:200]}") from exc
+    # NOTE: an opened file keeps what its decoder allocated for as long as it lives (a WebP's two libwebp
+    # canvases and a copy of its frame: 12 bytes a pixel beside the image's 4): an RGB one is returned as a
+    # plain image sharing its pixels, and the file, closed, is dropped by the caller.
+    plain = rgb._new(rgb.im) if rgb is image else rgb
+    image.close()
+    return plain
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None) -> Image.Image:
@@ -247,16 +284,22 @@ def decode_images(
         )
     decoded: list[Image.Image] = []
     failure: str | None = None
-    for index, image in enumerate(opened):
+    opened.reverse()
+    while opened:
+        # NOTE: each file is dropped once decoded (its pixels, and its decoder's buffers, are not held while
+        # the next images decode)
+        image = opened.pop()
         try:
-            decoded.append(_naming(labels[index], _load, image, resize_size))
+            decoded.append(_naming(labels[len(decoded)], _load, image, resize_size))
         except InvalidImage as exc:
             failure = exc.detail
+            opened.append(image)
             break
+        del image
     if failure is None:
         return decoded
     # NOTE: the failed image's size is its draft's (a JPEG decoded at a reduced scale allocates that much).
-    pixels = sum(image.width * image.height for image in (*decoded, opened[len(decoded)]))
+    pixels = sum(image.width * image.height for image in (*decoded, opened[-1]))
     for image in (*decoded, *opened):
         image.close()  # NOTE: and raised outside the handler: no traceback keeps the decoder, and its buffer, alive
     raise UndecodableImage(failure, decoded_pixels=pixels)

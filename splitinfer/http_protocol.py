@@ -273,13 +273,19 @@ def with_framing_limits(
                     return
                 view = view[room:]
 
+        def refuse_in_turn(self, response: bytes) -> None:
+            """Refuse the request being parsed (one httptools cannot parse: with_head_deadline's 400) as an
+            oversized one is: after the answers owed to the pipelined requests before it."""
+            self._refuse(response)
+
         def _refuse(self, response: bytes) -> None:
             """Refuse the request being parsed: write ``response`` now, or after the responses owed to the
             requests before it; a request already being answered only has its connection closed."""
             if self._refused or self._lingering or self.transport.is_closing():
                 return
             self._refused = True
-            logged[response]()
+            if response in logged:
+                logged[response]()
             cycle: Any = self.cycle
             pipeline: Any = self.pipeline
             if not self._in_head:  # NOTE: a body: the request refused is the newest, ``cycle``
@@ -340,6 +346,12 @@ def with_head_deadline(base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
                 self._head_deadline = None
 
         def send_400_response(self, msg: str) -> None:
+            # NOTE: httptools parses pipelined requests ahead of their answers: the 400 waits for theirs
+            # (with_framing_limits), else it would be read as the answer to the first of them.
+            refuse_in_turn = getattr(self, "refuse_in_turn", None)
+            if refuse_in_turn is not None:
+                refuse_in_turn(_BAD_REQUEST_RESPONSE)
+                return
             # NOTE: written as bytes (h11's state machine is in error already); the connection closes.
             if not self._lingering and not self.transport.is_closing():
                 self.transport.write(_BAD_REQUEST_RESPONSE)

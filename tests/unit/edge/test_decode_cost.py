@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +25,7 @@ from PIL import Image
 from edge_service import EdgeSettings, create_app
 from edge_service.runtime import EdgeModel, Prepared
 from service_core.image_cost import BYTES_PER_PIXEL, images_cost
+from shared.image_headers import jpeg_coefficient_bytes
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
 from shared.protocol import encode_logits
@@ -29,6 +34,7 @@ from tests.support.images import png_bytes_of_size
 
 TINY = "tests.fixture_models:tiny_cnn"
 MIB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _jpeg(width: int, height: int) -> bytes:
@@ -195,3 +201,72 @@ def test_images_a_thread_still_decodes_past_the_deadline_stay_reserved(monkeypat
             assert "MAX_DECODED_BYTES_IN_FLIGHT" in answer.json()["detail"], answer.text
             assert time.monotonic() < deadline, "the budget was never given back"
             time.sleep(0.1)
+
+
+_PEAK_PROBE = """
+import sys
+from pathlib import Path
+from service_core.image_cost import images_cost
+from shared.images import ImageLimits, decode_images
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+blob = Path(sys.argv[1]).read_bytes()
+cost = images_cost([blob], ImageLimits(), 256)
+before = status("VmRSS:")
+images = decode_images([blob], ImageLimits(), resize_size=256)
+print(cost, status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.parametrize(
+    ("progressive", "subsampling"),
+    [(True, 0), (True, 2), (False, 0)],
+    ids=["progressive-444", "progressive-420", "baseline"],
+)
+def test_a_jpeg_costs_what_decoding_it_takes_at_the_peak(progressive: bool, subsampling: int, tmp_path: Path) -> None:
+    """A 4000 x 3000 JPEG decoded at half scale for a 256 resize (a fresh process): the growth of its peak RSS is
+    within its price. A progressive JPEG's coefficients are held whole, at full resolution, while it decodes:
+    priced at its 12 MB half scale, the 4:4:4 one took 84 MB."""
+    y, x = np.mgrid[0:3000, 0:4000]
+    picture = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8))
+    path = tmp_path / "photo.jpg"
+    picture.save(path, format="JPEG", quality=80, progressive=progressive, subsampling=subsampling)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, str(path)], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    cost, peak = (int(value) for value in result.stdout.split())
+    assert peak <= cost * 1.1 + 2 * MIB, (
+        f"decoding took {peak / MIB:.0f} MiB at the peak; it was priced {cost / MIB:.0f}"
+    )
+
+
+def test_a_jpeg_whose_first_scan_leaves_out_components_costs_its_coefficients() -> None:
+    """libjpeg buffers the whole image's coefficients for a sequential JPEG in several scans too (its first scan
+    has fewer components than the frame): 3 components of 4000 x 3000 at 2 bytes a coefficient."""
+    frame = b"\xff\xc0\x00\x11\x08" + (3000).to_bytes(2, "big") + (4000).to_bytes(2, "big")
+    frame += b"\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    one_component = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    all_components = b"\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"
+    assert jpeg_coefficient_bytes(b"\xff\xd8" + frame + one_component) == 3 * 4000 * 3000 * 2
+    assert jpeg_coefficient_bytes(b"\xff\xd8" + frame + all_components) == 0
+
+
+@pytest.mark.parametrize("options", [{"quality": 50}, {"lossless": True}], ids=["lossy", "lossless"])
+def test_a_webp_costs_what_decoding_it_takes_at_the_peak(options: dict[str, object], tmp_path: Path) -> None:
+    """Pillow decodes every WebP with libwebp's animation decoder, whose two canvases and the frame copied out
+    of them are held while it decodes: a 3000 x 2000 WebP priced at its 24 MB RGB image took 98 MB."""
+    y, x = np.mgrid[0:2000, 0:3000]
+    picture = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8))
+    path = tmp_path / "picture.webp"
+    picture.save(path, format="WEBP", **options)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_PROBE, str(path)], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    cost, peak = (int(value) for value in result.stdout.split())
+    assert peak <= cost * 1.1 + 2 * MIB, (
+        f"decoding took {peak / MIB:.0f} MiB at the peak; it was priced {cost / MIB:.0f}"
+    )

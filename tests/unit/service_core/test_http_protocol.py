@@ -244,6 +244,22 @@ def test_a_refused_head_waits_for_the_answer_owed_before_it(httptools_port: int)
     assert b"\r\n\r\nok" in reply
 
 
+@pytest.mark.parametrize(
+    "garbled",
+    [b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"\x00\x01 / HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ids=["malformed length", "garbage method"],
+)
+def test_a_garbled_request_waits_for_the_answer_owed_before_it(port: int, garbled: bytes) -> None:
+    """A pipelined request the parser refuses behind a slow one: the slow one gets its own answer, then the
+    400. Before, the 400 was written at once, as the slow request's answer, and the slow one's was dropped."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + garbled)
+        reply = _closed_within(conn, _GRACE_S)
+    assert reply is not None
+    assert _replies(reply) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"], reply
+    assert b"\r\n\r\nok" in reply
+
+
 @pytest.fixture
 def two_chunks_port() -> Iterator[int]:
     """A server whose bodies may come in at most 2 chunks (and the closing one)."""

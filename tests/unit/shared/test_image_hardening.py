@@ -37,10 +37,15 @@ def test_3_a_batch_is_refused_from_its_headers_before_any_image_is_decoded() -> 
     assert len(decode_images(blobs[:2], limits)) == 2
 
 
-@pytest.mark.parametrize("bomb", [text_chunk_bomb, icc_chunk_bomb], ids=["text", "icc"])
-def test_8_png_chunk_bombs_are_invalid_images(bomb: object) -> None:
+def test_8_a_png_icc_chunk_bomb_is_an_invalid_image() -> None:
     with pytest.raises(InvalidImage, match="MAX_TEXT_CHUNK"):
-        decode_image(bomb())  # type: ignore[operator]
+        decode_image(icc_chunk_bomb())
+
+
+def test_8_a_png_text_chunk_bomb_is_never_inflated() -> None:
+    """Text chunks are dropped before Pillow reads the image (shared.images): the image decodes, its text never
+    inflated (it was a 422 when Pillow refused the chunk past its MAX_TEXT_CHUNK)."""
+    assert decode_image(text_chunk_bomb()).size == (8, 8)
 
 
 def test_13_photos_decode_upright_in_8_bit_rgb_with_alpha_composited() -> None:
