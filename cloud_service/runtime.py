@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from cloud_service.decode_budget import decode_cost
+from service_core.image_cost import images_cost
 from shared.engines import Engine, engine_options
 from shared.errors import (
     MalformedPayload,
@@ -26,7 +27,7 @@ from shared.folding import fold_batchnorm
 from shared.models import LoadedModel, check_labels
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
-from shared.protocol import decode_image_payload, expected_for_cut, expected_images
+from shared.protocol import decode_image_payload, expected_for_cut, expected_images, image_blobs
 from shared.splitting import INPUT_CUT
 from shared.tensor_checks import all_finite
 from shared.values import ValueSpec
@@ -177,11 +178,26 @@ class CloudModel:
         :meth:`decode` (a route's header is parsed once: :class:`HeaderCache`)."""
         return self._headers.read(body)
 
-    def decode_cost(self, header: WireHeader) -> int:
-        """The memory that decoding the payload with ``header`` and holding it for the tail takes, as the
-        decode budget counts it (:mod:`cloud_service.decode_budget`)."""
-        limits = self.wire_limits
-        return decode_cost(header[0], limits.max_decoded_bytes, limits.max_batch, self.loaded.preprocessor.crop_size)
+    def decode_cost(self, body: bytes, header: WireHeader) -> int:
+        """The memory that decoding ``body`` (its header read: ``header``) and holding it for the tail takes, as
+        the decode budget counts it (:mod:`cloud_service.decode_budget`). Images sent as files (codec
+        ``image``) also cost what they decode to, priced from their own headers as an edge prices them
+        (:func:`service_core.image_cost.images_cost`): a 116 KB body of three 40-megapixel PNGs decodes to
+        475 MB, not to three crops."""
+        limits, preprocessor = self.wire_limits, self.loaded.preprocessor
+        metadata = header[0]
+        cost = decode_cost(metadata, limits.max_decoded_bytes, limits.max_batch, preprocessor.crop_size)
+        codec = metadata.get("codec", "")
+        if not cost or metadata.get("kind") != "image" or codec.split("+", 1)[0] != "image":
+            return cost
+        try:
+            common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": limits}
+            expected = expected_images(codec, preprocessor.crop_size)
+            payload = decode_read_payload(body, header, kind="image", expected=expected, **common)  # type: ignore[arg-type]
+            blobs = image_blobs(payload, limits)
+        except SplitInferError:
+            return 0  # NOTE: decoding refuses it the same way, before it decodes a picture
+        return cost + images_cost(blobs, self.image_limits, preprocessor.resize_size)
 
     def cheap_to_decode(self, body: bytes, header: WireHeader) -> bool:
         """Whether ``body`` is small activations with a fixed-size codec (no zstd or ANS stage, no image):

@@ -101,7 +101,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     model = state.model
     header = model.read_header(body)
     # NOTE: what the payload decodes to is reserved until it is answered (a few KiB can decode to a batch)
-    with state.decode_budget.reserve(model.decode_cost(header)):
+    with state.decode_budget.reserve(model.decode_cost(body, header)):
         try:
             if model.cheap_to_decode(body, header):  # NOTE: a thread hop costs more than decoding a small payload
                 tail_input = model.decode(body, header)

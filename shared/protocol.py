@@ -27,6 +27,7 @@ __all__ = [
     "encode_logits",
     "expected_for_cut",
     "expected_images",
+    "image_blobs",
     "expected_logits",
     "images_from_payload",
 ]
@@ -143,14 +144,9 @@ def images_from_payload(
     return decode_image_payload(payload, preprocessor, limits, wire_limits).batch
 
 
-def decode_image_payload(
-    payload: Payload, preprocessor: ImagePreprocessor, limits: ImageLimits, wire_limits: WireLimits
-) -> DecodedImages:
-    """:func:`images_from_payload`, with the number of pixels decoded."""
-    base, _ = parse_codec_name(payload.codec, IMAGE_CODECS)
-    if base == "uint8":
-        pixels = payload.tensors[0]  # NOTE: (batch, 3, crop, crop), as expected_images says
-        return DecodedImages(torch.stack([preprocessor.finish(item) for item in pixels]), pixels.numel() // 3)
+def image_blobs(payload: Payload, wire_limits: WireLimits) -> list[bytes]:
+    """The encoded pictures of an ``image`` payload whose codec ships files (not ``uint8``), one per image,
+    their sizes checked (:class:`InvalidTensor`)."""
     sizes, blob = payload.tensors
     if sizes.numel() > wire_limits.max_batch:
         raise InvalidTensor(f"{sizes.numel()} images exceed the batch limit {wire_limits.max_batch}")
@@ -160,7 +156,18 @@ def decode_image_payload(
         raise InvalidTensor(f"image sizes {counts[:8]} do not add up to the {blob.numel()} bytes sent")
     data = blob.numpy().tobytes()
     offsets = [sum(counts[:i]) for i in range(len(counts))]
-    blobs = [data[offset : offset + size] for offset, size in zip(offsets, counts, strict=True)]
+    return [data[offset : offset + size] for offset, size in zip(offsets, counts, strict=True)]
+
+
+def decode_image_payload(
+    payload: Payload, preprocessor: ImagePreprocessor, limits: ImageLimits, wire_limits: WireLimits
+) -> DecodedImages:
+    """:func:`images_from_payload`, with the number of pixels decoded."""
+    base, _ = parse_codec_name(payload.codec, IMAGE_CODECS)
+    if base == "uint8":
+        pixels = payload.tensors[0]  # NOTE: (batch, 3, crop, crop), as expected_images says
+        return DecodedImages(torch.stack([preprocessor.finish(item) for item in pixels]), pixels.numel() // 3)
+    blobs = image_blobs(payload, wire_limits)
     if base == "image":
         images = decode_images(blobs, limits, resize_size=preprocessor.resize_size)
         batch = [preprocessor(image) for image in images]

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cloud_service.decode_budget import WORKING_SET, decode_cost
+from cloud_service.runtime import CloudModel
 from service_core.decode_budget import DecodeBudget
-from shared.errors import MalformedPayload, ServiceUnavailable
+from shared.errors import InvalidTensor, MalformedPayload, ServiceUnavailable
+from shared.models import load_model
+from shared.wire import encode_payload
+from tests.support.images import png_bytes_of_size
 
 MIB = 1024 * 1024
 
@@ -54,3 +59,35 @@ def test_a_reservation_past_the_budget_is_refused_and_a_request_alone_is_admitte
     with budget.reserve(60), budget.reserve(40), budget.reserve(0):
         assert budget.in_use == 100
     assert budget.in_use == 0
+
+
+def _image_payload(cloud: CloudModel, blobs: list[bytes], sizes: list[int] | None = None) -> bytes:
+    tensors = {
+        "image_sizes": torch.tensor(sizes or [len(blob) for blob in blobs], dtype=torch.int64),
+        "image_bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8),
+    }
+    return encode_payload(
+        tensors, kind="image", model="resnet18", weights=cloud.loaded.digest, cut="input", codec="image"
+    )
+
+
+def test_images_sent_as_files_cost_what_they_decode_to() -> None:
+    """Three 40-megapixel PNGs in a 116 KB ``image`` payload decode to 475 MB of RGB: they were priced as
+    three normalized crops (1.8 MB each), so eight such requests at once took +986 MiB under a budget that
+    counted 43 MB. Now they cost their pixels, priced from their headers as an edge prices its uploads."""
+    cloud = CloudModel(load_model("resnet18", "none"))
+    crop = 3 * 224 * 224 * 4 * WORKING_SET["image"]
+    body = _image_payload(cloud, [png_bytes_of_size(6000, 6600)] * 3)
+    assert len(body) < 200_000
+    assert cloud.decode_cost(body, cloud.read_header(body)) >= 3 * (6000 * 6600 * 4 + crop)
+    body = _image_payload(cloud, [png_bytes_of_size(64, 64)])
+    assert cloud.decode_cost(body, cloud.read_header(body)) == crop + 64 * 64 * 4
+
+
+def test_images_whose_sizes_do_not_add_up_cost_nothing_and_are_refused() -> None:
+    cloud = CloudModel(load_model("resnet18", "none"))
+    small = png_bytes_of_size(64, 64)
+    body = _image_payload(cloud, [small], sizes=[len(small) + 1])
+    assert cloud.decode_cost(body, cloud.read_header(body)) == 0
+    with pytest.raises(InvalidTensor):
+        cloud.decode(body)
