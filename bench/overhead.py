@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,21 +120,57 @@ def _wrk(
     }
 
 
-def _start_comparator(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_uvicorn(
+    factory: str, logs: Path, ready: Callable[[str], object], env: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``uvicorn --factory FACTORY`` on a free port (uvicorn's defaults otherwise), once ``ready(url)`` passes."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_tail:create_app", "--port", str(port)]
-    command += ["--no-access-log", "--log-level", "warning"]
-    with (logs / "comparator.log").open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port)]
+    name = factory.rsplit(":", 1)[1]
+    with (logs / f"{name}.log").open("wb") as sink:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            httpx.post(url + "/tail", content=safetensors.torch.save({"x": torch.zeros(1, 512, 1, 1)}), timeout=5)
+            ready(url)
             return process, url
-        except httpx.TransportError:
+        except (httpx.TransportError, ConnectionError):
             time.sleep(0.3)
-    raise TimeoutError("the comparator did not start")
+    process.terminate()
+    raise TimeoutError(f"{factory} did not start")
+
+
+def _start_comparator(logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    body = safetensors.torch.save({"x": torch.zeros(1, 512, 1, 1)})
+    return _start_uvicorn(
+        "bench.minimal_tail:create_app", logs, lambda url: httpx.post(url + "/tail", content=body, timeout=5)
+    )
+
+
+def _start_minimal_split(logs: Path, env: Mapping[str, str], probe: bytes) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """bench/minimal_split.py's cloud and edge (the floor of two HTTP processes), with the services' env."""
+    cloud, cloud_url = _start_uvicorn(
+        "bench.minimal_split:create_cloud", logs, lambda url: httpx.get(url + "/", timeout=5), env
+    )
+    try:
+        edge, edge_url = _start_uvicorn(
+            "bench.minimal_split:create_edge",
+            logs,
+            lambda url: _LeanClient(url).classify(probe),
+            {**env, "MINIMAL_CLOUD_URL": cloud_url},
+        )
+    except BaseException:
+        cloud.terminate()
+        raise
+    return [edge, cloud], edge_url
 
 
 def throughput_section(logs: Path, scratch: Path, rounds: int, duration_s: int) -> dict[str, Any]:
@@ -248,41 +285,51 @@ def end_to_end_section(logs: Path, scratch: Path, rounds: int, per_round: int) -
         "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], logs, env=env
     )
     requests: list[dict[str, float]] = []
+    minimal: list[dict[str, float]] = []  # NOTE: bench/minimal_split.py, the floor of two HTTP processes
     baseline: list[float] = []
     one_thread: list[float] = []  # NOTE: also measured: the default can be pathological on a shared host
+    minimal_processes: list[subprocess.Popen[bytes]] = []
     try:
         for service in (cloud, edge):
             wait_until(service)
-        client = _LeanClient(edge.url)
+        minimal_processes, minimal_url = _start_minimal_split(logs, env, photos[0])
+        client, minimal_client = _LeanClient(edge.url), _LeanClient(minimal_url)
         try:
             for index in range(5):  # NOTE: warm-up
                 client.classify(photos[index % len(photos)])
+                minimal_client.classify(photos[index % len(photos)])
             for round_index in range(rounds):
-                for index in range(per_round):
-                    image = photos[(round_index * per_round + index) % len(photos)]
-                    started = time.perf_counter()
-                    answer = client.classify(image)
-                    elapsed = (time.perf_counter() - started) * 1000
-                    requests.append({"end_to_end": elapsed, **answer["timings_ms"]})
+                for target, rows in ((client, requests), (minimal_client, minimal)):
+                    for index in range(per_round):
+                        image = photos[(round_index * per_round + index) % len(photos)]
+                        started = time.perf_counter()
+                        answer = target.classify(image)
+                        elapsed = (time.perf_counter() - started) * 1000
+                        rows.append({"end_to_end": elapsed, **answer["timings_ms"]})
                 baseline += local_baseline_process(folder, per_round)
                 one_thread += local_baseline_process(folder, per_round, threads=1)
                 print(
                     f"  round {round_index + 1}: end to end p50 "
                     f"{statistics.median(r['end_to_end'] for r in requests):.1f} ms, "
+                    f"minimal split p50 {statistics.median(r['end_to_end'] for r in minimal):.1f} ms, "
                     f"in-process p50 {statistics.median(baseline):.1f} ms",
                     flush=True,
                 )
         finally:
             client.close()
+            minimal_client.close()
     finally:
+        for process in minimal_processes:
+            process.terminate()
+            process.wait(30)
         edge.stop()
         cloud.stop()
 
     def median(key: str) -> float:
         return round(statistics.median(r.get(key, 0.0) for r in requests), 3)
 
-    overhead = [r["end_to_end"] - r["head"] - r.get("cloud_tail", 0.0) for r in requests]
-    framework = [o - r.get("decode", 0.0) - r.get("preprocess", 0.0) for o, r in zip(overhead, requests, strict=True)]
+    overhead, framework = _overheads(requests)
+    minimal_overhead, minimal_framework = _overheads(minimal)
     end_to_end = statistics.median(r["end_to_end"] for r in requests)
     in_process = statistics.median(baseline)
     return {
@@ -304,7 +351,24 @@ def end_to_end_section(logs: Path, scratch: Path, rounds: int, per_round: int) -
         },
         "overhead_p50_ms": round(statistics.median(overhead), 3),
         "overhead_without_decode_preprocess_p50_ms": round(statistics.median(framework), 3),
+        "minimal_split": {
+            "requests": len(minimal),
+            "end_to_end_p50_ms": round(statistics.median(r["end_to_end"] for r in minimal), 3),
+            "timings_p50_ms": {
+                key: round(statistics.median(r[key] for r in minimal), 3)
+                for key in ("decode", "preprocess", "head", "cloud_round_trip", "cloud_tail")
+            },
+            "overhead_p50_ms": round(statistics.median(minimal_overhead), 3),
+            "overhead_without_decode_preprocess_p50_ms": round(statistics.median(minimal_framework), 3),
+        },
     }
+
+
+def _overheads(requests: list[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Each request's end to end time minus its head and tail compute, and minus its decode and preprocess too."""
+    overhead = [r["end_to_end"] - r["head"] - r.get("cloud_tail", 0.0) for r in requests]
+    framework = [o - r.get("decode", 0.0) - r.get("preprocess", 0.0) for o, r in zip(overhead, requests, strict=True)]
+    return overhead, framework
 
 
 def profile_section(scratch: Path) -> dict[str, Any]:
@@ -384,6 +448,27 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         f"| overhead: end to end - head - tail | {e['overhead_p50_ms']:.1f} |",
         f"| overhead without decode + preprocess | {e['overhead_without_decode_preprocess_p50_ms']:.1f} |",
+    ]
+    m = e.get("minimal_split")
+    if m:
+        lines += [
+            "",
+            f"The floor of two HTTP processes, `bench/minimal_split.py` (a hand-written split of the same model at the "
+            f"same cut: Starlette, torchvision's transforms, fp16 safetensors over aiohttp, the model on the event "
+            f"loop, no validation, metrics or deadlines), {m['requests']} requests in the same rounds:",
+            "",
+            "| | services p50 ms | minimal split p50 ms |",
+            "|---|---:|---:|",
+            f"| end to end (client) | {e['end_to_end_p50_ms']:.1f} | {m['end_to_end_p50_ms']:.1f} |",
+        ]
+        for key, value in m["timings_p50_ms"].items():
+            lines.append(f"| {key} | {e['edge_timings_p50_ms'].get(key, float('nan')):.1f} | {value:.1f} |")
+        lines += [
+            f"| overhead: end to end - head - tail | {e['overhead_p50_ms']:.1f} | {m['overhead_p50_ms']:.1f} |",
+            f"| overhead without decode + preprocess | {e['overhead_without_decode_preprocess_p50_ms']:.1f} | "
+            f"{m['overhead_without_decode_preprocess_p50_ms']:.1f} |",
+        ]
+    lines += [
         "",
         f"End to end / in-process: **{e['end_to_end_vs_in_process']:.2f}x** (target <= 1.3; against the "
         f"1-thread in-process run: {e.get('end_to_end_vs_in_process_1_thread', float('nan')):.2f}x); framework "
