@@ -29,8 +29,6 @@ import io
 import json
 import os
 import platform
-import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,6 +45,7 @@ import torch
 
 from bench.doc_section import write_section
 from bench.photos import real_photos
+from bench.wrk import load_average, wrk_post
 from shared.models import load_model
 from shared.wire import MEDIA_TYPE
 from splitinfer.bench import cloud_payloads, local_baseline_process
@@ -56,68 +55,6 @@ from splitinfer.threads import THREADS_ENV, pair_threads_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "overhead.json"
-_LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "{media_type}"
-local f = io.open("{path}", "rb")
-wrk.body = f:read("*a")
-f:close()
-"""
-_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+([0-9]+)")
-_SOCKET_ERRORS = re.compile(r"Socket errors:(.*)")
-
-
-def _load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process and its descendants (Linux ``/proc``)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / ticks
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += _cpu_s(int(child))
-    return total
-
-
-def _wrk(
-    url: str, body: bytes, media_type: str, scratch: Path, duration_s: int, server_pid: int | None = None
-) -> dict[str, Any]:
-    """One wrk run; with ``server_pid``, also the CPU the server (its process tree) and wrk used."""
-    payload = scratch / f"body-{abs(hash(body))}.bin"
-    payload.write_bytes(body)
-    script = scratch / f"post-{abs(hash((body, media_type)))}.lua"
-    script.write_text(_LUA.format(media_type=media_type, path=payload))
-    command = ["wrk", "-t1", "-c32", f"-d{duration_s}s", "--latency", "-s", str(script), url]
-    server_before = _cpu_s(server_pid) if server_pid is not None else 0.0
-    wrk_before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
-    wall = time.perf_counter() - started
-    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = _cpu_s(server_pid) - server_before if server_pid is not None else 0.0
-    wrk_cpu = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
-    rate = _RATE.search(output)
-    if rate is None:
-        raise RuntimeError(f"wrk printed no rate:\n{output}")
-    non_2xx = _NON_2XX.search(output)
-    socket_errors = _SOCKET_ERRORS.search(output)
-    requests = float(rate.group(1)) * duration_s
-    return {
-        "requests_s": float(rate.group(1)),
-        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "socket_errors": socket_errors.group(1).strip() if socket_errors else "",
-        **(
-            {
-                "server_cores": round(server_cpu / wall, 3),
-                "server_cpu_ms_per_request": round(server_cpu / requests * 1000, 4),
-                "wrk_cores": round(wrk_cpu / wall, 3),
-            }
-            if server_pid is not None
-            else {}
-        ),
-    }
 
 
 def _start_uvicorn(
@@ -193,13 +130,13 @@ def throughput_section(logs: Path, scratch: Path, rounds: int, duration_s: int) 
             wait_until(service)
         _wait_for_workers(two.url + "/v1/tail", wire)
         for url, body, media_type, _ in servers.values():  # NOTE: warm-up, not recorded
-            _wrk(url, body, media_type, scratch, 2)
+            wrk_post(url, body, media_type, scratch, 2)
         for round_index in range(rounds):
             order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
             for name in order:
                 url, body, media_type, pid = servers[name]
-                run = _wrk(url, body, media_type, scratch, duration_s, server_pid=pid)
-                samples[name].append(run | {"load": _load_average()})
+                run = wrk_post(url, body, media_type, scratch, duration_s, server_pid=pid)
+                samples[name].append(run | {"load": load_average()})
                 print(f"  round {round_index + 1} {name:32s} {samples[name][-1]['requests_s']:9.1f} req/s", flush=True)
     finally:
         for service in (one, two):
@@ -503,7 +440,7 @@ def main() -> None:
             "torch": torch.__version__,
             "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "unset"),
         },
-        "load_before": _load_average(),
+        "load_before": load_average(),
     }
     with tempfile.TemporaryDirectory() as directory:
         scratch = Path(directory)
@@ -513,7 +450,7 @@ def main() -> None:
         results["end_to_end"] = end_to_end_section(scratch, scratch, rounds, per_round)
         print("splitinfer profile", flush=True)
         results["profile"] = profile_section(scratch)
-    results["load_after"] = _load_average()
+    results["load_after"] = load_average()
     if not args.quick:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
         write_section("overhead", "overhead.py", markdown(results))

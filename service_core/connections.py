@@ -6,7 +6,7 @@ Each open connection costs a file descriptor and memory. ``MAX_CONNECTIONS`` bou
 - a request that arrives while more than ``MAX_CONNECTIONS`` connections are open (its own included) gets
   a problem+json 503 with ``Retry-After``, and its connection is closed (uvicorn's ``limit_concurrency``,
   with the services' own answer), lingering: what the client still sends is read and dropped for up to 2 s
-  (``splitinfer.http_protocol.LINGER_S``) so that it reads the 503 instead of a reset, and meanwhile the
+  (``splitinfer.http_protocol.lingering.LINGER_S``) so that it reads the 503 instead of a reset, and meanwhile the
   connection still counts;
 - a connection opened while :func:`connection_ceiling` connections are open already (``MAX_CONNECTIONS``
   and an eighth more, at least 8, room for those 503s) is closed at once, unanswered: however fast

@@ -17,7 +17,10 @@ from starlette.types import Message, Receive, Scope, Send
 from service_core.connections import lowered_default_warning, open_files_limit
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
-from splitinfer.http_protocol import MAX_HEAD_BYTES, RefusalCounter, http_protocol, with_tls_handshake
+from splitinfer.http_protocol import http_protocol
+from splitinfer.http_protocol.connection_limit import RefusalCounter
+from splitinfer.http_protocol.framing import MAX_HEAD_BYTES
+from splitinfer.http_protocol.tls_handshake import with_tls_handshake
 
 __all__ = ["configure_logging", "run_service", "uvicorn_config", "warn_of_a_lowered_connection_limit"]
 
@@ -136,7 +139,7 @@ def uvicorn_config(
         # (uvicorn would hand it to a WebSocket library and answer a bodiless text/plain 403).
         "ws": "none",
         # NOTE: h11 (where httptools is not installed) refuses longer heads itself; httptools is bounded by
-        # http_protocol's with_framing_limits
+        # http_protocol's with_framing_limits (splitinfer.http_protocol.framing)
         "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
         # NOTE: counted and answered (problem+json 503) by http_protocol; see service_core.connections.
         "limit_concurrency": settings.max_connections,

@@ -21,7 +21,8 @@ def _modules() -> list[str]:
     for package in PACKAGES:
         names.append(package)
         module = importlib.import_module(package)
-        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules(module.__path__) if m.name != "__main__"]
+        found = pkgutil.walk_packages(module.__path__, prefix=f"{package}.")  # NOTE: subpackages' modules too
+        names += [m.name for m in found if not m.name.endswith(".__main__")]
     return names
 
 

@@ -20,15 +20,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_service.settings import EdgeSettings
-from splitinfer.http_protocol import (
-    MAX_BODY_CHUNKS,
-    MAX_HEAD_BYTES,
-    http_protocol,
-    service_protocol,
-    with_framing_limits,
-    with_head_deadline,
-    with_lingering_close,
-)
+from splitinfer.http_protocol import http_protocol, service_protocol
+from splitinfer.http_protocol.framing import MAX_BODY_CHUNKS, MAX_HEAD_BYTES, with_framing_limits
+from splitinfer.http_protocol.head_deadline import with_head_deadline
+from splitinfer.http_protocol.lingering import with_lingering_close
 from tests.support.raw_http import exchange, read_until_closed, served_in_thread
 
 _KEEP_ALIVE_S = 0.5

@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_service.settings import EdgeSettings
 from service_core.connections import connection_ceiling
-from splitinfer.http_protocol import with_tls_handshake
+from splitinfer.http_protocol.tls_handshake import with_tls_handshake
 from splitinfer.serve import _DrainingServer, uvicorn_config
 from tests.support.raw_http import exchange, served_in_thread
 from tests.support.tls import self_signed_certificate
@@ -200,9 +200,9 @@ def test_a_handshake_is_bounded_however_long_the_keep_alive(
 ) -> None:
     """The cloud's keep-alive is 65 s: a silent connection waits for its handshake at most
     ``_TLS_HANDSHAKE_S`` (10 s; 1 s here), not the keep-alive timeout."""
-    import splitinfer.http_protocol
+    import splitinfer.http_protocol.tls_handshake
 
-    monkeypatch.setattr(splitinfer.http_protocol, "_TLS_HANDSHAKE_S", 1.0)
+    monkeypatch.setattr(splitinfer.http_protocol.tls_handshake, "_TLS_HANDSHAKE_S", 1.0)
     cert, key = certificate
     settings = EdgeSettings(port=0, keep_alive_s=60, ssl_certfile=cert, ssl_keyfile=key)
     with served_in_thread(_app, settings) as (_, port), socket.create_connection(("127.0.0.1", port)) as silent:
