@@ -307,15 +307,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_pair(args, classify_sample)
 
 
+_MAX_PER_REQUEST = 1024
+"""The most images a service takes in one request (``MAX_BATCH_SIZE`` is at most this)."""
+
+
+def _check_bench_args(args: argparse.Namespace) -> None:
+    """Counts and times that would run nothing, or divide by zero, are usage mistakes (exit status 2)."""
+    if args.concurrency < 1:
+        raise CliError(f"--concurrency must be at least 1, not {args.concurrency}")
+    if args.requests is not None and args.requests < 1:
+        raise CliError(f"--requests must be at least 1, not {args.requests}")
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        raise CliError(f"--duration must be a positive number of seconds, not {args.duration}")
+    if not 0 <= args.warmup < float("inf"):
+        raise CliError(f"--warmup must be 0 or more seconds, not {args.warmup}")
+    if args.count < 1:
+        raise CliError(f"--count must be at least 1, not {args.count}")
+    if not 1 <= args.per_request <= _MAX_PER_REQUEST:
+        raise CliError(f"--per-request must be between 1 and {_MAX_PER_REQUEST}, not {args.per_request}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from splitinfer.bench import bench_images, run_target
     from splitinfer.loadgen import markdown_table
 
+    _check_bench_args(args)
     if (args.duration is None) == (args.requests is None):
         args.duration = args.duration or 20.0
-    images = bench_images(args.images, args.count)
+    images = _image_folder(args.images) if args.images else bench_images(None, args.count)
     url = args.url or (CLOUD_URL if args.target == "cloud" else EDGE_URL)
     result = run_target(
         args.target,
