@@ -50,6 +50,9 @@ def check_device(device: str) -> None:
 def check_port_free(host: str, port: int, flag: str) -> None:
     """Refuse a port something already listens on (another ``splitinfer up`` or ``demo``, most often)."""
     with socket.socket() as sock:
+        # NOTE: as uvicorn binds: connections of a service just stopped, left in TIME_WAIT for a minute,
+        # do not hold the port (without it `up` refused the port its last run served on); a listener still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
