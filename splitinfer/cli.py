@@ -191,7 +191,10 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
         nonlocal stopping
         stopping = True
 
+    # NOTE: SIGHUP too (the terminal closed): the children run in sessions of their own, so nothing else
+    # stops them, and `up` killed by it left both serving.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     try:
         try:
             wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
@@ -205,6 +208,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
         print("Ctrl-C stops both.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
+        for name, process in (("edge", edge), ("cloud", cloud)):
+            if not stopping and process.returncode is not None:
+                print(f"splitinfer: error: the {name} exited ({_exit_reason(process.returncode)})", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
@@ -219,6 +225,15 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
                     process.wait()
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
