@@ -182,8 +182,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     launch = [sys.executable, "-m", "splitinfer"]
     # NOTE: every core each, with idle OpenMP threads spinning briefly, then sleeping (splitinfer.threads).
     threads = pair_threads_env(os.environ)
-    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads)
-    edge = spawn([*launch, "edge", *common, *edge_args], env=threads)
+    # NOTE: both die with `up`, even of SIGKILL (they run in sessions of their own; both were left serving).
+    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads, die_with_parent=True)
+    edge = spawn([*launch, "edge", *common, *edge_args], env=threads, die_with_parent=True)
     processes = [edge, cloud]
     stopping = False
 

@@ -80,8 +80,19 @@ def test_sighup_stops_both_services(up: tuple[subprocess.Popen[bytes], Path, lis
 def test_a_service_that_dies_is_named_and_both_stop(up: tuple[subprocess.Popen[bytes], Path, list[int]]) -> None:
     # Before: `up` stopped with status 1 and only "stopping the edge, then the cloud...", never saying why.
     process, log, children = up
-    cloud = next(pid for pid in children if "cloud" in Path(f"/proc/{pid}/cmdline").read_text())
+    cloud = next(pid for pid in children if "\0cloud\0" in Path(f"/proc/{pid}/cmdline").read_text())  # not --cloud-url
     os.kill(cloud, signal.SIGKILL)
     assert process.wait(60) == 1
     assert "splitinfer: error: the cloud exited (killed by SIGKILL)" in log.read_text()
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def test_sigkill_of_up_stops_both_services(up: tuple[subprocess.Popen[bytes], Path, list[int]]) -> None:
+    # Before: no handler sees SIGKILL (the OOM killer's, a `kill -9`), and both services kept serving.
+    process, _, children = up
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 60
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not [pid for pid in children if _alive(pid)]
