@@ -38,3 +38,10 @@ def test_a_port_something_listens_on_is_refused() -> None:
     port = free_port()
     with _listener(port), pytest.raises(CliError, match=f"port {port} on 127.0.0.1 is already in use"):
         check_port_free("127.0.0.1", port, "--cloud-port")
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 99999])
+def test_a_number_that_is_no_port_is_refused(port: int) -> None:
+    # Before: bind() raised OverflowError, and `splitinfer up --edge-port 99999` printed its traceback.
+    with pytest.raises(CliError, match=f"--edge-port {port} is not a port: use 1-65535"):
+        check_port_free("127.0.0.1", port, "--edge-port")
