@@ -452,6 +452,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     if args.plot:
         require_matplotlib()  # before the work: a missing extra is said at once
+    # NOTE: NaN admitted every lossy codec (no error compares above it), a negative bound even fp32 none.
+    if not args.max_logit_error >= 0:
+        raise CliError(f"--max-logit-error must be a number of 0 or more, not {args.max_logit_error}")
+    if args.top is not None and args.top < 1:
+        raise CliError(f"--top must be at least 1, not {args.top}")
     bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_duration(args.rtt)
     edge, cloud = load_profile(args.edge_profile, "edge"), load_profile(args.cloud_profile, "cloud")
     rows = plan(
@@ -489,8 +494,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print_table(title, columns, table, width=args.width)
     if args.plot:
         order = {c.name: c.index for c in edge.cuts}
-        plot_plan(rows, order, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
-        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+        # NOTE: a name without a suffix gets matplotlib's default format's (it said `wrote NAME`, not NAME.png).
+        written = args.plot if Path(args.plot).suffix else f"{args.plot}.png"
+        plot_plan(rows, order, written, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
+        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

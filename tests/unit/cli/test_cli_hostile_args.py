@@ -62,3 +62,41 @@ def test_a_folder_to_make_where_a_file_is_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError) as caught:
         (tmp_path / "f").mkdir(parents=True, exist_ok=True)
     assert explain(caught.value) == f"{tmp_path / 'f'} exists and is not a folder"
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from shared.models import load_model
+    from shared.planning import CodecProfile, CutProfile, Profile
+
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    codecs = (CodecProfile("fp32", 4000, 0.1, 0.1, 0.0), CodecProfile("int2+ans", 300, 0.1, 0.1, 0.5))
+    cuts = [CutProfile("relu", 2, 1.0, 1.0, codecs), CutProfile("output", 7, 3.0, 0.0, ())]
+    path = tmp_path_factory.mktemp("plan") / "p.json"
+    Profile(loaded.name, loaded.digest, "cpu", 1, 64, {}, cuts).save(path)
+    return path
+
+
+def _plan(profile: Path, *args: str) -> list[str]:
+    profiles = ["--edge-profile", str(profile), "--cloud-profile", str(profile)]
+    return ["plan", *profiles, "--bandwidth", "5mbit", "--rtt", "1ms", *args]
+
+
+@pytest.mark.parametrize(("args", "named"), [(["--max-logit-error", "nan"], "--max-logit-error"),
+                                             (["--max-logit-error", "-1"], "--max-logit-error"),
+                                             (["--top", "0"], "--top"), (["--top", "-1"], "--top")])  # fmt: skip
+def test_plan_refuses_a_bound_or_count_that_cannot_work(
+    capsys: pytest.CaptureFixture[str], profile: Path, args: list[str], named: str
+) -> None:
+    # Before: NaN admitted every lossy codec (a codec with a 50% error was planned), -1 none, not even fp32;
+    # --top -1 printed every row but the last.
+    assert named in _failure(capsys, _plan(profile, *args))
+
+
+def test_plan_says_which_file_its_plot_went_to(
+    capsys: pytest.CaptureFixture[str], profile: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    assert main(_plan(profile, "--plot", str(tmp_path / "latency"))) == 0
+    assert f"wrote {tmp_path / 'latency.png'}" in capsys.readouterr().out  # before: `wrote .../latency`
+    assert (tmp_path / "latency.png").is_file()
