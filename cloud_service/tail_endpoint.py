@@ -30,6 +30,7 @@ TAIL_PATH = "/v1/tail"
 _ACCEPTED_BODIES = (MEDIA_TYPE, "application/octet-stream")
 _MEDIA_TYPE_BYTES = MEDIA_TYPE.encode()
 _JSON = b"application/json"
+_MEDIA_TYPE_LOWER = _MEDIA_TYPE_BYTES.lower()
 _SERVED_BY = SERVED_BY_HEADER.lower().encode()
 
 TAIL_OPERATION: dict[str, Any] = {
@@ -63,6 +64,35 @@ class _Headers:
                 self.authorization = value
             elif key == b"accept":
                 self.accept = value
+
+
+def _wants_json(accept: bytes) -> bool:
+    """Whether ``Accept`` prefers ``application/json`` to the wire payload (a tie goes to JSON, named).
+
+    Media types compare case-insensitively and each weighs its ``q`` (1 unless given): ``application/json;q=0``
+    refuses JSON, and ``application/jsonx`` is not JSON. The wire payload is weighed by its own entry, else
+    ``application/*``, else ``*/*`` (0 when none names it). Anything else gets the wire payload, as before.
+    """
+    lowered = accept.lower()
+    if _JSON not in lowered:  # NOTE: the edge's every request: no parsing
+        return False
+    weights: dict[bytes, float] = {}
+    for item in lowered.split(b","):
+        media, *params = (part.strip() for part in item.split(b";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition(b"=")
+            if key.strip() == b"q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # NOTE: also NaN
+                    q = 0.0
+        weights[media] = max(q, weights.get(media, 0.0))
+    json_q = weights.get(_JSON, 0.0)
+    wire_q = next((weights[m] for m in (_MEDIA_TYPE_LOWER, b"application/*", b"*/*") if m in weights), 0.0)
+    return json_q > 0 and json_q >= wire_q
 
 
 async def _read_body(receive: Receive, arrival: BodyArrival) -> bytes:
@@ -128,7 +158,7 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
     )
     scope.setdefault("state", {})["log_fields"] = {"cut": cut, "bytes": len(body), "batch": stats.batch_size}
     loaded = model.loaded
-    if _JSON in headers.accept:
+    if _wants_json(headers.accept):
         content: dict[str, Any] = {
             "model": loaded.name,
             "weights_digest": loaded.digest,

@@ -131,7 +131,7 @@ class CloudClient:
         # NOTE: the attempt that was answered only: a refused or dropped one before it would tell the link
         # estimate and the cut selector of a round trip the payload never made
         round_trip_ms = (time.perf_counter() - started) * 1000
-        timings = TailTimings.parse(headers.get("server-timing", ""))
+        timings = TailTimings.parse(headers.get("server-timing", "")).consistent_with(round_trip_ms, len(payload))
         served_by = headers.get(SERVED_BY_HEADER)
         return CloudReply(body, timings, round_trip_ms, sanitize(served_by, 100) if served_by is not None else None)
 

@@ -2,7 +2,8 @@
 
 The cloud formats a :class:`TailTimings` and the edge parses it, both here, so the names never drift. The
 edge reads a peer's header: :meth:`TailTimings.parse` accepts only ASCII decimal numbers, finite and
-non-negative, from a header of bounded length, and skips anything else instead of raising.
+non-negative, from a header of bounded length, and skips anything else instead of raising; and
+:meth:`TailTimings.consistent_with` keeps them only where they fit what the edge measured itself.
 """
 
 from __future__ import annotations
@@ -96,6 +97,22 @@ class TailTimings:
                     values["stream_bytes"] = int(text)
         return cls(**values)  # type: ignore[arg-type]
 
+    def consistent_with(self, round_trip_ms: float, sent_bytes: int) -> TailTimings:
+        """These timings if they fit the call the edge measured, else none (a cloud that lies teaches nothing).
+
+        No part of the cloud's handling can take longer than the round trip the edge waited for its reply,
+        nor can the cloud have timed more bytes than were sent: a cloud that says so (a bug, or a peer that
+        lies) would otherwise steer the edge's plan, e.g. one reply's ``tail;dur=999999999999`` added
+        1e11 ms to the calibrated cloud compute, and only ~120 more calls wore it off.
+        """
+        limit = round_trip_ms + _ROUNDING_MS
+        durations = (getattr(self, name) for name in _DURATIONS)
+        if any(value is not None and value > limit for value in durations):
+            return TailTimings()
+        if self.stream_bytes is not None and self.stream_bytes > sent_bytes:
+            return TailTimings()
+        return self
+
     @property
     def cloud_compute_ms(self) -> float | None:
         """What the cloud spent decoding the payload and running the tail."""
@@ -106,6 +123,8 @@ class TailTimings:
 
 _DURATIONS = tuple(f.name for f in fields(TailTimings) if f.name.endswith("_ms"))
 """TailTimings' durations, in the order they are reported (looked up once, not per request)."""
+_ROUNDING_MS = 0.01
+"""The header carries durations rounded to 0.01 ms."""
 
 
 def format_server_timing(timings_ms: Mapping[str, float], descriptions: Mapping[str, str] | None = None) -> str:

@@ -48,8 +48,13 @@ def check_device(device: str) -> None:
 
 
 def check_port_free(host: str, port: int, flag: str) -> None:
-    """Refuse a port something already listens on (another ``splitinfer up`` or ``demo``, most often)."""
+    """Refuse a port something already listens on (another ``splitinfer up`` or ``demo``, most often), or none."""
+    if not 0 < port < 65536:  # NOTE: bind() raised OverflowError, a traceback
+        raise CliError(f"{flag} {port} is not a port: use 1-65535")
     with socket.socket() as sock:
+        # NOTE: as uvicorn binds: connections of a service just stopped, left in TIME_WAIT for a minute,
+        # do not hold the port (without it `up` refused the port its last run served on); a listener still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

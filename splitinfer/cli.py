@@ -182,8 +182,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     launch = [sys.executable, "-m", "splitinfer"]
     # NOTE: every core each, with idle OpenMP threads spinning briefly, then sleeping (splitinfer.threads).
     threads = pair_threads_env(os.environ)
-    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads)
-    edge = spawn([*launch, "edge", *common, *edge_args], env=threads)
+    # NOTE: both die with `up`, even of SIGKILL (they run in sessions of their own; both were left serving).
+    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads, die_with_parent=True)
+    edge = spawn([*launch, "edge", *common, *edge_args], env=threads, die_with_parent=True)
     processes = [edge, cloud]
     stopping = False
 
@@ -191,7 +192,10 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
         nonlocal stopping
         stopping = True
 
+    # NOTE: SIGHUP too (the terminal closed): the children run in sessions of their own, so nothing else
+    # stops them, and `up` killed by it left both serving.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     try:
         try:
             wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
@@ -205,6 +209,9 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
         print("Ctrl-C stops both.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
+        for name, process in (("edge", edge), ("cloud", cloud)):
+            if not stopping and process.returncode is not None:
+                print(f"splitinfer: error: the {name} exited ({_exit_reason(process.returncode)})", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
@@ -219,6 +226,15 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
                     process.wait()
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -307,15 +323,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_pair(args, classify_sample)
 
 
+_MAX_PER_REQUEST = 1024
+"""The most images a service takes in one request (``MAX_BATCH_SIZE`` is at most this)."""
+
+
+def _check_bench_args(args: argparse.Namespace) -> None:
+    """Counts and times that would run nothing, or divide by zero, are usage mistakes (exit status 2)."""
+    if args.concurrency < 1:
+        raise CliError(f"--concurrency must be at least 1, not {args.concurrency}")
+    if args.requests is not None and args.requests < 1:
+        raise CliError(f"--requests must be at least 1, not {args.requests}")
+    if args.duration is not None and not 0 < args.duration < float("inf"):
+        raise CliError(f"--duration must be a positive number of seconds, not {args.duration}")
+    if not 0 <= args.warmup < float("inf"):
+        raise CliError(f"--warmup must be 0 or more seconds, not {args.warmup}")
+    if args.count < 1:
+        raise CliError(f"--count must be at least 1, not {args.count}")
+    if not 1 <= args.per_request <= _MAX_PER_REQUEST:
+        raise CliError(f"--per-request must be between 1 and {_MAX_PER_REQUEST}, not {args.per_request}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from splitinfer.bench import bench_images, run_target
     from splitinfer.loadgen import markdown_table
 
+    _check_bench_args(args)
     if (args.duration is None) == (args.requests is None):
         args.duration = args.duration or 20.0
-    images = bench_images(args.images, args.count)
+    images = _image_folder(args.images) if args.images else bench_images(None, args.count)
     url = args.url or (CLOUD_URL if args.target == "cloud" else EDGE_URL)
     result = run_target(
         args.target,
@@ -415,6 +452,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     if args.plot:
         require_matplotlib()  # before the work: a missing extra is said at once
+    # NOTE: NaN admitted every lossy codec (no error compares above it), a negative bound even fp32 none.
+    if not args.max_logit_error >= 0:
+        raise CliError(f"--max-logit-error must be a number of 0 or more, not {args.max_logit_error}")
+    if args.top is not None and args.top < 1:
+        raise CliError(f"--top must be at least 1, not {args.top}")
     bandwidth, rtt = parse_bandwidth(args.bandwidth), parse_duration(args.rtt)
     edge, cloud = load_profile(args.edge_profile, "edge"), load_profile(args.cloud_profile, "cloud")
     rows = plan(
@@ -452,8 +494,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print_table(title, columns, table, width=args.width)
     if args.plot:
         order = {c.name: c.index for c in edge.cuts}
-        plot_plan(rows, order, args.plot, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
-        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+        # NOTE: a name without a suffix gets matplotlib's default format's (it said `wrote NAME`, not NAME.png).
+        written = args.plot if Path(args.plot).suffix else f"{args.plot}.png"
+        plot_plan(rows, order, written, f"{edge.model}, {args.bandwidth}, RTT {args.rtt}")
+        print(f"wrote {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

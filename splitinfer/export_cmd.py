@@ -6,10 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+from splitinfer.failures import CliError
+
 __all__ = ["add_export_parser"]
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # NOTE: before the model and the export
+        raise CliError(f"--out {args.out!r} is a file: name a folder to write the export into")
     import torch
 
     from shared.models import load_model

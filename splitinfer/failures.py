@@ -71,6 +71,8 @@ def explain(exc: BaseException) -> str | None:
         return one_line(f"{exc.filename} is a folder, not a file")
     if isinstance(exc, NotADirectoryError):
         return one_line(f"{exc.filename} is not a folder")
+    if isinstance(exc, FileExistsError):  # NOTE: a folder to make where a file is
+        return one_line(f"{exc.filename} exists and is not a folder")
     if isinstance(exc, PermissionError):
         return one_line(f"permission denied: {exc.filename}")
     if isinstance(exc, UnicodeDecodeError):

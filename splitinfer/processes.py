@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +35,50 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_with_parent(parent: int) -> Callable[[], None]:
+    """What the child runs before exec (Linux): SIGTERM to itself when ``parent`` dies, or has died already."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # NOTE: looked up before the fork, not in the child
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def spawn(
-    command: Sequence[str], *, log: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+    command: Sequence[str],
+    *,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start ``command`` in a new process group (output appended to ``log``, else inherited)."""
+    """Start ``command`` in a new process group (output appended to ``log``, else inherited).
+
+    ``die_with_parent``: on Linux the child gets SIGTERM (and drains) when this process dies, even of SIGKILL,
+    which no handler sees (the child runs in a session of its own, so nothing else would stop it). Spawn
+    such a child from the main thread: the signal follows the thread that spawned it.
+    """
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    preexec = _term_with_parent(os.getpid()) if die_with_parent and sys.platform.startswith("linux") else None
     if log is None:
-        return subprocess.Popen(list(command), env=environment, cwd=cwd, start_new_session=True)
+        return subprocess.Popen(list(command), env=environment, cwd=cwd, start_new_session=True, preexec_fn=preexec)
     with log.open("ab") as sink:
         return subprocess.Popen(
-            list(command), stdout=sink, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
+            list(command),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
         )
 
 

@@ -69,6 +69,7 @@ from typing import Any
 
 from cloud_service.settings import CloudSettings
 from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, Retirements
+from splitinfer.failures import CliError
 from splitinfer.threads import share_of_cores
 
 __all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
@@ -409,6 +410,7 @@ def run_workers(settings: CloudSettings) -> int:
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)  # NOTE: the workers get the value explicitly, and stay quiet
     _remove_orphaned_metrics()
+    _refuse_a_taken_port(settings.host, settings.port)
     holder = reuse_port_socket(settings.host, settings.port, listen=False)
     # NOTE: every worker keeps its metric values in one directory, so that whichever worker a scrape reaches
     # answers with all of them added up (service_core.multiprocess_metrics)
@@ -432,6 +434,26 @@ def run_workers(settings: CloudSettings) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             supervisor.kill_all()
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """Refuse a port something is bound to, as a single cloud would (a plain bind, ``SO_REUSEADDR`` only).
+
+    ``SO_REUSEPORT`` alone would not: a second ``--workers`` cloud started on the port of a running one joined
+    it, and the kernel spread the edges' connections over both (whatever model each serves); a port held
+    without it was an ``OSError`` traceback.
+    """
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"port {port} on {host} is already in use ({exc.strerror}): stop what listens there "
+                "(another cloud?) or pass --port with a free port"
+            ) from exc
 
 
 def _remove_orphaned_metrics() -> None:
