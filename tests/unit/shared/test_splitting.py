@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torchvision
@@ -25,17 +23,6 @@ NAMED_MODELS = [
     "convnext_tiny",
 ]
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """NOTE: these tests run thousands of small forwards: a second intra-op thread buys little there and,
-    on a busy 2-core machine, costs more in waiting (densenet121's every cut: about 25 s on one thread, 44 s
-    on two). Restored afterwards (tests/unit/engines sets one thread and leaves it set)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _small_vit(name: str) -> nn.Module:
