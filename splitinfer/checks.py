@@ -9,7 +9,7 @@ from typing import Any
 
 from splitinfer.failures import CliError
 
-__all__ = ["check_device", "check_model_name", "check_port_free", "load_profile"]
+__all__ = ["check_device", "check_model_name", "check_port_free", "load_profile", "refuse_a_bound_port"]
 
 
 def check_model_name(name: str) -> None:
@@ -51,7 +51,12 @@ def check_port_free(host: str, port: int, flag: str) -> None:
     """Refuse a port something already listens on (another ``splitinfer up`` or ``demo``, most often), or none."""
     if not 0 < port < 65536:  # NOTE: bind() raised OverflowError, a traceback
         raise CliError(f"{flag} {port} is not a port: use 1-65535")
-    with socket.socket() as sock:
+    refuse_a_bound_port(host, port, "another `splitinfer up` or `demo`?", flag)
+
+
+def refuse_a_bound_port(host: str, port: int, suspect: str, flag: str) -> None:
+    """A :class:`CliError` naming ``suspect`` and ``flag`` when something is bound to ``port`` on ``host``."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         # NOTE: as uvicorn binds: connections of a service just stopped, left in TIME_WAIT for a minute,
         # do not hold the port (without it `up` refused the port its last run served on); a listener still does.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,7 +65,7 @@ def check_port_free(host: str, port: int, flag: str) -> None:
         except OSError as exc:
             raise CliError(
                 f"port {port} on {host} is already in use ({exc.strerror}): stop what listens there "
-                f"(another `splitinfer up` or `demo`?) or pass {flag} with a free port"
+                f"({suspect}) or pass {flag} with a free port"
             ) from exc
 
 

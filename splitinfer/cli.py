@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from splitinfer.export_cmd import add_export_parser
-from splitinfer.failures import CliError, explain, failure_line
+from splitinfer.failures import CliError, exit_reason, explain, failure_line
 from splitinfer.tables import Column, print_table
 
 __all__ = ["build_parser", "main"]
@@ -211,7 +211,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
             time.sleep(0.5)
         for name, process in (("edge", edge), ("cloud", cloud)):
             if not stopping and process.returncode is not None:
-                print(f"splitinfer: error: the {name} exited ({_exit_reason(process.returncode)})", file=sys.stderr)
+                print(f"splitinfer: error: the {name} exited ({exit_reason(process.returncode)})", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
@@ -226,15 +226,6 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
                     process.wait()
     failed = [p.returncode for p in processes if p.returncode not in (0, -signal.SIGTERM)]
     return 1 if failed and not stopping else 0
-
-
-def _exit_reason(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -9,16 +9,27 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from typing import Any
 
-__all__ = ["CliError", "explain", "failure_line", "first_line", "one_line", "startup_failure"]
+__all__ = ["CliError", "exit_reason", "explain", "failure_line", "first_line", "one_line", "startup_failure"]
 
 _CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class CliError(Exception):
     """An expected failure; ``str()`` says what went wrong and what to do."""
+
+
+def exit_reason(returncode: int) -> str:
+    """How a child process ended, in words (``killed by SIGKILL``, ``exit status 3``)."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
 
 
 def one_line(text: str) -> str:

@@ -69,7 +69,8 @@ from typing import Any
 
 from cloud_service.settings import CloudSettings
 from service_core.multiprocess_metrics import MULTIPROCESS_DIR_ENV, Retirements
-from splitinfer.failures import CliError
+from splitinfer.checks import refuse_a_bound_port
+from splitinfer.failures import exit_reason
 from splitinfer.threads import share_of_cores
 
 __all__ = ["HEARTBEAT_S", "KILL_GRACE_S", "SILENT_S", "backoff_s", "reuse_port_socket", "run_workers", "worker_main"]
@@ -120,15 +121,6 @@ def _worker_settings(settings: CloudSettings, port: int) -> dict[str, Any]:
     if settings.token is not None:
         data["token"] = settings.token.get_secret_value()
     return data
-
-
-def _describe(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 @dataclass
@@ -350,7 +342,7 @@ class _Supervisor:
         worker.close()
         slot.worker = None
         code = worker.process.returncode
-        pid, how = worker.process.pid, _describe(code)
+        pid, how = worker.process.pid, exit_reason(code)
         if self.metrics is not None:
             self.metrics.retire(pid)
         if self.stop_signal is not None:
@@ -443,17 +435,8 @@ def _refuse_a_taken_port(host: str, port: int) -> None:
     it, and the kernel spread the edges' connections over both (whatever model each serves); a port held
     without it was an ``OSError`` traceback.
     """
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise CliError(
-                f"port {port} on {host} is already in use ({exc.strerror}): stop what listens there "
-                "(another cloud?) or pass --port with a free port"
-            ) from exc
+    if port != 0:
+        refuse_a_bound_port(host, port, "another cloud?", "--port")
 
 
 def _remove_orphaned_metrics() -> None:
