@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +169,10 @@ def _pair_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[str
     return common, cloud, edge
 
 
+class _StopRequested(Exception):
+    """SIGTERM or SIGHUP reached ``up``/``demo``: stop both services now, even while their models load."""
+
+
 def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     from splitinfer.checks import check_model_name, check_port_free
     from splitinfer.processes import spawn, stop_all, wait_ready
@@ -182,21 +187,25 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     launch = [sys.executable, "-m", "splitinfer"]
     # NOTE: every core each, with idle OpenMP threads spinning briefly, then sleeping (splitinfer.threads).
     threads = pair_threads_env(os.environ)
-    # NOTE: both die with `up`, even of SIGKILL (they run in sessions of their own; both were left serving).
-    cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads, die_with_parent=True)
-    edge = spawn([*launch, "edge", *common, *edge_args], env=threads, die_with_parent=True)
-    processes = [edge, cloud]
+    processes: list[subprocess.Popen[bytes]] = []  # NOTE: stopped in this order: the edge first
     stopping = False
 
     def stop(signum: int, _: object) -> None:
         nonlocal stopping
-        stopping = True
+        if not stopping:  # NOTE: the first one interrupts whatever `up` waits on (models loading included)
+            stopping = True
+            raise _StopRequested
 
     # NOTE: SIGHUP too (the terminal closed): the children run in sessions of their own, so nothing else
     # stops them, and `up` killed by it left both serving.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
     try:
+        # NOTE: both die with `up`, even of SIGKILL (they run in sessions of their own; both were left serving).
+        cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads, die_with_parent=True)
+        processes.append(cloud)
+        edge = spawn([*launch, "edge", *common, *edge_args], env=threads, die_with_parent=True)
+        processes.insert(0, edge)
         try:
             wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
         except (RuntimeError, TimeoutError) as exc:
@@ -212,7 +221,7 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
         for name, process in (("edge", edge), ("cloud", cloud)):
             if not stopping and process.returncode is not None:
                 print(f"splitinfer: error: the {name} exited ({exit_reason(process.returncode)})", file=sys.stderr)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _StopRequested):
         pass
     finally:
         print("\nstopping the edge, then the cloud (Ctrl-C again stops both at once)...", flush=True)

@@ -96,3 +96,31 @@ def test_sigkill_of_up_stops_both_services(up: tuple[subprocess.Popen[bytes], Pa
     while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in children if _alive(pid)]
+
+
+def test_sigterm_while_the_models_load_stops_both_at_once(tmp_path: Path) -> None:
+    """Before: `up` acted on SIGTERM only once both services were ready (it printed their addresses, then
+    stopped them); the first SIGTERM now interrupts the wait."""
+    command = [sys.executable, "-m", "splitinfer", "up", "--model", "resnet18", "--weights", "none"]
+    command += ["--edge-port", str(free_port()), "--cloud-port", str(free_port())]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "up.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while len(children := _children(process.pid)) < 2:  # NOTE: both spawned, neither has loaded torch yet
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+        output = log.read_text()
+        assert "Ctrl-C stops both." not in output, output
+        assert "stopping the edge, then the cloud" in output
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        for pid in _children(process.pid):
+            os.killpg(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
