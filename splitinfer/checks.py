@@ -74,6 +74,8 @@ def load_profile(path: str, which: str) -> Any:
     from shared.planning import Profile
 
     how = f"write one with `splitinfer profile -o {path}`"
+    if Path(path).is_dir():
+        raise CliError(f"{which} profile {path!r} is a directory, not a file: {how}, or name the file in it")
     if not Path(path).is_file():
         raise CliError(f"{which} profile {path!r} does not exist: {how}")
     try:

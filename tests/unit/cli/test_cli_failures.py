@@ -155,6 +155,13 @@ def test_plan_with_a_missing_profile_says_how_to_write_one(capsys: pytest.Captur
     assert f"edge profile {missing!r} does not exist: write one with `splitinfer profile -o {missing}`" in line
 
 
+def test_plan_with_a_directory_for_a_profile_says_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = str(tmp_path)
+    argv = ["plan", "--edge-profile", folder, "--cloud-profile", folder, "--bandwidth", "20mbit", "--rtt", "30ms"]
+    line = _failure(capsys, argv)
+    assert f"edge profile {folder!r} is a directory, not a file" in line
+
+
 def test_plan_with_a_corrupt_profile_names_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "edge.json"
     bad.write_text("{not json")
