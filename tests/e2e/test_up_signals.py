@@ -48,16 +48,14 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, list[int
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "up.log"  # NOTE: a file, not a pipe: the services log to it too, and nobody reads a pipe
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sink)
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    # NOTE: until `up` itself has seen both ready (it prints this then): a service that dies while `up` still
+    # waits for readiness is a failed start (status 2), not a service that died (status 1)
     deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{edge_port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, log.read_text()
+    while "Ctrl-C stops both." not in log.read_text():
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
         time.sleep(0.3)
+    assert httpx.get(f"http://127.0.0.1:{edge_port}/readyz", timeout=5).status_code == 200
     children = _children(process.pid)
     assert len(children) == 2
     yield process, log, children
