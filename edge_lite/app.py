@@ -31,10 +31,13 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
+from service_core.admission import Admission, AdmissionMiddleware
+from service_core.body_limit import BodyLimitMiddleware
 from service_core.connections import connections_refused_counter
 from service_core.decode_budget import DecodeBudget
 from service_core.head_requests import HeadAsGetMiddleware
@@ -61,6 +64,7 @@ __all__ = ["EdgeLiteState", "create_app"]
 
 logger = logging.getLogger(__name__)
 MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
+CLASSIFY_PATH = "/v1/classify"
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_INFO_BYTES = 64 * 1024
 _INFO_TIMEOUT_S = 2.0
@@ -75,10 +79,7 @@ class EdgeLiteState:
     limits: ImageLimits
     client: httpx.AsyncClient
     registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
     heap: HeapTrimmer
-    in_flight: int = 0
     decode_budget: DecodeBudget = field(init=False)
     """What the images of requests being decoded take (service_core.image_cost)."""
 
@@ -154,8 +155,6 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             ),
             client=client,
             registry=registry,
-            requests=requests,
-            latency=latency,
             heap=HeapTrimmer(malloc_trim()),
         )
         logger.info(
@@ -177,8 +176,51 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
     app.state.metrics = ServingMetrics(connections_refused_counter(registry))
     install_problem_handlers(app)
     app.add_middleware(HeadAsGetMiddleware)
+    # NOTE: as the torch edge (service_core.app): the body bounded in size and time where it enters, and a
+    # request admitted (requests and upload bytes in flight) before any byte of it is read; the counter
+    # outside both, so their refusals are counted too.
+    limit = settings.max_upload_bytes
+
+    def limit_for(scope: Scope) -> int | None:
+        return limit if scope["path"] == CLASSIFY_PATH else None
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for, timeout_s=settings.body_timeout_s)
+    admission = Admission(
+        admits=lambda scope: scope["path"] == CLASSIFY_PATH,
+        max_requests=settings.max_concurrent_requests,
+        max_body_bytes=settings.max_body_bytes_in_flight,
+    )
+    app.add_middleware(AdmissionMiddleware, admission=admission, limit_for=limit_for)
+    app.add_middleware(_CountClassify, requests=requests, latency=latency)
     app.include_router(router)
     return app
+
+
+class _CountClassify:
+    """``splitinfer_requests_total{status}`` and ``splitinfer_request_seconds`` of classify requests, whoever
+    answers them (the route, or admission and the body limit before it)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CLASSIFY_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.requests.labels(str(status)).inc()
+            self.latency.observe(time.perf_counter() - start)
 
 
 def _state(request: Request) -> EdgeLiteState:
@@ -193,9 +235,7 @@ router = APIRouter()
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    """The body (its declared length, its size and its time are bounded outside: BodyLimitMiddleware)."""
     too_large = f"the body exceeds the limit of {limit} bytes"
     return await _joined(request.stream(), limit, lambda: PayloadTooLarge(too_large))
 
@@ -326,30 +366,15 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
     return body
 
 
-@router.post("/v1/classify")
+@router.post(CLASSIFY_PATH)
 async def classify(
     request: Request,
     state: StateDep,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
     logits: Annotated[bool, Query()] = False,
 ) -> dict[str, Any]:
-    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
-    if state.in_flight >= state.settings.max_concurrent_requests:
-        raise ServiceUnavailable("too many requests in progress", retry_after=1.0)
-    state.in_flight += 1
-    start = time.perf_counter()
-    status = "500"
-    try:
-        result = await _classify(request, state, top_k, logits)
-        status = "200"
-        return result
-    except SplitInferError as exc:
-        status = str(exc.status)
-        raise
-    finally:
-        state.in_flight -= 1
-        state.requests.labels(status).inc()
-        state.latency.observe(time.perf_counter() - start)
+    """Classify one image (multipart field `image`, or a raw `image/*` body; admitted before it is read)."""
+    return await _classify(request, state, top_k, logits)
 
 
 async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_logits: bool) -> dict[str, Any]:
