@@ -43,6 +43,7 @@ from service_core.decode_budget import DecodeBudget
 from service_core.head_requests import HeadAsGetMiddleware
 from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.image_cost import images_cost
+from service_core.openapi import install_openapi
 from service_core.problems import install_problem_handlers
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
@@ -171,7 +172,9 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
         finally:
             await client.aclose()
 
-    app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan)
+    app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(app)  # NOTE: /docs from the package's Swagger UI files (FastAPI's loads a CDN's script)
+    app.router.redirect_slashes = False  # NOTE: a trailing slash is a 404 problem naming the route, not a 307
     app.state.draining = False  # NOTE: set on SIGTERM by splitinfer.serve
     app.state.metrics = ServingMetrics(connections_refused_counter(registry))
     install_problem_handlers(app)

@@ -17,23 +17,10 @@ from starlette.types import Message
 
 from edge_lite.app import create_app
 from edge_lite.settings import EdgeLiteSettings
-from shared.models import load_model
-from shared.onnx_export import export_split
 
-TINY_MODEL = "tests.fixture_models:tiny_cnn"
 MIB = 1024 * 1024
 GUARD_S = 10.0
 """How long a test waits for an answer before it calls the request wedged (no answer is timed)."""
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    loaded = load_model(TINY_MODEL, "none")
-    out = tmp_path_factory.mktemp("lite-uploads") / "export"
-    export_split(
-        loaded.graph(), "stem", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-    ).write(out)
-    return out
 
 
 @asynccontextmanager
