@@ -69,6 +69,7 @@ CLASSIFY_PATH = "/v1/classify"
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_INFO_BYTES = 64 * 1024
 _INFO_TIMEOUT_S = 2.0
+_REFUSED_TOKEN = "it refused this edge's token: set the same SPLITINFER_TOKEN on both"
 
 
 @dataclass
@@ -360,6 +361,8 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
         raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
     except httpx.TransportError as exc:
         raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
+    if status == 401:
+        raise BadGateway(f"the cloud answered 401: {_REFUSED_TOKEN}")
     if status in (409, 413, 415, 422):
         raise BadGateway(f"the cloud refused the payload ({status}): {body[:300].decode(errors='replace')}")
     if status == 503:
@@ -469,12 +472,15 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
         raise ServiceUnavailable("the service is shutting down")
     try:
         async with asyncio.timeout(_INFO_TIMEOUT_S):
-            _, body = await _bounded_call(
+            status, body = await _bounded_call(
                 state.client, "GET", "/v1/info", _MAX_INFO_BYTES, headers={"Accept-Encoding": "identity"}
             )
-        cloud = json.loads(body)
+        cloud = json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
         raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if status != 200:  # NOTE: an error's problem+json is not the cloud's /v1/info (it names no model)
+        reason = f": {_REFUSED_TOKEN}" if status == 401 else ""
+        raise ServiceUnavailable(f"cloud not ready: its /v1/info answered {status}{reason}")
     manifest = state.manifest
     if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
         manifest.model,
