@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
 from service_core.serving import ServingSettings
 
@@ -38,8 +38,8 @@ class EdgeLiteSettings(ServingSettings):
         64 * 1024 * 1024,
         ge=1,
         description="Upload bytes the edge admits at once (Content-Length, or MAX_UPLOAD_BYTES when none is "
-        "declared); beyond it new requests get 503 + Retry-After before their body is read. At least "
-        "MAX_UPLOAD_BYTES (the torch edge: 128 MiB).",
+        "declared); beyond it new requests get 503 + Retry-After before their body is read (413 for a body "
+        "declared larger than it alone). The torch edge's: 128 MiB.",
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="A request body must arrive within this many seconds (408 otherwise)."
@@ -64,15 +64,6 @@ class EdgeLiteSettings(ServingSettings):
         if value.removesuffix("+zstd") not in ACTIVATION_CODECS:
             raise ValueError(f"codec {value!r} is not one of {', '.join(ACTIVATION_CODECS)} (optionally +zstd)")
         return value
-
-    @model_validator(mode="after")
-    def _an_upload_fits_in_flight(self) -> EdgeLiteSettings:
-        if self.max_body_bytes_in_flight < self.max_upload_bytes:
-            raise ValueError(
-                f"MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) is below MAX_UPLOAD_BYTES "
-                f"({self.max_upload_bytes}): an upload of the largest size would never be admitted"
-            )
-        return self
 
     @property
     def formats(self) -> tuple[str, ...]:
