@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from service_core.serving import ServingSettings
+from service_core.serving import ServingSettings, check_cloud_url
 
 __all__ = ["EdgeLiteSettings"]
 
@@ -55,6 +55,11 @@ class EdgeLiteSettings(ServingSettings):
         "before decoding. A request alone is always admitted. 256 MiB (the torch edge: 1 GiB) suits a device with "
         "1-2 GB: about twenty 12-megapixel phone JPEGs at once, or one 40-megapixel PNG.",
     )
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _cloud_base_url(cls, value: str) -> str:
+        return check_cloud_url(value)
 
     @field_validator("codec")
     @classmethod
