@@ -31,15 +31,19 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
 from edge_lite.wire import decode_logits, encode_activations
+from service_core.admission import Admission, AdmissionMiddleware
+from service_core.body_limit import BodyLimitMiddleware
 from service_core.connections import connections_refused_counter
 from service_core.decode_budget import DecodeBudget
 from service_core.head_requests import HeadAsGetMiddleware
 from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.image_cost import images_cost
+from service_core.openapi import install_openapi
 from service_core.problems import install_problem_handlers
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
@@ -61,9 +65,11 @@ __all__ = ["EdgeLiteState", "create_app"]
 
 logger = logging.getLogger(__name__)
 MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
+CLASSIFY_PATH = "/v1/classify"
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_INFO_BYTES = 64 * 1024
 _INFO_TIMEOUT_S = 2.0
+_REFUSED_TOKEN = "it refused this edge's token: set the same SPLITINFER_TOKEN on both"
 
 
 @dataclass
@@ -75,10 +81,7 @@ class EdgeLiteState:
     limits: ImageLimits
     client: httpx.AsyncClient
     registry: CollectorRegistry
-    requests: Counter
-    latency: Histogram
     heap: HeapTrimmer
-    in_flight: int = 0
     decode_budget: DecodeBudget = field(init=False)
     """What the images of requests being decoded take (service_core.image_cost)."""
 
@@ -154,8 +157,6 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             ),
             client=client,
             registry=registry,
-            requests=requests,
-            latency=latency,
             heap=HeapTrimmer(malloc_trim()),
         )
         logger.info(
@@ -172,13 +173,58 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
         finally:
             await client.aclose()
 
-    app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan)
+    app = FastAPI(title="split-inference edge (torch-free)", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_openapi(app)  # NOTE: /docs from the package's Swagger UI files (FastAPI's loads a CDN's script)
+    app.router.redirect_slashes = False  # NOTE: a trailing slash is a 404 problem naming the route, not a 307
     app.state.draining = False  # NOTE: set on SIGTERM by splitinfer.serve
     app.state.metrics = ServingMetrics(connections_refused_counter(registry))
     install_problem_handlers(app)
     app.add_middleware(HeadAsGetMiddleware)
+    # NOTE: as the torch edge (service_core.app): the body bounded in size and time where it enters, and a
+    # request admitted (requests and upload bytes in flight) before any byte of it is read; the counter
+    # outside both, so their refusals are counted too.
+    limit = settings.max_upload_bytes
+
+    def limit_for(scope: Scope) -> int | None:
+        return limit if scope["path"] == CLASSIFY_PATH else None
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for, timeout_s=settings.body_timeout_s)
+    admission = Admission(
+        admits=lambda scope: scope["path"] == CLASSIFY_PATH,
+        max_requests=settings.max_concurrent_requests,
+        max_body_bytes=settings.max_body_bytes_in_flight,
+    )
+    app.add_middleware(AdmissionMiddleware, admission=admission, limit_for=limit_for)
+    app.add_middleware(_CountClassify, requests=requests, latency=latency)
     app.include_router(router)
     return app
+
+
+class _CountClassify:
+    """``splitinfer_requests_total{status}`` and ``splitinfer_request_seconds`` of classify requests, whoever
+    answers them (the route, or admission and the body limit before it)."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CLASSIFY_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.requests.labels(str(status)).inc()
+            self.latency.observe(time.perf_counter() - start)
 
 
 def _state(request: Request) -> EdgeLiteState:
@@ -193,9 +239,7 @@ router = APIRouter()
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    """The body (its declared length, its size and its time are bounded outside: BodyLimitMiddleware)."""
     too_large = f"the body exceeds the limit of {limit} bytes"
     return await _joined(request.stream(), limit, lambda: PayloadTooLarge(too_large))
 
@@ -317,6 +361,8 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
         raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
     except httpx.TransportError as exc:
         raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
+    if status == 401:
+        raise BadGateway(f"the cloud answered 401: {_REFUSED_TOKEN}")
     if status in (409, 413, 415, 422):
         raise BadGateway(f"the cloud refused the payload ({status}): {body[:300].decode(errors='replace')}")
     if status == 503:
@@ -326,30 +372,15 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
     return body
 
 
-@router.post("/v1/classify")
+@router.post(CLASSIFY_PATH)
 async def classify(
     request: Request,
     state: StateDep,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
     logits: Annotated[bool, Query()] = False,
 ) -> dict[str, Any]:
-    """Classify one image (multipart field `image`, or a raw `image/*` body)."""
-    if state.in_flight >= state.settings.max_concurrent_requests:
-        raise ServiceUnavailable("too many requests in progress", retry_after=1.0)
-    state.in_flight += 1
-    start = time.perf_counter()
-    status = "500"
-    try:
-        result = await _classify(request, state, top_k, logits)
-        status = "200"
-        return result
-    except SplitInferError as exc:
-        status = str(exc.status)
-        raise
-    finally:
-        state.in_flight -= 1
-        state.requests.labels(status).inc()
-        state.latency.observe(time.perf_counter() - start)
+    """Classify one image (multipart field `image`, or a raw `image/*` body; admitted before it is read)."""
+    return await _classify(request, state, top_k, logits)
 
 
 async def _classify(request: Request, state: EdgeLiteState, top_k: int, with_logits: bool) -> dict[str, Any]:
@@ -441,12 +472,15 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
         raise ServiceUnavailable("the service is shutting down")
     try:
         async with asyncio.timeout(_INFO_TIMEOUT_S):
-            _, body = await _bounded_call(
+            status, body = await _bounded_call(
                 state.client, "GET", "/v1/info", _MAX_INFO_BYTES, headers={"Accept-Encoding": "identity"}
             )
-        cloud = json.loads(body)
+        cloud = json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
         raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if status != 200:  # NOTE: an error's problem+json is not the cloud's /v1/info (it names no model)
+        reason = f": {_REFUSED_TOKEN}" if status == 401 else ""
+        raise ServiceUnavailable(f"cloud not ready: its /v1/info answered {status}{reason}")
     manifest = state.manifest
     if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
         manifest.model,

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from service_core.serving import ServingSettings
+from service_core.serving import ServingSettings, check_cloud_url
 
 __all__ = ["EdgeLiteSettings"]
 
@@ -34,6 +34,16 @@ class EdgeLiteSettings(ServingSettings):
     )
     max_concurrent_requests: int = Field(64, ge=1, description="Requests in progress before 503 + Retry-After.")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
+    max_body_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Upload bytes the edge admits at once (Content-Length, or MAX_UPLOAD_BYTES when none is "
+        "declared); beyond it new requests get 503 + Retry-After before their body is read (413 for a body "
+        "declared larger than it alone). The torch edge's: 128 MiB.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this many seconds (408 otherwise)."
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
     max_decoded_bytes_in_flight: int = Field(
@@ -45,6 +55,11 @@ class EdgeLiteSettings(ServingSettings):
         "before decoding. A request alone is always admitted. 256 MiB (the torch edge: 1 GiB) suits a device with "
         "1-2 GB: about twenty 12-megapixel phone JPEGs at once, or one 40-megapixel PNG.",
     )
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _cloud_base_url(cls, value: str) -> str:
+        return check_cloud_url(value)
 
     @field_validator("codec")
     @classmethod

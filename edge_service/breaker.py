@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 
-from shared.errors import BadGateway, CloudTimeout, CloudUnavailable, SplitInferError
+from shared.errors import BadGateway, CloudTimeout, CloudUnavailable, PayloadRefused, SplitInferError
 
 __all__ = ["CircuitBreaker"]
 
@@ -35,8 +35,8 @@ class _Call:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         breaker = self._breaker
-        if exc is None:
-            breaker.record_success()
+        if exc is None or isinstance(exc, PayloadRefused):
+            breaker.record_success()  # NOTE: a refused payload: the cloud is up (the payload is the client's)
         elif isinstance(exc, _CLOUD_FAILURES):
             breaker.record_failure()
         elif isinstance(exc, SplitInferError):

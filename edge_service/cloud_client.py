@@ -23,6 +23,7 @@ from shared.errors import (
     CloudTimeout,
     CloudUnavailable,
     ModelMismatch,
+    PayloadRefused,
     SplitInferError,
 )
 from shared.tail_timings import TailTimings
@@ -36,6 +37,8 @@ MAX_DETAIL_CHARS = 300
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """The most of a cloud's error reply the edge reads."""
 _MAX_RETRY_AFTER_S = 3600
+_REFUSALS = (400, 413, 415, 422)
+"""What a cloud that is up answers a payload it cannot use (PayloadRefused: no failure for the breaker)."""
 POOL_KEEPALIVE_S = 30.0
 """How long the edge keeps an idle connection to the cloud for the next request (the cloud keeps its
 end open longer: ``CloudSettings.keep_alive_s``)."""
@@ -207,6 +210,8 @@ class CloudClient:
             error = CloudUnavailable(f"the cloud is unavailable: {detail}", retry_after=retry)
         elif status == 504:
             error = CloudTimeout(f"the cloud timed out: {detail}")
+        elif status in _REFUSALS:
+            error = PayloadRefused(f"the cloud refused the payload ({status}): {detail}")
         else:
             error = BadGateway(f"the cloud answered {status}: {detail}")
         raise error

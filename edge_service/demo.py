@@ -3,6 +3,7 @@ JSON routes it needs beyond ``/v1/classify`` and ``/v1/info``: ``/v1/cuts`` and 
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from typing import Annotated, Any
 
@@ -131,6 +132,11 @@ async def link_plan(
         )
     edge, cloud = profiles
     rows = plan(edge, cloud, bandwidth_bps=bandwidth_bps, rtt_s=rtt_s, max_logit_error=state.settings.max_logit_error)
+    if not all(math.isfinite(row.latency_ms) for row in rows):
+        # NOTE: a rate of 1e-306 bit/s overflows the predicted times (JSON would say null)
+        raise UnprocessableContent(
+            f"the latencies over a link of {bandwidth!r} and RTT {rtt!r} are too large to predict (not finite)"
+        )
     order = {c.name: c.index for c in edge.cuts}
     best: dict[str, Any] = {}
     for row in rows:  # best first: the first row of a cut is its best codec

@@ -40,7 +40,7 @@ from shared.errors import (
 from shared.images import UndecodableImage
 from shared.tail_timings import TailTimings, format_server_timing
 from shared.tensor_checks import all_finite
-from shared.wire import WireLimits
+from shared.wire import PROTOCOL_VERSION, WireLimits
 
 __all__ = ["CLASSIFY_PATHS", "ROUTES", "readiness", "router"]
 
@@ -395,16 +395,24 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
             f"{sanitize(str(cloud.get('weights_digest')), 100)!r}; this edge has {loaded.name!r} with weights "
             f"{loaded.digest!r}"
         )
+    versions = cloud.get("versions")
+    theirs = {**cloud, "protocol": versions.get("protocol") if isinstance(versions, dict) else None}
     mine = {
         "preprocessing": loaded.preprocessor.to_json(),
         "tracing": loaded.trace_options.to_json(),
         "cuts_digest": state.model.cuts_digest,
+        # NOTE: another wire protocol refuses every payload (415), which the breaker does not count as failures
+        "protocol": PROTOCOL_VERSION,
     }
     for key, value in mine.items():
-        if cloud.get(key) != value:
+        if theirs.get(key) != value:
+            hint = (
+                "run the same version of split-inference on both"
+                if key == "protocol"
+                else "give both services the same model settings"
+            )
             raise ServiceUnavailable(
-                f"{key} mismatch: the cloud has {cloud.get(key)!r}; this edge has {value!r} "
-                "(give both services the same model settings)"
+                f"{key} mismatch: the cloud has {theirs.get(key)!r}; this edge has {value!r} ({hint})"
             )
     return {
         "status": "ready",

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from service_core.serving import check_cloud_url
 from service_core.settings import ServiceSettings
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
 from shared.cores import available_cores
@@ -120,6 +121,11 @@ class EdgeSettings(ServiceSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width x height) accepted.")
     image_formats: str = Field("JPEG,PNG,WEBP", description="Accepted image formats (PIL names).")
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _cloud_base_url(cls, value: str) -> str:
+        return check_cloud_url(value)
 
     @field_validator("codec")
     @classmethod

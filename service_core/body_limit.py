@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service_core.http import header_value
 from service_core.problems import domain_problem
+from service_core.raw_headers import header_value
 from shared.errors import BadRequest, PayloadTooLarge, RequestTimeout, SplitInferError
 
 __all__ = ["BodyLimitMiddleware", "LimitFor", "declared_length", "limited_receive"]

@@ -6,28 +6,15 @@ import importlib.metadata
 
 import torch
 from fastapi import Request
-from starlette.types import Scope
 
 from shared.errors import BadRequest, PayloadTooLarge
 from shared.tail_timings import BodyArrival
 from shared.wire import PROTOCOL_VERSION
 
-__all__ = ["SERVED_BY_HEADER", "header_value", "media_type", "package_version", "read_limited_body", "versions"]
+__all__ = ["SERVED_BY_HEADER", "media_type", "package_version", "read_limited_body", "versions"]
 
 SERVED_BY_HEADER = "X-Served-By"
 """Names the cloud instance (host:pid; one per Ray Serve replica) that answered a /v1/tail request."""
-
-
-def header_value(scope: Scope, name: bytes) -> str | None:
-    """The first value of header ``name`` (lower-case bytes) in an ASGI scope, or None.
-
-    One pass over the raw headers, comparing bytes: middleware that needs one header should not build a
-    ``Headers`` object (it decodes every name, and a missing one costs a raised ``KeyError``).
-    """
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 def media_type(request: Request) -> str:

@@ -20,8 +20,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.connections import connections_refused_counter
-from service_core.http import header_value
 from service_core.multiprocess_metrics import collect, multiprocess_dir
+from service_core.raw_headers import header_value
 
 __all__ = [
     "REQUEST_ID_HEADER",

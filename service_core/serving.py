@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_core.connections import check_max_connections, default_max_connections, open_files_limit
 
-__all__ = ["ENV_PREFIX", "ServingSettings"]
+__all__ = ["ENV_PREFIX", "ServingSettings", "check_cloud_url"]
 
 ENV_PREFIX = "SPLITINFER_"
 
@@ -82,3 +83,23 @@ def _check_certificate(certfile: Path, keyfile: Path) -> None:
             f"cannot load the TLS certificate {str(certfile)!r} with the key {str(keyfile)!r} ({reason}): both "
             "must be PEM, the key unencrypted and the certificate's own"
         ) from exc
+
+
+def check_cloud_url(url: str) -> str:
+    """``url`` when it can be an edge's CLOUD_URL: http or https, a host, no credentials (the cloud takes
+    SPLITINFER_TOKEN; a ``user:password@`` would be shown on ``/v1/info``), no query or fragment (the routes are
+    appended to it). ``ValueError`` otherwise, which never repeats the URL (it may hold a secret)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # NOTE: ValueError for a port that is no number or out of range
+    except ValueError as exc:
+        raise ValueError("is not a URL (e.g. http://cloud.example:8001)") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL (e.g. http://cloud.example:8001)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials (user:password@): set the token in SPLITINFER_TOKEN instead")
+    if not parts.hostname or port == 0:
+        raise ValueError("names no host (e.g. http://cloud.example:8001)")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("must be a base URL, without a query or fragment (the routes are appended to it)")
+    return url

@@ -18,6 +18,7 @@ Every error carries the HTTP status it maps to, so a service renders it once
     │   │   └── NonFiniteOutput         422  finite activations the tail overflows on (NaN/inf logits)
     │   └── InvalidImage                422  undecodable, truncated or empty image
     ├── BadGateway                      502  the cloud answered with something unusable
+    │   └── PayloadRefused              502  the cloud (up) refused the payload sent (400, 413, 415, 422)
     ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
     │   ├── CloudUnavailable            503  the cloud cannot be reached
     │   └── EdgeOverloaded              503  the edge's own compute did not finish in time
@@ -40,6 +41,7 @@ __all__ = [
     "ModelFailure",
     "ModelMismatch",
     "NonFiniteOutput",
+    "PayloadRefused",
     "PayloadTooLarge",
     "RequestHeadersTooLarge",
     "RequestTimeout",
@@ -125,6 +127,11 @@ class BadGateway(SplitInferError):
     status = 502
     title = "Bad gateway"
     slug = "bad-gateway"
+
+
+class PayloadRefused(BadGateway):
+    """The cloud answered that it cannot use the payload it was sent: it is up (a circuit breaker records no
+    failure), and the client gets a 502 naming the cloud's reason."""
 
 
 class ServiceUnavailable(SplitInferError):

@@ -58,4 +58,7 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if match is None:
         raise ValueError(f"cannot read duration {text!r}: write a number and a unit, e.g. 30ms, 0.03s or 250us")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {text!r} must be finite")
+    return seconds

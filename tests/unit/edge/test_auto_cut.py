@@ -62,3 +62,16 @@ def test_auto_needs_both_profiles(profile: Path) -> None:
         EdgeSettings(cut="auto", edge_profile=profile)
     with pytest.raises(ValueError, match="cannot read bandwidth"):
         EdgeSettings(cut="auto", edge_profile=profile, cloud_profile=profile, link_bandwidth="fast")
+
+
+def test_plan_refuses_a_link_whose_latencies_it_cannot_predict(profile: Path) -> None:
+    """An RTT of 400 nines seconds (infinite as a float) or a rate of 1e-306 bit/s made every predicted latency
+    infinite: /v1/plan answered 200 with ``latency_ms: null`` at every cut but output (its schema says a
+    number; the demo page's chart then failed on ``null.toFixed``). Each is a 422 naming the link."""
+    settings = EdgeSettings(model=TINY, weights="none", cut="stem", edge_profile=profile, cloud_profile=profile)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/plan", params={"bandwidth": "1kbit", "rtt": "200ms"}).status_code == 200
+        for link in ({"rtt": "9" * 400 + "s"}, {"bandwidth": "0." + "0" * 305 + "1bit"}):
+            response = client.get("/v1/plan", params=link)
+            assert response.status_code == 422, (link, response.text[:300])
+            assert response.headers["content-type"] == "application/problem+json"

@@ -23,6 +23,7 @@ from edge_service.cloud_client import CloudClient
 from shared.errors import CloudUnavailable
 from shared.models import load_model
 from shared.protocol import encode_logits
+from shared.wire import PROTOCOL_VERSION
 from splitinfer.samples import encode_image, synthetic_image
 
 TINY = "tests.fixture_models:tiny_cnn"
@@ -48,6 +49,7 @@ def cloud_info() -> dict[str, object]:
         "preprocessing": loaded.preprocessor.to_json(),
         "tracing": loaded.trace_options.to_json(),
         "cuts_digest": loaded.graph().cuts_digest(),
+        "versions": {"protocol": PROTOCOL_VERSION},
     }
 
 
@@ -328,3 +330,37 @@ def test_the_cloud_round_trip_is_timed_finer_than_uvloops_millisecond_clock() ->
         round_trip_ms = runner.run(scenario())
     assert 2.0 <= round_trip_ms < 1000  # NOTE: uvloop's timers may fire a few microseconds early
     assert abs(round_trip_ms - round(round_trip_ms)) > 1e-6  # not a whole number of milliseconds
+
+
+@pytest.mark.parametrize("status", [400, 413, 415, 422])
+def test_1_a_cloud_that_refuses_a_payload_is_up_and_the_breaker_stays_closed(
+    edge: Callable[..., tuple[TestClient, FakeCloud]], status: int
+) -> None:
+    """A cloud that answers a payload 4xx is up and refused that payload (as a 409 is): the client gets 502,
+    and the breaker is not told of a failure. Before, each counted as one, so BREAKER_FAILURES payloads the
+    cloud refuses (a batch over a cloud's smaller MAX_BATCH_SIZE, sent by any client) opened the breaker:
+    every other client got 503 and /readyz said the cloud failed."""
+    client, cloud = edge()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"title": "refused", "status": status, "detail": "not this payload"})
+
+    cloud.script = [refuse, refuse]
+    for _ in range(2):
+        refused = _classify(client)
+        assert refused.status_code == 502, refused.text
+        assert "not this payload" in refused.json()["detail"]
+    assert cloud.calls == 2  # NOTE: the second reached the cloud: the breaker did not open
+    assert client.get("/readyz").json()["circuit_breaker"] == "closed"
+    assert _classify(client).status_code == 200
+
+
+def test_1_a_cloud_of_another_wire_protocol_is_not_ready(edge: Callable[..., tuple[TestClient, FakeCloud]]) -> None:
+    """Such a cloud refuses every payload (415), which the breaker does not count: /readyz says why instead."""
+    client, cloud = edge()
+    assert client.get("/readyz").status_code == 200
+    cloud.info = {**cloud.info, "versions": {"protocol": "2"}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "protocol mismatch" in ready.json()["detail"]
+    cloud.info = {**cloud.info, "versions": "garbage"}
+    assert client.get("/readyz").status_code == 503

@@ -23,3 +23,14 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         graph, "layer3", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
     ).write(out / "layer3")
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An export of the tiny test CNN cut at ``stem``: what the torch-free edge's in-process tests serve."""
+    loaded = load_model("tests.fixture_models:tiny_cnn", "none")
+    out = tmp_path_factory.mktemp("tiny-export") / "export"
+    export_split(
+        loaded.graph(), "stem", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
+    ).write(out)
+    return out

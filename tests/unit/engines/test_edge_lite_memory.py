@@ -21,26 +21,13 @@ from edge_lite.app import EdgeLiteState, create_app
 from edge_lite.settings import EdgeLiteSettings
 from service_core.heap import LARGE_DECODE_PIXELS, HeapTrimmer
 from service_core.image_cost import images_cost
-from shared.models import load_model
-from shared.onnx_export import export_split
 from shared.protocol import encode_logits
 from splitinfer.samples import encode_image, synthetic_image
 from tests.support.images import png_bytes_of_size
 
-TINY_MODEL = "tests.fixture_models:tiny_cnn"
 MIB = 1024 * 1024
 BIG = (3000, 2000)  # 6 megapixels: past LARGE_DECODE_PIXELS, 24 MB in the budget
 SMALL_JPEG = encode_image(synthetic_image())
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    loaded = load_model(TINY_MODEL, "none")
-    out = tmp_path_factory.mktemp("lite-memory") / "export"
-    export_split(
-        loaded.graph(), "stem", model=loaded.name, weights=loaded.digest, preprocessing=loaded.preprocessor.to_json()
-    ).write(out)
-    return out
 
 
 class _Trims:

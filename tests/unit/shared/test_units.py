@@ -39,3 +39,9 @@ def test_durations_need_a_unit() -> None:
     for text in ("30", "30 min", "soon", ""):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(text)
+
+
+def test_a_duration_too_long_for_a_float_is_refused() -> None:
+    """400 nines of seconds read as an infinite duration (every latency predicted from it infinite too)."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("9" * 400 + "s")
