@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["declared_size", "jpeg_coefficient_bytes", "signature_format"]
+__all__ = ["declared_size", "is_grey_or_palette", "jpeg_coefficient_bytes", "signature_format"]
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -59,6 +59,27 @@ def declared_size(kind: str, data: bytes) -> tuple[int, int] | None:
     except struct.error:
         return None
     return None
+
+
+def is_grey_or_palette(kind: str, data: bytes) -> bool:
+    """Whether the header of this ``kind`` image says Pillow decodes it to greyscale or a palette (modes 1, L,
+    P, or 16-bit greyscale, which :mod:`shared.images` scales to L): 1 or 2 bytes a pixel, not 4. False when
+    the header says otherwise or cannot be read this far."""
+    try:
+        if kind == "PNG" and data[12:16] == b"IHDR":
+            return data[25] in (0, 3)  # NOTE: colour type 0 (grey, any depth) or 3 (palette)
+        if kind == "GIF":
+            return True  # NOTE: its first frame (the one decoded) is always P or L
+        if kind == "BMP":
+            (header_size,) = struct.unpack_from("<I", data, 14)
+            (bits,) = struct.unpack_from("<H", data, 24 if header_size == _BMP_CORE_HEADER else 28)
+            return int(bits) <= 8
+        if kind == "JPEG":
+            frame = _jpeg_frame(data)
+            return frame is not None and len(frame[2]) == 1
+    except (struct.error, IndexError):
+        return False
+    return False
 
 
 def _bmp_size(data: bytes) -> tuple[int, int]:

@@ -10,6 +10,7 @@ import torch
 from cloud_service.decode_budget import WORKING_SET, decode_cost
 from cloud_service.runtime import CloudModel
 from service_core.decode_budget import DecodeBudget
+from service_core.image_cost import GREY_CONVERSION_BYTES_PER_PIXEL
 from shared.errors import InvalidTensor, MalformedPayload, ServiceUnavailable
 from shared.models import load_model
 from shared.wire import encode_payload
@@ -81,7 +82,8 @@ def test_images_sent_as_files_cost_what_they_decode_to() -> None:
     assert len(body) < 200_000
     assert cloud.decode_cost(body, cloud.read_header(body)) >= 3 * (6000 * 6600 * 4 + crop)
     body = _image_payload(cloud, [png_bytes_of_size(64, 64)])
-    assert cloud.decode_cost(body, cloud.read_header(body)) == crop + 64 * 64 * 4
+    # NOTE: its RGB pixels, and its conversion from greyscale (service_core.image_cost)
+    assert cloud.decode_cost(body, cloud.read_header(body)) == crop + 64 * 64 * (4 + GREY_CONVERSION_BYTES_PER_PIXEL)
 
 
 def test_images_whose_sizes_do_not_add_up_cost_nothing_and_are_refused() -> None:
