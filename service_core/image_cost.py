@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.image_headers import declared_size, is_grey_or_palette, jpeg_coefficient_bytes, signature_format
+from shared.image_headers import (
+    ImageData,
+    declared_size,
+    is_grey_or_palette,
+    jpeg_coefficient_bytes,
+    signature_format,
+)
 from shared.images import ImageLimits, decoded_size
 
 __all__ = [
@@ -62,7 +68,7 @@ _UNKNOWN_SCRATCH_BYTES_PER_PIXEL = CONVERSION_BYTES_PER_PIXEL + WEBP_DECODER_BYT
 pixel, 16-bit RGBA, while it decodes), the most any decoder and the conversion hold."""
 
 
-def images_cost(blobs: Sequence[bytes], limits: ImageLimits, resize_size: int) -> int:
+def images_cost(blobs: Sequence[ImageData], limits: ImageLimits, resize_size: int) -> int:
     """The bytes a request with these (untrusted) images costs to decode and hold: their decoded pixels, and
     the most that decoding one of them holds beside them (they decode one after another): a progressive
     JPEG's coefficients, 2 bytes a pixel per component at full resolution, decoded at a reduced scale or not
