@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from bench.certificates import self_signed_certificate
 from bench.doc_section import write_section
 from bench.wrk import load_average, wrk_post
 
@@ -73,17 +74,6 @@ class _Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-
-
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (RSA 2048, as the TLS tests make)."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
 
 
 def _start(name: str, command: list[str], scheme: str, logs: Path) -> _Server:
@@ -131,7 +121,7 @@ def _payload() -> tuple[bytes, str]:
 
 
 def measure(scratch: Path, rounds: int, duration_s: int) -> dict[str, Any]:
-    cert, key = _certificate(scratch)
+    cert, key = self_signed_certificate(scratch)
     tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
     cli = [sys.executable, "-m", "splitinfer", "cloud"]
     this = [sys.executable, "-m", "bench.tls_loop", "--serve"]

@@ -24,10 +24,17 @@ from shared.errors import (
     SplitInferError,
 )
 from shared.folding import fold_batchnorm
+from shared.image_headers import ImageData
 from shared.models import LoadedModel, check_labels
 from shared.ort_torch import ort_half_for, verify_exports
 from shared.preprocessing import ImageLimits
-from shared.protocol import decode_image_payload, expected_for_cut, expected_images, image_blobs
+from shared.protocol import (
+    decode_image_payload,
+    expected_for_cut,
+    expected_images,
+    image_blob_views,
+    image_blobs,
+)
 from shared.splitting import INPUT_CUT
 from shared.tensor_checks import all_finite
 from shared.values import ValueSpec
@@ -187,10 +194,14 @@ class CloudModel:
         if not cost or metadata.get("kind") != "image" or codec.split("+", 1)[0] != "image":
             return cost
         try:
-            common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": limits}
-            expected = expected_images(codec, preprocessor.crop_size)
-            payload = decode_read_payload(body, header, kind="image", expected=expected, **common)  # type: ignore[arg-type]
-            blobs = image_blobs(payload, limits)
+            blobs: Sequence[ImageData]
+            if codec == "image":  # NOTE: the pictures as stored: read in place
+                blobs = image_blob_views(body, header, limits)
+            else:  # NOTE: compressed: decompressed to be read
+                common = {"model": self.loaded.name, "weights": self.loaded.digest, "limits": limits}
+                expected = expected_images(codec, preprocessor.crop_size)
+                payload = decode_read_payload(body, header, kind="image", expected=expected, **common)  # type: ignore[arg-type]
+                blobs = image_blobs(payload, limits)
         except SplitInferError:
             return 0  # NOTE: decoding refuses it the same way, before it decodes a picture
         return cost + images_cost(blobs, self.image_limits, preprocessor.resize_size)

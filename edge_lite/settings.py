@@ -50,10 +50,11 @@ class EdgeLiteSettings(ServingSettings):
         256 * 1024**2,
         ge=1,
         description="Memory that the images of requests being decoded may take, together: each request reserves "
-        "its image's decoded pixels (from its header, a large JPEG at its reduced scale) times 4 bytes until its "
+        "its image's decoded pixels (from its header, a large JPEG at its reduced scale) times 4 bytes, and 4 more "
+        "(2 for a greyscale or palette image) for its conversion to RGB, until its "
         "head has run (a few-KB PNG can declare 40 megapixels); beyond it new requests get 503 + Retry-After "
         "before decoding. A request alone is always admitted. 256 MiB (the torch edge: 1 GiB) suits a device with "
-        "1-2 GB: about twenty 12-megapixel phone JPEGs at once, or one 40-megapixel PNG.",
+        "1-2 GB: about ten 12-megapixel phone JPEGs at once, or one 40-megapixel PNG.",
     )
 
     @field_validator("cloud_url")

@@ -108,8 +108,9 @@ class EdgeSettings(ServiceSettings):
         ge=1,
         description="Memory that the images of requests in progress may take once decoded, together: each "
         "request reserves its images' decoded pixels (from their headers, a large JPEG at its reduced scale) "
-        "times 4 bytes until it is answered (a few-KB PNG can declare 40 megapixels); beyond it new requests "
-        "get 503 + Retry-After before decoding. A request alone is always admitted.",
+        "times 4 bytes, and what converting the largest to RGB holds beside them (4 bytes a pixel, 2 for "
+        "greyscale or palette images), until it is answered (a few-KB PNG can declare 40 megapixels); beyond it "
+        "new requests get 503 + Retry-After before decoding. A request alone is always admitted.",
     )
     head_workers: int | None = Field(
         None,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from service_core.batch_limit import MAX_BATCH_SIZE_LIMIT
 from service_core.serving import ENV_PREFIX, ServingSettings
 from service_core.torch_threads import TorchThreads
 
@@ -67,7 +68,9 @@ class ServiceSettings(ServingSettings):
         description="FastAPI's native OpenTelemetry (traces, metrics and logs through the global providers); "
         "off by default: the service has its own Prometheus metrics, and the check costs every request.",
     )
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Most images in one request or model run.")
+    max_batch_size: int = Field(
+        32, ge=1, le=MAX_BATCH_SIZE_LIMIT, description="Most images in one request or model run."
+    )
     token: SecretStr | None = Field(
         None, description="Shared bearer token: the cloud requires it on /v1/*, the edge sends it. Never logged."
     )

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["declared_size", "jpeg_coefficient_bytes", "signature_format"]
+__all__ = ["ImageData", "declared_size", "is_grey_or_palette", "jpeg_coefficient_bytes", "signature_format"]
+
+ImageData = bytes | memoryview
+"""An image's bytes, or a view of them (a payload's pictures are read in place: nothing here copies them)."""
 
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -35,14 +38,14 @@ _JPEG_SEGMENTS = frozenset(range(0xC0, 0xFF)) - _JPEG_STANDALONE
 _JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 
 
-def signature_format(data: bytes) -> str | None:
+def signature_format(data: ImageData) -> str | None:
     """The Pillow name of the format ``data`` starts like (PNG, JPEG, GIF, WEBP, BMP, TIFF), or None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    return next((kind for signature, kind in _SIGNATURES if data.startswith(signature)), None)
+    return next((kind for signature, kind in _SIGNATURES if data[: len(signature)] == signature), None)
 
 
-def declared_size(kind: str, data: bytes) -> tuple[int, int] | None:
+def declared_size(kind: str, data: ImageData) -> tuple[int, int] | None:
     """``(width, height)`` as the header of a ``kind`` image declares it, or None when it cannot be found."""
     try:
         if kind == "PNG" and data[12:16] == b"IHDR":
@@ -61,7 +64,28 @@ def declared_size(kind: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _bmp_size(data: bytes) -> tuple[int, int]:
+def is_grey_or_palette(kind: str, data: ImageData) -> bool:
+    """Whether the header of this ``kind`` image says Pillow decodes it to greyscale or a palette (modes 1, L,
+    P, or 16-bit greyscale, which :mod:`shared.images` scales to L): 1 or 2 bytes a pixel, not 4. False when
+    the header says otherwise or cannot be read this far."""
+    try:
+        if kind == "PNG" and data[12:16] == b"IHDR":
+            return data[25] in (0, 3)  # NOTE: colour type 0 (grey, any depth) or 3 (palette)
+        if kind == "GIF":
+            return True  # NOTE: its first frame (the one decoded) is always P or L
+        if kind == "BMP":
+            (header_size,) = struct.unpack_from("<I", data, 14)
+            (bits,) = struct.unpack_from("<H", data, 24 if header_size == _BMP_CORE_HEADER else 28)
+            return int(bits) <= 8
+        if kind == "JPEG":
+            frame = _jpeg_frame(data)
+            return frame is not None and len(frame[2]) == 1
+    except (struct.error, IndexError):
+        return False
+    return False
+
+
+def _bmp_size(data: ImageData) -> tuple[int, int]:
     """An OS/2 bitmap's 12-byte header has 16-bit sides; every other (Windows) header 32-bit ones."""
     (header_size,) = struct.unpack_from("<I", data, 14)
     if header_size == _BMP_CORE_HEADER:
@@ -71,7 +95,7 @@ def _bmp_size(data: bytes) -> tuple[int, int]:
     return abs(int(width)), abs(int(height))  # NOTE: a negative height is a top-down bitmap
 
 
-def _gif_size(data: bytes) -> tuple[int, int] | None:
+def _gif_size(data: ImageData) -> tuple[int, int] | None:
     """The logical screen, grown to hold the first frame as Pillow grows it (a 1x1 screen can hold a frame of
     65535 x 65535); None when the first frame's descriptor is not within a fixed number of blocks."""
     screen_width, screen_height, flags = struct.unpack_from("<HHB", data, 6)
@@ -95,7 +119,7 @@ def _gif_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _webp_size(data: bytes) -> tuple[int, int] | None:
+def _webp_size(data: ImageData) -> tuple[int, int] | None:
     chunk = data[12:16]
     if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
         width, height = struct.unpack_from("<HH", data, 26)
@@ -110,14 +134,14 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+def _jpeg_size(data: ImageData) -> tuple[int, int] | None:
     """The size in the last SOFn segment before the first scan, as Pillow takes it (the markers walked as
     Pillow walks them, for at most a fixed number of segments)."""
     frame = _jpeg_frame(data)
     return None if frame is None else frame[0]
 
 
-def jpeg_coefficient_bytes(data: bytes) -> int | None:
+def jpeg_coefficient_bytes(data: ImageData) -> int | None:
     """What libjpeg holds, beside the decoded image, while it decodes this (untrusted) JPEG: the DCT
     coefficients of the whole image, 2 bytes each at full resolution however reduced the scale it is decoded
     at, when its scans do not deliver each block in one pass (progressive, or a first scan that leaves out
@@ -146,7 +170,7 @@ _JpegFrame = tuple[tuple[int, int], bool, list[tuple[int, int]], int]
 """Size, progressive, each component's sampling factors (h, v), and the components in the first scan."""
 
 
-def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+def _jpeg_frame(data: ImageData) -> _JpegFrame | None:
     """The last frame header before the first scan (see :func:`_jpeg_size`), and that scan's components."""
     offset = 2
     frame: _JpegFrame | None = None

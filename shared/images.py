@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
 from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, UnsupportedMediaType
 from shared.image_headers import declared_size, signature_format
@@ -189,28 +189,73 @@ def _empty_header(data: bytes) -> InvalidImage | None:
     )
 
 
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What turns an image with each EXIF orientation upright (as ``ImageOps.exif_transpose``)."""
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_ONE_BYTE_MODES = ("1", "L", "P")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB: EXIF orientation applied, 16-bit scaled (not clipped) to 8 bits, alpha composited
-    over white (not dropped: what is under a transparent pixel is arbitrary). ``image`` (loaded) may be
-    changed, and returned: the copies are those a conversion needs, no more (tests/unit/shared/
-    test_decode_memory.py: peak bytes per pixel)."""
-    ImageOps.exif_transpose(image, in_place=True)
+    over white (not dropped: what is under a transparent pixel is arbitrary). ``image`` (loaded) is closed:
+    its pixels are freed as soon as the next copy is made, so that at most two copies are held at once, the
+    RGB one and what it is made from (at most 4 bytes a pixel in every mode Pillow decodes to), or the RGB
+    one and its upright copy: 8 bytes a pixel, what :mod:`service_core.image_cost` prices (tests/unit/shared/
+    test_decode_memory.py: peak bytes per pixel of every format and mode)."""
+    method = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
     if image.mode in _SIXTEEN_BIT_MODES:
         # NOTE: convert("RGB") clips a 16-bit value to 255 (an almost white image); scale it instead.
-        image = _to_eight_bits(image, lambda band: (np.clip(band.astype(np.int64), 0, 65535) + 128) // 257)
+        image = _replacing(
+            image, _to_eight_bits(image, lambda band: (np.clip(band.astype(np.int64), 0, 65535) + 128) // 257)
+        )
     elif image.mode == "F":
-        image = _to_eight_bits(image, lambda band: np.clip(band, 0, 255))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        composite = Image.alpha_composite(background, rgba)
-        del background, rgba  # NOTE: before the RGB copy is made
-        return composite.convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        image = _replacing(image, _to_eight_bits(image, lambda band: np.clip(band, 0, 255)))
+    if method is not None and image.mode in _ONE_BYTE_MODES:
+        # NOTE: turned upright while it takes 1 byte a pixel, not once it is RGB (4 bytes, twice)
+        image, method = _replacing(image, image.transpose(method)), None
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        rgb = _replacing(image, _composited(image))
+    elif image.mode == "RGB":
+        rgb = _replacing(image, image._new(image.im))  # NOTE: a plain image sharing the file's pixels
+    else:
+        rgb = _replacing(image, image.convert("RGB"))
+    if method is not None:
+        rgb = _replacing(rgb, rgb.transpose(method))
+    rgb.info = {}  # NOTE: upright now: an orientation left in its metadata would turn it again
+    return rgb
 
 
-_BAND_PIXELS = 1 << 20
-"""Pixels a 16-bit or float image is brought to 8 bits in at a time (its temporaries stay a few MB)."""
+def _replacing(old: Image.Image, new: Image.Image) -> Image.Image:
+    """``new``, once ``old`` is closed (its pixels freed, unless ``new`` shares them)."""
+    old.close()
+    return new
+
+
+_BAND_PIXELS = 1 << 16
+"""Pixels converted at a time where a whole-image conversion would hold more than the image and its RGB copy
+(a 16-bit, float or transparent image): its temporaries stay within a few hundred KB."""
+
+
+def _composited(image: Image.Image) -> Image.Image:
+    """``image`` (with alpha, or a palette with a transparent colour) composited over white, as RGB: in bands
+    of rows, so that nothing but the RGB copy is held beside it (whole, the RGBA copy, a white background and
+    the composite took 12 to 16 bytes a pixel, 3 to 4 times the price of the RGB image)."""
+    width, height = image.size
+    rgb = Image.new("RGB", image.size)
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        rgba = image.crop((0, top, width, min(height, top + rows))).convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb.paste(Image.alpha_composite(white, rgba).convert("RGB"), (0, top))
+    return rgb
 
 
 def _to_eight_bits(image: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
@@ -234,15 +279,12 @@ def _load(image: Image.Image, resize_size: int | None) -> Image.Image:
                 side = DRAFT_MARGIN * resize_size
                 image.draft(image.mode, (side, side))
             image.load()
-            rgb = _to_rgb(image)
+            # NOTE: an opened file keeps what its decoder allocated for as long as it lives (a WebP's two
+            # libwebp canvases and a copy of its frame: 12 bytes a pixel beside the image's 4): the image
+            # returned is a plain one, the file is closed, and dropped by the caller.
+            return _to_rgb(image)
         except (*_DECODE_ERRORS, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"the {image.format} image cannot be decoded: {str(exc)[:200]}") from exc
-    # NOTE: an opened file keeps what its decoder allocated for as long as it lives (a WebP's two libwebp
-    # canvases and a copy of its frame: 12 bytes a pixel beside the image's 4): an RGB one is returned as a
-    # plain image sharing its pixels, and the file, closed, is dropped by the caller.
-    plain = rgb._new(rgb.im) if rgb is image else rgb
-    image.close()
-    return plain
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, resize_size: int | None = None) -> Image.Image:

@@ -92,6 +92,7 @@ __all__ = [
     "decode_read_payload",
     "encode_payload",
     "read_header",
+    "stored_view",
 ]
 
 MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
@@ -322,8 +323,19 @@ def read_header(data: bytes, limits: WireLimits) -> WireHeader:
     body = len(data) - 8 - header_len
     entries: dict[str, dict[str, Any]] = {}
     for name, entry in header.items():
-        entries[name] = _check_entry(name, entry, body)
+        entries[name] = _check_entry(name, entry, body, 8 + header_len)
     return metadata, entries
+
+
+def stored_view(data: bytes, header: WireHeader, name: str, dtype: torch.dtype) -> memoryview:
+    """The stored bytes of the 1-D ``dtype`` tensor ``name`` of ``data`` (its header read: ``header``), as a view
+    of ``data``: nothing is copied (what only needs to be read, such as images' headers to price them, is read
+    in place; decoding copies the tensors). :class:`MalformedPayload` when there is no such tensor."""
+    entry = header[1].get(name)
+    if entry is None or entry["dtype"] != dtype or len(entry["shape"]) != 1:
+        raise MalformedPayload(f"payload has no 1-D {_dtype_name(dtype)} tensor {name!r}")
+    start, end = entry["span"]
+    return memoryview(data)[start:end]
 
 
 _MAX_JSON_DEPTH = 8
@@ -366,7 +378,8 @@ def _bounded_json(text: bytes, what: str) -> Any:
         raise MalformedPayload(f"{what} is not valid JSON: {str(exc)[:200]}") from exc
 
 
-def _check_entry(name: str, entry: Any, body: int) -> dict[str, Any]:
+def _check_entry(name: str, entry: Any, body: int, start: int) -> dict[str, Any]:
+    """A header entry checked against the ``body`` bytes after the header, which starts at ``start``."""
     if not isinstance(entry, dict):
         raise MalformedPayload(f"header entry {name!r} is not an object")
     code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -384,7 +397,8 @@ def _check_entry(name: str, entry: Any, body: int) -> dict[str, Any]:
         raise InvalidTensor(
             f"tensor {name!r}: {code}{shape} needs {nbytes} bytes but {offsets[1] - offsets[0]} are stored"
         )
-    return {"dtype": _DTYPES[code], "shape": tuple(shape), "nbytes": nbytes}
+    span = (start + offsets[0], start + offsets[1])
+    return {"dtype": _DTYPES[code], "shape": tuple(shape), "nbytes": nbytes, "span": span}
 
 
 def _is_int_list(value: Any) -> TypeGuard[list[int]]:

@@ -26,6 +26,7 @@ from splitinfer.loadgen import LoadResult, Outcome, Send, run_load
 __all__ = [
     "USER_DEFAULT_ENV",
     "bench_images",
+    "cloud_batch_limit",
     "cloud_payloads",
     "cloud_sender",
     "edge_sender",
@@ -57,6 +58,29 @@ def edge_sender(images: Sequence[bytes], top_k: int = 5) -> Send:
         return response.status_code, len(image), forwarded
 
     return send
+
+
+_INFO_MAX_BYTES = 64 * 1024
+"""Most bytes of a cloud's ``/v1/info`` read to find its batch limit."""
+
+
+def cloud_batch_limit(url: str, timeout_s: float = 5.0) -> int | None:
+    """The most images the cloud at ``url`` takes in one payload (its ``MAX_BATCH_SIZE``, from ``/v1/info``),
+    or None when it does not say (unreachable, a token required, not a splitinfer cloud): then the load itself
+    shows what is wrong."""
+    try:
+        with httpx.Client(base_url=url, timeout=timeout_s) as client, client.stream("GET", "/v1/info") as response:
+            if response.status_code != 200:
+                return None
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > _INFO_MAX_BYTES:
+                    return None
+        limit = json.loads(body)["batching"]["max_batch_size"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1 else None
 
 
 def cloud_payloads(

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service_core.batch_limit import MAX_BATCH_SIZE_LIMIT
 from splitinfer.export_cmd import add_export_parser
 from splitinfer.failures import CliError, exit_reason, explain, failure_line
 from splitinfer.tables import Column, print_table
@@ -323,10 +324,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_pair(args, classify_sample)
 
 
-_MAX_PER_REQUEST = 1024
-"""The most images a service takes in one request (``MAX_BATCH_SIZE`` is at most this)."""
-
-
 def _check_bench_args(args: argparse.Namespace) -> None:
     """Counts and times that would run nothing, or divide by zero, are usage mistakes (exit status 2)."""
     if args.concurrency < 1:
@@ -339,8 +336,25 @@ def _check_bench_args(args: argparse.Namespace) -> None:
         raise CliError(f"--warmup must be 0 or more seconds, not {args.warmup}")
     if args.count < 1:
         raise CliError(f"--count must be at least 1, not {args.count}")
-    if not 1 <= args.per_request <= _MAX_PER_REQUEST:
-        raise CliError(f"--per-request must be between 1 and {_MAX_PER_REQUEST}, not {args.per_request}")
+    if not 1 <= args.per_request <= MAX_BATCH_SIZE_LIMIT:
+        raise CliError(
+            f"--per-request must be between 1 and {MAX_BATCH_SIZE_LIMIT} (the largest MAX_BATCH_SIZE a cloud "
+            f"accepts), not {args.per_request}"
+        )
+
+
+def _check_cloud_batch_limit(url: str, per_request: int) -> None:
+    """Refuse (exit status 2) more images per payload than the cloud at ``url`` takes in one (its
+    ``MAX_BATCH_SIZE``, as its ``/v1/info`` says), before any payload is built: each would be refused (413)."""
+    from splitinfer.bench import cloud_batch_limit
+
+    limit = cloud_batch_limit(url)
+    if limit is not None and per_request > limit:
+        raise CliError(
+            f"--per-request {per_request} is more than the cloud at {url} takes in one payload: its "
+            f"MAX_BATCH_SIZE is {limit} (its /v1/info); send at most {limit}, or start it with a larger "
+            f"MAX_BATCH_SIZE (at most {MAX_BATCH_SIZE_LIMIT})"
+        )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -354,6 +368,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.duration = args.duration or 20.0
     images = _image_folder(args.images) if args.images else bench_images(None, args.count)
     url = args.url or (CLOUD_URL if args.target == "cloud" else EDGE_URL)
+    if args.target == "cloud":
+        _check_cloud_batch_limit(url, args.per_request)
     result = run_target(
         args.target,
         url=url,
@@ -645,7 +661,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--weights", default="none", help="for --target cloud/local")
     bench.add_argument("--cut", default="default", help="for --target cloud: the payloads' cut")
     bench.add_argument("--codec", default="fp16", help="for --target cloud: the payloads' codec")
-    bench.add_argument("--per-request", type=int, default=1, help="for --target cloud: images per payload")
+    bench.add_argument(
+        "--per-request",
+        type=int,
+        default=1,
+        help="for --target cloud: images per payload (at most the cloud's MAX_BATCH_SIZE, as its /v1/info says)",
+    )
     bench.add_argument("--name", default=None)
     bench.add_argument("--json", default=None, help="write the summary to this file")
     bench.add_argument("--latencies", default=None, help="write every request's latency (ms) to this JSON file")

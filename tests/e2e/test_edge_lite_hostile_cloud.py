@@ -175,10 +175,11 @@ def _quick_cloud(handler: type[_HostileCloud]) -> None:
 def test_what_concurrent_requests_decode_together_is_bounded(
     hostile: tuple[Path, str, type[_HostileCloud]], tmp_path: Path, stop_all: list[Service]
 ) -> None:
-    """Eight requests at once, each a 20-megapixel greyscale PNG of 20 KB: decoding one takes 120 MB at its
-    peak (6 bytes a pixel: the grey image, its upright copy, its RGB copy), and all eight took +800 MiB of
-    peak RSS before (measured). With the default MAX_DECODED_BYTES_IN_FLIGHT (256 MiB; 80 MB reserved for each) three
-    decode at once and the others get 503 + Retry-After before decoding."""
+    """Eight requests at once, each a 20-megapixel greyscale PNG of 20 KB: decoding one takes 100 MB at its
+    peak (5 bytes a pixel: the grey image and its RGB copy), and all eight took +800 MiB of peak RSS before
+    (measured). With the default MAX_DECODED_BYTES_IN_FLIGHT (256 MiB; 120 MB reserved for each: its RGB
+    pixels and, for the conversion, 2 bytes a pixel: service_core.image_cost) two decode at once and the
+    others get 503 + Retry-After before decoding."""
     export, cloud_url, handler = hostile
     _quick_cloud(handler)
     edge = _edge(export, cloud_url, tmp_path, stop_all)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from service_core.batch_limit import MAX_BATCH_SIZE_LIMIT
 from splitinfer.cli import main
 from splitinfer.failures import explain
 
@@ -41,6 +45,60 @@ def _failure(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 def test_bench_refuses_counts_that_cannot_work(capsys: pytest.CaptureFixture[str], args: list[str], named: str) -> None:
     line = _failure(capsys, ["bench", "--url", "http://127.0.0.1:1", *args])
     assert named in line
+
+
+class _SmallBatchCloud(BaseHTTPRequestHandler):
+    """A cloud whose MAX_BATCH_SIZE is 4 (its /v1/info); every payload it is sent is counted, and refused."""
+
+    posts = 0
+
+    def do_GET(self) -> None:
+        body = json.dumps({"service": "cloud", "batching": {"max_batch_size": 4}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        type(self).posts += 1
+        self.send_response(413)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_bench_refuses_more_images_per_payload_than_the_cloud_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    """The cloud takes at most its MAX_BATCH_SIZE images in one payload; the CLI's own bound was a 1024 of its
+    own, so `--per-request 8` against a cloud of MAX_BATCH_SIZE 4 built its payloads and sent them, each
+    refused (413: exit status 1, a table of errors). Now one line naming the cloud's limit, before any is built."""
+    handler = type("Cloud", (_SmallBatchCloud,), {"posts": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        tiny = ["--model", "tests.fixture_models:tiny_cnn", "--weights", "none", "--cut", "block", "--codec", "fp32"]
+        argv = ["bench", "--target", "cloud", "--url", url, *tiny, "--requests", "1", "--warmup", "0"]
+        line = _failure(capsys, [*argv, "--per-request", "8"])
+        assert "MAX_BATCH_SIZE is 4" in line and "--per-request 8" in line, line
+        assert handler.posts == 0
+        assert main([*argv, "--per-request", "4", "--count", "4"]) == 1  # NOTE: sent (and refused by this fake)
+        assert handler.posts == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bench_per_request_bound_is_the_services_max_batch_size_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    """One constant bounds MAX_BATCH_SIZE and --per-request (they were two 1024s, in two files)."""
+    from service_core.settings import ServiceSettings
+
+    assert ServiceSettings.model_fields["max_batch_size"].metadata[-1].le == MAX_BATCH_SIZE_LIMIT
+    line = _failure(capsys, ["bench", "--url", "http://127.0.0.1:1", "--target", "cloud", "--per-request",
+                             str(MAX_BATCH_SIZE_LIMIT + 1)])  # fmt: skip
+    assert f"between 1 and {MAX_BATCH_SIZE_LIMIT}" in line and "MAX_BATCH_SIZE" in line
 
 
 def test_bench_names_an_images_folder_that_holds_none(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

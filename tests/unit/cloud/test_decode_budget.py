@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import struct
+import tracemalloc
+import zlib
 
 import pytest
 import torch
@@ -10,9 +13,11 @@ import torch
 from cloud_service.decode_budget import WORKING_SET, decode_cost
 from cloud_service.runtime import CloudModel
 from service_core.decode_budget import DecodeBudget
+from service_core.image_cost import GREY_CONVERSION_BYTES_PER_PIXEL, images_cost
 from shared.errors import InvalidTensor, MalformedPayload, ServiceUnavailable
 from shared.models import load_model
-from shared.wire import encode_payload
+from shared.protocol import expected_images, image_blobs
+from shared.wire import decode_read_payload, encode_payload
 from tests.support.images import png_bytes_of_size
 
 MIB = 1024 * 1024
@@ -81,7 +86,8 @@ def test_images_sent_as_files_cost_what_they_decode_to() -> None:
     assert len(body) < 200_000
     assert cloud.decode_cost(body, cloud.read_header(body)) >= 3 * (6000 * 6600 * 4 + crop)
     body = _image_payload(cloud, [png_bytes_of_size(64, 64)])
-    assert cloud.decode_cost(body, cloud.read_header(body)) == crop + 64 * 64 * 4
+    # NOTE: its RGB pixels, and its conversion from greyscale (service_core.image_cost)
+    assert cloud.decode_cost(body, cloud.read_header(body)) == crop + 64 * 64 * (4 + GREY_CONVERSION_BYTES_PER_PIXEL)
 
 
 def test_images_whose_sizes_do_not_add_up_cost_nothing_and_are_refused() -> None:
@@ -91,3 +97,30 @@ def test_images_whose_sizes_do_not_add_up_cost_nothing_and_are_refused() -> None
     assert cloud.decode_cost(body, cloud.read_header(body)) == 0
     with pytest.raises(InvalidTensor):
         cloud.decode(body)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_pricing_a_large_image_payload_reads_its_pictures_in_place() -> None:
+    """Three 10 MB PNGs (a private chunk after the header makes them large) in a 31 MB body: pricing them read
+    their headers from three copies made for it, 94 MB traced at the peak (the container's tensors, the
+    pictures joined, each cut out). Now from views of the body: a few KB. The price is the same."""
+    cloud = CloudModel(load_model("resnet18", "none"))
+    small = png_bytes_of_size(64, 64)
+    large = small[:33] + _png_chunk(b"prVt", bytes(10 * MIB)) + small[33:]
+    body = _image_payload(cloud, [large] * 3)
+    header = cloud.read_header(body)
+    tracemalloc.start()
+    try:
+        cost = cloud.decode_cost(body, header)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, f"pricing a {len(body) / MIB:.0f} MiB body allocated {peak / MIB:.1f} MiB"
+    crop = 3 * 224 * 224 * 4 * WORKING_SET["image"]
+    assert cost == 3 * crop + images_cost([large] * 3, cloud.image_limits, cloud.loaded.preprocessor.resize_size)
+    common = {"model": "resnet18", "weights": cloud.loaded.digest, "limits": cloud.wire_limits}
+    payload = decode_read_payload(body, header, kind="image", expected=expected_images("image", 224), **common)  # type: ignore[arg-type]
+    assert image_blobs(payload, cloud.wire_limits) == [large] * 3  # NOTE: what is decoded: copies of each

@@ -24,8 +24,14 @@ from PIL import Image
 
 from edge_service import EdgeSettings, create_app
 from edge_service.runtime import EdgeModel, Prepared
-from service_core.image_cost import BYTES_PER_PIXEL, images_cost
-from shared.image_headers import jpeg_coefficient_bytes
+from service_core.image_cost import (
+    BYTES_PER_PIXEL,
+    CONVERSION_BYTES_PER_PIXEL,
+    GREY_CONVERSION_BYTES_PER_PIXEL,
+    WEBP_DECODER_BYTES_PER_PIXEL,
+    images_cost,
+)
+from shared.image_headers import is_grey_or_palette, jpeg_coefficient_bytes
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
 from shared.protocol import encode_logits
@@ -55,18 +61,21 @@ def test_decoded_size_is_the_size_a_jpeg_is_decoded_at(width: int, height: int) 
 
 
 def test_a_request_costs_its_decoded_pixels_from_the_headers() -> None:
+    """Its images' RGB pixels, and the largest one's conversion beside them (they decode one at a time)."""
     limits = ImageLimits(max_pixels=40_000_000, max_batch_pixels=120_000_000)
-    big = png_bytes_of_size(6000, 5000)  # 30 megapixels in a few KB
-    assert images_cost([big], limits, 256) == 30_000_000 * BYTES_PER_PIXEL
-    assert images_cost([big, big, big], limits, 256) == 90_000_000 * BYTES_PER_PIXEL
+    big = png_bytes_of_size(6000, 5000)  # 30 megapixels in a few KB, greyscale
+    converting = 30_000_000 * GREY_CONVERSION_BYTES_PER_PIXEL
+    assert images_cost([big], limits, 256) == 30_000_000 * BYTES_PER_PIXEL + converting
+    assert images_cost([big, big, big], limits, 256) == 90_000_000 * BYTES_PER_PIXEL + converting
     photo = _jpeg(4096, 3072)  # decoded at half scale for a 256 resize (both sides at least 1024)
-    assert images_cost([photo], limits, 256) == 2048 * 1536 * BYTES_PER_PIXEL
+    assert images_cost([photo], limits, 256) == 2048 * 1536 * (BYTES_PER_PIXEL + CONVERSION_BYTES_PER_PIXEL)
     # refused before anything is decoded (413 or 415): they cost nothing
     assert images_cost([big] * 5, limits, 256) == 0  # 150 megapixels together
     assert images_cost([png_bytes_of_size(7000, 7000)], limits, 256) == 0  # 49 megapixels
     assert images_cost([b"not an image"], limits, 256) == 0
-    # a header this parser cannot read costs the most an image may
-    assert images_cost([b"\x89PNG\r\n\x1a\n" + bytes(8)], limits, 256) == 40_000_000 * BYTES_PER_PIXEL
+    # a header this parser cannot read costs the most an image may, with the most any decoder holds
+    most = BYTES_PER_PIXEL + CONVERSION_BYTES_PER_PIXEL + WEBP_DECODER_BYTES_PER_PIXEL
+    assert images_cost([b"\x89PNG\r\n\x1a\n" + bytes(8)], limits, 256) == 40_000_000 * most
 
 
 @pytest.mark.parametrize(("cut", "codec"), [("input", "image"), ("block", "fp32")])
@@ -156,7 +165,8 @@ def test_a_jpeg_costs_at_least_the_last_frame_header_pillow_reads() -> None:
         fake = b"\xff\xc0\x00\x11\x08" + side + side + components
         blob = photo[:2] + fake + photo[2:]
         assert Image.open(io.BytesIO(blob)).size == (3000, 2000)  # NOTE: not refused: it is decoded (and fails)
-        assert images_cost([blob], limits, 1024) == 3000 * 2000 * BYTES_PER_PIXEL  # no reduced scale at 1024
+        priced = images_cost([blob], limits, 1024)  # NOTE: no reduced scale at 1024
+        assert priced == 3000 * 2000 * (BYTES_PER_PIXEL + CONVERSION_BYTES_PER_PIXEL)
 
 
 def test_images_a_thread_still_decodes_past_the_deadline_stay_reserved(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -213,19 +223,20 @@ def status(key):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 blob = Path(sys.argv[1]).read_bytes()
-cost = images_cost([blob], ImageLimits(), 256)
+limits = ImageLimits(formats=tuple(sys.argv[2].split(",")))
+cost = images_cost([blob], limits, 256)
 before = status("VmRSS:")
-images = decode_images([blob], ImageLimits(), resize_size=256)
+images = decode_images([blob], limits, resize_size=256)
 print(cost, status("VmHWM:") - before)
 """
 
 
-def _assert_decoding_peaks_within_its_price(path: Path) -> None:
+def _assert_decoding_peaks_within_its_price(path: Path, limits: ImageLimits | None = None) -> None:
     """Decode the image at ``path`` in a fresh process: its peak RSS grows by at most what it is priced."""
+    limits = limits or ImageLimits()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, str(path)], capture_output=True, text=True, env=env, timeout=120, check=True
-    )
+    command = [sys.executable, "-c", _PEAK_PROBE, str(path), ",".join(limits.formats)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True)
     cost, peak = (int(value) for value in result.stdout.split())
     assert peak <= cost * 1.1 + 2 * MIB, f"decoding peaked at {peak / MIB:.0f} MiB, priced {cost / MIB:.0f}"
 
@@ -266,3 +277,65 @@ def test_a_webp_costs_what_decoding_it_takes_at_the_peak(options: dict[str, obje
     path = tmp_path / "picture.webp"
     picture.save(path, format="WEBP", **options)
     _assert_decoding_peaks_within_its_price(path)
+
+
+def _picture(mode: str, width: int, height: int) -> Image.Image:
+    """A gradient (not flat: no codec special-cases it) in ``mode``; RGBA with a varying alpha."""
+    y, x = np.mgrid[0:height, 0:width]
+    picture = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8))
+    if mode == "RGBA":
+        picture.putalpha(Image.fromarray((x * 7 % 256).astype(np.uint8)))
+    elif mode == "I;16":
+        return Image.fromarray((x * 20 % 65536).astype(np.uint16))
+    elif mode != "RGB":
+        return picture.convert(mode)
+    return picture
+
+
+def _upright_turned() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # NOTE: turned: the decoded image is transposed
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "options"),
+    [
+        ("PNG", "LA", {}),
+        ("PNG", "RGBA", {}),
+        ("PNG", "P", {"transparency": 0, "exif": _upright_turned()}),
+        ("PNG", "I;16", {"exif": _upright_turned()}),
+        ("JPEG", "L", {"quality": 80, "exif": _upright_turned()}),
+        ("BMP", "P", {}),
+        ("PNG", "RGB", {"exif": _upright_turned()}),
+        ("JPEG", "CMYK", {"quality": 80}),
+        ("JPEG", "RGB", {"quality": 80, "exif": _upright_turned()}),
+        ("WEBP", "RGBA", {"lossless": True}),
+        ("GIF", "P", {"transparency": 0}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "+".join(value) or "plain",
+)
+def test_every_mode_decodes_within_its_price(kind: str, mode: str, options: dict[str, Any], tmp_path: Path) -> None:
+    """A 2000 x 1500 image of each mode whose conversion to upright RGB held more than the RGB image (a fresh
+    process): the growth of its peak RSS is within its price. Each was priced at the 4 bytes a pixel of the RGB
+    image (a WebP's decoder buffers beside it) and peaked at 16 (LA), 13 (palette with a transparent colour),
+    12 (RGBA), 8 (CMYK, an RGB image turned upright), 7 (16 bits), 5 to 5.5 (greyscale or palette, from its
+    1-byte pixels beside the RGB ones), 1.33 times its price (an RGBA WebP)."""
+    path = tmp_path / "image"
+    _picture(mode, 2000, 1500).save(path, format=kind, **options)
+    _assert_decoding_peaks_within_its_price(path, ImageLimits(formats=(kind,)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode", "grey"),
+    [("PNG", "1", True), ("PNG", "L", True), ("PNG", "P", True), ("PNG", "I;16", True), ("PNG", "LA", False),
+     ("PNG", "RGB", False), ("JPEG", "L", True), ("JPEG", "RGB", False), ("JPEG", "CMYK", False),
+     ("GIF", "P", True), ("BMP", "P", True), ("BMP", "RGB", False), ("WEBP", "RGB", False)],
+)  # fmt: skip
+def test_the_header_tells_greyscale_and_palette_images(kind: str, mode: str, grey: bool) -> None:
+    """What prices an image's conversion at 2 bytes a pixel, not 4: the mode Pillow decodes it to."""
+    buffer = io.BytesIO()
+    _picture(mode, 40, 30).save(buffer, format=kind)
+    blob = buffer.getvalue()
+    assert is_grey_or_palette(kind, blob) is grey
+    assert not is_grey_or_palette("PNG", blob[:20])  # NOTE: a header cut short is priced as RGB
