@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException
 from edge_service.cloud_client import sanitize
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
-from edge_service.runtime import Prepared, Route
+from edge_service.runtime import Prepared
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeInfo, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.app import ServiceRoutes
@@ -195,7 +195,7 @@ async def _classify(
     try:
         with state.decode_budget.reserve(cost) as release_decoded:
             choice = _dispatch(state, pinned, len(blobs))
-            return await _classify_admitted(request, state, blobs, choice.route, names, release_decoded)
+            return await _classify_admitted(request, state, blobs, choice, names, release_decoded)
     finally:
         state.in_flight -= 1
         # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).
@@ -206,11 +206,12 @@ async def _classify_admitted(
     request: Request,
     state: EdgeState,
     blobs: list[bytes],
-    route: Route,
+    choice: RouteChoice,
     names: list[str | None],
     release_decoded: Reservation,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
+    route = choice.route
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     deadline = started + settings.request_timeout_s
@@ -265,9 +266,18 @@ async def _classify_admitted(
                     state.threads.wrap(model.decode_logits), reply.body, len(blobs), route.cut.name
                 )
         except _RECOVERABLE as exc:
-            if settings.fallback != "local":
+            # NOTE: a probe or an exploration is the edge's own choice, made to learn (cut auto): a cloud that
+            # fails it must not fail the request, which the current route (cut output, say) may never have
+            # sent to the cloud at all. It is finished on the edge whatever FALLBACK says.
+            learning = choice.purpose in ("probe", "explore")
+            if settings.fallback != "local" and not learning:
                 raise
-            logger.warning("cloud failed (%s: %s); finishing on the edge", type(exc).__name__, exc.detail)
+            logger.warning(
+                "cloud failed (%s: %s)%s; finishing on the edge",
+                type(exc).__name__,
+                exc.detail,
+                f" on a request routed to {choice.purpose} cut {route.cut.name!r}" if learning else "",
+            )
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     if completed_on == "edge" and not all_finite(logits):
