@@ -13,7 +13,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 
-from shared.errors import BadGateway, CloudTimeout, CloudUnavailable, SplitInferError
+from shared.errors import BadGateway, CloudModelMismatch, CloudTimeout, CloudUnavailable, SplitInferError
 
 __all__ = ["CircuitBreaker"]
 
@@ -35,12 +35,14 @@ class _Call:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         breaker = self._breaker
-        if exc is None:
+        if exc is None or isinstance(exc, CloudModelMismatch):
+            # NOTE: a cloud that refuses the payload as another model's is up: each request says why at once,
+            # rather than the open circuit's "failed N times"
             breaker.record_success()
         elif isinstance(exc, _CLOUD_FAILURES):
             breaker.record_failure()
         elif isinstance(exc, SplitInferError):
-            breaker.record_success()  # the cloud is up; it refused this payload (409, 401...)
+            breaker.record_success()  # the cloud is up; it refused this payload
         elif isinstance(exc, asyncio.CancelledError):
             breaker.record_abandoned()
         else:

@@ -20,9 +20,9 @@ from service_core.http import SERVED_BY_HEADER
 from service_core.metrics import REQUEST_ID_HEADER
 from shared.errors import (
     BadGateway,
+    CloudModelMismatch,
     CloudTimeout,
     CloudUnavailable,
-    ModelMismatch,
     SplitInferError,
 )
 from shared.tail_timings import TailTimings
@@ -116,7 +116,7 @@ class CloudClient:
         await self._client.aclose()
 
     async def run_tail(self, payload: bytes, *, request_id: str, deadline_s: float, max_reply_bytes: int) -> CloudReply:
-        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504/409).
+        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504).
 
         The reply is read as a stream of at most ``max_reply_bytes`` (an error reply: of at most
         :data:`MAX_ERROR_BODY_BYTES`), in no content encoding but ``identity``.
@@ -199,7 +199,11 @@ class CloudClient:
         detail = _problem_detail(status, body)
         error: SplitInferError
         if status == 409:
-            error = ModelMismatch(f"the cloud refused the payload: {detail}")
+            # NOTE: the cloud's "this side" is the cloud: said so, the edge's reply names both sides
+            error = CloudModelMismatch(
+                f"the cloud at this edge's CLOUD_URL serves another model, weights or cuts (give both services "
+                f"the same model settings); it refused the payload: {detail}"
+            )
         elif status == 401:
             error = BadGateway(f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {detail}")
         elif status == 503:

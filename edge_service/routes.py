@@ -71,7 +71,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
-_CLASSIFY_PROBLEMS = problem_responses(409, 413, 415, 422, 502, 503, 504)
+_CLASSIFY_PROBLEMS = problem_responses(413, 415, 422, 502, 503, 504)
 _INLINE_LOGITS_BYTES = 64 * 1024  # a reply's logits (its size bounded by the classes and the batch)
 
 
@@ -399,8 +399,29 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
                 "circuit_breaker": breaker.state,
             }
         raise ServiceUnavailable(f"cloud not ready: {exc.detail}") from exc
+    mismatch = _cloud_mismatch(state, cloud)
+    if mismatch is not None and local:
+        return {
+            "status": "ready",
+            "cloud": f"{mismatch}; falling back to local",
+            "circuit_breaker": breaker.state,
+        }
+    if mismatch is not None:
+        raise ServiceUnavailable(mismatch)
+    return {
+        "status": "ready",
+        "cloud": "ok",
+        "circuit_breaker": breaker.state,
+        "model": loaded.name,
+        "weights_digest": loaded.digest,
+    }
+
+
+def _cloud_mismatch(state: EdgeState, cloud: dict[str, Any]) -> str | None:
+    """What the cloud's ``/v1/info`` says it serves that this edge does not (None: the same model)."""
+    loaded = state.model.loaded
     if cloud.get("model") != loaded.name or cloud.get("weights_digest") != loaded.digest:
-        raise ServiceUnavailable(
+        return (
             f"model mismatch: the cloud serves {sanitize(str(cloud.get('model')), 100)!r} with weights "
             f"{sanitize(str(cloud.get('weights_digest')), 100)!r}; this edge has {loaded.name!r} with weights "
             f"{loaded.digest!r}"
@@ -412,17 +433,11 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
     }
     for key, value in mine.items():
         if cloud.get(key) != value:
-            raise ServiceUnavailable(
-                f"{key} mismatch: the cloud has {cloud.get(key)!r}; this edge has {value!r} "
+            return (
+                f"{key} mismatch: the cloud has {sanitize(str(cloud.get(key)), 300)}; this edge has {value!r} "
                 "(give both services the same model settings)"
             )
-    return {
-        "status": "ready",
-        "cloud": "ok",
-        "circuit_breaker": breaker.state,
-        "model": loaded.name,
-        "weights_digest": loaded.digest,
-    }
+    return None
 
 
 router.include_router(v1)

@@ -18,6 +18,7 @@ Every error carries the HTTP status it maps to, so a service renders it once
     │   │   └── NonFiniteOutput         422  finite activations the tail overflows on (NaN/inf logits)
     │   └── InvalidImage                422  undecodable, truncated or empty image
     ├── BadGateway                      502  the cloud answered with something unusable
+    │   └── CloudModelMismatch          502  the cloud serves another model, weights or cuts (its 409, at the edge)
     ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
     │   ├── CloudUnavailable            503  the cloud cannot be reached
     │   └── EdgeOverloaded              503  the edge's own compute did not finish in time
@@ -30,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "BadGateway",
     "BadRequest",
+    "CloudModelMismatch",
     "CloudTimeout",
     "ClientClosedRequest",
     "CloudUnavailable",
@@ -125,6 +127,14 @@ class BadGateway(SplitInferError):
     status = 502
     title = "Bad gateway"
     slug = "bad-gateway"
+
+
+class CloudModelMismatch(BadGateway):
+    """The cloud refused the edge's payload as one for another model, weights or cut (its 409): the two
+    services disagree, which the edge's client cannot fix (a 502, not the 409 the cloud sent the edge)."""
+
+    title = "Cloud model mismatch"
+    slug = "cloud-model-mismatch"
 
 
 class ServiceUnavailable(SplitInferError):

@@ -56,7 +56,8 @@ def _classify(client: TestClient) -> httpx.Response:
         (_time_out, 504, "Cloud timeout"),
         (lambda r: httpx.Response(200, content=b"not a payload"), 502, "Bad gateway"),
         (lambda r: httpx.Response(500, json={"detail": "boom"}), 502, "Bad gateway"),
-        (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 409, "Model mismatch"),
+        # NOTE: a cloud serving other weights is ours to fix, not the client's: 502 (it relayed the 409)
+        (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 502, "Cloud model mismatch"),
         (lambda r: httpx.Response(503, json={"detail": "x"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
     ],
 )  # fmt: skip
@@ -79,7 +80,13 @@ def test_wrong_shape_logits_from_the_cloud_are_a_bad_gateway(
     assert "logits: float32[B, 1000]" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("handler", [_refuse, _time_out, lambda r: httpx.Response(200, content=b"junk")])
+def _other_weights(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(409, json={"detail": "payload is for weights sha256:aa; this side has sha256:bb"})
+
+
+@pytest.mark.parametrize(
+    "handler", [_refuse, _time_out, lambda r: httpx.Response(200, content=b"junk"), _other_weights]
+)
 def test_local_fallback_finishes_on_the_edge(
     edge: Callable[..., TestClient], handler: Handler, reference: tuple[str, torch.Tensor]
 ) -> None:
@@ -94,6 +101,32 @@ def test_readiness_reports_an_unreachable_cloud(edge: Callable[..., TestClient])
     response = edge(_refuse).get("/readyz")
     assert response.status_code == 503
     assert "cloud not ready" in response.json()["detail"]
+
+
+def _cloud_with_other_weights(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v1/info":
+        return httpx.Response(200, json={"model": "resnet18", "weights_digest": "sha256:other"})
+    return _other_weights(request)
+
+
+def test_a_cloud_with_other_weights_is_named_and_fallback_local_serves_meanwhile(
+    edge: Callable[..., TestClient],
+) -> None:
+    """The cloud restarted with other weights: with fallback none, /readyz (503) and every request (502) name
+    the mismatch; with fallback local the edge stays ready, says why it falls back, and answers from the edge
+    (it relayed the cloud's 409 to every client, and /readyz said 503 although the edge could serve)."""
+    strict = edge(_cloud_with_other_weights)
+    ready = strict.get("/readyz")
+    assert ready.status_code == 503 and "model mismatch" in ready.json()["detail"]
+    refused = _classify(strict)
+    assert refused.status_code == 502 and "weights" in refused.json()["detail"]
+    assert refused.json()["type"].endswith("/cloud-model-mismatch")
+    local = edge(_cloud_with_other_weights, fallback="local")
+    ready = local.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "model mismatch" in ready.json()["cloud"] and "falling back to local" in ready.json()["cloud"]
+    answered = _classify(local)
+    assert answered.status_code == 200 and answered.json()["completed_on"] == "edge"
 
 
 def test_a_bad_cut_or_codec_refuses_to_start() -> None:
