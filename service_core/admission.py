@@ -64,7 +64,7 @@ class AdmissionMiddleware:
         reserve = min(declared, limit) if declared is not None else limit
         refusal = admission.refusal(reserve)
         if refusal is not None:
-            await domain_problem(refusal)(scope, receive, send)
+            await domain_problem(refusal, scope)(scope, receive, send)
             return
         admission.in_flight += 1
         admission.bytes_in_flight += reserve

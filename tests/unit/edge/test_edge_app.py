@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -198,3 +199,17 @@ def test_heads_run_one_per_core_when_each_takes_one_thread() -> None:
     assert EdgeSettings(threads=1).resolved_head_workers() == cores
     assert EdgeSettings().resolved_head_workers() == 1  # NOTE: torch's default: one head on every core
     assert EdgeSettings(head_workers=3).resolved_head_workers() == 3
+
+
+def test_the_access_log_says_why_a_request_failed(
+    edge: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the edge's log saw ``status=503`` and nothing else for every request a dead cloud
+    failed (and ``status=409`` for a cloud with other weights): the line now names the problem and its detail."""
+    client = edge(_refuse)
+    with caplog.at_level(logging.INFO, logger="splitinfer.access"):
+        assert _classify(client).status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.name == "splitinfer.access"]
+    [line] = [line for line in lines if "/v1/classify" in line]
+    assert "status=503" in line and "problem=cloud-unavailable" in line
+    assert 'detail="cannot connect to the cloud' in line and "\n" not in line
