@@ -45,6 +45,7 @@ from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
     BadGateway,
+    CloudModelMismatch,
     CloudTimeout,
     CloudUnavailable,
     ModelMismatch,
@@ -56,6 +57,7 @@ from shared.errors import (
 )
 from shared.images import ImageLimits, UndecodableImage, decode_image
 from shared.onnx_manifest import Manifest
+from shared.peer_text import problem_detail, sanitize
 
 __all__ = ["EdgeLiteState", "create_app"]
 
@@ -129,7 +131,9 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
     return manifest, head, preprocessor
 
 
-def create_app(settings: EdgeLiteSettings) -> FastAPI:
+def create_app(settings: EdgeLiteSettings, *, cloud_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The torch-free edge. ``cloud_transport`` replaces the network under its cloud client (tests use
+    ``httpx.MockTransport``)."""
     # NOTE: the metrics are the app's, made once: a lifespan that runs again must not register them twice
     registry = CollectorRegistry()
     requests = Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry)
@@ -143,6 +147,7 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             base_url=settings.cloud_url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            transport=cloud_transport,
         )
         app.state.edge = EdgeLiteState(
             settings=settings,
@@ -317,8 +322,17 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
         raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
     except httpx.TransportError as exc:
         raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
-    if status in (409, 413, 415, 422):
-        raise BadGateway(f"the cloud refused the payload ({status}): {body[:300].decode(errors='replace')}")
+    if status == 401:
+        raise BadGateway(
+            f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {problem_detail(body)}"
+        )
+    if status == 409:
+        raise CloudModelMismatch(
+            f"the cloud at CLOUD_URL serves another model or weights than this edge's export; it refused the "
+            f"payload: {problem_detail(body)}"
+        )
+    if status in (413, 415, 422):
+        raise BadGateway(f"the cloud refused the payload ({status}): {problem_detail(body)}")
     if status == 503:
         raise CloudUnavailable("the cloud is overloaded or not ready", retry_after=1.0)
     if status != 200:
@@ -441,18 +455,31 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
         raise ServiceUnavailable("the service is shutting down")
     try:
         async with asyncio.timeout(_INFO_TIMEOUT_S):
-            _, body = await _bounded_call(
+            status, body = await _bounded_call(
                 state.client, "GET", "/v1/info", _MAX_INFO_BYTES, headers={"Accept-Encoding": "identity"}
             )
-        cloud = json.loads(body)
+        # NOTE: an error's problem body is not the cloud's info (a 401 read as one said "another model")
+        cloud = json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
         raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    if status == 401:
+        raise ServiceUnavailable(
+            "cloud not ready: its /v1/info answered 401: it refused this edge's token (set the same "
+            f"SPLITINFER_TOKEN on both): {problem_detail(body)}"
+        )
+    if status != 200:
+        raise ServiceUnavailable(f"cloud not ready: its /v1/info answered {status}: {problem_detail(body)}")
     manifest = state.manifest
     if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
         manifest.model,
         manifest.weights,
     ):
-        raise ServiceUnavailable("the cloud serves another model or other weights than this edge's export")
+        served = cloud if isinstance(cloud, dict) else {}
+        raise ServiceUnavailable(
+            f"model mismatch: the cloud serves {sanitize(str(served.get('model')), 100)!r} with weights "
+            f"{sanitize(str(served.get('weights_digest')), 100)!r}; this edge's export has {manifest.model!r} "
+            f"with weights {manifest.weights!r}"
+        )
     return {"status": "ready", "cloud": "ok", "model": manifest.model, "weights_digest": manifest.weights}
 
 

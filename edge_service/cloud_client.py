@@ -25,14 +25,13 @@ from shared.errors import (
     CloudUnavailable,
     SplitInferError,
 )
+from shared.peer_text import MAX_DETAIL_CHARS, problem_detail, sanitize
 from shared.tail_timings import TailTimings
 from shared.wire import MEDIA_TYPE
 
 __all__ = ["MAX_DETAIL_CHARS", "POOL_KEEPALIVE_S", "CloudClient", "CloudReply", "sanitize"]
 
 
-MAX_DETAIL_CHARS = 300
-"""The most of a cloud's error text that reaches the edge's replies and logs."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """The most of a cloud's error reply the edge reads."""
 _MAX_RETRY_AFTER_S = 3600
@@ -47,22 +46,6 @@ class CloudReply:
     timings: TailTimings
     round_trip_ms: float
     served_by: str | None = None
-
-
-def sanitize(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """A peer's text made safe to echo and log: printable characters only (newlines and other controls
-    become spaces, so it cannot forge a log line), at most ``limit`` characters."""
-    cleaned = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
-def _problem_detail(status: int, body: bytes) -> str:
-    try:
-        problem = json.loads(body)
-    except (ValueError, RecursionError):
-        return sanitize(body.decode("utf-8", "replace"))
-    detail = problem.get("detail") if isinstance(problem, dict) else None
-    return sanitize(detail if isinstance(detail, str) else body.decode("utf-8", "replace"))
 
 
 def _retry_after(header: str) -> float | None:
@@ -196,7 +179,7 @@ class CloudClient:
     def _raise_for_status(status: int, headers: Mapping[str, str], body: bytes) -> None:
         if status == 200:
             return
-        detail = _problem_detail(status, body)
+        detail = problem_detail(body)
         error: SplitInferError
         if status == 409:
             # NOTE: the cloud's "this side" is the cloud: said so, the edge's reply names both sides
