@@ -49,6 +49,7 @@ from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
     BadGateway,
+    CloudModelMismatch,
     CloudTimeout,
     CloudUnavailable,
     ModelMismatch,
@@ -60,6 +61,7 @@ from shared.errors import (
 )
 from shared.images import ImageLimits, UndecodableImage, decode_image
 from shared.onnx_manifest import Manifest
+from shared.peer_text import problem_detail, sanitize
 
 __all__ = ["EdgeLiteState", "create_app"]
 
@@ -69,7 +71,6 @@ CLASSIFY_PATH = "/v1/classify"
 _MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_INFO_BYTES = 64 * 1024
 _INFO_TIMEOUT_S = 2.0
-_REFUSED_TOKEN = "it refused this edge's token: set the same SPLITINFER_TOKEN on both"
 
 
 @dataclass
@@ -132,7 +133,9 @@ def _load(settings: EdgeLiteSettings) -> tuple[Manifest, OnnxHalf, NumpyPreproce
     return manifest, head, preprocessor
 
 
-def create_app(settings: EdgeLiteSettings) -> FastAPI:
+def create_app(settings: EdgeLiteSettings, *, cloud_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The torch-free edge. ``cloud_transport`` replaces the network under its cloud client (tests use
+    ``httpx.MockTransport``)."""
     # NOTE: the metrics are the app's, made once: a lifespan that runs again must not register them twice
     registry = CollectorRegistry()
     requests = Counter("splitinfer_requests", "Classify requests by status", ["status"], registry=registry)
@@ -146,6 +149,7 @@ def create_app(settings: EdgeLiteSettings) -> FastAPI:
             base_url=settings.cloud_url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            transport=cloud_transport,
         )
         app.state.edge = EdgeLiteState(
             settings=settings,
@@ -362,9 +366,16 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
     except httpx.TransportError as exc:
         raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
     if status == 401:
-        raise BadGateway(f"the cloud answered 401: {_REFUSED_TOKEN}")
-    if status in (409, 413, 415, 422):
-        raise BadGateway(f"the cloud refused the payload ({status}): {body[:300].decode(errors='replace')}")
+        raise BadGateway(
+            f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {problem_detail(body)}"
+        )
+    if status == 409:
+        raise CloudModelMismatch(
+            f"the cloud at CLOUD_URL serves another model or weights than this edge's export; it refused the "
+            f"payload: {problem_detail(body)}"
+        )
+    if status in (413, 415, 422):
+        raise BadGateway(f"the cloud refused the payload ({status}): {problem_detail(body)}")
     if status == 503:
         raise CloudUnavailable("the cloud is overloaded or not ready", retry_after=1.0)
     if status != 200:
@@ -475,18 +486,28 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
             status, body = await _bounded_call(
                 state.client, "GET", "/v1/info", _MAX_INFO_BYTES, headers={"Accept-Encoding": "identity"}
             )
+        # NOTE: an error's problem body is not the cloud's info (a 401 read as one said "another model")
         cloud = json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
         raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
-    if status != 200:  # NOTE: an error's problem+json is not the cloud's /v1/info (it names no model)
-        reason = f": {_REFUSED_TOKEN}" if status == 401 else ""
-        raise ServiceUnavailable(f"cloud not ready: its /v1/info answered {status}{reason}")
+    if status == 401:
+        raise ServiceUnavailable(
+            "cloud not ready: its /v1/info answered 401: it refused this edge's token (set the same "
+            f"SPLITINFER_TOKEN on both): {problem_detail(body)}"
+        )
+    if status != 200:
+        raise ServiceUnavailable(f"cloud not ready: its /v1/info answered {status}: {problem_detail(body)}")
     manifest = state.manifest
     if not isinstance(cloud, dict) or (cloud.get("model"), cloud.get("weights_digest")) != (
         manifest.model,
         manifest.weights,
     ):
-        raise ServiceUnavailable("the cloud serves another model or other weights than this edge's export")
+        served = cloud if isinstance(cloud, dict) else {}
+        raise ServiceUnavailable(
+            f"model mismatch: the cloud serves {sanitize(str(served.get('model')), 100)!r} with weights "
+            f"{sanitize(str(served.get('weights_digest')), 100)!r}; this edge's export has {manifest.model!r} "
+            f"with weights {manifest.weights!r}"
+        )
     return {"status": "ready", "cloud": "ok", "model": manifest.model, "weights_digest": manifest.weights}
 
 

@@ -36,11 +36,13 @@ class _Call:
     ) -> None:
         breaker = self._breaker
         if exc is None or isinstance(exc, PayloadRefused):
-            breaker.record_success()  # NOTE: a refused payload: the cloud is up (the payload is the client's)
+            # NOTE: a cloud that refuses the payload (as another model's, too large, malformed) is up: each
+            # request says why at once, rather than the open circuit's "failed N times"
+            breaker.record_success()
         elif isinstance(exc, _CLOUD_FAILURES):
             breaker.record_failure()
         elif isinstance(exc, SplitInferError):
-            breaker.record_success()  # the cloud is up; it refused this payload (409, 401...)
+            breaker.record_success()  # the cloud is up; it refused this payload
         elif isinstance(exc, asyncio.CancelledError):
             breaker.record_abandoned()
         else:

@@ -20,20 +20,19 @@ from service_core.http import SERVED_BY_HEADER
 from service_core.metrics import REQUEST_ID_HEADER
 from shared.errors import (
     BadGateway,
+    CloudModelMismatch,
     CloudTimeout,
     CloudUnavailable,
-    ModelMismatch,
     PayloadRefused,
     SplitInferError,
 )
+from shared.peer_text import MAX_DETAIL_CHARS, problem_detail, sanitize
 from shared.tail_timings import TailTimings
 from shared.wire import MEDIA_TYPE
 
 __all__ = ["MAX_DETAIL_CHARS", "POOL_KEEPALIVE_S", "CloudClient", "CloudReply", "sanitize"]
 
 
-MAX_DETAIL_CHARS = 300
-"""The most of a cloud's error text that reaches the edge's replies and logs."""
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """The most of a cloud's error reply the edge reads."""
 _MAX_RETRY_AFTER_S = 3600
@@ -50,22 +49,6 @@ class CloudReply:
     timings: TailTimings
     round_trip_ms: float
     served_by: str | None = None
-
-
-def sanitize(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
-    """A peer's text made safe to echo and log: printable characters only (newlines and other controls
-    become spaces, so it cannot forge a log line), at most ``limit`` characters."""
-    cleaned = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
-def _problem_detail(status: int, body: bytes) -> str:
-    try:
-        problem = json.loads(body)
-    except (ValueError, RecursionError):
-        return sanitize(body.decode("utf-8", "replace"))
-    detail = problem.get("detail") if isinstance(problem, dict) else None
-    return sanitize(detail if isinstance(detail, str) else body.decode("utf-8", "replace"))
 
 
 def _retry_after(header: str) -> float | None:
@@ -119,7 +102,7 @@ class CloudClient:
         await self._client.aclose()
 
     async def run_tail(self, payload: bytes, *, request_id: str, deadline_s: float, max_reply_bytes: int) -> CloudReply:
-        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504/409).
+        """POST the payload to ``/v1/tail``; every failure becomes a domain error (502/503/504).
 
         The reply is read as a stream of at most ``max_reply_bytes`` (an error reply: of at most
         :data:`MAX_ERROR_BODY_BYTES`), in no content encoding but ``identity``.
@@ -199,10 +182,14 @@ class CloudClient:
     def _raise_for_status(status: int, headers: Mapping[str, str], body: bytes) -> None:
         if status == 200:
             return
-        detail = _problem_detail(status, body)
+        detail = problem_detail(body)
         error: SplitInferError
         if status == 409:
-            error = ModelMismatch(f"the cloud refused the payload: {detail}")
+            # NOTE: the cloud's "this side" is the cloud: said so, the edge's reply names both sides
+            error = CloudModelMismatch(
+                f"the cloud at this edge's CLOUD_URL serves another model, weights or cuts (give both services "
+                f"the same model settings); it refused the payload: {detail}"
+            )
         elif status == 401:
             error = BadGateway(f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {detail}")
         elif status == 503:

@@ -17,7 +17,7 @@ from starlette.formparsers import MultiPartException
 from edge_service.cloud_client import sanitize
 from edge_service.demo import demo_router
 from edge_service.route_policy import RouteChoice
-from edge_service.runtime import Prepared, Route
+from edge_service.runtime import Prepared
 from edge_service.schemas import BatchClassifyResponse, ClassifyResponse, EdgeInfo, ImageResult, Prediction
 from edge_service.state import EdgeState, EdgeStateDep
 from service_core.app import ServiceRoutes
@@ -71,7 +71,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
-_CLASSIFY_PROBLEMS = problem_responses(409, 413, 415, 422, 502, 503, 504)
+_CLASSIFY_PROBLEMS = problem_responses(413, 415, 422, 502, 503, 504)
 _INLINE_LOGITS_BYTES = 64 * 1024  # a reply's logits (its size bounded by the classes and the batch)
 
 
@@ -195,7 +195,7 @@ async def _classify(
     try:
         with state.decode_budget.reserve(cost) as release_decoded:
             choice = _dispatch(state, pinned, len(blobs))
-            return await _classify_admitted(request, state, blobs, choice.route, names, release_decoded)
+            return await _classify_admitted(request, state, blobs, choice, names, release_decoded)
     finally:
         state.in_flight -= 1
         # NOTE: the request's decoded images are freed by now (they lived in _classify_admitted's frame).
@@ -206,11 +206,12 @@ async def _classify_admitted(
     request: Request,
     state: EdgeState,
     blobs: list[bytes],
-    route: Route,
+    choice: RouteChoice,
     names: list[str | None],
     release_decoded: Reservation,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     settings, model = state.settings, state.model
+    route = choice.route
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     deadline = started + settings.request_timeout_s
@@ -265,9 +266,18 @@ async def _classify_admitted(
                     state.threads.wrap(model.decode_logits), reply.body, len(blobs), route.cut.name
                 )
         except _RECOVERABLE as exc:
-            if settings.fallback != "local":
+            # NOTE: a probe or an exploration is the edge's own choice, made to learn (cut auto): a cloud that
+            # fails it must not fail the request, which the current route (cut output, say) may never have
+            # sent to the cloud at all. It is finished on the edge whatever FALLBACK says.
+            learning = choice.purpose in ("probe", "explore")
+            if settings.fallback != "local" and not learning:
                 raise
-            logger.warning("cloud failed (%s: %s); finishing on the edge", type(exc).__name__, exc.detail)
+            logger.warning(
+                "cloud failed (%s: %s)%s; finishing on the edge",
+                type(exc).__name__,
+                exc.detail,
+                f" on a request routed to {choice.purpose} cut {route.cut.name!r}" if learning else "",
+            )
             logits = await loop.run_in_executor(state.executor, model.finish_locally, prepared)
             completed_on = "edge"
     if completed_on == "edge" and not all_finite(logits):
@@ -389,8 +399,29 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
                 "circuit_breaker": breaker.state,
             }
         raise ServiceUnavailable(f"cloud not ready: {exc.detail}") from exc
+    mismatch = _cloud_mismatch(state, cloud)
+    if mismatch is not None and local:
+        return {
+            "status": "ready",
+            "cloud": f"{mismatch}; falling back to local",
+            "circuit_breaker": breaker.state,
+        }
+    if mismatch is not None:
+        raise ServiceUnavailable(mismatch)
+    return {
+        "status": "ready",
+        "cloud": "ok",
+        "circuit_breaker": breaker.state,
+        "model": loaded.name,
+        "weights_digest": loaded.digest,
+    }
+
+
+def _cloud_mismatch(state: EdgeState, cloud: dict[str, Any]) -> str | None:
+    """What the cloud's ``/v1/info`` says it serves that this edge does not (None: the same model)."""
+    loaded = state.model.loaded
     if cloud.get("model") != loaded.name or cloud.get("weights_digest") != loaded.digest:
-        raise ServiceUnavailable(
+        return (
             f"model mismatch: the cloud serves {sanitize(str(cloud.get('model')), 100)!r} with weights "
             f"{sanitize(str(cloud.get('weights_digest')), 100)!r}; this edge has {loaded.name!r} with weights "
             f"{loaded.digest!r}"
@@ -411,16 +442,10 @@ async def readiness(request: Request, state: EdgeState) -> dict[str, Any]:
                 if key == "protocol"
                 else "give both services the same model settings"
             )
-            raise ServiceUnavailable(
-                f"{key} mismatch: the cloud has {theirs.get(key)!r}; this edge has {value!r} ({hint})"
+            return (
+                f"{key} mismatch: the cloud has {sanitize(str(theirs.get(key)), 300)}; this edge has {value!r} ({hint})"
             )
-    return {
-        "status": "ready",
-        "cloud": "ok",
-        "circuit_breaker": breaker.state,
-        "model": loaded.name,
-        "weights_digest": loaded.digest,
-    }
+    return None
 
 
 router.include_router(v1)

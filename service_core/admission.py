@@ -79,7 +79,7 @@ class AdmissionMiddleware:
                 receive = limited_receive(receive, reserve)
         refusal = admission.refusal(reserve)
         if refusal is not None:
-            await domain_problem(refusal)(scope, receive, send)
+            await domain_problem(refusal, scope)(scope, receive, send)
             return
         admission.in_flight += 1
         admission.bytes_in_flight += reserve

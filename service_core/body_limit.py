@@ -71,7 +71,7 @@ class BodyLimitMiddleware:
         try:
             _check_declared_length(header_value(scope, b"content-length"), limit)
         except SplitInferError as exc:
-            await domain_problem(exc)(scope, receive, send)
+            await domain_problem(exc, scope)(scope, receive, send)
             return
         await self.app(scope, limited_receive(receive, limit, self.timeout_s), send)
 

@@ -66,7 +66,7 @@ class DirectRoutesMiddleware:
         except SplitInferError as exc:
             if started:
                 raise
-            await domain_problem(exc)(scope, receive, send)
+            await domain_problem(exc, scope)(scope, receive, send)
         except Exception:
             if started:
                 raise

@@ -47,11 +47,22 @@ _MultiProcessCollector: Any = multiprocess.MultiProcessCollector
 
 def multiprocess_dir() -> Path | None:
     """The directory this process's metric values are kept in, or None when they are in its memory (the
-    variable was not set when prometheus_client was imported)."""
+    variable was not set when prometheus_client was imported). ``ValueError`` when it is not a folder this
+    process can write to."""
     directory = os.environ.get(MULTIPROCESS_DIR_ENV)
     if not directory or values.ValueClass is values.MutexValue:
         return None
-    return Path(directory)
+    path = Path(directory)
+    # NOTE: checked here, before the first metric opens its file there: that failed with "no such file or
+    # folder: DIR/histogram_<pid>.db", naming neither the variable nor the fix
+    if not path.is_dir():
+        raise ValueError(
+            f"{MULTIPROCESS_DIR_ENV}={directory!r} is not a folder: make it (empty) before starting the service, "
+            "or unset the variable to keep the metrics in the process"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{MULTIPROCESS_DIR_ENV}={directory!r} is not a folder uid {os.getuid()} can write to")
+    return path
 
 
 @contextmanager

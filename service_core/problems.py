@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any, cast
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+from starlette.types import Scope
 
 from service_core.head_requests import allow_with_head
 from shared.errors import ClientClosedRequest, SplitInferError
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_BASE = "https://split-inference.dev/problems/"
+_LOGGED_DETAIL_CHARS = 300
 
 
 def problem_response(
@@ -44,8 +47,13 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def domain_problem(exc: SplitInferError) -> JSONResponse:
-    """The problem+json response of a domain error (also for middleware, which runs outside the handlers)."""
+def domain_problem(exc: SplitInferError, scope: Scope | None = None) -> JSONResponse:
+    """The problem+json response of a domain error (also for middleware, which runs outside the handlers).
+    With the request's ``scope``, its access-log line names the problem and its detail (one line: quoted)."""
+    if scope is not None:
+        fields = scope.setdefault("state", {}).setdefault("log_fields", {})
+        fields["problem"] = exc.slug
+        fields["detail"] = json.dumps(exc.detail[:_LOGGED_DETAIL_CHARS])
     response = problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, retry_after=exc.retry_after)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="split-inference"'
@@ -53,7 +61,7 @@ def domain_problem(exc: SplitInferError) -> JSONResponse:
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    return domain_problem(cast(SplitInferError, exc))  # registered for this type only
+    return domain_problem(cast(SplitInferError, exc), request.scope)  # registered for this type only
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -93,7 +101,9 @@ async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
     # NOTE: nobody reads this answer; it gives the access log and the metrics a status that says what
     # happened (499, the client left) instead of a 500 with a traceback.
     logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return domain_problem(ClientClosedRequest("the client closed the connection before its request was read"))
+    return domain_problem(
+        ClientClosedRequest("the client closed the connection before its request was read"), request.scope
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

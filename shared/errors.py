@@ -18,7 +18,8 @@ Every error carries the HTTP status it maps to, so a service renders it once
     │   │   └── NonFiniteOutput         422  finite activations the tail overflows on (NaN/inf logits)
     │   └── InvalidImage                422  undecodable, truncated or empty image
     ├── BadGateway                      502  the cloud answered with something unusable
-    │   └── PayloadRefused              502  the cloud (up) refused the payload sent (400, 413, 415, 422)
+    │   └── PayloadRefused              502  the cloud (up) refused the payload sent (400, 409, 413, 415, 422)
+    │       └── CloudModelMismatch      502  the cloud serves another model, weights or cuts (its 409, at the edge)
     ├── ServiceUnavailable              503  not ready, overloaded or peer unreachable
     │   ├── CloudUnavailable            503  the cloud cannot be reached
     │   └── EdgeOverloaded              503  the edge's own compute did not finish in time
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "BadGateway",
     "BadRequest",
+    "CloudModelMismatch",
     "CloudTimeout",
     "ClientClosedRequest",
     "CloudUnavailable",
@@ -132,6 +134,14 @@ class BadGateway(SplitInferError):
 class PayloadRefused(BadGateway):
     """The cloud answered that it cannot use the payload it was sent: it is up (a circuit breaker records no
     failure), and the client gets a 502 naming the cloud's reason."""
+
+
+class CloudModelMismatch(PayloadRefused):
+    """The cloud refused the edge's payload as one for another model, weights or cut (its 409): the two
+    services disagree, which the edge's client cannot fix (a 502, not the 409 the cloud sent the edge)."""
+
+    title = "Cloud model mismatch"
+    slug = "cloud-model-mismatch"
 
 
 class ServiceUnavailable(SplitInferError):

@@ -15,8 +15,8 @@ from edge_service import create_app as create_edge
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 EXPECTED = {
-    ("edge", "post", "/v1/classify"): {409, 413, 415, 422, 502, 503, 504},
-    ("edge", "post", "/v1/classify/batch"): {409, 413, 415, 422, 502, 503, 504},
+    ("edge", "post", "/v1/classify"): {413, 415, 422, 502, 503, 504},
+    ("edge", "post", "/v1/classify/batch"): {413, 415, 422, 502, 503, 504},
     ("edge", "get", "/v1/info"): {503},
     ("edge", "get", "/readyz"): {503},
     ("edge", "get", "/v1/cuts"): {422, 503},

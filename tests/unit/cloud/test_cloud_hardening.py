@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterator
 
@@ -98,3 +99,15 @@ def test_12_load_model_leaves_the_global_rng_alone() -> None:
     load_model(TINY, "none")
     assert torch.equal(torch.rand(4), expected)
     assert load_model(TINY, "none").digest == load_model(TINY, "none").digest  # still reproducible
+
+
+def test_the_access_log_says_why_a_tail_was_refused(cloud: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """/v1/tail is served ahead of FastAPI's router (service_core.direct_routes): its refusals are logged with
+    their problem too, as an operator needs to tell an edge's bad payloads from other 400s."""
+    with caplog.at_level(logging.INFO, logger="splitinfer.access"):
+        response = cloud.post("/v1/tail", content=b"\x00" * 64, headers={"content-type": MEDIA_TYPE})
+    assert response.status_code == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "splitinfer.access"]
+    [line] = [line for line in lines if "/v1/tail" in line]
+    assert "status=400" in line and f"problem={response.json()['type'].rsplit('/', 1)[1]}" in line
+    assert "detail=" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -75,3 +76,27 @@ def test_plan_refuses_a_link_whose_latencies_it_cannot_predict(profile: Path) ->
             response = client.get("/v1/plan", params=link)
             assert response.status_code == 422, (link, response.text[:300])
             assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_probe_to_a_dead_cloud_is_answered_on_the_edge(profile: Path) -> None:
+    """On cut ``output`` the edge needs no cloud (its /readyz says so), but now and then it routes a request
+    through the cloud to time the link: with the cloud gone, that request is finished on the edge, not failed
+    (it got 503, one request per PROBE_INTERVAL_S, with fallback ``none``)."""
+    attempts: list[str] = []
+
+    def dead_cloud(request: httpx.Request) -> httpx.Response:
+        attempts.append(request.url.path)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="auto", edge_profile=profile, cloud_profile=profile,
+        link_bandwidth="1kbit", link_rtt="200ms", probe_interval_s=1e-6, connect_retries=0, fallback="none",
+    )  # fmt: skip
+    image = encode_image(synthetic_image(seed=3))
+    with TestClient(create_app(settings, cloud_transport=httpx.MockTransport(dead_cloud))) as client:
+        assert client.get("/v1/info").json()["cut"]["name"] == "output"
+        responses = [client.post("/v1/classify", files={"image": ("a.jpg", image)}) for _ in range(3)]
+        assert client.get("/readyz").json()["cloud"] == "not needed (cut 'output')"
+    assert "/v1/tail" in attempts  # the probes went out
+    assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
+    assert {r.json()["completed_on"] for r in responses} == {"edge"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -56,7 +57,8 @@ def _classify(client: TestClient) -> httpx.Response:
         (_time_out, 504, "Cloud timeout"),
         (lambda r: httpx.Response(200, content=b"not a payload"), 502, "Bad gateway"),
         (lambda r: httpx.Response(500, json={"detail": "boom"}), 502, "Bad gateway"),
-        (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 409, "Model mismatch"),
+        # NOTE: a cloud serving other weights is ours to fix, not the client's: 502 (it relayed the 409)
+        (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 502, "Cloud model mismatch"),
         (lambda r: httpx.Response(503, json={"detail": "x"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
     ],
 )  # fmt: skip
@@ -79,7 +81,13 @@ def test_wrong_shape_logits_from_the_cloud_are_a_bad_gateway(
     assert "logits: float32[B, 1000]" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("handler", [_refuse, _time_out, lambda r: httpx.Response(200, content=b"junk")])
+def _other_weights(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(409, json={"detail": "payload is for weights sha256:aa; this side has sha256:bb"})
+
+
+@pytest.mark.parametrize(
+    "handler", [_refuse, _time_out, lambda r: httpx.Response(200, content=b"junk"), _other_weights]
+)
 def test_local_fallback_finishes_on_the_edge(
     edge: Callable[..., TestClient], handler: Handler, reference: tuple[str, torch.Tensor]
 ) -> None:
@@ -94,6 +102,32 @@ def test_readiness_reports_an_unreachable_cloud(edge: Callable[..., TestClient])
     response = edge(_refuse).get("/readyz")
     assert response.status_code == 503
     assert "cloud not ready" in response.json()["detail"]
+
+
+def _cloud_with_other_weights(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/v1/info":
+        return httpx.Response(200, json={"model": "resnet18", "weights_digest": "sha256:other"})
+    return _other_weights(request)
+
+
+def test_a_cloud_with_other_weights_is_named_and_fallback_local_serves_meanwhile(
+    edge: Callable[..., TestClient],
+) -> None:
+    """The cloud restarted with other weights: with fallback none, /readyz (503) and every request (502) name
+    the mismatch; with fallback local the edge stays ready, says why it falls back, and answers from the edge
+    (it relayed the cloud's 409 to every client, and /readyz said 503 although the edge could serve)."""
+    strict = edge(_cloud_with_other_weights)
+    ready = strict.get("/readyz")
+    assert ready.status_code == 503 and "model mismatch" in ready.json()["detail"]
+    refused = _classify(strict)
+    assert refused.status_code == 502 and "weights" in refused.json()["detail"]
+    assert refused.json()["type"].endswith("/cloud-model-mismatch")
+    local = edge(_cloud_with_other_weights, fallback="local")
+    ready = local.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "model mismatch" in ready.json()["cloud"] and "falling back to local" in ready.json()["cloud"]
+    answered = _classify(local)
+    assert answered.status_code == 200 and answered.json()["completed_on"] == "edge"
 
 
 def test_a_bad_cut_or_codec_refuses_to_start() -> None:
@@ -165,3 +199,17 @@ def test_heads_run_one_per_core_when_each_takes_one_thread() -> None:
     assert EdgeSettings(threads=1).resolved_head_workers() == cores
     assert EdgeSettings().resolved_head_workers() == 1  # NOTE: torch's default: one head on every core
     assert EdgeSettings(head_workers=3).resolved_head_workers() == 3
+
+
+def test_the_access_log_says_why_a_request_failed(
+    edge: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the edge's log saw ``status=503`` and nothing else for every request a dead cloud
+    failed (and ``status=409`` for a cloud with other weights): the line now names the problem and its detail."""
+    client = edge(_refuse)
+    with caplog.at_level(logging.INFO, logger="splitinfer.access"):
+        assert _classify(client).status_code == 503
+    lines = [r.getMessage() for r in caplog.records if r.name == "splitinfer.access"]
+    [line] = [line for line in lines if "/v1/classify" in line]
+    assert "status=503" in line and "problem=cloud-unavailable" in line
+    assert 'detail="cannot connect to the cloud' in line and "\n" not in line

@@ -147,3 +147,30 @@ def test_a_scrape_waits_for_a_retirement_at_most_its_bound(tmp_path: Path) -> No
     finally:
         os.close(retiring)
     assert _sample(collect(tmp_path).decode(), "splitinfer_requests_total", 'route="/v1/tail"') == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file", "read-only"])
+def test_a_directory_that_cannot_hold_the_values_is_named_at_startup(tmp_path: Path, kind: str) -> None:
+    """PROMETHEUS_MULTIPROC_DIR left set to a folder that is gone (a killed run's, removed since), or not a
+    writable folder: the service said "no such file or folder: .../histogram_7728.db" (or a permission error on
+    that file), naming neither the variable nor what to do."""
+    directory = tmp_path / "metrics"
+    if kind == "a file":
+        directory.write_text("")
+    elif kind == "read-only":
+        directory.mkdir(mode=0o500)
+        if os.access(directory, os.W_OK):
+            pytest.skip("root writes to a read-only folder")
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROCESS_DIR_ENV}
+    root = Path(__file__).resolve().parents[3]
+    process = subprocess.run(
+        [sys.executable, "-c", "from service_core.metrics import ServiceMetrics; ServiceMetrics('edge')"],
+        env=env | {"PYTHONPATH": str(root), MULTIPROCESS_DIR_ENV: str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode != 0
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: PROMETHEUS_MULTIPROC_DIR"), process.stderr
+    assert str(directory) in last
