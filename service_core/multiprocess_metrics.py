@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, generate_latest, mmap_dict, mul
 
 from shared.errors import ServiceUnavailable
 
-__all__ = ["MULTIPROCESS_DIR_ENV", "Retirements", "collect", "multiprocess_dir"]
+__all__ = ["MULTIPROCESS_DIR_ENV", "Retirements", "collect", "multiprocess_dir", "retire_dead_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,46 @@ class Retirements:
         except OSError as exc:  # NOTE: a full disk: the files stay, still counted, only not compacted
             logger.warning("cannot retire the metric files of processes %s: %s", sorted(self.pending), exc)
         self.pending.clear()
+
+
+def retire_dead_processes(directory: Path) -> list[int]:
+    """Retire (:class:`Retirements`) the files of processes that are no longer running: a run killed outright
+    (SIGKILL, the OOM killer) left them, and their gauges (``splitinfer_info`` of another cut) would be
+    reported next to this process's for ever. A process still running, or a pid reused since, is left alone.
+    The pids retired (none while scrapes hold the lock: they are counted once each meanwhile)."""
+    dead = sorted({pid for path in directory.glob("*_*.db") if (pid := _pid_of(path)) is not None and _gone(pid)})
+    if dead:
+        retirements = Retirements(directory)
+        for pid in dead:
+            retirements.pending.add(pid)
+        retirements.retry()
+        if retirements.pending:
+            return []
+        logger.warning(
+            "%s held the metric files of %d processes no longer running (pids %s): their counters and histograms "
+            "are kept in the retired totals, their gauges dropped",
+            directory,
+            len(dead),
+            ", ".join(map(str, dead[:10])),
+        )
+    return dead
+
+
+def _pid_of(path: Path) -> int | None:
+    suffix = path.stem.rsplit("_", 1)[1]
+    return int(suffix) if suffix.isascii() and suffix.isdigit() else None
+
+
+def _gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # NOTE: another user's process: running
+        return False
+    return False
 
 
 def _fold(directory: Path, pid: int) -> None:
