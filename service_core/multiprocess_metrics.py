@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,14 +167,20 @@ def _fold(directory: Path, pid: int) -> None:
     for path in sorted(directory.glob(f"*_{pid}.db")):
         kind = path.name.split("_", 1)[0]
         if kind in _ADDED_UP:
-            _add_into(directory / f"{kind}_retired.db", path)
+            try:
+                # NOTE: read whole before any is added, so a file cut short adds nothing rather than a part
+                entries = list(_MmapedDict.read_all_values_from_file(str(path)))
+            except (struct.error, ValueError) as exc:  # NOTE: ValueError: an empty file, or a key not UTF-8
+                logger.warning("dropped %s: not a metrics file that can be read (%s)", path, exc)
+            else:
+                _add_into(directory / f"{kind}_retired.db", entries)
         path.unlink()
 
 
-def _add_into(target: Path, source: Path) -> None:
+def _add_into(target: Path, entries: list[tuple[str, float, float, int]]) -> None:
     totals = _MmapedDict(str(target))
     try:
-        for key, value, timestamp, _ in _MmapedDict.read_all_values_from_file(str(source)):
+        for key, value, timestamp, _ in entries:
             current, _ = totals.read_value(key)
             totals.write_value(key, current + value, timestamp)
     finally:

@@ -186,3 +186,15 @@ def test_a_killed_run_s_files_are_retired_when_the_next_process_starts(tmp_path:
     assert _sample(out, "splitinfer_info", 'cut="layer2"') == 1
     assert 'cut="layer1"' not in out
     assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 7
+
+
+def test_a_damaged_file_of_a_dead_process_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A file no process can read (cut short: 4 bytes) under a dead process's name: the service must still start
+    and answer its scrapes (before retiring dead processes' files, every scrape answered 500 with a traceback in
+    the log; retiring it raised struct.error at startup)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"counter_{dead.pid}.db").write_bytes(b"junk")
+    _, out = _worker(tmp_path, 2)
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
+    assert not (tmp_path / f"counter_{dead.pid}.db").exists()
