@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.connections import connections_refused_counter
-from service_core.multiprocess_metrics import collect, multiprocess_dir
+from service_core.multiprocess_metrics import collect, multiprocess_dir, retire_dead_processes
 from service_core.raw_headers import header_value
 
 __all__ = [
@@ -50,6 +50,8 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiprocess_dir = multiprocess_dir()
         """Where several processes keep their values (scrapes add them up), or None: this process's own."""
+        if self.multiprocess_dir is not None:
+            retire_dead_processes(self.multiprocess_dir)
         labels = {"service": service}
         self.requests = Counter(
             "splitinfer_requests",

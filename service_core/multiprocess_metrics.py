@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest, mmap_dict, mul
 
 from shared.errors import ServiceUnavailable
 
-__all__ = ["MULTIPROCESS_DIR_ENV", "Retirements", "collect", "multiprocess_dir"]
+__all__ = ["MULTIPROCESS_DIR_ENV", "Retirements", "collect", "multiprocess_dir", "retire_dead_processes"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +123,64 @@ class Retirements:
         self.pending.clear()
 
 
+def retire_dead_processes(directory: Path) -> list[int]:
+    """Retire (:class:`Retirements`) the files of processes that are no longer running: a run killed outright
+    (SIGKILL, the OOM killer) left them, and their gauges (``splitinfer_info`` of another cut) would be
+    reported next to this process's for ever. A process still running, or a pid reused since, is left alone.
+    The pids retired (none while scrapes hold the lock: they are counted once each meanwhile)."""
+    dead = sorted({pid for path in directory.glob("*_*.db") if (pid := _pid_of(path)) is not None and _gone(pid)})
+    if dead:
+        retirements = Retirements(directory)
+        for pid in dead:
+            retirements.pending.add(pid)
+        retirements.retry()
+        if retirements.pending:
+            return []
+        logger.warning(
+            "%s held the metric files of %d processes no longer running (pids %s): their counters and histograms "
+            "are kept in the retired totals, their gauges dropped",
+            directory,
+            len(dead),
+            ", ".join(map(str, dead[:10])),
+        )
+    return dead
+
+
+def _pid_of(path: Path) -> int | None:
+    suffix = path.stem.rsplit("_", 1)[1]
+    return int(suffix) if suffix.isascii() and suffix.isdigit() else None
+
+
+def _gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # NOTE: another user's process: running
+        return False
+    return False
+
+
 def _fold(directory: Path, pid: int) -> None:
     for path in sorted(directory.glob(f"*_{pid}.db")):
         kind = path.name.split("_", 1)[0]
         if kind in _ADDED_UP:
-            _add_into(directory / f"{kind}_retired.db", path)
+            try:
+                # NOTE: read whole before any is added, so a file cut short adds nothing rather than a part
+                entries = list(_MmapedDict.read_all_values_from_file(str(path)))
+            except (struct.error, ValueError) as exc:  # NOTE: ValueError: an empty file, or a key not UTF-8
+                logger.warning("dropped %s: not a metrics file that can be read (%s)", path, exc)
+            else:
+                _add_into(directory / f"{kind}_retired.db", entries)
         path.unlink()
 
 
-def _add_into(target: Path, source: Path) -> None:
+def _add_into(target: Path, entries: list[tuple[str, float, float, int]]) -> None:
     totals = _MmapedDict(str(target))
     try:
-        for key, value, timestamp, _ in _MmapedDict.read_all_values_from_file(str(source)):
+        for key, value, timestamp, _ in entries:
             current, _ = totals.read_value(key)
             totals.write_value(key, current + value, timestamp)
     finally:

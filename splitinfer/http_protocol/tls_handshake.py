@@ -48,6 +48,11 @@ def with_tls_handshake(
     place): a connection whose bytes arrive before its handshake starts is closed, and an error logged.
     The services run on asyncio's loop when they serve TLS (:func:`splitinfer.serve.uvicorn_config`)."""
     logged = Throttled(logger, "%d connections open: a new TLS connection was closed before its handshake")
+    plain = Throttled(
+        logger,
+        "a client sent plain HTTP to this HTTPS port, and its connection was closed: its URL for this service "
+        "must start with https:// (an edge's CLOUD_URL, with --ca-bundle for a self-signed certificate)",
+    )
     misread = Throttled(
         logger,
         "a TLS connection's first bytes were read before its handshake started, and it was closed: its event "
@@ -98,7 +103,11 @@ def with_tls_handshake(
                     ssl_handshake_timeout=min(self._timeout_s, _TLS_HANDSHAKE_S),
                     ssl_shutdown_timeout=min(self._timeout_s, _TLS_SHUTDOWN_S),
                 )
-            except OSError:  # NOTE: timed out, refused by TLS or reset; start_tls has closed the connection
+            except OSError as exc:  # NOTE: timed out, refused by TLS or reset; start_tls has closed the connection
+                # NOTE: OpenSSL knows an HTTP request line from a ClientHello: the client's scheme is wrong, which
+                # it sees as nothing but a reset, so the log says so
+                if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
+                    plain()
                 return
             finally:
                 self.connections.discard(self)

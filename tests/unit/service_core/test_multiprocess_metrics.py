@@ -174,3 +174,27 @@ def test_a_directory_that_cannot_hold_the_values_is_named_at_startup(tmp_path: P
     last = process.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError: PROMETHEUS_MULTIPROC_DIR"), process.stderr
     assert str(directory) in last
+
+
+def test_a_killed_run_s_files_are_retired_when_the_next_process_starts(tmp_path: Path) -> None:
+    """A service started with PROMETHEUS_MULTIPROC_DIR left over from a run that was killed: the dead run's
+    splitinfer_info series stayed at 1 next to the new one's (an edge reported cut layer1 and cut layer2 at
+    once), for ever. The files of processes no longer running are folded when a process starts: their
+    counters are kept, their gauges go."""
+    _, _ = _worker(tmp_path, 3, "layer1")
+    _, out = _worker(tmp_path, 4, "layer2")
+    assert _sample(out, "splitinfer_info", 'cut="layer2"') == 1
+    assert 'cut="layer1"' not in out
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 7
+
+
+def test_a_damaged_file_of_a_dead_process_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A file no process can read (cut short: 4 bytes) under a dead process's name: the service must still start
+    and answer its scrapes (before retiring dead processes' files, every scrape answered 500 with a traceback in
+    the log; retiring it raised struct.error at startup)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"counter_{dead.pid}.db").write_bytes(b"junk")
+    _, out = _worker(tmp_path, 2)
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
+    assert not (tmp_path / f"counter_{dead.pid}.db").exists()

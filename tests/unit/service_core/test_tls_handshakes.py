@@ -210,3 +210,22 @@ def test_a_handshake_is_bounded_however_long_the_keep_alive(
         while not _closed(silent) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert time.monotonic() < deadline, "a silent connection outlived the handshake bound"
+
+
+def test_plain_http_sent_to_the_tls_port_is_named_in_the_log(
+    tls_server: tuple[Any, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An edge whose CLOUD_URL still says http:// after the cloud turned TLS on: the cloud closed each
+    connection and logged nothing, and the edge saw 'connection reset by peer'. The cloud's log now says
+    what its clients are doing wrong."""
+    _, port = tls_server
+    with caplog.at_level(logging.WARNING), socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"POST /v1/tail HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        conn.settimeout(5)
+        with contextlib.suppress(ConnectionError):
+            assert conn.recv(4096) == b""  # closed, unanswered
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("plain HTTP" in r.getMessage() for r in caplog.records):
+        time.sleep(0.02)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("plain HTTP" in m and "https://" in m for m in messages), messages
