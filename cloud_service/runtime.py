@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 
 from cloud_service.decode_budget import decode_cost
 from service_core.image_cost import images_cost
+from shared.built_once import BuiltOnce
 from shared.engines import Engine, engine_options
 from shared.errors import (
     MalformedPayload,
@@ -123,9 +123,9 @@ class CloudModel:
         }
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
         check_labels(loaded.labels, self.num_classes)  # NOTE: unused here, but a wrong file is the user's mistake
-        self._tails: OrderedDict[str, Callable[..., torch.Tensor]] = OrderedDict()
-        self._tail_cache_size = tail_cache_size
-        self._lock = threading.Lock()
+        # NOTE: a tail is built when its cut is first asked for (any edge's client can pin any cut): the
+        # tails already built are served meanwhile
+        self._tails: BuiltOnce[str, Callable[..., torch.Tensor]] = BuiltOnce(self._build_tail, tail_cache_size)
         # engine (issue 20): tails run with ONNX Runtime or OpenVINO from verified exports, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
@@ -139,29 +139,25 @@ class CloudModel:
         self._tail_share = {cut.name: 1.0 - cut.head_flops_share for cut in self.graph.cuts}
 
     def tail(self, cut: str) -> Callable[..., torch.Tensor]:
-        with self._lock:
-            if cut in self._tails:
-                self._tails.move_to_end(cut)
-                return self._tails[cut]
-            tail: Callable[..., torch.Tensor]
-            if self.engine_options is not None:
-                tail = ort_half_for(  # type: ignore[assignment]
-                    self.loaded,
-                    self.graph,
-                    self.graph.cut(cut),
-                    "tail",
-                    onnx_dir=self.onnx_dir,
-                    options=self.engine_options,
-                )
-            else:
-                _, split_tail = self.graph.split(cut)
-                tail = fold_batchnorm(split_tail) if self.fold_bn else split_tail
-                if self.compile_tails:
-                    tail = torch.compile(tail)
-            self._tails[cut] = tail
-            while len(self._tails) > self._tail_cache_size:
-                self._tails.popitem(last=False)
-            return tail
+        return self._tails.get(cut)
+
+    def _build_tail(self, cut: str) -> Callable[..., torch.Tensor]:
+        tail: Callable[..., torch.Tensor]
+        if self.engine_options is not None:
+            tail = ort_half_for(  # type: ignore[assignment]
+                self.loaded,
+                self.graph,
+                self.graph.cut(cut),
+                "tail",
+                onnx_dir=self.onnx_dir,
+                options=self.engine_options,
+            )
+        else:
+            _, split_tail = self.graph.split(cut)
+            tail = fold_batchnorm(split_tail) if self.fold_bn else split_tail
+            if self.compile_tails:
+                tail = torch.compile(tail)
+        return tail
 
     def cheap_tail(self, cut: str, requests: Sequence[tuple[torch.Tensor, ...]], *_: object) -> bool:
         """Whether running ``cut``'s tail over ``requests`` is cheap enough for the event loop (CPU only)."""

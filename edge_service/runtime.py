@@ -5,7 +5,6 @@ Every method here is blocking (torch, PIL) and is called off the event loop.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from shared.built_once import BuiltOnce
 from shared.engines import Engine, engine_options
 from shared.errors import BadGateway, SplitInferError
 from shared.folding import fold_batchnorm
@@ -92,8 +92,8 @@ class EdgeModel:
         self.image_limits = image_limits
         self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
         check_labels(loaded.labels, self.num_classes)
-        self._splits: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-        self._lock = threading.Lock()
+        # NOTE: built when a cut is first asked for (any client can pin any cut): the built ones run meanwhile
+        self._splits: BuiltOnce[str, tuple[Callable[..., Any], Callable[..., Any]]] = BuiltOnce(self._build_split)
         # engine (issue 20): the head runs with ONNX Runtime or OpenVINO from a verified export, one per cut
         self.engine: Engine = engine
         self.onnx_dir = onnx_dir
@@ -114,19 +114,17 @@ class EdgeModel:
         self._split(route.cut)
 
     def _split(self, cut: Cut) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        with self._lock:
-            split = self._splits.get(cut.name)
-            if split is None:
-                split = self.graph.split(cut)
-                if self.fold_bn and self.engine_options is None:
-                    split = (fold_batchnorm(split[0]), fold_batchnorm(split[1]))
-                if self.engine_options is not None and cut.name != INPUT_CUT:
-                    head = ort_half_for(
-                        self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=self.engine_options
-                    )
-                    split = (head, split[1])
-                self._splits[cut.name] = split
-        return split
+        return self._splits.get(cut.name)
+
+    def _build_split(self, name: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        cut = self.graph.cut(name)
+        head, tail = self.graph.split(cut)
+        if self.fold_bn and self.engine_options is None:
+            return fold_batchnorm(head), fold_batchnorm(tail)
+        if self.engine_options is not None and cut.name != INPUT_CUT:
+            options = self.engine_options
+            return ort_half_for(self.loaded, self.graph, cut, "head", onnx_dir=self.onnx_dir, options=options), tail
+        return head, tail
 
     def prepare(self, raw: Sequence[bytes], route: Route, names: Sequence[str | None] | None = None) -> Prepared:
         """Decode, preprocess and run the head; encode the payload unless the edge does everything.

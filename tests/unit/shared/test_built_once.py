@@ -1,0 +1,97 @@
+"""Halves built on first use (the cloud's tails, the edge's splits) never hold up the halves already built.
+
+Any client of an edge can ask for any cut (``?cut=``), and the cloud then builds that cut's tail. The build
+ran under the lock every lookup takes: with ONNX Runtime or OpenVINO a tail is exported first (1.3 s for
+resnet18 here), and the cloud's cache keeps 32 of resnet18's 70 cuts, so a client cycling through cuts
+had the cloud rebuild a tail on every request while every other edge's batches waited for the lock. Now a
+build runs outside it (one at a time; callers of the same cut wait for that one build)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cloud_service.runtime import CloudModel
+from edge_service.runtime import EdgeModel
+from shared.built_once import BuiltOnce
+from shared.models import load_model
+from shared.preprocessing import ImageLimits
+
+TINY = "tests.fixture_models:tiny_cnn"
+GUARD_S = 10.0
+"""How long a lookup may take before the test calls it held up (no time is asserted)."""
+
+
+def _lookup_while_a_build_blocks(
+    block: Callable[[Callable[[Any], Any]], None], built: Callable[[], Any], slow: Callable[[], Any]
+) -> None:
+    """``block(split)`` makes the next build wait; ``slow()`` starts one in a thread, then ``built()`` (a
+    lookup of what is already built) must return while it still waits."""
+    release, entered = threading.Event(), threading.Event()
+
+    def blocking(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def split(cut: Any) -> Any:
+            entered.set()
+            assert release.wait(3 * GUARD_S)
+            return original(cut)
+
+        return split
+
+    block(blocking)
+    builder = threading.Thread(target=slow)
+    builder.start()
+    try:
+        assert entered.wait(GUARD_S), "the slow build never started"
+        looked_up = threading.Thread(target=built)
+        looked_up.start()
+        looked_up.join(GUARD_S)
+        assert not looked_up.is_alive(), "a lookup of a built half waited for another cut's build"
+    finally:
+        release.set()
+        builder.join(GUARD_S)
+
+
+def test_the_cloud_serves_built_tails_while_another_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = CloudModel(load_model(TINY, "none"))
+    model.tail("block")
+
+    def block(wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> None:
+        monkeypatch.setattr(model.graph, "split", wrap(model.graph.split))
+
+    _lookup_while_a_build_blocks(block, lambda: model.tail("block"), lambda: model.tail("mean"))
+    assert model.tail("mean") is model.tail("mean")
+
+
+def test_the_edge_serves_built_splits_while_another_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = EdgeModel(load_model(TINY, "none"), ImageLimits())
+    model.build(model.route_for("block", "fp16"))
+
+    def block(wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> None:
+        monkeypatch.setattr(model.graph, "split", wrap(model.graph.split))
+
+    _lookup_while_a_build_blocks(
+        block,
+        lambda: model.build(model.route_for("block", "fp16")),
+        lambda: model.build(model.route_for("mean", "fp16")),
+    )
+
+
+def test_a_key_is_built_once_and_at_most_entries_are_kept() -> None:
+    calls: list[str] = []
+
+    def build(key: str) -> str:
+        calls.append(key)
+        return key.upper()
+
+    cache = BuiltOnce(build, entries=2)
+    assert [cache.get(k) for k in ("a", "a", "b", "a", "c")] == ["A", "A", "B", "A", "C"]
+    assert calls == ["a", "b", "c"] and "b" not in cache and "a" in cache and "c" in cache
+    threads = [threading.Thread(target=cache.get, args=("d",)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(GUARD_S)
+    assert calls.count("d") == 1
