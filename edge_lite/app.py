@@ -350,7 +350,7 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
                 state.client,
                 "POST",
                 "/v1/tail",
-                max_logits_reply_bytes(1, state.manifest.num_classes),  # NOTE: an error's text is cut there too
+                max_logits_reply_bytes(1, state.manifest.num_classes),  # NOTE: an error reply past it is a 502 too
                 content=payload,
                 headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE},
             )
