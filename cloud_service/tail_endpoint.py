@@ -51,19 +51,21 @@ TAIL_OPERATION: dict[str, Any] = {
 
 
 class _Headers:
-    """The request headers the tail needs, from one pass over the raw ASGI headers."""
+    """The request headers the tail needs, from one pass over the raw ASGI headers: the first of each, as
+    Starlette's ``Headers.get`` (the other routes' bearer check) reads them."""
 
     __slots__ = ("accept", "authorization", "content_type")
 
     def __init__(self, scope: Scope) -> None:
-        self.content_type = self.authorization = self.accept = b""
+        content_type = authorization = accept = None
         for key, value in scope["headers"]:
             if key == b"content-type":
-                self.content_type = value
+                content_type = content_type if content_type is not None else value
             elif key == b"authorization":
-                self.authorization = value
+                authorization = authorization if authorization is not None else value
             elif key == b"accept":
-                self.accept = value
+                accept = accept if accept is not None else value
+        self.content_type, self.authorization, self.accept = content_type or b"", authorization or b"", accept or b""
 
 
 def _wants_json(accept: bytes) -> bool:
