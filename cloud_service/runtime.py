@@ -146,7 +146,12 @@ class CloudModel:
         self._tail_share = {cut.name: 1.0 - cut.head_flops_share for cut in self.graph.cuts}
 
     def tail(self, cut: str) -> Callable[..., torch.Tensor]:
+        """The tail of ``cut``, built now if it is not kept (:attr:`_tails`: builds never hold up lookups)."""
         return self._tails.get(cut)
+
+    def has_tail(self, cut: str) -> bool:
+        """Whether the tail of ``cut`` is built (its next run does not build it)."""
+        return cut in self._tails
 
     def _build_tail(self, cut: str) -> Callable[..., torch.Tensor]:
         tail: Callable[..., torch.Tensor]
@@ -171,7 +176,7 @@ class CloudModel:
         if self.device.type != "cpu" or self.compile_tails:
             return False
         share = self._tail_share.get(cut)
-        if share is None or cut not in self._tails:  # NOTE: a tail's first run builds it: on the thread
+        if share is None or not self.has_tail(cut):  # NOTE: a tail's first run builds it: on the thread
             return False
         images = sum(int(r[0].shape[0]) for r in requests)
         return share * self.graph.total_flops * images <= INLINE_TAIL_FLOPS

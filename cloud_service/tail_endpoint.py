@@ -51,19 +51,21 @@ TAIL_OPERATION: dict[str, Any] = {
 
 
 class _Headers:
-    """The request headers the tail needs, from one pass over the raw ASGI headers."""
+    """The request headers the tail needs, from one pass over the raw ASGI headers: the first of each, as
+    Starlette's ``Headers.get`` (the other routes' bearer check) reads them."""
 
     __slots__ = ("accept", "authorization", "content_type")
 
     def __init__(self, scope: Scope) -> None:
-        self.content_type = self.authorization = self.accept = b""
+        content_type = authorization = accept = None
         for key, value in scope["headers"]:
             if key == b"content-type":
-                self.content_type = value
+                content_type = content_type if content_type is not None else value
             elif key == b"authorization":
-                self.authorization = value
+                authorization = authorization if authorization is not None else value
             elif key == b"accept":
-                self.accept = value
+                accept = accept if accept is not None else value
+        self.content_type, self.authorization, self.accept = content_type or b"", authorization or b"", accept or b""
 
 
 def _wants_json(accept: bytes) -> bool:
@@ -144,6 +146,10 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
         decode_ms = (time.perf_counter() - started) * 1000
         if tail_input.decoded_pixels:  # NOTE: images (cut input), their decoded pictures freed by now; never tensors
             state.heap.released(tail_input.decoded_pixels)
+        if not model.has_tail(tail_input.cut):
+            # NOTE: a cut's first payload builds its tail here, not in the batcher, whose runs are serialized on
+            # one thread: the batches of built cuts go on meanwhile (an ONNX Runtime tail takes seconds to export)
+            await run_in_threadpool(model.tail, tail_input.cut)
         logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
     cut = tail_input.cut
     del tail_input  # NOTE: the decoded tensors go with their reservation, before a slow reader takes the reply

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_lite.preprocess import NumpyPreprocessor
 from edge_lite.settings import EdgeLiteSettings
-from edge_lite.wire import decode_logits, encode_activations
+from edge_lite.wire import decode_logits, encode_activations, max_logits_reply_bytes
 from service_core.admission import Admission, AdmissionMiddleware
 from service_core.body_limit import BodyLimitMiddleware
 from service_core.connections import connections_refused_counter
@@ -68,7 +68,6 @@ __all__ = ["EdgeLiteState", "create_app"]
 logger = logging.getLogger(__name__)
 MEDIA_TYPE = "application/vnd.splitinfer+safetensors"
 CLASSIFY_PATH = "/v1/classify"
-_MAX_REPLY_BYTES = 64 * 1024 * 1024
 _MAX_INFO_BYTES = 64 * 1024
 _INFO_TIMEOUT_S = 2.0
 
@@ -355,7 +354,7 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
                 state.client,
                 "POST",
                 "/v1/tail",
-                _MAX_REPLY_BYTES,
+                max_logits_reply_bytes(1, state.manifest.num_classes),  # NOTE: an error reply past it is a 502 too
                 content=payload,
                 headers={"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE},
             )

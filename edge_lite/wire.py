@@ -20,7 +20,7 @@ from safetensors.numpy import load as st_load
 from shared.errors import BadGateway, UnsupportedMediaType
 from shared.safetensors_io import save_arrays
 
-__all__ = ["ACTIVATION_CODECS", "decode_logits", "encode_activations", "to_bfloat16_bits"]
+__all__ = ["ACTIVATION_CODECS", "decode_logits", "encode_activations", "max_logits_reply_bytes", "to_bfloat16_bits"]
 
 FORMAT = "splitinfer"
 PROTOCOL_VERSION = "1"
@@ -137,6 +137,11 @@ def encode_activations(
     return save_arrays(stored, metadata, bf16)
 
 
+def max_logits_reply_bytes(batch_size: int, num_classes: int) -> int:
+    """The most a reply of ``batch_size x num_classes`` logits may take (what :func:`decode_logits` accepts)."""
+    return batch_size * num_classes * 4 + _MAX_REPLY_HEADER
+
+
 def decode_logits(body: bytes, *, model: str, weights: str, cut: str, batch_size: int, num_classes: int) -> np.ndarray:
     """The cloud's reply to a payload sent at ``cut`` (kind ``logits``, codec ``fp32``) as a float32
     ``batch_size x num_classes`` array.
@@ -145,7 +150,7 @@ def decode_logits(body: bytes, *, model: str, weights: str, cut: str, batch_size
     another cut included (a confused cloud, or a proxy mixing replies).
     """
     expected_bytes = batch_size * num_classes * 4
-    if len(body) < 8 or len(body) > expected_bytes + _MAX_REPLY_HEADER:
+    if len(body) < 8 or len(body) > max_logits_reply_bytes(batch_size, num_classes):
         raise BadGateway(f"the cloud's reply is {len(body)} bytes; expected about {expected_bytes}")
     (length,) = struct.unpack("<Q", body[:8])
     if length > _MAX_REPLY_HEADER or 8 + length > len(body):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -53,3 +54,27 @@ def test_a_cloud_that_answers_info_with_an_error_is_not_ready_with_its_status(ti
         state.client = _refusing(500, {"model": "x", "weights_digest": "y"})
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "500" in ready.json()["detail"]
+
+
+def test_a_cloud_reply_is_read_no_further_than_logits_can_be(tiny_export: Path) -> None:
+    """The reply to one image is a logits header and ``num_classes`` floats (40 bytes here): a cloud that sends
+    more is refused once it has sent that much and a header's worth. Before, up to 64 MiB were read into
+    memory first, per request (MAX_CONCURRENT_REQUESTS at once: 4 GiB on a device with 1-2 GB)."""
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(160):  # NOTE: 10 MiB
+            sent += 64 * 1024
+            yield b"\0" * (64 * 1024)
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "application/octet-stream"}, content=endless())
+
+    with TestClient(create_app(EdgeLiteSettings(onnx_dir=tiny_export))) as client:
+        state: EdgeLiteState = client.app.state.edge  # type: ignore[attr-defined]
+        state.client = httpx.AsyncClient(base_url="http://cloud", transport=httpx.MockTransport(answer))
+        image = encode_image(synthetic_image())
+        response = client.post("/v1/classify", content=image, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 502, response.text
+        assert sent <= 256 * 1024, sent

@@ -13,12 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
+from fastapi.testclient import TestClient
 
+import cloud_service.runtime as runtime
+from cloud_service import CloudSettings, create_app
 from cloud_service.runtime import CloudModel
 from edge_service.runtime import EdgeModel
 from shared.built_once import BuiltOnce
-from shared.models import load_model
+from shared.models import LoadedModel, load_model
 from shared.preprocessing import ImageLimits
+from shared.protocol import encode_activations
 
 TINY = "tests.fixture_models:tiny_cnn"
 GUARD_S = 10.0
@@ -79,6 +84,12 @@ def test_the_edge_serves_built_splits_while_another_is_built(monkeypatch: pytest
     )
 
 
+def _payload(loaded: LoadedModel, cut_name: str) -> bytes:
+    cut = loaded.graph().cut(cut_name)
+    tensors = tuple(torch.zeros((1, *t.shape[1:])) for t in cut.tensors)
+    return encode_activations(tensors, cut, model=TINY, weights=loaded.digest, codec="fp32")
+
+
 def test_a_key_is_built_once_and_at_most_entries_are_kept() -> None:
     calls: list[str] = []
 
@@ -95,3 +106,31 @@ def test_a_key_is_built_once_and_at_most_entries_are_kept() -> None:
     for thread in threads:
         thread.join(GUARD_S)
     assert calls.count("d") == 1
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["cheap-tail-on-the-loop", "tail-on-its-thread"])
+def test_the_cloud_answers_a_built_cut_while_a_new_cut_is_built(monkeypatch: pytest.MonkeyPatch, inline: bool) -> None:
+    """End to end in process: a payload for a new cut (its tail being built, held here) does not hold up the
+    answer to a payload of a cut already built, whether its tail is cheap enough for the event loop or runs on
+    the tail thread. Before, the build ran inside the batcher, whose runs are serialized: every batch waited."""
+
+    if not inline:
+        monkeypatch.setattr(runtime, "INLINE_TAIL_FLOPS", 0)
+    app = create_app(CloudSettings(model=TINY, weights="none"))  # type: ignore[call-arg]
+    headers = {"content-type": "application/vnd.splitinfer+safetensors"}
+    with TestClient(app) as client:
+        loaded = load_model(TINY, "none")
+        built, new = _payload(loaded, "block"), _payload(loaded, "mean")
+        assert client.post("/v1/tail", content=built, headers=headers).status_code == 200
+        model: CloudModel = app.state.service.model
+        statuses: list[int] = []
+
+        def block(wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> None:
+            monkeypatch.setattr(model.graph, "split", wrap(model.graph.split))
+
+        _lookup_while_a_build_blocks(
+            block,
+            lambda: statuses.append(client.post("/v1/tail", content=built, headers=headers).status_code),
+            lambda: statuses.append(client.post("/v1/tail", content=new, headers=headers).status_code),
+        )
+    assert statuses == [200, 200]
