@@ -20,10 +20,23 @@ from shared.planning import Profile, plan
 from shared.splitting import INPUT_CUT, OUTPUT_CUT
 from shared.units import parse_bandwidth, parse_duration
 
-__all__ = ["DEMO_ASSETS", "CutListing", "LinkPlan", "demo_router"]
+__all__ = ["DEMO_ASSETS", "PAGE_HEADERS", "CutListing", "LinkPlan", "demo_router"]
 
 DEMO_ASSETS = "/demo-assets"
 _ASSETS = {"demo.js": "text/javascript; charset=utf-8", "demo.css": "text/css; charset=utf-8"}
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # NOTE: the page loads its own script and style sheet only: no inline script or style (the script sets
+    # styles through the CSSOM), no plugin, no other origin, no framing; its preview is a blob: image
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+"""What the demo page and its assets are served with."""
 
 
 class CutEntry(BaseModel):
@@ -83,7 +96,7 @@ demo_router = APIRouter()
 @demo_router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def demo_page() -> HTMLResponse:
     """The demo page: classify an image in the browser and see what each cut and codec does."""
-    return HTMLResponse(_page(), headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(_page(), headers=PAGE_HEADERS)
 
 
 @demo_router.get("/v1/cuts", response_model=CutListing, tags=["inference"], responses=problem_responses(503))
@@ -161,4 +174,4 @@ async def demo_asset(name: str) -> Response:
     if media is None:
         raise HTTPException(404, f"no demo asset {name!r}")
     body = (resources.files("edge_service") / "static" / name).read_bytes()
-    return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
+    return Response(body, media_type=media, headers=PAGE_HEADERS)

@@ -10,7 +10,11 @@ const state = { info: null, cuts: null, file: null, busy: false, autoTimer: null
 
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const [k, v] of Object.entries(attrs)) {
+    // NOTE: styles through the CSSOM: the page's Content-Security-Policy refuses style attributes
+    if (k === "style") Object.assign(node.style, v);
+    else node.setAttribute(k, v);
+  }
   if (text) node.textContent = text;
   return node;
 }
@@ -73,7 +77,7 @@ function renderTop5(predictions) {
   list.replaceChildren();
   for (const p of predictions) {
     const item = el("li");
-    const bar = el("span", { class: "bar", style: `width:${Math.max(2, p.probability * 160)}px` });
+    const bar = el("span", { class: "bar", style: { width: `${Math.max(2, p.probability * 160)}px` } });
     item.append(bar, el("span", { class: "label" }, `${p.label} `), el("span", { class: "prob" }, (p.probability * 100).toFixed(1) + "%"));
     list.append(item);
   }
@@ -117,7 +121,7 @@ function renderWaterfall(timings) {
     const ms = parts[name];
     const row = el("div", { class: "stage", "data-stage": name });
     const track = el("div", { class: "track" });
-    track.append(el("div", { class: "seg", style: `left:${(start / total) * 100}%;width:${Math.max(0.4, (ms / total) * 100)}%;background:${color}` }));
+    track.append(el("div", { class: "seg", style: { left: `${(start / total) * 100}%`, width: `${Math.max(0.4, (ms / total) * 100)}%`, background: color } }));
     row.append(el("span", {}, name === "build" ? "build (first use)" : name), track, el("span", { class: "ms" }, ms.toFixed(1) + " ms"));
     box.append(row);
     start += ms;

@@ -132,6 +132,15 @@ def test_the_demo_page_classifies_a_dropped_photo_and_follows_the_cut(edge: Serv
             first = page.eval_on_selector("#result", "(r) => ({...r.dataset})")
             assert (first["cut"], first["codec"]) == ("layer3", "fp16")
             assert page.locator("#top5 li").count() == 5
+            # NOTE: the bars' widths are set under the page's Content-Security-Policy (no style attributes)
+            widths = page.eval_on_selector_all(
+                "#top5 .bar", "(bars) => bars.map((b) => b.getBoundingClientRect().width)"
+            )
+            assert len(widths) == 5 and all(w >= 2 for w in widths) and widths == sorted(widths, reverse=True)
+            segments = page.eval_on_selector_all(
+                "#waterfall .seg", "(s) => s.map((e) => e.getBoundingClientRect().width)"
+            )
+            assert len(segments) >= 6 and sum(segments) > 0
             stages = page.eval_on_selector_all("#waterfall .stage", "(rows) => rows.map((r) => r.dataset.stage)")
             assert {"decode", "preprocess", "head", "encode", "network", "tail"} <= set(stages)
 

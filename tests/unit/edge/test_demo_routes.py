@@ -38,6 +38,18 @@ def test_the_page_and_its_assets_load_nothing_from_elsewhere(client: TestClient)
     assert client.get("/demo-assets/index.html").status_code == 404
 
 
+def test_the_page_and_its_assets_forbid_inline_code_framing_and_sniffing(client: TestClient) -> None:
+    """The page shows text other parties choose (class labels, a cloud's error details); it rendered them
+    safely, but sent no policy: an injection anywhere would have run, and any site could frame the page."""
+    for path in ("/", "/demo-assets/demo.js", "/demo-assets/demo.css"):
+        headers = client.get(path).headers
+        policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == "'self'" and "script-src" not in policy and "style-src" not in policy
+        assert policy["frame-ancestors"] == "'none'" and policy["object-src"] == "'none'"
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    assert 'style="' not in client.get("/").text  # NOTE: refused by the policy: styles come from demo.css
+
+
 def test_cuts_lists_single_tensor_cuts_in_order_with_their_codecs(client: TestClient) -> None:
     body = client.get("/v1/cuts").json()
     names = [c["name"] for c in body["cuts"]]
