@@ -40,6 +40,13 @@ class ServingSettings(BaseSettings):
         description="Seconds an idle kept-alive client connection stays open (uvicorn's default), and a new "
         "connection has to send its first request head.",
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Host names (comma-separated) requests may name in their Host header, beside the loopback "
+        "ones; others get 421, so that a web page cannot reach a service on this host through a name it "
+        "controls (DNS rebinding). Empty: the loopback names when HOST is a loopback address, any otherwise; "
+        "'*': any (e.g. behind a reverse proxy that passes its public name on).",
+    )
     max_connections: int | None = Field(
         None,
         ge=1,

@@ -11,6 +11,7 @@ Every error carries the HTTP status it maps to, so a service renders it once
     ├── RequestTimeout                  408  the request body did not arrive in time
     ├── ModelMismatch                   409  payload for another model, weights or cut
     ├── PayloadTooLarge                 413  body, tensor or image over a limit
+    ├── MisdirectedRequest              421  a Host name the service does not answer (DNS rebinding)
     ├── RequestHeadersTooLarge          431  request head (line and headers) over a limit
     ├── UnsupportedMediaType            415  content type, image format, codec or dtype
     ├── UnprocessableContent            422  well-formed but unusable
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidTensor",
     "MalformedPayload",
     "ModelFailure",
+    "MisdirectedRequest",
     "ModelMismatch",
     "NonFiniteOutput",
     "PayloadRefused",
@@ -95,6 +97,12 @@ class PayloadTooLarge(SplitInferError):
     status = 413
     title = "Payload too large"
     slug = "payload-too-large"
+
+
+class MisdirectedRequest(SplitInferError):
+    status = 421
+    title = "Misdirected request"
+    slug = "misdirected-request"
 
 
 class RequestHeadersTooLarge(SplitInferError):

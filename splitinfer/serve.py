@@ -15,6 +15,7 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from service_core.connections import lowered_default_warning, open_files_limit
+from service_core.host_guard import HostGuard, allowed_host_names
 from service_core.serving import ServingSettings
 from splitinfer.failures import CliError, startup_failure
 from splitinfer.http_protocol import http_protocol
@@ -196,7 +197,8 @@ def run_service(
     traceback (``debug``: print it)."""
     configure_logging(settings.log_level)
     warn_of_a_lowered_connection_limit(settings)
-    served = _StartupErrors(app, quiet=not debug)
+    allowed = allowed_host_names(settings.host, settings.allowed_hosts)
+    served = _StartupErrors(app if allowed is None else HostGuard(app, allowed), quiet=not debug)
     config = uvicorn_config(served, settings, _refusal_counter(app), **uvicorn_options)
     server = _DrainingServer(config, settings.drain_s, app)
     try:

@@ -317,7 +317,8 @@ def test_ctrl_c_to_the_process_group_drains_every_worker(tmp_path: Path) -> None
             serving.add(_served_by(_tail(cloud.url, payload)))
         assert len(serving) == 2, cloud.output()
         head = (
-            f"POST /v1/tail HTTP/1.1\r\nHost: x\r\nContent-Type: {MEDIA_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
+            f"POST /v1/tail HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {MEDIA_TYPE}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
         ).encode()
         with socket.create_connection(("127.0.0.1", cloud.port), timeout=20) as held:
             # NOTE: a first request answered on the connection: a worker has accepted it (one still in a

@@ -35,7 +35,7 @@ def test_connections_beyond_the_limit_get_503_until_others_close(
     service = start_service(kind, args, tmp_path)
     stop_all.append(service)
     wait_until(service)
-    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     with ExitStack() as stack:
         held = hold_served_connections(stack, service.port, CAP, get, _TIMEOUT_S)
 
@@ -51,12 +51,12 @@ def test_connections_beyond_the_limit_get_503_until_others_close(
             assert extra.recv(1) == b""  # closed by the server
 
         # HEAD through the real server: GET's status and headers, no body (the next answer follows at once)
-        status, headers, _ = _exchange(held[0], b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = _exchange(held[0], b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert status == "HTTP/1.1 200 OK" and headers["content-length"] == "15"
         status, _, body = _exchange(held[0], get)
         assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
         # NOTE: the refusal never reached the app's request metrics; it has its own counter
-        status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert status == "HTTP/1.1 200 OK"
         assert 'splitinfer_connections_refused_total{how="answered"} 1.0' in body.decode(), body.decode()
 

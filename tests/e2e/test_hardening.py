@@ -197,7 +197,8 @@ def _held_uploads(port: int, path: str, count: int, size: int, headers: dict[str
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
-                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {size}\r\n\r\n".encode())
+                request = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {size}\r\n\r\n"
+                sock.sendall(request.encode())
                 sent = 0
                 while sent < size - 1:
                     piece = chunk[: min(len(chunk), size - 1 - sent)]
@@ -246,7 +247,7 @@ def test_4_a_stalled_body_times_out(tmp_path: Path, stop_all: list[Service]) -> 
     edge = _start("edge", [*TINY, "--cut", "output", "--body-timeout-s", "1.5"], tmp_path, stop_all)
     with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as sock:
         sock.sendall(
-            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
+            b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n"
         )
         sock.sendall(JPEG[:100])
         started = time.monotonic()
@@ -263,7 +264,8 @@ def test_10_a_client_that_vanishes_mid_upload_is_one_log_line_and_not_a_500(
     for _ in range(3):  # clients that vanish mid-upload
         with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as sock:
             sock.sendall(
-                b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 900000\r\n\r\n"
+                b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 900000\r\n\r\n"
             )
             sock.sendall(b"\xff" * 1000)
     time.sleep(1)

@@ -195,7 +195,7 @@ def test_edge_lite_in_a_fresh_venv_without_torch(setup: tuple[Path, Service, Pat
 CAP = 8
 KEEP_ALIVE_S = 3.0  # NOTE: the held connections must outlive a stalled runner while the cap is checked
 _TIMEOUT_S = 10.0
-_GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+_GET = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def _exchange(conn: socket.socket, request: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -233,12 +233,12 @@ def test_edge_lite_is_served_as_the_services_are(setup: tuple[Path, Service, Pat
                 assert detail == f"the server is serving {CAP} connections, its limit; retry shortly"
                 assert _closed_within(beyond, _TIMEOUT_S) < _TIMEOUT_S
             # HEAD through the real server on a kept-alive connection: no body, the next answer follows at once
-            status, headers, _ = _exchange(held[0], b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = _exchange(held[0], b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert status == "HTTP/1.1 200 OK" and headers["content-length"] == "15"
             status, _, body = _exchange(held[0], _GET)
             assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
             # NOTE: the refusal never reached the request metrics; it has its own counter, as in the services
-            status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = _exchange(held[0], b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert status == "HTTP/1.1 200 OK"
             assert 'splitinfer_connections_refused_total{how="answered"} 1.0' in body.decode(), body.decode()
 
@@ -247,12 +247,13 @@ def test_edge_lite_is_served_as_the_services_are(setup: tuple[Path, Service, Pat
         with socket.create_connection(("127.0.0.1", edge.port)) as idle:
             assert KEEP_ALIVE_S * 0.5 < _closed_within(idle, _TIMEOUT_S) < _TIMEOUT_S
         with socket.create_connection(("127.0.0.1", edge.port)) as stalled:
-            stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            stalled.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             assert KEEP_ALIVE_S * 0.5 < _closed_within(stalled, _TIMEOUT_S) < _TIMEOUT_S
 
         # a request uvicorn's parser refuses gets the services' problem+json 400
         with socket.create_connection(("127.0.0.1", edge.port)) as bad:
-            status, headers, body = _exchange(bad, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+            bad_length = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n"
+            status, headers, body = _exchange(bad, bad_length)
             assert status == "HTTP/1.1 400 Bad Request" and headers["content-type"] == "application/problem+json"
             assert json.loads(body)["status"] == 400
 
