@@ -25,6 +25,7 @@ __all__ = [
     "BYTES_PER_PIXEL",
     "CONVERSION_BYTES_PER_PIXEL",
     "GREY_CONVERSION_BYTES_PER_PIXEL",
+    "TIFF_DECODER_BYTES_PER_PIXEL",
     "WEBP_DECODER_BYTES_PER_PIXEL",
     "images_cost",
 ]
@@ -63,9 +64,14 @@ WEBP_DECODER_BYTES_PER_PIXEL = 12
 two RGBA canvases (its animation decoder's, which Pillow uses for every WebP) and the frame copied out of
 them (a 9-megapixel WebP priced at 36 MB peaked at 148)."""
 
+TIFF_DECODER_BYTES_PER_PIXEL = 8
+"""What Pillow's TIFF decoder holds per pixel beside the image while it decodes: a strip (or tile) of the
+image's raw samples, the whole image when its writer made one strip, at most 8 bytes a pixel in the modes
+Pillow opens (16-bit RGBA or CMYK: a 3-megapixel 16-bit RGBA TIFF in one strip peaked at 12 bytes a pixel
+with its 4-byte image). Freed before the image is converted (the larger of the two is priced)."""
+
 _UNKNOWN_SCRATCH_BYTES_PER_PIXEL = CONVERSION_BYTES_PER_PIXEL + WEBP_DECODER_BYTES_PER_PIXEL
-"""Beside an image whose header is not read here (a TIFF's, whose decoder holds a strip of up to 8 bytes a
-pixel, 16-bit RGBA, while it decodes), the most any decoder and the conversion hold."""
+"""Beside an image whose header is not read here, the most any decoder and the conversion hold."""
 
 
 def images_cost(blobs: Sequence[ImageData], limits: ImageLimits, resize_size: int) -> int:
@@ -103,6 +109,8 @@ def images_cost(blobs: Sequence[ImageData], limits: ImageLimits, resize_size: in
             scratch = max(scratch, converting, jpeg_coefficient_bytes(blob) or 0)
         elif kind == "WEBP":  # NOTE: libwebp's buffers are held until the file is dropped, after the conversion
             scratch = max(scratch, converting + width * height * WEBP_DECODER_BYTES_PER_PIXEL)
+        elif kind == "TIFF":
+            scratch = max(scratch, converting, width * height * TIFF_DECODER_BYTES_PER_PIXEL)
         else:
             scratch = max(scratch, converting)
     if declared > limits.max_batch_pixels:

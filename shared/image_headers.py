@@ -59,9 +59,36 @@ def declared_size(kind: str, data: ImageData) -> tuple[int, int] | None:
             return _webp_size(data)
         if kind == "JPEG":
             return _jpeg_size(data)
+        if kind == "TIFF":
+            return _tiff_size(data)
     except struct.error:
         return None
     return None
+
+
+_TIFF_MAX_ENTRIES = 4096
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+_TIFF_SHORT, _TIFF_LONG = 3, 4
+
+
+def _tiff_size(data: ImageData) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength of the first image file directory (the frame Pillow opens), each the last
+    of its tag there, as Pillow reads them; None when either is missing or not a SHORT or LONG."""
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    (count,) = struct.unpack_from(order + "H", data, offset)
+    found: dict[int, int] = {}
+    for index in range(min(int(count), _TIFF_MAX_ENTRIES)):
+        tag, kind, values = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * index)
+        if tag in (_TIFF_WIDTH, _TIFF_LENGTH):
+            if kind not in (_TIFF_SHORT, _TIFF_LONG) or values != 1:
+                found.pop(tag, None)
+                continue
+            (value,) = struct.unpack_from(order + ("H" if kind == _TIFF_SHORT else "I"), data, offset + 10 + 12 * index)
+            found[tag] = int(value)
+    if _TIFF_WIDTH not in found or _TIFF_LENGTH not in found:
+        return None
+    return found[_TIFF_WIDTH], found[_TIFF_LENGTH]
 
 
 def is_grey_or_palette(kind: str, data: ImageData) -> bool:

@@ -206,10 +206,11 @@ _ONE_BYTE_MODES = ("1", "L", "P")
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Upright 8-bit RGB: EXIF orientation applied, 16-bit scaled (not clipped) to 8 bits, alpha composited
     over white (not dropped: what is under a transparent pixel is arbitrary). ``image`` (loaded) is closed:
-    its pixels are freed as soon as the next copy is made, so that at most two copies are held at once, the
-    RGB one and what it is made from (at most 4 bytes a pixel in every mode Pillow decodes to), or the RGB
-    one and its upright copy: 8 bytes a pixel, what :mod:`service_core.image_cost` prices (tests/unit/shared/
-    test_decode_memory.py: peak bytes per pixel of every format and mode)."""
+    each copy is closed as soon as the next is made, so that at most two are held at once, the RGB one and
+    what it is made from (at most 4 bytes a pixel in every mode Pillow decodes to), or the RGB one and its
+    upright copy: 8 bytes a pixel; a 1-byte image (1, L, P, or 16 bits once scaled) is turned upright before
+    it becomes RGB: 5. What :mod:`service_core.image_cost` prices (CONVERSION_BYTES_PER_PIXEL; measured for
+    every format and mode in tests/unit/shared/test_decode_memory.py and tests/unit/edge/test_decode_cost.py)."""
     method = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
     if image.mode in _SIXTEEN_BIT_MODES:
         # NOTE: convert("RGB") clips a 16-bit value to 255 (an almost white image); scale it instead.

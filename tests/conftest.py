@@ -47,6 +47,18 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored(_one_torch_thread: None) -> Iterator[None]:
+    """A test that changes the test process's torch threads restores them: the one thread every test runs
+    with, whatever ran before it (engine tests each set 1 again, and never restored what they set)."""
+    yield
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+        pytest.fail("the test changed torch's intra-op threads (torch.set_num_threads) and did not restore them")
+
+
 @pytest.fixture
 def jpeg_bytes() -> bytes:
     return encode_image(synthetic_image())

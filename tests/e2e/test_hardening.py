@@ -121,8 +121,10 @@ def test_2_memory_of_large_images_that_fail_partway_goes_back_to_the_system(
     tmp_path: Path, stop_all: list[Service]
 ) -> None:
     """The test above with truncated images: they fail (422) after their buffers were allocated and partly
-    filled, and the edge trims after them too."""
-    edge = _start("edge", [*TINY, "--cut", "output", "--head-workers", "4"], tmp_path, stop_all)
+    filled, and the edge trims after them too. (Each is priced 288 MB, its RGB pixels and the copy that
+    turning it upright would make: the budget is set to admit all four at once.)"""
+    args = [*TINY, "--cut", "output", "--head-workers", "4", "--max-decoded-bytes-in-flight", str(2 * 1024**3)]
+    edge = _start("edge", args, tmp_path, stop_all)
     pid = edge.process.pid
     big = _truncated_rgb_png(7200, 5000)  # 36 Mpixel (108 MB as RGB), a few KB on the wire
     with httpx.Client(base_url=edge.url, timeout=120) as client:

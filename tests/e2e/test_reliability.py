@@ -11,6 +11,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -137,45 +138,60 @@ class _FakeCloud(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-rows", 502), ("wrong-cut", 502)])
-def test_slow_or_lying_cloud(mode: str, status: int, logs: Path, stop_all: list[Service]) -> None:
-    handler = type("Handler", (_FakeCloud,), {"mode": mode})
+@pytest.fixture(scope="module")
+def lying_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Service, type[_FakeCloud]]]:
+    """One fake cloud, whose ``mode`` each test sets, and two edges in front of it for all the modes (they
+    were started per mode: 4 x 2 edges): ``strict`` (no fallback) and ``local`` (falls back to the edge).
+    The breaker never opens (the modes fail one request each, not consecutive failures to act on)."""
+    handler = type("Handler", (_FakeCloud,), {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
+    logs = tmp_path_factory.mktemp("lying-cloud")
+    services: list[Service] = []
     try:
-        args = [*TINY, "--cut", "block", "--cloud-url", url, "--read-timeout-s", "1"]
+        args = [*TINY, "--cut", "block", "--cloud-url", url, "--read-timeout-s", "1", "--breaker-failures", "1000"]
         strict = start_service("edge", args, logs)
+        services.append(strict)
         local = start_service("edge", [*args, "--fallback", "local"], logs)
-        stop_all += [strict, local]
+        services.append(local)
         for service in (strict, local):
             wait_until(service, "/healthz")
             info = wait_until(service, "/v1/info").json()
         handler.model, handler.weights = info["model"], info["weights_digest"]
         handler.classes = len(_classify(local.url, params={"cut": "output", "logits": "true"}).json()["logits"])
-
-        def send(url: str) -> httpx.Response:
-            if mode != "wrong-rows":
-                return _classify(url)
-            two = [("images", ("a.jpg", JPEG)), ("images", ("b.jpg", JPEG))]
-            return httpx.post(f"{url}/v1/classify/batch", files=two, timeout=30)
-
-        started = time.monotonic()
-        response = send(strict.url)
-        assert response.status_code == status
-        assert response.headers["content-type"] == "application/problem+json"
-        if mode == "wrong-rows":
-            assert "1 rows of logits for 2 images" in response.json()["detail"]
-        if mode == "wrong-cut":
-            assert "logits of cut 'stem'; this edge sent cut 'block'" in response.json()["detail"]
-        assert time.monotonic() - started < 2.9  # the read timeout, not the cloud's 3 s
-        fallback = send(local.url)
-        assert fallback.status_code == 200 and fallback.json()["completed_on"] == "edge"
-        assert strict.process.poll() is None
+        yield strict, local, handler
     finally:
+        for service in services:
+            service.stop(signal.SIGKILL)
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(("mode", "status"), [("slow", 504), ("garbage", 502), ("wrong-rows", 502), ("wrong-cut", 502)])
+def test_slow_or_lying_cloud(mode: str, status: int, lying_cloud: tuple[Service, Service, type[_FakeCloud]]) -> None:
+    strict, local, handler = lying_cloud
+    handler.mode = mode
+
+    def send(url: str) -> httpx.Response:
+        if mode != "wrong-rows":
+            return _classify(url)
+        two = [("images", ("a.jpg", JPEG)), ("images", ("b.jpg", JPEG))]
+        return httpx.post(f"{url}/v1/classify/batch", files=two, timeout=30)
+
+    started = time.monotonic()
+    response = send(strict.url)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    if mode == "wrong-rows":
+        assert "1 rows of logits for 2 images" in response.json()["detail"]
+    if mode == "wrong-cut":
+        assert "logits of cut 'stem'; this edge sent cut 'block'" in response.json()["detail"]
+    assert time.monotonic() - started < 2.9  # the read timeout, not the cloud's 3 s
+    fallback = send(local.url)
+    assert fallback.status_code == 200 and fallback.json()["completed_on"] == "edge"
+    assert strict.process.poll() is None
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,12 @@ import asyncio
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,10 +30,11 @@ from service_core.image_cost import (
     BYTES_PER_PIXEL,
     CONVERSION_BYTES_PER_PIXEL,
     GREY_CONVERSION_BYTES_PER_PIXEL,
+    TIFF_DECODER_BYTES_PER_PIXEL,
     WEBP_DECODER_BYTES_PER_PIXEL,
     images_cost,
 )
-from shared.image_headers import is_grey_or_palette, jpeg_coefficient_bytes
+from shared.image_headers import declared_size, is_grey_or_palette, jpeg_coefficient_bytes
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
 from shared.protocol import encode_logits
@@ -339,3 +342,41 @@ def test_the_header_tells_greyscale_and_palette_images(kind: str, mode: str, gre
     blob = buffer.getvalue()
     assert is_grey_or_palette(kind, blob) is grey
     assert not is_grey_or_palette("PNG", blob[:20])  # NOTE: a header cut short is priced as RGB
+
+
+def _tiff_rgba16(width: int, height: int, order: str = "<") -> bytes:
+    """A 16-bit RGBA TIFF written by hand (Pillow does not write one) in one deflated strip: the largest raw
+    strip Pillow's TIFF decoder reads (8 bytes a pixel) is the whole image."""
+    _, x = np.mgrid[0:height, 0:width]
+    samples = np.stack([(x * 30) % 65536] * 4, axis=-1).astype(order + "u2")
+    strip = zlib.compress(samples.tobytes(), 1)
+    bits = struct.pack(order + "4H", 16, 16, 16, 16)
+    ifd_at = 8 + len(strip) + len(bits)
+    side = 3 if order == ">" else 4  # NOTE: the sides as SHORT (big-endian) or LONG (little-endian) values
+    entries = [(256, side, 1, width), (257, side, 1, height), (258, 3, 4, 8 + len(strip)), (259, 3, 1, 8),
+               (262, 3, 1, 2), (273, 4, 1, 8), (277, 3, 1, 4), (278, 4, 1, height), (279, 4, 1, len(strip)),
+               (338, 3, 1, 2)]  # fmt: skip
+    ifd = struct.pack(order + "H", len(entries))
+    for tag, kind, count, value in entries:
+        field = struct.pack(order + ("H" if kind == 3 and count == 1 else "I"), value).ljust(4, b"\0")
+        ifd += struct.pack(order + "HHI", tag, kind, count) + field
+    head = (b"II*\0" if order == "<" else b"MM\0*") + struct.pack(order + "I", ifd_at)
+    return head + strip + bits + ifd + b"\0\0\0\0"
+
+
+@pytest.mark.parametrize("order", ["<", ">"], ids=["little-endian", "big-endian"])
+def test_a_tiff_costs_its_declared_pixels_and_its_strip(order: str, tmp_path: Path) -> None:
+    """A TIFF's header was not read: every TIFF cost the most an image may (40 megapixels with the most any
+    decoder holds: 800 MB for a 3-megapixel image). Its size is now read from its first directory, as Pillow
+    reads it, and its decoder's strip priced: a 16-bit RGBA TIFF in one strip peaks at 12 bytes a pixel."""
+    blob = _tiff_rgba16(2000, 1500, order)
+    limits = ImageLimits(formats=("TIFF",))
+    assert Image.open(io.BytesIO(blob)).size == (2000, 1500)
+    assert images_cost([blob], limits, 256) == 2000 * 1500 * (BYTES_PER_PIXEL + TIFF_DECODER_BYTES_PER_PIXEL)
+    path = tmp_path / "image.tif"
+    path.write_bytes(blob)
+    _assert_decoding_peaks_within_its_price(path, limits)
+    for mode in ("1", "P", "RGB"):  # NOTE: as Pillow writes them
+        buffer = io.BytesIO()
+        _picture(mode, 70000 if mode == "1" else 300, 2).save(buffer, format="TIFF")
+        assert declared_size("TIFF", buffer.getvalue()) == Image.open(buffer).size

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from shared.models import load_model
 from shared.onnx_export import export_split
@@ -15,7 +14,6 @@ from shared.splitting import ModelGraph
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A verified export of resnet18 (random weights) cut at ``layer3``, as ``splitinfer export`` writes it."""
-    torch.set_num_threads(1)
     loaded = load_model("resnet18", "none")
     graph = ModelGraph(loaded.module, loaded.input_shape)
     out = tmp_path_factory.mktemp("export")

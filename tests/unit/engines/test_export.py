@@ -22,7 +22,6 @@ SAMPLE_CUTS = ["input", "layer1", "layer3", "avgpool", "output"]
 
 @pytest.fixture(scope="module")
 def resnet18() -> tuple[object, ModelGraph]:
-    torch.set_num_threads(1)
     loaded = load_model("resnet18", "none")
     return loaded, ModelGraph(loaded.module, loaded.input_shape)
 

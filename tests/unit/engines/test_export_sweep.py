@@ -50,7 +50,6 @@ def _sweep(graph: ModelGraph, name: str, examples: torch.Tensor | None = None) -
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEP_MODELS)
 def test_every_single_tensor_cut_exports(name: str) -> None:
-    torch.set_num_threads(1)
     loaded = load_model(name, "none")
     graph = ModelGraph(loaded.module, (1, 3, 64, 64))
     errors = _sweep(graph, name)
@@ -63,7 +62,6 @@ def test_every_single_tensor_cut_of_efficientnet_lite0_exports() -> None:
     """Real weights, real photos, TF-Lite preprocessing ((x - 127) / 128 on 0-255 pixels)."""
     from skimage import data
 
-    torch.set_num_threads(1)
     loaded = load_model("efficientnet_lite0", "DEFAULT")
     assert loaded.preprocessor.mean == (127.0,) * 3 and loaded.preprocessor.pixel_scale == 255.0
     photos = [Image.fromarray(np.asarray(getattr(data, n)())).convert("RGB") for n in ("chelsea", "coffee")]

@@ -37,7 +37,6 @@ def _photos() -> list[bytes]:
 
 
 def test_a_cut_with_values_exports_and_the_model_stays_in_eval_mode(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     loaded = load_model("efficientnet_lite0", "DEFAULT")
     graph = loaded.graph()
     assert graph.cut(CUT).values  # the batch size crosses this cut
@@ -76,7 +75,6 @@ def test_a_cut_with_values_exports_and_the_model_stays_in_eval_mode(tmp_path: Pa
 def test_edge_and_cloud_run_a_cut_with_values_within_1e4_of_torch(engine: str) -> None:
     if engine == "openvino":
         pytest.importorskip("openvino", reason="engine openvino needs the `openvino` extra")
-    torch.set_num_threads(1)
     jpegs = _photos()
     edge = EdgeModel(load_model("efficientnet_lite0", "DEFAULT"), ImageLimits(), engine=engine)
     cloud = CloudModel(load_model("efficientnet_lite0", "DEFAULT"), engine=engine)

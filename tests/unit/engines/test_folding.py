@@ -30,7 +30,6 @@ def _resnet18_with_real_looking_batchnorms() -> LoadedModel:
 
 
 def test_folded_halves_on_edge_and_cloud_are_within_1e4_of_the_unsplit_model() -> None:
-    torch.set_num_threads(1)
     jpegs = [encode_image(synthetic_image(seed=s)) for s in range(2)]
     edge_model = _resnet18_with_real_looking_batchnorms()
     edge = EdgeModel(edge_model, ImageLimits(), fold_bn=True)
