@@ -94,7 +94,9 @@ def _memory_goes_back(pid: int, before_kib: int, post_big: Callable[[], httpx.Re
 
     with ThreadPoolExecutor(4) as pool:
         assert [r.status_code for r in pool.map(lambda _: post_big(), range(8))] == [status] * 8
-    assert peak_kib(pid) - before_kib > 300 * 1024  # NOTE: the images did take memory while decoded
+    # NOTE: the images did take memory while decoded: at least one's pixels (36 Mpixel RGB: 103 MiB); how many
+    # decode at once depends on timing (300 MiB, three of them, failed now and then)
+    assert peak_kib(pid) - before_kib > 90 * 1024
     deadline = time.monotonic() + 10
     while (rss_kib(pid, "VmRSS") - before_kib) > 200 * 1024 and time.monotonic() < deadline:
         time.sleep(0.2)
