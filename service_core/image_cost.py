@@ -18,6 +18,7 @@ from shared.image_headers import (
     is_grey_or_palette,
     jpeg_coefficient_bytes,
     signature_format,
+    tiff_tile_pixels,
 )
 from shared.images import ImageLimits, decoded_size
 
@@ -66,7 +67,8 @@ them (a 9-megapixel WebP priced at 36 MB peaked at 148)."""
 
 TIFF_DECODER_BYTES_PER_PIXEL = 8
 """What Pillow's TIFF decoder holds per pixel beside the image while it decodes: a strip (or tile) of the
-image's raw samples, the whole image when its writer made one strip, at most 8 bytes a pixel in the modes
+image's raw samples, the whole image when its writer made one strip (a tile, which may be larger than the image, is
+priced at its own size: shared.image_headers.tiff_tile_pixels), at most 8 bytes a pixel in the modes
 Pillow opens (16-bit RGBA or CMYK: a 3-megapixel 16-bit RGBA TIFF in one strip peaked at 12 bytes a pixel
 with its 4-byte image). Freed before the image is converted (the larger of the two is priced)."""
 
@@ -109,8 +111,11 @@ def images_cost(blobs: Sequence[ImageData], limits: ImageLimits, resize_size: in
             scratch = max(scratch, converting, jpeg_coefficient_bytes(blob) or 0)
         elif kind == "WEBP":  # NOTE: libwebp's buffers are held until the file is dropped, after the conversion
             scratch = max(scratch, converting + width * height * WEBP_DECODER_BYTES_PER_PIXEL)
-        elif kind == "TIFF":
-            scratch = max(scratch, converting, width * height * TIFF_DECODER_BYTES_PER_PIXEL)
+        elif kind == "TIFF":  # NOTE: libtiff decodes a tile whole, and a tile may be larger than the image
+            tile = tiff_tile_pixels(blob)
+            if tile is None or tile > limits.max_pixels:
+                return 0  # NOTE: refused from its header (shared.images), before anything is decoded
+            scratch = max(scratch, converting, max(width * height, tile) * TIFF_DECODER_BYTES_PER_PIXEL)
         else:
             scratch = max(scratch, converting)
     if declared > limits.max_batch_pixels:

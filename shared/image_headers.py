@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["ImageData", "declared_size", "is_grey_or_palette", "jpeg_coefficient_bytes", "signature_format"]
+__all__ = [
+    "ImageData",
+    "declared_size",
+    "is_grey_or_palette",
+    "jpeg_coefficient_bytes",
+    "signature_format",
+    "tiff_tile_pixels",
+]
 
 ImageData = bytes | memoryview
 """An image's bytes, or a view of them (a payload's pictures are read in place: nothing here copies them)."""
@@ -24,8 +31,13 @@ _SIGNATURES = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
+    # NOTE: every header Pillow opens as a TIFF: its byte order, then 42 in either order, or BigTIFF's 43
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
+    (b"II\x00*", "TIFF"),
+    (b"MM*\x00", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
 )
 _JPEG_MAX_SEGMENTS = 4096
 _GIF_MAX_BLOCKS = 4096
@@ -68,27 +80,70 @@ def declared_size(kind: str, data: ImageData) -> tuple[int, int] | None:
 
 _TIFF_MAX_ENTRIES = 4096
 _TIFF_WIDTH, _TIFF_LENGTH = 256, 257
-_TIFF_SHORT, _TIFF_LONG = 3, 4
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
+_TIFF_SHORT, _TIFF_LONG, _TIFF_LONG8 = 3, 4, 16
+
+
+def _tiff_entries(data: ImageData) -> list[tuple[int, int | None]]:
+    """The entries of the first image file directory (the frame Pillow opens), in order, for the tags this
+    module reads: ``(tag, value)``, the value None when it is not one SHORT or LONG (or BigTIFF's LONG8).
+    Read as Pillow reads the header: the byte order from its first two bytes, BigTIFF when its third is 43."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:3] == b"+"
+    (offset,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
+    (count,) = struct.unpack_from(order + ("Q" if big else "H"), data, offset)
+    start, size = (offset + 8, 20) if big else (offset + 2, 12)
+    entries: list[tuple[int, int | None]] = []
+    for index in range(min(int(count), _TIFF_MAX_ENTRIES)):
+        at = start + size * index
+        tag, kind, values = struct.unpack_from(order + ("HHQ" if big else "HHI"), data, at)
+        if tag not in (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH):
+            continue
+        value_format = {_TIFF_SHORT: "H", _TIFF_LONG: "I", **({_TIFF_LONG8: "Q"} if big else {})}.get(int(kind))
+        if value_format is None or values != 1:
+            entries.append((int(tag), None))
+            continue
+        (value,) = struct.unpack_from(order + value_format, data, at + size - (8 if big else 4))
+        entries.append((int(tag), int(value)))
+    return entries
 
 
 def _tiff_size(data: ImageData) -> tuple[int, int] | None:
     """ImageWidth and ImageLength of the first image file directory (the frame Pillow opens), each the last
     of its tag there, as Pillow reads them; None when either is missing or not a SHORT or LONG."""
-    order = "<" if data[:2] == b"II" else ">"
-    (offset,) = struct.unpack_from(order + "I", data, 4)
-    (count,) = struct.unpack_from(order + "H", data, offset)
     found: dict[int, int] = {}
-    for index in range(min(int(count), _TIFF_MAX_ENTRIES)):
-        tag, kind, values = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * index)
+    for tag, value in _tiff_entries(data):
         if tag in (_TIFF_WIDTH, _TIFF_LENGTH):
-            if kind not in (_TIFF_SHORT, _TIFF_LONG) or values != 1:
+            if value is None:
                 found.pop(tag, None)
-                continue
-            (value,) = struct.unpack_from(order + ("H" if kind == _TIFF_SHORT else "I"), data, offset + 10 + 12 * index)
-            found[tag] = int(value)
+            else:
+                found[tag] = value
     if _TIFF_WIDTH not in found or _TIFF_LENGTH not in found:
         return None
     return found[_TIFF_WIDTH], found[_TIFF_LENGTH]
+
+
+def tiff_tile_pixels(data: ImageData) -> int | None:
+    """The pixels of one tile of a tiled TIFF's first directory (TileWidth x TileLength), 0 for a TIFF in
+    strips (neither tag), None when its tile size cannot be told here (one of the two tags alone, or one not
+    a single SHORT or LONG, or a directory that cannot be read). libtiff allocates a whole tile to decode
+    one, whatever the image's size: a tile is not bounded by the image (a 16 x 16 image's tile can be
+    65535 x 65535). A tag given twice counts at its largest (Pillow reads the last, libtiff the first)."""
+    try:
+        entries = _tiff_entries(data)
+    except struct.error:
+        return None
+    sides: dict[int, int] = {}
+    for tag, value in entries:
+        if tag in (_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH):
+            if value is None:
+                return None
+            sides[tag] = max(value, sides.get(tag, 0))
+    if not sides:
+        return 0
+    if len(sides) != 2:
+        return None
+    return sides[_TIFF_TILE_WIDTH] * sides[_TIFF_TILE_LENGTH]
 
 
 def is_grey_or_palette(kind: str, data: ImageData) -> bool:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError
 
 from shared.errors import InvalidImage, PayloadTooLarge, SplitInferError, UnsupportedMediaType
-from shared.image_headers import declared_size, signature_format
+from shared.image_headers import declared_size, signature_format, tiff_tile_pixels
 
 T = TypeVar("T")
 
@@ -135,7 +135,20 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
+    if image.format == "TIFF":
+        _check_tiff_tiles(data, limits)
     return image
+
+
+def _check_tiff_tiles(data: bytes, limits: ImageLimits) -> None:
+    """Refuse a tiled TIFF whose tile is over ``max_pixels`` (413) or not told by its header (422): libtiff
+    allocates a whole tile to decode one, and a tile is not bounded by the image (a 1.2 KB TIFF of 16 x 16
+    pixels in a 16384 x 16384 tile held 790 MB)."""
+    tile = tiff_tile_pixels(data)
+    if tile is None:
+        raise InvalidImage("the TIFF image's header does not say how large its tiles are (TileWidth, TileLength)")
+    if tile > limits.max_pixels:
+        raise PayloadTooLarge(f"the TIFF image's tiles are {tile} pixels each; the limit is {limits.max_pixels}")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

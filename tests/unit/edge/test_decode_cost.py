@@ -34,7 +34,8 @@ from service_core.image_cost import (
     WEBP_DECODER_BYTES_PER_PIXEL,
     images_cost,
 )
-from shared.image_headers import declared_size, is_grey_or_palette, jpeg_coefficient_bytes
+from shared.errors import InvalidImage, PayloadTooLarge
+from shared.image_headers import declared_size, is_grey_or_palette, jpeg_coefficient_bytes, signature_format
 from shared.images import ImageLimits, decode_images, decoded_size
 from shared.models import load_model
 from shared.protocol import encode_logits
@@ -380,3 +381,80 @@ def test_a_tiff_costs_its_declared_pixels_and_its_strip(order: str, tmp_path: Pa
         buffer = io.BytesIO()
         _picture(mode, 70000 if mode == "1" else 300, 2).save(buffer, format="TIFF")
         assert declared_size("TIFF", buffer.getvalue()) == Image.open(buffer).size
+
+
+def _tiled_tiff(side: int, tiles: Sequence[tuple[int, int]], deflated: int) -> bytes:
+    """An 8-bit RGB TIFF of ``side`` x ``side`` pixels in one deflated tile holding ``deflated`` zero bytes,
+    with a TileWidth and a TileLength entry for each of ``tiles`` (width, length), in that order."""
+    data = zlib.compress(bytes(deflated), 9)
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, 0), (259, 3, 1, 8), (262, 3, 1, 2), (277, 3, 1, 3),
+               (284, 3, 1, 1), (324, 4, 1, 0), (325, 4, 1, len(data))]  # fmt: skip
+    entries += [entry for width, length in tiles for entry in ((322, 4, 1, width), (323, 4, 1, length))]
+    bits_at = 8 + 2 + 12 * len(entries) + 4
+    data_at = bits_at + 6
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_at, 324: data_at}.get(tag, value)
+        field = struct.pack("<H" if kind == 3 and count == 1 else "<I", value).ljust(4, b"\0")
+        ifd += struct.pack("<HHI", tag, kind, count) + field
+    return b"II*\0" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<3H", 8, 8, 8) + data
+
+
+_FAILING_PEAK_PROBE = _PEAK_PROBE.replace(
+    "images = decode_images([blob], limits, resize_size=256)",
+    "try:\n    images = decode_images([blob], limits, resize_size=256)\nexcept Exception:\n    pass",
+)
+
+
+def test_a_tiled_tiff_costs_its_tile(tmp_path: Path) -> None:
+    """libtiff allocates a whole tile to decode one, and a tile is not bounded by the image: a 49 KB TIFF of
+    16 x 16 pixels in a 4096 x 4096 tile held 52 MB, priced 3 KB (and a 1.2 KB one in a 16384 x 16384 tile
+    790 MB). A tile is now priced at its size; one over ``max_pixels`` is refused from the header (413)."""
+    blob = _tiled_tiff(16, [(2048, 2048)], 2048 * 2048 * 3)
+    limits = ImageLimits(formats=("TIFF",))
+    assert images_cost([blob], limits, 256) >= 2048 * 2048 * 3
+    path = tmp_path / "tiled.tif"
+    path.write_bytes(blob)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", _FAILING_PEAK_PROBE, str(path), "TIFF"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True)
+    cost, peak = (int(value) for value in result.stdout.split())
+    assert peak > 8 * MIB  # NOTE: the tile was allocated (what this test is about)
+    assert peak <= cost * 1.1 + 2 * MIB, f"decoding peaked at {peak / MIB:.0f} MiB, priced {cost / MIB:.0f}"
+    # NOTE: Pillow reads a tag given twice at its last, libtiff at its first: either way, the largest is refused
+    for tiles in ([(16384, 16384)], [(16384, 16384), (16, 16)], [(16, 16), (16384, 16384)]):
+        huge = _tiled_tiff(16, tiles, 1 << 20)
+        assert images_cost([huge], limits, 256) == 0  # NOTE: refused before anything is decoded
+        with pytest.raises(PayloadTooLarge, match="tiles"):
+            decode_images([huge], limits, resize_size=256)
+    one_side = _tiled_tiff(16, [(16, 16)], 16 * 16 * 3).replace(
+        struct.pack("<HHI", 323, 4, 1), struct.pack("<HHI", 1, 4, 1)
+    )
+    with pytest.raises(InvalidImage, match="tiles"):
+        decode_images([one_side], limits, resize_size=256)
+
+
+@pytest.mark.parametrize("prefix", [b"II\0*", b"II+\0"], ids=["magic-swapped", "bigtiff"])
+def test_every_header_pillow_opens_as_a_tiff_is_priced(prefix: bytes) -> None:
+    """Pillow opens a TIFF whose 42 is in the other byte order ("II\\0*", "MM*\\0") and BigTIFF; their
+    signature was not known here, so they cost nothing ("refused before decoding"), and were decoded: a 5 MB
+    1-bit TIFF of 40 megapixels starting "II\\0*" held 198 MB, priced 0."""
+    from PIL import TiffImagePlugin
+
+    assert all(signature_format(header + bytes(12)) == "TIFF" for header in TiffImagePlugin.PREFIXES)
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 5000), 1).save(buffer, format="TIFF")
+    plain = buffer.getvalue()
+    limits = ImageLimits(formats=("TIFF",))
+    if prefix == b"II\0*":
+        odd = prefix + plain[4:]
+        assert Image.open(io.BytesIO(odd)).size == (8000, 5000)
+        assert images_cost([odd], limits, 256) == images_cost([plain], limits, 256) >= 8000 * 5000 * BYTES_PER_PIXEL
+    else:  # NOTE: Pillow writes no BigTIFF here; one by hand (its sides as LONG8)
+        entries = [(256, 16, 8000), (257, 16, 5000), (258, 3, 1), (259, 3, 1), (262, 3, 0), (273, 16, 64)]
+        ifd = struct.pack("<Q", len(entries)) + b"".join(
+            struct.pack("<HHQQ", tag, kind, 1, value) for tag, kind, value in entries
+        )
+        big = prefix + struct.pack("<HHQ", 8, 0, 16) + ifd + struct.pack("<Q", 0)
+        assert declared_size("TIFF", big) == (8000, 5000)
+        assert images_cost([big], limits, 256) >= 8000 * 5000 * BYTES_PER_PIXEL
