@@ -18,10 +18,20 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class _Flight:
+    """The callers of one key that is not kept, while any of them is in :meth:`BuiltOnce.get`: what its build
+    raised, for the callers that waited for it."""
+
+    def __init__(self) -> None:
+        self.callers = 0
+        self.error: BaseException | None = None
+
+
 class BuiltOnce(Generic[K, V]):
     """``build(key)`` on the first :meth:`get` of ``key``, kept for the next ones (the ``entries`` most recently
     used when given, else all). Thread-safe: a lookup of a built key never waits for a build; builds run one
-    at a time (each may take a core and much memory), and callers of a key being built wait for that build."""
+    at a time (each may take a core and much memory), and callers of a key being built wait for that build,
+    and get what it raised if it fails (a build is not run again for each of them; a later caller tries again)."""
 
     def __init__(self, build: Callable[[K], V], entries: int | None = None) -> None:
         if entries is not None and entries < 1:
@@ -29,8 +39,10 @@ class BuiltOnce(Generic[K, V]):
         self._build = build
         self._entries = entries
         self._values: OrderedDict[K, V] = OrderedDict()
+        self._flights: dict[K, _Flight] = {}
+        """The keys being asked for and not kept (at most one per caller in :meth:`get`)."""
         self._lock = threading.Lock()
-        """Held only to read or change ``_values``."""
+        """Held only to read or change ``_values`` and ``_flights``."""
         self._building = threading.Lock()
         """Held while a value is built."""
 
@@ -45,17 +57,33 @@ class BuiltOnce(Generic[K, V]):
             return True, self._values[key]
 
     def get(self, key: K) -> V:
-        """The value of ``key``, built now if it is not kept (what ``build`` raises propagates; nothing is kept)."""
+        """The value of ``key``, built now if it is not kept (what ``build`` raises propagates, to every caller
+        that waited for that build; nothing is kept)."""
         found, value = self._cached(key)
         if found:
             return value  # type: ignore[return-value]
-        with self._building:
-            found, value = self._cached(key)  # NOTE: built by the caller this one waited for
-            if found:
-                return value  # type: ignore[return-value]
-            built = self._build(key)
+        with self._lock:
+            flight = self._flights.setdefault(key, _Flight())
+            flight.callers += 1
+        try:
+            with self._building:
+                found, value = self._cached(key)  # NOTE: built by the caller this one waited for
+                if found:
+                    return value  # type: ignore[return-value]
+                if flight.error is not None:  # NOTE: the build this caller waited for failed
+                    raise flight.error
+                try:
+                    built = self._build(key)
+                except BaseException as exc:
+                    flight.error = exc
+                    raise
+                with self._lock:
+                    self._values[key] = built
+                    while self._entries is not None and len(self._values) > self._entries:
+                        self._values.popitem(last=False)
+                return built
+        finally:
             with self._lock:
-                self._values[key] = built
-                while self._entries is not None and len(self._values) > self._entries:
-                    self._values.popitem(last=False)
-            return built
+                flight.callers -= 1
+                if flight.callers == 0:
+                    del self._flights[key]

@@ -134,3 +134,61 @@ def test_the_cloud_answers_a_built_cut_while_a_new_cut_is_built(monkeypatch: pyt
             lambda: statuses.append(client.post("/v1/tail", content=new, headers=headers).status_code),
         )
     assert statuses == [200, 200]
+
+
+class _CountedLock:
+    """A lock that counts the callers that have asked for it (held or waiting)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counting = threading.Lock()
+        self.asked = 0
+
+    def __enter__(self) -> None:
+        with self._counting:
+            self.asked += 1
+        self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+def test_the_callers_of_a_failing_build_get_its_error_and_do_not_build_again() -> None:
+    """A build that failed was run again by each caller that had waited for it, one after another, holding up
+    every other key's build meanwhile: 8 requests of a cut whose build fails (1.3 s each to export an ONNX tail)
+    kept every new cut waiting 8 times as long (7 more builds on the old code). They now get the error of the
+    build they waited for; a later caller builds again."""
+    calls: list[str] = []
+    release = threading.Event()
+
+    def build(key: str) -> str:
+        calls.append(key)
+        release.wait(GUARD_S)
+        raise RuntimeError(f"cannot build {key}")
+
+    cache: BuiltOnce[str, str] = BuiltOnce(build)
+    counted = _CountedLock()
+    cache._building = counted  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cache.get("a")
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for _ in range(int(GUARD_S * 100)):  # NOTE: bounded; the callers all wait for the one build
+        if counted.asked == 8:
+            break
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(GUARD_S)
+    assert calls == ["a"] and len(errors) == 8
+    assert all(str(error) == "cannot build a" for error in errors)
+    with pytest.raises(RuntimeError):
+        cache.get("a")  # NOTE: a later caller tries again
+    assert calls == ["a", "a"] and "a" not in cache and not cache._flights
