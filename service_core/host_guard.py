@@ -29,10 +29,14 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 def is_loopback(address: str) -> bool:
     """Whether a bind address reaches this host only (``localhost``, 127.0.0.0/8, ::1)."""
-    if address.lower() == "localhost":
+    address = address.strip().lower().strip("[]")
+    if address == "localhost":
         return True
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
+        return ip.is_loopback or (
+            isinstance(ip, ipaddress.IPv6Address) and bool(ip.ipv4_mapped and ip.ipv4_mapped.is_loopback)
+        )
     except ValueError:
         return False
 
@@ -40,13 +44,16 @@ def is_loopback(address: str) -> bool:
 def allowed_host_names(bind_host: str, allowed_hosts: str) -> frozenset[str] | None:
     """The ``Host`` names a service bound to ``bind_host`` answers (None: any) under ``ALLOWED_HOSTS``:
     empty (the default) for the loopback names when bound to loopback, any otherwise; ``*`` for any; else
-    the names listed (comma-separated), and the loopback names too."""
+    the names listed (comma-separated), and the loopback names too; the bind address itself in both cases."""
     listed = {name.strip().lower().strip("[]") for name in allowed_hosts.split(",") if name.strip()}
     if "*" in listed:
         return None
+    # NOTE: the bind address names this service too (127.0.0.2, a LAN address with ALLOWED_HOSTS set): only
+    # a page served from that address itself sends it as Host, which is no rebinding
+    own = {bind_host.strip().lower().strip("[]")} - {"", "0.0.0.0", "::"}
     if listed:
-        return frozenset(listed) | LOOPBACK_NAMES
-    return LOOPBACK_NAMES if is_loopback(bind_host) else None
+        return frozenset(listed) | LOOPBACK_NAMES | own
+    return LOOPBACK_NAMES | own if is_loopback(bind_host) else None
 
 
 def host_name(value: str) -> str:

@@ -47,3 +47,19 @@ def test_host_names_lose_their_port_and_brackets() -> None:
     assert host_name("Edge.Example:8000") == "edge.example"
     assert host_name("[2001:db8::1]:443") == "2001:db8::1"
     assert host_name("2001:db8::1") == "2001:db8::1"
+
+
+def test_a_service_answers_the_address_it_is_bound_to() -> None:
+    """A service bound to 127.0.0.2 (or ::ffff:127.0.0.1, or a LAN address with ALLOWED_HOSTS set) answered
+    421 to every request sent to that address, its own (http://127.0.0.2:8000/ as a browser or curl sends it)."""
+    binds = (
+        ("127.0.0.2", "127.0.0.2:8000"),
+        ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]:80"),
+        ("10.1.2.3", "10.1.2.3:8000"),
+    )
+    for bind, host in binds:
+        allowed = allowed_host_names(bind, "edge.example" if bind == "10.1.2.3" else "")
+        assert allowed is not None
+        assert _guarded(allowed).get("/", headers={"host": host}).status_code == 200, bind
+        assert _guarded(allowed).get("/", headers={"host": "rebind.example"}).status_code == 421, bind
+    assert allowed_host_names("0.0.0.0", "edge.example") == LOOPBACK_NAMES | {"edge.example"}
