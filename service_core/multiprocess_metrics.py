@@ -128,6 +128,7 @@ def retire_dead_processes(directory: Path) -> list[int]:
     (SIGKILL, the OOM killer) left them, and their gauges (``splitinfer_info`` of another cut) would be
     reported next to this process's for ever. A process still running, or a pid reused since, is left alone.
     The pids retired (none while scrapes hold the lock: they are counted once each meanwhile)."""
+    _drop_damaged_totals(directory)
     dead = sorted({pid for path in directory.glob("*_*.db") if (pid := _pid_of(path)) is not None and _gone(pid)})
     if dead:
         retirements = Retirements(directory)
@@ -146,34 +147,57 @@ def retire_dead_processes(directory: Path) -> list[int]:
     return dead
 
 
+def _drop_damaged_totals(directory: Path) -> None:
+    """Drop a retired-totals file that cannot be read (with a warning): every scrape failed on it (500)."""
+    try:
+        with _locked(directory, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            for path in sorted(directory.glob("*_retired.db")):
+                if _entries(path) is None:
+                    path.unlink()
+    except (BlockingIOError, OSError):  # NOTE: scrapes reading (then it was read), or a folder not ours
+        return
+
+
 def _pid_of(path: Path) -> int | None:
     suffix = path.stem.rsplit("_", 1)[1]
     return int(suffix) if suffix.isascii() and suffix.isdigit() else None
 
 
 def _gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
+    if pid == os.getpid() or pid == 0:  # NOTE: kill(0) signals this process's group: no process is 0
+        return pid == 0
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # NOTE: OverflowError: a name no process can have
         return True
     except PermissionError:  # NOTE: another user's process: running
         return False
     return False
 
 
+_UNREADABLE = (struct.error, ValueError, RuntimeError)
+"""What prometheus_client raises reading a damaged file: ValueError for an empty file or a key not UTF-8,
+RuntimeError for a header that says it holds more than the file does ("read beyond file size")."""
+
+
+def _entries(path: Path) -> list[tuple[str, float, float, int]] | None:
+    """Every value of the metrics file ``path``, read whole (a file cut short gives none rather than a part),
+    or None, with a warning, when it cannot be read."""
+    try:
+        return list(_MmapedDict.read_all_values_from_file(str(path)))
+    except _UNREADABLE as exc:
+        logger.warning("dropped %s: not a metrics file that can be read (%s)", path, exc)
+        return None
+
+
 def _fold(directory: Path, pid: int) -> None:
     for path in sorted(directory.glob(f"*_{pid}.db")):
         kind = path.name.split("_", 1)[0]
-        if kind in _ADDED_UP:
-            try:
-                # NOTE: read whole before any is added, so a file cut short adds nothing rather than a part
-                entries = list(_MmapedDict.read_all_values_from_file(str(path)))
-            except (struct.error, ValueError) as exc:  # NOTE: ValueError: an empty file, or a key not UTF-8
-                logger.warning("dropped %s: not a metrics file that can be read (%s)", path, exc)
-            else:
-                _add_into(directory / f"{kind}_retired.db", entries)
+        if kind in _ADDED_UP and (entries := _entries(path)) is not None:
+            target = directory / f"{kind}_retired.db"
+            if target.exists() and _entries(target) is None:
+                target.unlink()  # NOTE: every scrape would fail on it (its totals cannot be read anyway)
+            _add_into(target, entries)
         path.unlink()
 
 

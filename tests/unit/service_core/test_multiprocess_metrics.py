@@ -198,3 +198,21 @@ def test_a_damaged_file_of_a_dead_process_is_dropped_not_fatal(tmp_path: Path) -
     _, out = _worker(tmp_path, 2)
     assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
     assert not (tmp_path / f"counter_{dead.pid}.db").exists()
+
+
+def test_hostile_files_in_the_folder_neither_stop_the_service_nor_its_scrapes(tmp_path: Path) -> None:
+    """A file whose header says it holds more than it does (what prometheus_client reads as "file is corrupted":
+    RuntimeError) under a dead process's name, or as the retired totals, and a file named for a pid no process
+    can have: each stopped the service at startup (RuntimeError, OverflowError from os.kill), and a damaged
+    retired-totals file failed every scrape. They are dropped with a warning; the service starts and counts."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lying = (1 << 20).to_bytes(4, "little") + bytes(12)  # NOTE: 'used' 1 MiB in a 16-byte file
+    (tmp_path / f"counter_{dead.pid}.db").write_bytes(lying)
+    (tmp_path / "histogram_retired.db").write_bytes(lying)
+    (tmp_path / "counter_99999999999999999999.db").write_bytes(b"")
+    _, out = _worker(tmp_path, 2)
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 2
+    assert _sample(out, "splitinfer_request_duration_seconds_count", 'route="/v1/tail"') == 2
+    assert not (tmp_path / f"counter_{dead.pid}.db").exists()
+    assert not (tmp_path / "counter_99999999999999999999.db").exists()
