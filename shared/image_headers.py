@@ -92,9 +92,11 @@ def _tiff_entries(data: ImageData) -> list[tuple[int, int | None]]:
     big = data[2:3] == b"+"
     (offset,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
     (count,) = struct.unpack_from(order + ("Q" if big else "H"), data, offset)
+    if count > _TIFF_MAX_ENTRIES:  # NOTE: not read here (Pillow and libtiff read them all): not told
+        raise struct.error(f"a TIFF directory of {count} entries")
     start, size = (offset + 8, 20) if big else (offset + 2, 12)
     entries: list[tuple[int, int | None]] = []
-    for index in range(min(int(count), _TIFF_MAX_ENTRIES)):
+    for index in range(int(count)):
         at = start + size * index
         tag, kind, values = struct.unpack_from(order + ("HHQ" if big else "HHI"), data, at)
         if tag not in (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH):

@@ -427,6 +427,10 @@ def test_a_tiled_tiff_costs_its_tile(tmp_path: Path) -> None:
         assert images_cost([huge], limits, 256) == 0  # NOTE: refused before anything is decoded
         with pytest.raises(PayloadTooLarge, match="tiles"):
             decode_images([huge], limits, resize_size=256)
+    many = _tiled_tiff(16, [(16, 16)] * 2100, 16 * 16 * 3)  # NOTE: past the entries read here: not told
+    assert images_cost([many], limits, 256) >= limits.max_pixels * BYTES_PER_PIXEL  # NOTE: its size not told
+    with pytest.raises(InvalidImage, match="tiles"):
+        decode_images([many], limits, resize_size=256)
     one_side = _tiled_tiff(16, [(16, 16)], 16 * 16 * 3).replace(
         struct.pack("<HHI", 323, 4, 1), struct.pack("<HHI", 1, 4, 1)
     )
