@@ -45,7 +45,8 @@ def allowed_host_names(bind_host: str, allowed_hosts: str) -> frozenset[str] | N
     """The ``Host`` names a service bound to ``bind_host`` answers (None: any) under ``ALLOWED_HOSTS``:
     empty (the default) for the loopback names when bound to loopback, any otherwise; ``*`` for any; else
     the names listed (comma-separated), and the loopback names too; the bind address itself in both cases."""
-    listed = {name.strip().lower().strip("[]") for name in allowed_hosts.split(",") if name.strip()}
+    # NOTE: a listed name is read as a Host value is (edge.example:8443 names edge.example, as its requests do)
+    listed = {"*" if name.strip() == "*" else host_name(name) for name in allowed_hosts.split(",") if name.strip()}
     if "*" in listed:
         return None
     # NOTE: the bind address names this service too (127.0.0.2, a LAN address with ALLOWED_HOSTS set): only

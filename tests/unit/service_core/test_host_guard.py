@@ -63,3 +63,11 @@ def test_a_service_answers_the_address_it_is_bound_to() -> None:
         assert _guarded(allowed).get("/", headers={"host": host}).status_code == 200, bind
         assert _guarded(allowed).get("/", headers={"host": "rebind.example"}).status_code == 421, bind
     assert allowed_host_names("0.0.0.0", "edge.example") == LOOPBACK_NAMES | {"edge.example"}
+
+
+def test_a_listed_name_with_a_port_admits_that_name() -> None:
+    """ALLOWED_HOSTS=edge.example:8443 (the name as a browser's address bar shows it) was kept with its port,
+    and every request for that name, whose Host is compared without its port, got 421."""
+    allowed = allowed_host_names("127.0.0.1", "Edge.Example:8443, [2001:db8::1]:443")
+    assert allowed is not None and {"edge.example", "2001:db8::1"} <= allowed
+    assert _guarded(allowed).get("/", headers={"host": "edge.example:8443"}).status_code == 200
