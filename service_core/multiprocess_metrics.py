@@ -19,6 +19,7 @@ finds a retirement going on for a second answers 503.
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import struct
@@ -82,7 +83,7 @@ def collect(directory: Path, wait_s: float = _COLLECT_WAIT_S) -> bytes:
     files are being retired (milliseconds), at most ``wait_s``: then :class:`ServiceUnavailable` (a retiring
     process that is itself stopped must not hang every scrape)."""
     registry = CollectorRegistry()
-    _MultiProcessCollector(registry, path=str(directory))
+    _SkippingCollector(registry, path=str(directory))
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -94,6 +95,28 @@ def collect(directory: Path, wait_s: float = _COLLECT_WAIT_S) -> bytes:
                     "the workers' metrics are being updated; retry shortly", retry_after=1
                 ) from None
             time.sleep(_COLLECT_POLL_S)
+
+
+class _SkippingCollector(_MultiProcessCollector):  # type: ignore[misc]
+    """prometheus_client's collector, which fails the whole scrape on one file it cannot read (a file of a live
+    process damaged or put there, which no retirement removes: every scrape was a 500): such files are left
+    out, each named in a warning."""
+
+    def collect(self) -> Any:
+        files = sorted(glob.glob(os.path.join(self._path, "*.db")))
+        try:
+            return self.merge(files, accumulate=True)
+        except Exception:  # NOTE: whatever one file makes it raise; each is tried alone below
+            return self.merge([path for path in files if _mergeable(path)], accumulate=True)
+
+
+def _mergeable(path: str) -> bool:
+    try:
+        _MultiProcessCollector.merge([path], accumulate=True)
+    except Exception as exc:  # NOTE: any failure of the file alone leaves it out
+        logger.warning("left %s out of the metrics: not a metrics file that can be read (%s)", path, exc)
+        return False
+    return True
 
 
 class Retirements:

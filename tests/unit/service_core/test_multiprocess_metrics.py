@@ -216,3 +216,13 @@ def test_hostile_files_in_the_folder_neither_stop_the_service_nor_its_scrapes(tm
     assert _sample(out, "splitinfer_request_duration_seconds_count", 'route="/v1/tail"') == 2
     assert not (tmp_path / f"counter_{dead.pid}.db").exists()
     assert not (tmp_path / "counter_99999999999999999999.db").exists()
+
+
+def test_a_damaged_file_of_a_live_process_is_left_out_of_scrapes(tmp_path: Path) -> None:
+    """A file no scrape can read under the name of a process that is running (pid 1), which no retirement
+    removes: every scrape failed (RuntimeError from prometheus_client, a 500). It is left out, with a warning."""
+    (tmp_path / "counter_1.db").write_bytes((1 << 20).to_bytes(4, "little") + bytes(12))
+    (tmp_path / "gauge_x.db").write_bytes(b"junk")
+    _, out = _worker(tmp_path, 3)
+    assert _sample(out, "splitinfer_requests_total", 'route="/v1/tail"') == 3
+    assert _sample(out, "splitinfer_request_duration_seconds_count", 'route="/v1/tail"') == 3
