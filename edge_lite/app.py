@@ -198,6 +198,7 @@ def create_app(settings: EdgeLiteSettings, *, cloud_transport: httpx.AsyncBaseTr
         max_body_bytes=settings.max_body_bytes_in_flight,
     )
     app.add_middleware(AdmissionMiddleware, admission=admission, limit_for=limit_for)
+    app.state.admission = admission  # NOTE: as the torch services keep theirs: what is admitted, for tests
     app.add_middleware(_CountClassify, requests=requests, latency=latency)
     app.include_router(router)
     return app

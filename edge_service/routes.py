@@ -285,9 +285,10 @@ async def _classify_admitted(
         raise ModelFailure(f"the model's logits at cut {route.cut.name!r} are not finite")
     timings["total"] = (time.perf_counter() - started) * 1000
     # NOTE: the policy learns only from requests that are like the ones it plans for: one image, the
-    # route's split already built, finished where the route says (not by the fallback).
+    # route's split already built, finished where the route says (not by the fallback), on a route it chose
+    # (a pinned request's route and images are its client's: learning from them let one client steer all).
     intended = completed_on == ("edge" if route.runs_everything else "cloud")
-    if intended and len(blobs) == 1 and "build" not in timings:
+    if intended and len(blobs) == 1 and "build" not in timings and choice.purpose != "pinned":
         state.routes.observe_request(route, timings, cloud_timings)
     state.routes.replan()
     request.state.log_fields = {

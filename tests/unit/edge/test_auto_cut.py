@@ -100,3 +100,25 @@ def test_a_probe_to_a_dead_cloud_is_answered_on_the_edge(profile: Path) -> None:
     assert "/v1/tail" in attempts  # the probes went out
     assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
     assert {r.json()["completed_on"] for r in responses} == {"edge"}
+
+
+def test_requests_that_pin_their_route_teach_the_selector_nothing(profile: Path) -> None:
+    """A client picks a pinned request's route (``?cut=``) and its images: learning from them let one client
+    steer every client's route (a few large photos pinned to a route made it look slow, and their decode time
+    inflated the edge's calibration for every cut). Unpinned requests still teach it."""
+    settings = EdgeSettings(
+        model=TINY, weights="none", cut="auto", edge_profile=profile, cloud_profile=profile,
+        link_bandwidth="1kbit", link_rtt="200ms", probe_interval_s=1e9,
+    )  # fmt: skip
+    image = encode_image(synthetic_image(seed=4))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/info").json()["cut"]["name"] == "output"
+        for _ in range(4):
+            pinned = client.post("/v1/classify", params={"cut": "output"}, files={"image": ("a.jpg", image)})
+            assert pinned.status_code == 200, pinned.text
+        selection = client.get("/v1/info").json()["cut_selection"]
+        assert (selection["calibration"]["samples"], selection["measured_routes"]) == (0, [])
+        for _ in range(4):
+            assert client.post("/v1/classify", files={"image": ("a.jpg", image)}).status_code == 200
+        selection = client.get("/v1/info").json()["cut_selection"]
+        assert selection["calibration"]["samples"] == 4
