@@ -15,14 +15,15 @@ NAMED_MODELS = [
     "resnet50",
     "mobilenet_v3_large",
     "vit_b_16",
-    "densenet121",
     "efficientnet_b0",
     "googlenet",
-    "inception_v3",
     "swin_t",
     "convnext_tiny",
 ]
 ALL_MODELS = torchvision.models.list_models(module=torchvision.models)
+# NOTE: the two largest models take 15-20 s each to build; the slow sweep splits them at every cut, and their
+# families are checked here through their smaller members.
+SWEEP_ONLY_MODELS = {"regnet_y_128gf", "vit_h_14"}
 
 
 def _small_vit(name: str) -> nn.Module:
@@ -226,10 +227,10 @@ def test_every_cut_equals_the_unsplit_model(name: str) -> None:
     assert {graph.cuts[i].name for i in _three_cuts(graph)} <= errors.keys()
 
 
-@pytest.mark.parametrize("name", [m for m in ALL_MODELS if m not in NAMED_MODELS])
+@pytest.mark.parametrize("name", [m for m in ALL_MODELS if m not in NAMED_MODELS and m not in SWEEP_ONLY_MODELS])
 def test_every_torchvision_model_splits_at_three_cuts(name: str) -> None:
     """The first, middle and last inner single-tensor cut of every torchvision model; the NAMED_MODELS' are
-    checked with all their cuts above."""
+    checked with all their cuts above, the SWEEP_ONLY_MODELS' by the slow sweep."""
     model, graph, x = _graph(name)
     with torch.no_grad():
         reference = model(x)
