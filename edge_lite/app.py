@@ -45,6 +45,7 @@ from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.image_cost import images_cost
 from service_core.openapi import install_openapi
 from service_core.problems import install_problem_handlers
+from service_core.serving import dropped_connection_hint
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
@@ -345,6 +346,11 @@ async def _bounded_call(
         return response.status_code, body
 
 
+def _dropped(exc: Exception) -> bool:
+    """Whether ``exc`` is a connection the cloud accepted, then closed without a reply."""
+    return isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
+
+
 async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
     deadline_s = state.settings.request_timeout_s
     try:
@@ -364,7 +370,8 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
     except httpx.TimeoutException as exc:
         raise CloudTimeout(f"the cloud at {state.settings.cloud_url} did not answer in time") from exc
     except httpx.TransportError as exc:
-        raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}") from exc
+        hint = dropped_connection_hint(state.settings.cloud_url) if _dropped(exc) else ""
+        raise CloudUnavailable(f"the cloud at {state.settings.cloud_url} cannot be reached: {exc}{hint}") from exc
     if status == 401:
         raise BadGateway(
             f"the cloud refused this edge's token (set the same SPLITINFER_TOKEN on both): {problem_detail(body)}"
@@ -489,7 +496,8 @@ async def readyz(request: Request, state: StateDep) -> dict[str, str]:
         # NOTE: an error's problem body is not the cloud's info (a 401 read as one said "another model")
         cloud = json.loads(body) if status == 200 else None
     except (httpx.HTTPError, ValueError, RecursionError, TimeoutError, BadGateway) as exc:
-        raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        hint = dropped_connection_hint(state.settings.cloud_url) if _dropped(exc) else ""
+        raise ServiceUnavailable(f"cloud not ready: {type(exc).__name__}: {str(exc)[:200]}{hint}") from exc
     if status == 401:
         raise ServiceUnavailable(
             "cloud not ready: its /v1/info answered 401: it refused this edge's token (set the same "

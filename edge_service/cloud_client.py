@@ -18,6 +18,7 @@ from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_transport import AiohttpTransport
 from service_core.http import SERVED_BY_HEADER
 from service_core.metrics import REQUEST_ID_HEADER
+from service_core.serving import dropped_connection_hint
 from shared.errors import (
     BadGateway,
     CloudModelMismatch,
@@ -172,6 +173,7 @@ class CloudClient:
                     continue
                 raise CloudUnavailable(
                     f"the cloud dropped the connection: {type(exc).__name__}: {sanitize(str(exc))}"
+                    f"{dropped_connection_hint(self.base_url)}"
                 ) from exc
             except httpx.HTTPError as exc:
                 raise BadGateway(
@@ -213,7 +215,8 @@ class CloudClient:
         except httpx.TimeoutException as exc:
             raise CloudTimeout(f"the cloud at {self.base_url} did not answer /v1/info in time") from exc
         except httpx.HTTPError as exc:
-            raise CloudUnavailable(f"cannot reach the cloud at {self.base_url}: {sanitize(str(exc))}") from exc
+            hint = "" if isinstance(exc, httpx.ConnectError) else dropped_connection_hint(self.base_url)
+            raise CloudUnavailable(f"cannot reach the cloud at {self.base_url}: {sanitize(str(exc))}{hint}") from exc
         self._raise_for_status(status, headers, body)
         try:
             info = json.loads(body)

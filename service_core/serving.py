@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_core.connections import check_max_connections, default_max_connections, open_files_limit
 
-__all__ = ["ENV_PREFIX", "ServingSettings", "check_cloud_url"]
+__all__ = ["ENV_PREFIX", "ServingSettings", "check_cloud_url", "dropped_connection_hint"]
 
 ENV_PREFIX = "SPLITINFER_"
 
@@ -110,3 +110,12 @@ def check_cloud_url(url: str) -> str:
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise ValueError("must be a base URL, without a query or fragment (the routes are appended to it)")
     return url
+
+
+def dropped_connection_hint(url: str) -> str:
+    """What a connection to the cloud dropped without a reply most often means when ``url`` (an edge's
+    CLOUD_URL) is plain HTTP, to append to the error: a cloud that serves HTTPS reads the request as a broken
+    handshake and closes the connection (and its log says so). Empty for an https:// URL."""
+    if urlsplit(url).scheme != "http":
+        return ""
+    return "; if the cloud serves HTTPS, this edge's CLOUD_URL must start with https://"

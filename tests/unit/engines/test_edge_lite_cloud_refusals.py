@@ -78,3 +78,25 @@ def test_a_cloud_reply_is_read_no_further_than_logits_can_be(tiny_export: Path) 
         response = client.post("/v1/classify", content=image, headers={"content-type": "image/jpeg"})
         assert response.status_code == 502, response.text
         assert sent <= 256 * 1024, sent
+
+
+def _failing(error: type[httpx.TransportError]) -> httpx.AsyncClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise error("Server disconnected", request=request)
+
+    return httpx.AsyncClient(base_url="http://cloud", transport=httpx.MockTransport(answer))
+
+
+def test_a_cloud_that_drops_plain_http_is_asked_whether_it_serves_https(tiny_export: Path) -> None:
+    """A cloud that serves HTTPS drops a plain-HTTP connection without a reply: with an http:// CLOUD_URL the
+    edge says what that most often means; a refused connection (nothing listening) does not."""
+    hint = "CLOUD_URL must start with https://"
+    with TestClient(create_app(EdgeLiteSettings(onnx_dir=tiny_export, cloud_url="http://127.0.0.1:9"))) as client:
+        state: EdgeLiteState = client.app.state.edge  # type: ignore[attr-defined]
+        image = encode_image(synthetic_image())
+        for error, hinted in ((httpx.RemoteProtocolError, True), (httpx.ReadError, True), (httpx.ConnectError, False)):
+            state.client = _failing(error)
+            ready = client.get("/readyz")
+            classified = client.post("/v1/classify", content=image, headers={"content-type": "image/jpeg"})
+            assert (ready.status_code, classified.status_code) == (503, 503), error
+            assert (hint in ready.json()["detail"], hint in classified.json()["detail"]) == (hinted, hinted), error
