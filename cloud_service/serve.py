@@ -16,7 +16,9 @@ Arguments (``serve run`` key=value pairs, or ``args:`` in the config file) are t
 (``model``, ``weights``, ``device``, ``max_batch_size``, ``max_delay_ms``, ...; unset ones come from
 ``SPLITINFER_*`` variables) plus the deployment's: ``num_replicas``, or ``min_replicas``,
 ``max_replicas`` and ``target_ongoing_requests`` for autoscaling; ``num_cpus`` and ``num_gpus`` per
-replica; ``max_ongoing_requests``.
+replica; ``max_ongoing_requests``. The cloud's ``max_queue`` bounds the requests that wait in each Ray
+Serve proxy for a replica (Ray's ``max_queued_requests``; past it Ray answers 503 + Retry-After): Ray's own
+default is unbounded, and a waiting request holds every byte of its body in the proxy.
 """
 
 from __future__ import annotations
@@ -79,9 +81,14 @@ class ServeBatcher:
         return await run_calls(self._run, self._executor, calls)
 
 
-def deployment_options(args: dict[str, Any]) -> dict[str, Any]:
-    """Ray Serve deployment options from the deployment keys of ``args``."""
-    options: dict[str, Any] = {"name": DEPLOYMENT_NAME}
+def deployment_options(args: dict[str, Any], *, max_queue: int) -> dict[str, Any]:
+    """Ray Serve deployment options from the deployment keys of ``args``, the requests waiting for a replica
+    in each proxy bounded by ``max_queue`` (the cloud's setting)."""
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be at least 1, not {max_queue}")
+    # NOTE: Ray's default (-1) queues without bound in the proxy, and its proxy reads a waiting request's whole
+    # body into memory meanwhile: the cloud's own queue bound is the one that holds under Ray.
+    options: dict[str, Any] = {"name": DEPLOYMENT_NAME, "max_queued_requests": max_queue}
     autoscaling = {k: args[k] for k in ("min_replicas", "max_replicas", "target_ongoing_requests") if k in args}
     if autoscaling and "num_replicas" in args:
         raise ValueError("give num_replicas (a fixed count) or min_replicas/max_replicas (autoscaling), not both")
@@ -119,4 +126,5 @@ def build_app(args: dict[str, Any]) -> Application:
     The settings are validated here, where the application is built, and travel to every replica.
     """
     settings = CloudSettings(**{k: v for k, v in args.items() if k not in _DEPLOYMENT_KEYS})
-    return serve.deployment(**deployment_options(args))(SplitInferCloud).bind(settings.model_dump())
+    options = deployment_options(args, max_queue=settings.max_queue)
+    return serve.deployment(**options)(SplitInferCloud).bind(settings.model_dump())

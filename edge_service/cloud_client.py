@@ -197,7 +197,9 @@ class CloudClient:
         elif status == 503:
             retry = _retry_after(headers.get("retry-after", ""))
             error = CloudUnavailable(f"the cloud is unavailable: {detail}", retry_after=retry)
-        elif status == 504:
+        elif status in (408, 504):
+            # NOTE: 408 is a timeout on the way (Ray Serve's proxy answers it when its request_timeout_s passes),
+            # as is the cloud's own 408 (this edge's upload did not arrive within its BODY_TIMEOUT_S)
             error = CloudTimeout(f"the cloud timed out: {detail}")
         elif status in _REFUSALS:
             error = PayloadRefused(f"the cloud refused the payload ({status}): {detail}")

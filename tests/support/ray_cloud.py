@@ -1,7 +1,8 @@
 """A local Ray Serve cloud for tests and benchmarks: ``serve run`` on the committed cluster config.
 
 Needs the ``ray`` extra. The config is deploy/ray-serve.yaml with this machine's values: the proxy on a
-free loopback port, CPU, and each application's arguments as given.
+free loopback port (its other HTTP options, the timeouts, as committed), CPU, and each application's
+arguments as given.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class RayCloud:
 def serve_config(port: int, applications: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The committed cluster config for one machine: ``applications`` maps route prefixes to arguments."""
     config: dict[str, Any] = yaml.safe_load(CLUSTER_CONFIG.read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
     config["proxy_location"] = "HeadOnly"
     template = config["applications"][0]
     config["applications"] = [

@@ -57,6 +57,9 @@ def _classify(client: TestClient) -> httpx.Response:
         (_time_out, 504, "Cloud timeout"),
         (lambda r: httpx.Response(200, content=b"not a payload"), 502, "Bad gateway"),
         (lambda r: httpx.Response(500, json={"detail": "boom"}), 502, "Bad gateway"),
+        # NOTE: what Ray Serve's proxy answers itself (text/plain): its request timeout, and a replica that died
+        (lambda r: httpx.Response(408, text="Request 1 timed out after 60.0s."), 504, "Cloud timeout"),
+        (lambda r: httpx.Response(500, text="Internal Server Error"), 502, "Bad gateway"),
         # NOTE: a cloud serving other weights is ours to fix, not the client's: 502 (it relayed the 409)
         (lambda r: httpx.Response(409, json={"detail": "payload is for weights x"}), 502, "Cloud model mismatch"),
         (lambda r: httpx.Response(503, json={"detail": "x"}, headers={"Retry-After": "1"}), 503, "Cloud unavailable"),
