@@ -385,8 +385,10 @@ async def _call_cloud(state: EdgeLiteState, payload: bytes) -> bytes:
         raise BadGateway(f"the cloud refused the payload ({status}): {problem_detail(body)}")
     if status == 503:
         raise CloudUnavailable("the cloud is overloaded or not ready", retry_after=1.0)
+    if status in (408, 504):  # NOTE: a timeout on the way (Ray Serve's proxy answers 408 past its request_timeout_s)
+        raise CloudTimeout(f"the cloud timed out ({status}): {problem_detail(body)}")
     if status != 200:
-        raise BadGateway(f"the cloud answered {status}")
+        raise BadGateway(f"the cloud answered {status}: {problem_detail(body)}")
     return body
 
 

@@ -100,3 +100,23 @@ def test_a_cloud_that_drops_plain_http_is_asked_whether_it_serves_https(tiny_exp
             classified = client.post("/v1/classify", content=image, headers={"content-type": "image/jpeg"})
             assert (ready.status_code, classified.status_code) == (503, 503), error
             assert (hint in ready.json()["detail"], hint in classified.json()["detail"]) == (hinted, hinted), error
+
+
+def test_a_cloud_that_times_out_is_a_cloud_timeout(tiny_export: Path) -> None:
+    """Ray Serve's proxy answers a text/plain 408 when its request_timeout_s passes; edge_lite called it (and a
+    504) 'the cloud answered 408', a 502, where the torch edge says 504 cloud-timeout."""
+
+    def timing_out(status: int) -> httpx.AsyncClient:
+        def answer(_: httpx.Request) -> httpx.Response:
+            return httpx.Response(status, headers={"content-type": "text/plain"}, stream=httpx.ByteStream(b"timed out"))
+
+        return httpx.AsyncClient(base_url="http://cloud", transport=httpx.MockTransport(answer))
+
+    with TestClient(create_app(EdgeLiteSettings(onnx_dir=tiny_export))) as client:
+        state: EdgeLiteState = client.app.state.edge  # type: ignore[attr-defined]
+        image = encode_image(synthetic_image())
+        for status in (408, 504):
+            state.client = timing_out(status)
+            classified = client.post("/v1/classify", content=image, headers={"content-type": "image/jpeg"})
+            assert classified.status_code == 504, (status, classified.text)
+            assert classified.json()["type"].endswith("/cloud-timeout") and "timed out" in classified.json()["detail"]
