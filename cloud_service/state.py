@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -52,6 +53,9 @@ class CloudState:
     """Gives the memory of large images decoded at cut ``input`` back to the system (service_core.heap)."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     decode_budget: DecodeBudget = field(init=False)
+    tail_builds: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a tail is built before its batch: requests waiting for builds wait here, on the event loop,
+    not each in a thread of the shared pool (builds run one at a time anyway)."""
 
     def __post_init__(self) -> None:
         self.decode_budget = DecodeBudget(self.settings.max_decoded_bytes_in_flight)

@@ -148,8 +148,11 @@ async def serve_tail(scope: Scope, receive: Receive, send: Send) -> None:
             state.heap.released(tail_input.decoded_pixels)
         if not model.has_tail(tail_input.cut):
             # NOTE: a cut's first payload builds its tail here, not in the batcher, whose runs are serialized on
-            # one thread: the batches of built cuts go on meanwhile (an ONNX Runtime tail takes seconds to export)
-            await run_in_threadpool(model.tail, tail_input.cut)
+            # one thread: the batches of built cuts go on meanwhile (an ONNX Runtime tail takes seconds to export).
+            # With one torch thread: a pool thread that ran a team of every core would keep it.
+            async with state.tail_builds:
+                if not model.has_tail(tail_input.cut):
+                    await run_in_threadpool(state.threads.wrap(model.tail), tail_input.cut)
         logits, stats = await state.batcher.submit(tail_input.cut, tail_input.tensors, tail_input.batch_size)
     cut = tail_input.cut
     del tail_input  # NOTE: the decoded tensors go with their reservation, before a slow reader takes the reply
