@@ -178,3 +178,22 @@ def test_a_highlight_names_the_run_it_comes_from(anchor: str, dates: Any) -> Non
     assert stated or (days and times), anchor
     assert {d.split()[0] for d in expected} <= days, (anchor, expected)
     assert {d.split()[1] for d in expected} <= set(times), (anchor, expected)
+
+
+def test_the_codec_fidelity_tables_are_the_committed_output() -> None:
+    """Every row of README's real-weights codec tables is a row of bench/results/fidelity_lite0.txt."""
+    section = README[README.index("### Codec fidelity, EfficientNet-Lite0") : README.index("## Choosing the cut")]
+    raw = (RESULTS / "fidelity_lite0.txt").read_text().splitlines()
+    rows = [line for block in re.findall(r"```\n(.*?)```", section, flags=re.S) for line in block.splitlines()]
+    rows = [line for line in rows if line.startswith("│")]
+    assert len(rows) >= 30
+    assert [row for row in rows if row not in raw] == []
+
+
+def test_the_auto_section_labels_its_prediction_error() -> None:
+    """README's "--cut auto" section repeats the emulated-link prediction error: with the same label."""
+    summary = _result("netlink.json")["summary"]
+    section = README[README.index("How well this works on emulated links") : README.index("## ONNX Runtime and")]
+    assert _number(r"predictions are within ([\d.]+)% of", section) == round(100 * summary["median_prediction_error"])
+    assert _number(r"nominal link alone, ([\d.]+)%", section) == round(100 * summary["median_profile_only_error"], 1)
+    assert "in sample" in section
