@@ -1,6 +1,8 @@
 """The minimal comparator of bench/overhead.py: read the body, safetensors load, the same fc, save.
 
-uvicorn --factory bench.minimal_tail:create_app --no-access-log --log-level warning
+bench/overhead.py runs it as a user would, under uvicorn's defaults (its access log on, one line per request):
+
+    uvicorn --factory bench.minimal_tail:create_app --port PORT
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("GOMP_SPINCOUNT", "0")  # see bench/cpu_suite.py: processes share 2 cores
+os.environ.setdefault("GOMP_SPINCOUNT", "0")  # NOTE: every process of the testbed, both sides alike (2 cores)
 
 import argparse
 import io
@@ -287,6 +287,18 @@ def measure_auto(edge_client: Edge, requests: int, settle_s: float) -> dict[str,
     }
 
 
+def _live_model(edge_client: Edge) -> dict[str, float]:
+    """What ``auto`` plans with now (/v1/info): the link the edge estimated and each side's calibration."""
+    selection = edge_client.info()["cut_selection"]
+    calibration, estimated = selection["calibration"], selection["estimated_link"]
+    return {
+        "bandwidth_bps": estimated["bandwidth_bps"],
+        "rtt_s": estimated["rtt_ms"] / 1000,
+        "edge_calibration_ms": calibration["edge_calibration_ms"],
+        "cloud_calibration_ms": calibration["cloud_calibration_ms"],
+    }
+
+
 def measure_link(
     edge_client: Edge, edge: Profile, cloud: Profile, link: Link, requests: int, settle_s: float
 ) -> dict[str, Any]:
@@ -295,9 +307,14 @@ def measure_link(
 
     Predictions: ``profile_only_ms`` from the two profiles and the nominal link; ``predicted_ms`` from
     the edge's live model, what ``auto`` plans with: the link it estimated and each side's compute
-    corrected by what it measured on real requests (read from /v1/info after this link's pinned requests).
+    corrected by what it measured on real requests, read from /v1/info right after ``auto``'s own
+    requests and *before* the pinned requests whose times it predicts (out of sample). ``live_model_after``
+    is the same model read after the pinned requests, which teach the edge the link (and, before commit
+    ae308e4, its compute calibration too): predictions from it would be fitted in part to the very
+    measurements they are compared with.
     """
     auto = measure_auto(edge_client, requests, settle_s)
+    live = _live_model(edge_client)  # NOTE: before the pinned sweep, so the prediction is out of sample
     rows = per_cut_rows(edge, cloud, link)
     order = [c.name for c in edge.cuts]
     measured_by_cut = {}
@@ -305,14 +322,7 @@ def measure_link(
         codec = row.codec
         edge_client.median_ms(1, row.cut, codec)  # warm-up: first use of a route builds its split
         measured_by_cut[row.cut], _ = edge_client.median_ms(requests, row.cut, codec)
-    selection = edge_client.info()["cut_selection"]
-    calibration, estimated = selection["calibration"], selection["estimated_link"]
-    live = {
-        "bandwidth_bps": estimated["bandwidth_bps"],
-        "rtt_s": estimated["rtt_ms"] / 1000,
-        "edge_calibration_ms": calibration["edge_calibration_ms"],
-        "cloud_calibration_ms": calibration["cloud_calibration_ms"],
-    }
+    live_after = _live_model(edge_client)
     live_rows = {(r.cut, r.codec): r for r in plan(edge, cloud, **live)}
     fixed = []
     for row in sorted(rows, key=lambda r: order.index(r.cut)):
@@ -338,6 +348,8 @@ def measure_link(
         "link": link.name,
         "fixed": fixed,
         "live_model": live,
+        "live_model_read": "after auto's requests, before the pinned sweep",
+        "live_model_after": live_after,
         "planned_cut": planned.cut,
         "planned_codec": planned.codec,
         "auto": auto,

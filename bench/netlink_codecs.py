@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("GOMP_SPINCOUNT", "0")  # see bench/cpu_suite.py: processes share 2 cores
+os.environ.setdefault("GOMP_SPINCOUNT", "0")  # NOTE: every process of the testbed, both sides alike (2 cores)
 
 import argparse
 import json

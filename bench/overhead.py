@@ -6,10 +6,12 @@
 1. Throughput of the HTTP path, with one load generator (``wrk -t1 -c32 -d10s``) POSTing the same resnet18
    ``avgpool`` fp32 payload (the tail is one linear layer): the cloud service (one process, one torch
    thread, access log and metrics on), ``--workers 2`` of it, and a minimal Starlette app that reads
-   the body, loads it with safetensors, runs the same ``fc`` and saves the logits
-   (bench/minimal_tail.py). Rounds alternate between the three servers.
-2. Loopback end to end at concurrency 1: edge and cloud started as ``splitinfer up`` starts them (half
-   the cores each, no other setting), resnet18 cut at ``layer3`` with ``fp16``, real photos
+   the body, loads it with safetensors, runs the same ``fc`` (one torch thread) and saves the logits
+   (bench/minimal_tail.py, under uvicorn's defaults: its access log on). Rounds alternate between the
+   three servers.
+2. Loopback end to end at concurrency 1: edge and cloud started as ``splitinfer up`` starts them (every
+   core each, ``GOMP_SPINCOUNT=10000``: ``splitinfer.threads.pair_threads_env``), resnet18 cut at
+   ``layer3`` with ``fp16``, real photos
    (skimage.data), against the in-process baseline (decode + preprocess + the whole model) measured by
    ``splitinfer bench --target local`` in a process of its own with default settings; rounds
    alternate. The framework's own overhead is each request's end-to-end time minus the head and

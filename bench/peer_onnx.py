@@ -20,22 +20,24 @@ sides load), the peer's ``models/head.onnx`` and ``models/tail.onnx`` being our 
   kernels: not exact, labelled as such; skipped on a CPU without bf16); the client POSTing the JPEG to
   ``/v1/classify``; validation, Prometheus metrics and access logs on.
 
-Every process runs with one thread (ONNX Runtime intra-op 1, torch 1; the peer's session options are
-set by a launcher, bench/peer_launch.py, since its code takes the default). Rounds alternate the
+``--threads default`` (the default): each side with its own defaults, what a user of each runs. The peer's
+server and its client's head take ONNX Runtime's default options (an intra-op thread per core), the
+peer's server launched unmodified but for its address (bench/peer_launch.py); this project's services
+start as ``splitinfer up`` starts them (``splitinfer.threads.pair_threads_env``, ``ONNX_THREADS`` at its
+default of 1, the edge's ``HEAD_WORKERS`` at its default); no harness variable (``OMP_NUM_THREADS``,
+``GOMP_SPINCOUNT``, ...) reaches either side. ``--threads one``: every process with one thread (ONNX
+Runtime intra-op 1, torch 1, ``GOMP_SPINCOUNT=0``; the peer's session options then set by the launcher):
+equal, but **not the peer's defaults**, so its results are labelled as tuned. Rounds alternate the
 systems (forward, backward, backward, forward: ABBA for two) on the same images, at concurrency 1 and 8.
 Top-1 answers of every system on the photos are compared with the peer's (by label).
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "0")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import argparse
 import io
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -58,7 +60,9 @@ from shared.engines import OrtHalf, OrtOptions
 from shared.models import load_model
 from shared.onnx_export import ExportedSplit, export_split
 from shared.splitting import ModelGraph
+from splitinfer.bench import USER_DEFAULT_ENV
 from splitinfer.processes import Service, free_port, start_service, wait_until
+from splitinfer.threads import pair_threads_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field")
@@ -116,14 +120,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class PeerClient:
-    """The peer client's steps (robot-run.py) with its preprocessing, the head session cached, 1 thread."""
+    """The peer client's steps (robot-run.py) with its preprocessing, the head session cached, with ONNX
+    Runtime's default threads (``intra_op_threads=0``: one per core) or one."""
 
-    def __init__(self, folder: Path, url: str) -> None:
+    def __init__(self, folder: Path, url: str, intra_op_threads: int = 0) -> None:
         sys.path.insert(0, str(folder))
         from preprocessing import preprocess  # the peer's own module, from the temporary folder
 
         self.preprocess = preprocess
-        self.head = OrtHalf(folder / "models" / "head.onnx", OrtOptions(intra_op_threads=1))
+        self.head = OrtHalf(folder / "models" / "head.onnx", OrtOptions(intra_op_threads=intra_op_threads))
         self.url = url + "/infer_tail_none"
 
     def __call__(self, client: httpx.Client, jpeg: bytes) -> str:
@@ -205,8 +210,16 @@ def markdown(report: dict[str, Any]) -> str:
     rows = report["results"]
     systems = [name for name in LABELS if f"{name}@1" in rows]
     m = report["machine"]
+    threads = report.get("threads", "one")
+    setting = (
+        "each side with its own default threads (the peer's ONNX Runtime sessions one thread per core; this "
+        "project as `splitinfer up` starts it)"
+        if threads == "default"
+        else "**every process pinned to one thread: not the peer's defaults** (its sessions would take a "
+        "thread per core)"
+    )
     lines = [
-        f"`{report['command']}`, {report['when']}, {m['cpu']} ({m['cores']} cores; load average "
+        f"`{report['command']}`, {setting}, {report['when']}, {m['cpu']} ({m['cores']} cores; load average "
         f"{', '.join(str(v) for v in m['load_before'])} before, {', '.join(str(v) for v in m['load_after'])} "
         f"after), onnxruntime {m['onnxruntime']}, openvino {m['openvino']}. Raw numbers: "
         f"`{report.get('out', 'bench/results/peer_onnx.json')}`.",
@@ -250,6 +263,12 @@ def main() -> int:
         "--engines", default="onnxruntime,openvino,openvino-bf16", help=f"ours, comma-separated: {', '.join(ENGINES)}"
     )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md as it is (smoke runs)")
+    parser.add_argument(
+        "--threads",
+        choices=("default", "one"),
+        default="default",
+        help="default: each side's own defaults (a fair baseline); one: every process one thread (the peer tuned)",
+    )
     args = parser.parse_args()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = sorted(set(engines) - set(ENGINES))
@@ -263,7 +282,9 @@ def main() -> int:
             engines.remove("openvino-bf16")
             skipped.append("openvino-bf16 (this CPU has no bfloat16 instructions)")
     load_before = [round(v, 2) for v in os.getloadavg()]
-    torch.set_num_threads(1)
+    one = args.threads == "one"
+    if one:
+        torch.set_num_threads(1)
     images = photos()
     work = Path(tempfile.mkdtemp(prefix="peer-onnx-"))
     services: list[Service] = []
@@ -274,28 +295,33 @@ def main() -> int:
         shutil.copy(work / "export" / "head.onnx", folder / "models" / "head.onnx")
         shutil.copy(work / "export" / "tail.onnx", folder / "models" / "tail.onnx")
 
+        # NOTE: default: ours as `splitinfer up` starts them, the peer with nothing of the harness's environment
         one_thread = {"SPLITINFER_THREADS": "1", "OMP_NUM_THREADS": "1", "GOMP_SPINCOUNT": "0"}
+        ours_env = one_thread if one else pair_threads_env({})
         edges: dict[str, Service] = {}
         for engine in engines:
             name, precision = ENGINES[engine]
             common = ["--model", "resnet18", "--weights", str(weights), "--engine", engine.removesuffix("-bf16")]
-            common += ["--onnx-dir", str(work / "export"), "--onnx-threads", "1", "--openvino-precision", precision]
-            cloud = start_service("cloud", common, work, env=one_thread)
+            common += ["--onnx-dir", str(work / "export"), "--openvino-precision", precision]
+            common += ["--onnx-threads", "1"] if one else []
+            cloud = start_service("cloud", common, work, env=ours_env)
             services.append(cloud)
             edge = start_service(
-                "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], work, env=one_thread
+                "edge", [*common, "--cut", "layer3", "--codec", "fp16", "--cloud-url", cloud.url], work, env=ours_env
             )
             services.append(edge)
             edges[name] = edge
         port = free_port()
         log = work / "peer.log"
         with log.open("wb") as sink:
+            plain = {k: v for k, v in os.environ.items() if k not in USER_DEFAULT_ENV}
             process = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "peer_launch.py"), "--port", str(port)],
+                [sys.executable, str(ROOT / "bench" / "peer_launch.py"), "--port", str(port)]
+                + (["--one-thread"] if one else []),
                 cwd=folder,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **one_thread},
+                env={**plain, **one_thread} if one else plain,
                 start_new_session=True,
             )
         peer = Service("peer", port, process, log)
@@ -308,7 +334,7 @@ def main() -> int:
         systems: dict[str, Callable[[httpx.Client, bytes], str]] = {
             name: ours(edge.url, timings[name]) for name, edge in edges.items()
         }
-        systems["peer"] = PeerClient(folder, peer.url)
+        systems["peer"] = PeerClient(folder, peer.url, intra_op_threads=1 if one else 0)
         for send in systems.values():  # warm-up: sessions, connections, first-request paths
             run_round(send, images, 1, 10)
         for recorded in timings.values():
@@ -350,7 +376,9 @@ def main() -> int:
         p50_ratio = {n: results[f"{n}@1"]["p50_ms"] / results["peer@1"]["p50_ms"] for n in edges}
         rps_ratio = {n: results[f"{n}@8"]["requests_per_s"] / results["peer@8"]["requests_per_s"] for n in edges}
         command = f"python bench/peer_onnx.py --peer PEER --rounds {args.rounds} --requests {args.requests}"
+        command += f" --threads {args.threads}"
         report = {
+            "threads": args.threads,
             "command": command
             + ("" if args.engines == parser.get_default("engines") else f" --engines {args.engines}"),
             "machine": {

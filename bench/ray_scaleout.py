@@ -7,7 +7,8 @@ One local Ray instance (``serve run`` on deploy/ray-serve.yaml) serves two appli
 ``/r1`` with one replica and ``/r2`` with two, each replica one torch thread (and half a CPU in Ray's
 accounting, so that all three fit the 2-core machine at once). The load
 (``splitinfer bench --target cloud``: resnet18 layer3 fp16 payloads, 16 clients) alternates between
-them in rounds, so drift of the shared machine hits both alike. Results: bench/results/ray.json.
+them in rounds (ABBA: forward, backward, backward, forward), so drift of the shared machine hits both
+alike. Results: bench/results/ray.json.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {"/r1": [], "/r2": []}
     try:
         for round_index in range(args.rounds):
-            for prefix in runs:
+            # NOTE: ABBA order: always measuring one replica first gave it the quieter slot of every round
+            order = list(runs) if round_index % 4 in (0, 3) else list(reversed(runs))
+            for prefix in order:
                 result = bench(
                     cloud.app_url(prefix), args.seconds, args.concurrency, work / f"{prefix[1:]}-{round_index}.json"
                 )
@@ -91,6 +94,7 @@ def main() -> None:
             "concurrency": args.concurrency,
             "seconds_per_round": args.seconds,
             "rounds": args.rounds,
+            "order": "ABBA: one replica first in rounds 1 and 4, two replicas first in rounds 2 and 3",
         },
         "one_replica": one,
         "two_replicas": two,

@@ -53,8 +53,9 @@ def _tuning_note(machine: dict[str, Any]) -> list[str]:
             "the current end-to-end numbers are in [Per-request overhead](#per-request-overhead).",
         ]
     return [
-        "Edge, cloud and load generator share the machine's cores; the services run as `splitinfer up` starts",
-        "them (half the cores each), the in-process baseline in a process of its own with default settings.",
+        "Edge, cloud and load generator share the machine's cores; the services run with "
+        f"`{' '.join(f'{k}={v}' for k, v in machine.get('service_env', {}).items()) or 'the environment shown'}`,",
+        "the in-process baseline in a process of its own with default settings.",
     ]
 
 
@@ -64,7 +65,8 @@ def cpu_section(data: dict[str, Any]) -> list[str]:
         "## CPU",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, torch {m['torch']}; "
-        f"`GOMP_SPINCOUNT={m.get('GOMP_SPINCOUNT', '') or 'unset'}` for every process. {m['date']}.",
+        f"`GOMP_SPINCOUNT={m.get('GOMP_SPINCOUNT', '') or 'unset'}` "
+        f"{'in the harness' if 'service_env' in m else 'for every process'}. {m['date']}.",
         f"Command: `{data['command']}` then `python bench/report.py`. Raw numbers: `bench/results/cpu.json`.",
         "",
         *_tuning_note(m),
@@ -172,6 +174,25 @@ def gpu_section() -> list[str]:
     ]
 
 
+def _live_model_note(data: dict[str, Any]) -> list[str]:
+    """When the live model was read, relative to the pinned requests whose times it predicts."""
+    links = [link for result in data["models"].values() for link in result["links"]]
+    if links and all("live_model_read" in link for link in links):
+        return [
+            "The live model is read after `auto`'s requests and before the pinned requests it predicts: the",
+            "prediction errors below are out of sample.",
+            "",
+        ]
+    return [
+        "**In-sample predictions.** This run read the live model after every cut's pinned requests, and the",
+        "edge of that day learnt its compute calibration from pinned requests too (commit ae308e4 stopped",
+        "that): the *live model* column was fitted in part to the *measured* column it is compared with, so",
+        "its prediction error flatters the model. The *profiles* column and its error are out of sample.",
+        "`bench/netlink.py` now reads the live model before the pinned sweep.",
+        "",
+    ]
+
+
 def netlink_section(data: dict[str, Any]) -> list[str]:
     summary = data["summary"]
     lines = [
@@ -201,6 +222,7 @@ def netlink_section(data: dict[str, Any]) -> list[str]:
         "(without the per-route latency corrections it learns by exploring). *(predicted)* marks the live model's "
         "best cut, *(auto)* the cut `auto` settled on.",
         "",
+        *_live_model_note(data),
     ]
     for model, result in data["models"].items():
         for link in result["links"]:
@@ -294,7 +316,12 @@ def ray_section(data: dict[str, Any]) -> list[str]:
         "replica and with two, each replica one torch thread (half a CPU in Ray's accounting), `@serve.batch` up to "
         f"{setup['max_batch_size']} requests / {setup['max_delay_ms']} ms. `splitinfer bench --target cloud` sends "
         f"{setup['model']} `{setup['cut']}` `{setup['codec']}` payloads from {setup['concurrency']} clients, "
-        f"{setup['seconds_per_round']} s per measurement, alternating between the two in {setup['rounds']} rounds.",
+        f"{setup['seconds_per_round']} s per measurement, alternating between the two in {setup['rounds']} rounds"
+        + (
+            f" ({setup['order']})."
+            if "order" in setup
+            else " (one replica first in every round: this run predates the ABBA order)."
+        ),
         "",
         "| replicas | img/s (mean of rounds) | per round | p50 ms | p99 ms | requests | errors |",
         "|---|---|---|---|---|---|---|",

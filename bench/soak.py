@@ -4,16 +4,15 @@
 
 It uses a tiny CNN (tests.fixture_models:tiny_cnn) so that the run measures the services (HTTP, wire
 format, batching, memory) rather than convolution speed; resnet18 on this 2-core machine would need
-about 25 minutes for the same count.
+about 25 minutes for the same count. The services run as bench/cpu_suite.py starts them (as ``splitinfer up``
+does); this script sets nothing else (it set ``GOMP_SPINCOUNT=0`` for every process until bench/cpu_suite.py
+stopped doing so).
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "0")  # the same setting as bench/cpu_suite.py
-
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
