@@ -197,3 +197,31 @@ def test_the_auto_section_labels_its_prediction_error() -> None:
     assert _number(r"predictions are within ([\d.]+)% of", section) == round(100 * summary["median_prediction_error"])
     assert _number(r"nominal link alone, ([\d.]+)%", section) == round(100 * summary["median_profile_only_error"], 1)
     assert "in sample" in section
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start) : text.index(end, text.index(start))]
+
+
+def test_the_thread_settings_numbers_are_the_openmp_benchmarks() -> None:
+    """README's "Threads" paragraph quotes bench/openmp_teams.py's table (docs/benchmarks.md)."""
+    teams = _section(BENCHMARKS, "<!-- begin openmp-teams", "<!-- end openmp-teams")
+    paragraph = _section(README, "resnet18's head took", "`SPLITINFER_THREADS`,")
+    kept, ended = _one(r"head took ([\d.]+ ms instead of [\d.]+) ms", paragraph).split(" ms instead of ")
+    assert f"| loader kept alive (before) | {kept} |" in teams and f"| loader ended (as served) | {ended} |" in teams
+    spin, passive, default = re.findall(r"([\d.]+) ms", _section(paragraph, "answered in", "(its idle"))
+    assert f"| GOMP_SPINCOUNT=10000 (up's default) | {spin} |" in teams
+    assert f"| OMP_WAIT_POLICY=PASSIVE | {passive} |" in teams
+    assert f"| GNU OpenMP's default | {default} |" in teams
+    default_tail, spin_tail = _one(r"tail: ([\d.]+ ms against [\d.]+) ms", paragraph).split(" ms against ")
+    assert re.search(rf"\| GNU OpenMP's default \|.*\| {default_tail} \|", teams)
+    assert re.search(rf"\| GOMP_SPINCOUNT=10000 \(up's default\) \|.*\| {spin_tail} \|", teams)
+
+
+def test_the_tls_costs_are_the_tls_benchmarks() -> None:
+    tls = _section(BENCHMARKS, "<!-- begin tls_loop", "<!-- end tls_loop")
+    own, plain = re.findall(
+        r"([\d.]+)x", _one(r"costs ([\d.]+x the requests/s of uvicorn's own TLS.*?[\d.]+x)", README)
+    )
+    assert f"HTTPS on asyncio / HTTPS on uvloop (uvicorn's TLS): **{own}x**" in tls
+    assert f"HTTPS on asyncio / HTTP on uvloop: **{plain}x**" in tls
