@@ -90,3 +90,13 @@ def test_its_operation_is_in_the_openapi_schema_with_problem_responses() -> None
     assert operation["summary"] == "Echo"
     assert "application/problem+json" in operation["responses"]["413"]["content"]
     assert _post(app, "/healthz", b"", method="GET").status_code == 200  # NOTE: other routes reach FastAPI
+
+
+def test_a_trailing_slash_on_a_direct_route_is_a_404_naming_it() -> None:
+    # Before: the cloud's `POST /v1/tail/` was a bare "Not Found", where every FastAPI route of both services
+    # (and the README) names the route without the slash.
+    app, _ = _app()
+    response = _post(app, "/v1/echo/", b"hello")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "no route /v1/echo/; drop the trailing slash: /v1/echo"
