@@ -44,9 +44,12 @@ class DirectRoutesMiddleware:
         self.routes = {route.path: route for route in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":  # NOTE: lifespan and websocket scopes have no path to route
+            await self.app(scope, receive, send)
+            return
+        route = self.routes.get(scope["path"])
         if route is None:
-            stripped = scope["path"].rstrip("/") if scope["type"] == "http" else ""
+            stripped = scope["path"].rstrip("/")
             if stripped != scope["path"] and stripped in self.routes:
                 # NOTE: as FastAPI's routes answer it (service_core.problems): a 404 naming the route, no redirect.
                 missing = problem_response(404, "Not Found", trailing_slash_detail(scope["path"], stripped))
