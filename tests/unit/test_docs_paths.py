@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def test_the_layout_names_every_module() -> None:
     named = set(re.findall(r"\b(\w+\.py)\b", layout))
     modules = {p.name for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     assert modules - named - {"__init__.py"} == set()
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_test_a_doc_names_exists(doc: str) -> None:
+    """``file.py::test_name`` (``*`` allowed; a bare file name is looked up under tests/) names a test."""
+    missing = []
+    for path, name in re.findall(r"`((?:tests/)?[\w/]*test_\w+\.py)::([\w*-]+)", (ROOT / doc).read_text()):
+        files = [ROOT / path] if (ROOT / path).exists() else list((ROOT / "tests").rglob(Path(path).name))
+        tests = {n for f in files for n in re.findall(r"def (test_\w+)", f.read_text())}
+        if not any(fnmatch.fnmatch(test, name) for test in tests):
+            missing.append(f"{path}::{name}")
+    assert not missing
