@@ -44,7 +44,7 @@ TAIL_OPERATION: dict[str, Any] = {
             "description": "Logits: a wire payload (kind 'logits'), or JSON with `Accept: application/json`.",
             "content": {MEDIA_TYPE: {}, "application/json": {}},
         },
-        **operation_problems(400, 401, 409, 413, 415, 422, 503, 504),
+        **operation_problems(400, 401, 408, 409, 413, 415, 422, 500, 503, 504),
     },
 }
 """The OpenAPI operation of ``POST /v1/tail``."""

@@ -71,7 +71,7 @@ _BATCH_BODY = {
     }
 }
 _RECOVERABLE = (CloudUnavailable, CloudTimeout, BadGateway)
-_CLASSIFY_PROBLEMS = problem_responses(413, 415, 422, 502, 503, 504)
+_CLASSIFY_PROBLEMS = problem_responses(408, 413, 415, 422, 500, 502, 503, 504)
 _INLINE_LOGITS_BYTES = 64 * 1024  # a reply's logits (its size bounded by the classes and the batch)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.head_requests import allow_with_head
-from service_core.problems import domain_problem, problem_response
+from service_core.problems import domain_problem, problem_response, trailing_slash_detail
 from shared.errors import SplitInferError
 
 __all__ = ["DirectRoute", "DirectRoutesMiddleware"]
@@ -44,8 +44,17 @@ class DirectRoutesMiddleware:
         self.routes = {route.path: route for route in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":  # NOTE: lifespan and websocket scopes have no path to route
+            await self.app(scope, receive, send)
+            return
+        route = self.routes.get(scope["path"])
         if route is None:
+            stripped = scope["path"].rstrip("/")
+            if stripped != scope["path"] and stripped in self.routes:
+                # NOTE: as FastAPI's routes answer it (service_core.problems): a 404 naming the route, no redirect.
+                missing = problem_response(404, "Not Found", trailing_slash_detail(scope["path"], stripped))
+                await missing(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         scope["route"] = route  # NOTE: what the metrics label with (route.path), as for FastAPI's routes

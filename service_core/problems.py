@@ -18,7 +18,13 @@ from starlette.types import Scope
 from service_core.head_requests import allow_with_head
 from shared.errors import ClientClosedRequest, SplitInferError
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "domain_problem", "install_problem_handlers", "problem_response"]
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "domain_problem",
+    "install_problem_handlers",
+    "problem_response",
+    "trailing_slash_detail",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +100,11 @@ def _trailing_slash_hint(request: Request) -> str | None:
     scope = {**request.scope, "path": stripped}
     if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
         return None
+    return trailing_slash_detail(path, stripped)
+
+
+def trailing_slash_detail(path: str, stripped: str) -> str:
+    """The 404's detail for a route asked for with a trailing slash (FastAPI's routes and the direct ones)."""
     return f"no route {path}; drop the trailing slash: {stripped}"
 
 

@@ -3,6 +3,7 @@ preprocessing, tracer options and a digest of its weights."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import logging
@@ -225,9 +226,12 @@ def _build(name: str, pretrained: bool) -> _Built:
         return _Built(module, ImagePreprocessor(), (), "random")
     from torchvision import models
 
-    if name not in models.list_models(module=models):
+    known = models.list_models(module=models)
+    if name not in known:
+        close = difflib.get_close_matches(name, [*known, LITE0], n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
         raise ValueError(
-            f"unknown model {name!r}: use a torchvision classification model name "
+            f"unknown model {name!r}: {hint}use a torchvision classification model name "
             "(torchvision.models.list_models(module=torchvision.models)), timm/NAME, "
             f"{LITE0!r} or 'package.module:factory'"
         )

@@ -313,12 +313,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     sample = Path(tempfile.gettempdir()) / "splitinfer-sample.jpg"
     sample.write_bytes(encode_image(synthetic_image()))
 
+    edge_url = f"http://127.0.0.1:{args.edge_port}"
+    # NOTE: `classify` asks EDGE_URL unless told otherwise: name the demo's edge when it listens elsewhere.
+    edge_url_flag = "" if edge_url == EDGE_URL else f" --edge-url {edge_url}"
+
     def classify_sample() -> None:
-        _print_results(_classify_files(f"http://127.0.0.1:{args.edge_port}", [sample], 5))
+        _print_results(_classify_files(edge_url, [sample], 5))
         print(
             "\nTry it yourself:\n"
-            f"  curl -s -F image=@{sample} 'http://127.0.0.1:{args.edge_port}/v1/classify?top_k=3'\n"
-            f"  .venv/bin/splitinfer classify {sample}"
+            f"  curl -s -F image=@{sample} '{edge_url}/v1/classify?top_k=3'\n"
+            f"  .venv/bin/splitinfer classify{edge_url_flag} {sample}"
         )
 
     return _run_pair(args, classify_sample)

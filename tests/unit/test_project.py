@@ -123,3 +123,33 @@ def test_every_command_prints_its_help(command: str, capsys: pytest.CaptureFixtu
         build_parser(command).parse_args([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: splitinfer" in capsys.readouterr().out
+
+
+_NEVER_IMPORTS = {
+    "FastAPI/starlette": ("fastapi", "starlette"),
+    "the services": ("edge_service", "cloud_service"),
+    "the CLI": ("splitinfer",),
+}
+
+
+def _architecture_import_rules() -> list[tuple[str, tuple[str, ...]]]:
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    rules = []
+    for package, never in re.findall(r"^\| `(\w+)` \| [^|]+ \| ([^|]*) \|$", text, re.M):
+        forbidden: tuple[str, ...] = ()
+        for phrase in (p.strip() for p in never.split(",") if p.strip()):
+            forbidden += _NEVER_IMPORTS.get(phrase) or (phrase.strip("`"),)
+        if forbidden:
+            rules.append((package, forbidden))
+    return rules
+
+
+@pytest.mark.parametrize(("package", "forbidden"), _architecture_import_rules())
+def test_a_package_never_imports_what_the_architecture_says(package: str, forbidden: tuple[str, ...]) -> None:
+    pattern = re.compile(rf"^\s*(from|import)\s+({'|'.join(forbidden)})\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_the_architecture_table_is_read() -> None:
+    assert dict(_architecture_import_rules()).keys() == {"shared", "service_core", "edge_service", "cloud_service"}

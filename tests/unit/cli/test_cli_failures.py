@@ -287,3 +287,22 @@ def test_a_certificate_that_cannot_be_loaded_is_one_line(capsys: pytest.CaptureF
     tiny = ["--model", "tests.fixture_models:tiny_cnn", "--weights", "none", "--port", "0"]
     line = _failure(capsys, ["cloud", *tiny, "--ssl-certfile", str(bad), "--ssl-keyfile", str(bad)])
     assert "invalid settings" in line and f"cannot load the TLS certificate {str(bad)!r}" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cuts", "resnet19"],
+        ["codecs", "resnet19", "--weights", "none"],
+        ["profile", "--model", "resnet19", "--weights", "none", "-o", "/nonexistent/p.json"],
+        ["export", "resnet19", "--cut", "layer3", "--out", "/nonexistent/export"],
+        ["bench", "--target", "local", "--model", "resnet19", "--requests", "1"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_an_unknown_model_gets_suggestions_in_every_command(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # Before: only cloud, edge, up and demo suggested names; `cuts resnet19` (the README: "unknown models and
+    # cuts get 'did you mean' suggestions") said only that the name was unknown.
+    assert "did you mean resnet18" in _failure(capsys, argv)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from service_core.app import ServiceRoutes, create_service_app
@@ -90,3 +91,33 @@ def test_its_operation_is_in_the_openapi_schema_with_problem_responses() -> None
     assert operation["summary"] == "Echo"
     assert "application/problem+json" in operation["responses"]["413"]["content"]
     assert _post(app, "/healthz", b"", method="GET").status_code == 200  # NOTE: other routes reach FastAPI
+
+
+def test_a_trailing_slash_on_a_direct_route_is_a_404_naming_it() -> None:
+    # Before: the cloud's `POST /v1/tail/` was a bare "Not Found", where every FastAPI route of both services
+    # (and the README) names the route without the slash.
+    app, _ = _app()
+    response = _post(app, "/v1/echo/", b"hello")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "no route /v1/echo/; drop the trailing slash: /v1/echo"
+
+
+def test_an_app_with_direct_routes_runs_its_lifespan() -> None:
+    # NOTE: the lifespan scope has no path: reading one there failed the startup, and uvicorn then serves
+    # without a lifespan (the cloud's model never loaded: "still loading" for ever).
+    started: list[bool] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[object]:
+        started.append(True)
+        yield object()
+
+    async def ready(request: Any, state: Any) -> dict[str, Any]:
+        return {"status": "ready"}
+
+    routes = ServiceRoutes("t", "t", APIRouter(), ready, direct=(DirectRoute("/v1/echo", _echo),))
+    app = create_service_app(routes, lifespan=lifespan, metrics=ServiceMetrics("test"), body_limit=lambda scope: 64)
+    with TestClient(app) as client:
+        assert started == [True]
+        assert client.post("/v1/echo", content=b"hi").content == b"hi"
