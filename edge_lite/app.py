@@ -45,7 +45,7 @@ from service_core.heap import HeapTrimmer, malloc_trim
 from service_core.image_cost import images_cost
 from service_core.openapi import install_openapi
 from service_core.problems import install_problem_handlers
-from service_core.serving import dropped_connection_hint
+from service_core.serving import dropped_connection_hint, tls_client_context
 from shared.cores import available_cores
 from shared.engines import OnnxHalf, engine_options, open_half
 from shared.errors import (
@@ -150,6 +150,7 @@ def create_app(settings: EdgeLiteSettings, *, cloud_transport: httpx.AsyncBaseTr
             headers={"Authorization": f"Bearer {token}"} if token else {},
             timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
             transport=cloud_transport,
+            verify=tls_client_context(settings.ca_bundle) or True,
         )
         app.state.edge = EdgeLiteState(
             settings=settings,

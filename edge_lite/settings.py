@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from service_core.serving import ServingSettings, check_cloud_url
+from service_core.serving import ServingSettings, check_ca_bundle, check_cloud_url
 
 __all__ = ["EdgeLiteSettings"]
 
@@ -19,6 +19,7 @@ class EdgeLiteSettings(ServingSettings):
     onnx_dir: Path = Field(description="Folder written by `splitinfer export MODEL --cut C` (manifest, head.onnx).")
     codec: str = Field("fp16", description="Wire codec: fp32, fp16, bf16 or int8, each optionally +zstd.")
     cloud_url: str = Field("http://127.0.0.1:8001", description="Base URL of the cloud service.")
+    ca_bundle: str | None = Field(None, description="CA bundle (PEM) to verify an HTTPS cloud with.")
     engine: Literal["onnxruntime", "openvino"] = Field(
         "onnxruntime", description="What runs the head: onnxruntime, or openvino (the `openvino` extra)."
     )
@@ -61,6 +62,11 @@ class EdgeLiteSettings(ServingSettings):
     @classmethod
     def _cloud_base_url(cls, value: str) -> str:
         return check_cloud_url(value)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _loadable_ca_bundle(cls, value: str | None) -> str | None:
+        return check_ca_bundle(value)
 
     @field_validator("codec")
     @classmethod

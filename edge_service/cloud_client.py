@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from edge_service.breaker import CircuitBreaker
 from edge_service.cloud_transport import AiohttpTransport
 from service_core.http import SERVED_BY_HEADER
 from service_core.metrics import REQUEST_ID_HEADER
-from service_core.serving import dropped_connection_hint
+from service_core.serving import dropped_connection_hint, tls_client_context
 from shared.errors import (
     BadGateway,
     CloudModelMismatch,
@@ -82,7 +81,7 @@ class CloudClient:
         self.connect_retries = connect_retries
         self.breaker = breaker or CircuitBreaker(failures=5, reset_s=5.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+        context = tls_client_context(ca_bundle)
         transport = transport or AiohttpTransport(
             ssl_context=context, max_connections=256, keepalive_s=POOL_KEEPALIVE_S
         )

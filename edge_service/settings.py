@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from service_core.serving import check_cloud_url
+from service_core.serving import check_ca_bundle, check_cloud_url
 from service_core.settings import ServiceSettings
 from shared.codecs import ACTIVATION_CODECS, IMAGE_CODECS, parse_codec_name
 from shared.cores import available_cores
@@ -127,6 +127,11 @@ class EdgeSettings(ServiceSettings):
     @classmethod
     def _cloud_base_url(cls, value: str) -> str:
         return check_cloud_url(value)
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _loadable_ca_bundle(cls, value: str | None) -> str | None:
+        return check_ca_bundle(value)
 
     @field_validator("codec")
     @classmethod

@@ -17,7 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_core.connections import check_max_connections, default_max_connections, open_files_limit
 
-__all__ = ["ENV_PREFIX", "ServingSettings", "check_cloud_url", "dropped_connection_hint"]
+__all__ = [
+    "ENV_PREFIX",
+    "ServingSettings",
+    "check_ca_bundle",
+    "check_cloud_url",
+    "dropped_connection_hint",
+    "tls_client_context",
+]
 
 ENV_PREFIX = "SPLITINFER_"
 
@@ -119,3 +126,20 @@ def dropped_connection_hint(url: str) -> str:
     if urlsplit(url).scheme != "http":
         return ""
     return "; if the cloud serves HTTPS, this edge's CLOUD_URL must start with https://"
+
+
+def tls_client_context(ca_bundle: str | None) -> ssl.SSLContext | None:
+    """What an edge verifies an HTTPS cloud with: the certificates of ``ca_bundle`` (PEM), or the system's
+    (None). ``OSError`` (``ssl.SSLError`` among them) for a bundle that does not load."""
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+
+
+def check_ca_bundle(ca_bundle: str | None) -> str | None:
+    """``ca_bundle`` when it loads as an edge's CA_BUNDLE; ``ValueError`` naming the file otherwise (the edge
+    said only "No such file or directory" when its lifespan started)."""
+    try:
+        tls_client_context(ca_bundle)
+    except OSError as exc:  # NOTE: ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ValueError(f"cannot load the CA bundle {ca_bundle!r} ({reason}): it must be a readable PEM file") from exc
+    return ca_bundle

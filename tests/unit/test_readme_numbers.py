@@ -80,7 +80,7 @@ def _one(pattern: str, text: str) -> str:
             r"\| end to end \(client\) \| [\d.]+ \| ([\d.]+) \|",
         ),
         ("cloud requests/s", r"the cloud serves ([\d,]+) requests/s", r"\| cloud service, 1 process \| ([\d,]+) \|"),
-        ("comparator requests/s", r"its access log on\), ([\d,]+)\s+\(", r"\| minimal Starlette comparator \| ([\d,]+) \|"),
+        ("comparator requests/s", r"access log on\), ([\d,]+)\s+\(", r"\| minimal Starlette comparator \| ([\d,]+) \|"),
         ("batching", r"Dynamic batching: ([\d.]+)x the throughput", r"max_delay_ms=2\) serves ([\d.]+)x the images"),
         ("prediction error", r"predicted latency within ([\d.]+)% of", r"three links: ([\d.]+)% with the live"),
         ("auto", r"`auto` at most ([\d.]+)x the better of", r"`auto` measures at most ([\d.]+)x the better"),
