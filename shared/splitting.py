@@ -147,6 +147,8 @@ class Cut:
 class _Position:
     alive: list[fx.Node]
     blocking: list[str] = field(default_factory=list)
+    reason: str = ""
+    """Why the values in ``blocking`` cannot cross (empty: they are not batch-first tensors or shape integers)."""
 
 
 class _Profiler(fx.Interpreter):
@@ -159,10 +161,24 @@ class _Profiler(fx.Interpreter):
         self.flops: dict[str, int] = {}
         self.rows: dict[str, torch.Tensor] = {}
         """A fingerprint of each tensor's rows along its first dimension (sums of absolute values, float64)."""
+        self.storages: dict[str, int] = {}
+        """The address of each tensor's storage (two tensors alive at once with the same one share memory)."""
+        self.mutated: dict[str, set[int]] = {}
+        """For each node that wrote in place into a tensor it was given: the storages it wrote into."""
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
+        # NOTE: an in-place write bumps the version counter that a tensor shares with all its views.
+        given = [v for v in (self.env.get(i) for i in n.all_input_nodes) if isinstance(v, torch.Tensor)]
+        versions = [t._version for t in given]
         result = super().run_node(n)
+        written = {_storage(t) for t, v in zip(given, versions, strict=True) if t._version != v}
+        written.discard(None)
+        if written:
+            self.mutated[n.name] = written  # type: ignore[assignment]
+        address = _storage(result) if isinstance(result, torch.Tensor) else None
+        if address is not None:
+            self.storages[n.name] = address
         if self.counter is not None:
             self.flops[n.name] = self.counter.get_total_flops() - before
         self.values[n.name] = _summary(result)
@@ -170,6 +186,15 @@ class _Profiler(fx.Interpreter):
             # NOTE: absolute values, so that rows summing to about zero (after a norm) still compare.
             self.rows[n.name] = result.detach().reshape(result.shape[0], -1).double().abs().sum(1)
         return result
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    """The address of a tensor's storage; ``None`` for an empty one (or none at all)."""
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # NOTE: tensors without storage (sparse, nested...)
+        return None
+    return storage.data_ptr() if storage.nbytes() else None
 
 
 _Summary = tuple[str, tuple[int, ...], torch.dtype | None] | None
@@ -310,6 +335,7 @@ class ModelGraph:
         tensor_nodes = frozenset(
             n for n, summary in first.values.items() if summary is not None and summary[0] == "tensor"
         )
+        self._storages, self._mutated = first.storages, first.mutated
         return tensors, values, first.flops, tensor_nodes
 
     def _find_module_ends(self) -> dict[str, int]:
@@ -340,8 +366,36 @@ class ModelGraph:
             if not blocking and (n_values > MAX_VALUES_PER_CUT or n_values == len(alive)):
                 # NOTE: a cut needs a tensor to tell the batch size, and a bounded number of values.
                 blocking = [v.name for v in alive if v.name in self._value_specs]
-            positions.append(_Position(alive, blocking))
+            position = _Position(alive, blocking)
+            if not blocking:
+                position = self._written_aliases(position, k, last_use)
+            positions.append(position)
         return positions
+
+    def _written_aliases(self, position: _Position, k: int, last_use: dict[fx.Node, int]) -> _Position:
+        """Block a position where two tensors alive across it share memory (a view and its base, a module's
+        in-place output and its input) and the tail writes into that memory in place while either is still
+        used: in one process the write shows through both, but each crosses the wire (and the cloud's
+        batching) as its own copy, so the tail would read a stale one and silently compute something else."""
+        shared: dict[int, list[fx.Node]] = {}
+        for value in position.alive:
+            address = self._storages.get(value.name)
+            if address is not None:
+                shared.setdefault(address, []).append(value)
+        for address, values in shared.items():
+            if len(values) < 2:
+                continue
+            # NOTE: up to the last use of these values their memory is alive, so no other tensor reuses the address.
+            end = max(last_use[v] for v in values)
+            writer = next((n for n in self._compute[k : end + 1] if address in self._mutated.get(n.name, ())), None)
+            if writer is not None:
+                names = ", ".join(v.name for v in values)
+                reason = (
+                    f"{names} share memory and {writer.name!r} (after the cut) writes into it in place, which "
+                    "copies sent over the wire would not see"
+                )
+                return _Position(position.alive, [v.name for v in values], reason)
+        return position
 
     def _name_cuts(self) -> tuple[list[Cut], dict[int, int]]:
         """The cuts in execution order, and for every valid position the index of the cut that splits
@@ -523,13 +577,15 @@ class ModelGraph:
                 f"unknown cut {cut!r} for {type(self.model).__name__}.{hint} "
                 "List the valid cuts with list_cuts() or `splitinfer cuts MODEL`."
             )
-        blocking = self._positions[position].blocking
+        blocking, reason = self._positions[position].blocking, self._positions[position].reason
         if blocking:
             nearby = self._nearest_valid(position)
+            why = reason or (
+                f"value(s) {', '.join(blocking)} alive across it are neither batch-first tensors nor "
+                "shape-derived integers"
+            )
             raise ValueError(
-                f"cut {cut!r} cannot be split: value(s) {', '.join(blocking)} alive across it are neither "
-                "batch-first tensors nor shape-derived integers. "
-                f"Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
+                f"cut {cut!r} cannot be split: {why}. Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
             )
         return self.cuts[self._cut_at[position]]
 

@@ -1,0 +1,83 @@
+"""Models written the way users write them, split at every cut and sent over the wire: what crosses a cut
+must be everything the tail needs, as copies (the wire and the cloud's batching never share memory)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from shared.protocol import encode_activations, expected_for_cut
+from shared.splitting import ModelGraph
+from shared.wire import decode_payload
+
+COMMON = {"model": "m", "weights": "sha256:0"}
+
+
+class ViewThenInplace(nn.Module):
+    """``flat`` is a view of the stem's output taken before an in-place ReLU: the ReLU shows through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 5)
+        self.proj = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        flat = x.flatten(1)
+        x = self.act(x)
+        return self.fc(x.mean((2, 3))) + self.proj(flat)
+
+
+class InplaceOnTheSameNode(nn.Module):
+    """In-place methods whose results are not rebound (``x.relu_()``), and ``+=``/``mul_``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        skip = x
+        x.relu_()
+        y = self.b(x)
+        y += skip
+        y.mul_(0.5)
+        return self.fc(y.mean((2, 3)))
+
+
+def _over_the_wire(graph: ModelGraph, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every cut's logits with the head's outputs encoded and decoded, as the cloud receives them."""
+    results = {}
+    with torch.no_grad():
+        for cut in graph.cuts[1:]:
+            head, tail = graph.split(cut)
+            data = encode_activations(head(x), cut, codec="fp32", **COMMON)
+            payload = decode_payload(data, kind="activations", expected=expected_for_cut(cut), **COMMON)
+            results[cut.name] = tail(*payload.tensors, *payload.values)
+    return results
+
+
+@pytest.mark.parametrize("model_class", [ViewThenInplace, InplaceOnTheSameNode])
+def test_every_cut_is_exact_over_the_wire(model_class: type[nn.Module]) -> None:
+    model = model_class().eval()
+    graph = ModelGraph(model, (1, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+    wrong = [name for name, logits in _over_the_wire(graph, x).items() if not torch.equal(logits, reference)]
+    assert not wrong
+
+
+def test_a_view_written_through_after_the_cut_is_not_a_cut() -> None:
+    """Found in session 14: cut ``flatten`` shipped ``stem`` and its view ``flatten`` as two copies; the tail's
+    in-place ReLU changed one, and the logits were silently wrong (max error ~0.5 through real services)."""
+    graph = ModelGraph(ViewThenInplace().eval(), (1, 3, 16, 16))
+    assert "flatten" not in [c.name for c in graph.cuts]
+    with pytest.raises(ValueError, match=r"'flatten' cannot be split: stem, flatten share memory and 'act'"):
+        graph.cut("flatten")
+    assert {"stem", "act"} <= {c.name for c in graph.cuts}  # before the view, and once the ReLU has run
