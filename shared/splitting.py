@@ -638,7 +638,10 @@ class ModelGraph:
         else:
             graph.output(tuple(lookup(v) for v in outputs))
         graph.lint()
-        module = fx.GraphModule(self.traced.graph_module, graph, class_name)
+        # NOTE: parameters and buffers are taken from the model as it is now, not from the traced copy: a
+        # GraphModule keeps the buffer tensors it was built with, and model.to(device) replaces buffers (the
+        # cloud moves the model after tracing it; a tail holding the old CPU buffer fails on a GPU).
+        module = fx.GraphModule(self.model, graph, class_name)
         module.train(self.model.training)
         return module
 

@@ -81,3 +81,33 @@ def test_a_view_written_through_after_the_cut_is_not_a_cut() -> None:
     with pytest.raises(ValueError, match=r"'flatten' cannot be split: stem, flatten share memory and 'act'"):
         graph.cut("flatten")
     assert {"stem", "act"} <= {c.name for c in graph.cuts}  # before the view, and once the ReLU has run
+
+
+class NormalizesInside(nn.Module):
+    """Normalization inside the model, from registered buffers (a common way to ship a model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv((x - self.mean) / self.std)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_halves_read_the_buffers_of_the_model_moved_after_tracing() -> None:
+    """Found in session 14: the halves held the buffers the model had when it was traced, and ``.to(device)``
+    replaces buffers, so a cloud that moves its model after tracing (CloudModel, profile_model) ran tails with
+    CPU buffers against GPU inputs: every request failed. The meta device stands in for a GPU here."""
+    model = NormalizesInside().eval()
+    graph = ModelGraph(model, (1, 3, 16, 16))
+    model.to("meta")
+    assert graph.split("input")[1].get_buffer("mean") is model.mean
+    for cut in graph.cuts:
+        head, tail = graph.split(cut)
+        outputs = head(torch.zeros(2, 3, 16, 16, device="meta"))
+        logits = tail(*outputs)
+        assert logits.device.type == "meta" and logits.shape == (2, 5)
