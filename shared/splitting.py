@@ -554,6 +554,65 @@ class ModelGraph:
         # NOTE: among equal shares, the outermost module (a block rather than its last layer).
         return min(ties, key=lambda c: (c.name.count("."), c.index))
 
+    def logits_classes(self) -> int:
+        """How many classes the model's logits have, checking that ``forward`` returns what the services
+        serve: one floating-point tensor of shape ``(batch, classes)`` that depends only on each image and
+        not on chance. A ``ValueError`` says what it returns instead (a tuple of auxiliary logits, a dict,
+        ``1x10x1x1`` logits, a ``squeeze()`` that drops the batch dimension, a dropout left on)."""
+        model = type(self.model).__name__
+        returned = self._output.args[0]
+        if not isinstance(returned, fx.Node):
+            kind = type(returned).__name__.removeprefix("immutable_")
+            fix = "out['logits']" if isinstance(returned, dict) else "out[0]"
+            raise ValueError(
+                f"{model}.forward returns a {kind} of {len(returned)} values (auxiliary outputs?); serving needs "
+                f"the logits alone: wrap the model in a module whose forward returns them ({fix})"
+            )
+        if returned.op == "placeholder" or returned.name not in self._tensor_nodes:
+            raise ValueError(
+                f"{model}.forward returns {self._described(returned)}, not a tensor of logits; serving needs the "
+                "logits alone: wrap the model in a module whose forward returns them"
+            )
+        spec = self._tensor_specs.get(returned.name)
+        if spec is None:
+            raise ValueError(f"{model}.forward's logits {self._why_not_batch_first(returned)}")
+        if spec.per_item != 1 or len(spec.shape) != 2 or not spec.dtype.is_floating_point:
+            shape = "x".join(str(d) for d in spec.shape)
+            dtype = str(spec.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{model}.forward returns a {dtype} tensor of shape {shape} for one image; serving needs float "
+                "logits of shape (batch, classes): flatten them in forward (torch.flatten(x, 1))"
+            )
+        return spec.shape[1]
+
+    def _described(self, node: fx.Node) -> str:
+        if node.op == "placeholder":
+            return "its input"
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        return f"the result of {target or node.name!r}"
+
+    def _why_not_batch_first(self, node: fx.Node) -> str:
+        """Why a tensor is not batch-first: chance (two runs on one input differ), its shape, or its rows."""
+        first, again, pair = self._run(1, None), self._run(1, None), self._run(2, None)
+        for name in (n.name for n in self._compute):
+            if name in first.rows and name in again.rows and not torch.equal(first.rows[name], again.rows[name]):
+                return (
+                    f"are random: {name!r} differs between two runs on the same input in eval mode (dropout "
+                    "with training=True, torch.rand...), so no answer can be checked against the model. "
+                    "Make forward deterministic in eval mode"
+                )
+        one, two = first.values.get(node.name), pair.values.get(node.name)
+        shapes = [list(v[1]) if v is not None else None for v in (one, two)]
+        if not shapes[0] or not shapes[1] or shapes[1][0] != 2 * shapes[0][0]:
+            return (
+                f"do not have a batch dimension (shape {shapes[0]} for one image, {shapes[1]} for two: a squeeze()?); "
+                "serving needs shape (batch, classes)"
+            )
+        return (
+            "of one image change when other images share its batch (rows mix across the batch dimension); "
+            "serving needs each image's logits to depend on that image alone"
+        )
+
     def cut(self, cut: str | int | Cut) -> Cut:
         """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
         :attr:`cuts`."""

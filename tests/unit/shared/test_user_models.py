@@ -111,3 +111,72 @@ def test_halves_read_the_buffers_of_the_model_moved_after_tracing() -> None:
         outputs = head(torch.zeros(2, 3, 16, 16, device="meta"))
         logits = tail(*outputs)
         assert logits.device.type == "meta" and logits.shape == (2, 5)
+
+
+class Features(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, stride=4, padding=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(self.conv(x), 1)
+
+
+class Pooled4d(Features):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+class Squeezed(Features):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).squeeze()
+
+
+class DropoutAlwaysOn(Features):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.features(x), 0.5, training=True).flatten(1)
+
+
+class DictOutput(Features):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.features(x).flatten(1), "features": x.mean((2, 3))}
+
+
+class Argmax(Features):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1).argmax(1, keepdim=True)
+
+
+@pytest.mark.parametrize(
+    ("model_class", "says"),
+    [
+        (Pooled4d, "returns a float32 tensor of shape 1x5x1x1 for one image; serving needs float logits of shape"),
+        (Squeezed, r"do not have a batch dimension \(shape \[5\] for one image, \[2, 5\] for two: a squeeze\(\)\?\)"),
+        (DropoutAlwaysOn, "are random: 'dropout' differs between two runs on the same input in eval mode"),
+        (DictOutput, r"returns a dict of 2 values \(auxiliary outputs\?\).*\(out\['logits'\]\)"),
+        (Argmax, "returns a int64 tensor of shape 1x1 for one image"),
+    ],
+)
+def test_what_forward_returns_instead_of_logits_is_said(model_class: type[nn.Module], says: str) -> None:
+    graph = ModelGraph(model_class().eval(), (1, 3, 16, 16))
+    with pytest.raises(ValueError, match=says):
+        graph.logits_classes()
+
+
+def test_services_refuse_a_model_that_returns_aux_logits() -> None:
+    """Found in session 14: both services started and became ready with a model returning ``(logits, aux)``;
+    then every request through the cloud failed (502 at the edge), and ``profile``/``codecs`` printed a
+    traceback. Now the services refuse to start and the commands fail in one line, saying what to change."""
+    from cloud_service.runtime import CloudModel
+    from edge_service.runtime import EdgeModel
+    from shared.models import load_model
+    from shared.preprocessing import ImageLimits
+    from splitinfer.cli import main
+
+    loaded = load_model("tests.fixture_models:with_aux_logits", "none")
+    with pytest.raises(ValueError, match="returns a tuple of 2 values"):
+        EdgeModel(loaded, ImageLimits())
+    with pytest.raises(ValueError, match="returns a tuple of 2 values"):
+        CloudModel(loaded)
+    args = ["tests.fixture_models:with_aux_logits", "--weights", "none", "--input-size", "32", "--count", "1"]
+    assert main(["codecs", *args]) == 2
