@@ -188,6 +188,21 @@ class _Profiler(fx.Interpreter):
         return result
 
 
+def _input_hint(cause: str) -> str:
+    """What to change when the model cannot run on the input the services would give it."""
+    if "channels" in cause:
+        return (
+            "the services feed 3-channel RGB images: a model for another number of channels needs a first "
+            "layer (or a wrapper) that takes 3"
+        )
+    if "should be the same" in cause or "dtype" in cause.lower() or "scalar type" in cause.lower():
+        return (
+            "the services feed float32 images: serve a float32 model (model.float()); the cloud's AUTOCAST=bf16 "
+            "runs its tails in bfloat16"
+        )
+    return "is the input size the model's? see INPUT_SIZE / --input-size"
+
+
 def _storage(tensor: torch.Tensor) -> int | None:
     """The address of a tensor's storage; ``None`` for an empty one (or none at all)."""
     try:
@@ -289,9 +304,11 @@ class ModelGraph:
                     with counter:
                         profiler.run(example)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # NOTE: the first line only: torch.fx appends the node it was executing and a pointer to its logs.
+            cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise ValueError(
-                f"{type(self.model).__name__} cannot run on an input of shape {list(shape)}: {exc} "
-                "(is the input size the model's? see INPUT_SIZE / --input-size)"
+                f"{type(self.model).__name__} cannot run on a float32 input of shape {list(shape)}: {cause} "
+                f"({_input_hint(cause)})"
             ) from exc
         finally:
             self.model.train(was_training)

@@ -64,3 +64,21 @@ class WithAuxLogits(nn.Module):
 
 def with_aux_logits() -> nn.Module:
     return WithAuxLogits()
+
+
+def needs_arguments(num_classes: int) -> nn.Module:
+    return TinyCNN(num_classes)
+
+
+def broken() -> nn.Module:
+    raise RuntimeError("checkpoint directory missing")
+
+
+def scripted_tiny_cnn() -> nn.Module:
+    scripted: nn.Module = torch.jit.script(TinyCNN())
+    return scripted
+
+
+def compiled_tiny_cnn() -> nn.Module:
+    compiled: nn.Module = torch.compile(TinyCNN())  # type: ignore[assignment]  # NOTE: compiles lazily, never here
+    return compiled

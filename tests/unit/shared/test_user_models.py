@@ -180,3 +180,54 @@ def test_services_refuse_a_model_that_returns_aux_logits() -> None:
         CloudModel(loaded)
     args = ["tests.fixture_models:with_aux_logits", "--weights", "none", "--input-size", "32", "--count", "1"]
     assert main(["codecs", *args]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize(
+    ("factory", "says"),
+    [
+        ("needs_arguments", "'tests.fixture_models:needs_arguments' requires argument.s. num_classes; it is called"),
+        ("broken", "'tests.fixture_models:broken' failed: RuntimeError: checkpoint directory missing"),
+        ("scripted_tiny_cnn", "returned a TorchScript module, which torch.fx cannot split"),
+    ],
+)
+def test_a_factory_that_cannot_give_a_module_is_one_line(
+    factory: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found in session 14: a factory that raised (or needed arguments) escaped as a traceback from the CLI
+    and the services; a TorchScript module failed with torch.fx's internal message."""
+    from shared.models import load_model
+    from splitinfer.cli import main
+
+    with pytest.raises(ValueError, match=says):
+        load_model(f"tests.fixture_models:{factory}", "none")
+    assert main(["cuts", f"tests.fixture_models:{factory}", "--input-size", "32"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # NOTE: importing torch._dynamo alone takes about 15 s here
+def test_a_compiled_module_is_split_as_the_module_it_wraps() -> None:
+    from shared.models import load_model
+    from tests.fixture_models import TinyCNN
+
+    loaded = load_model("tests.fixture_models:compiled_tiny_cnn", "none")
+    assert type(loaded.module) is TinyCNN
+    graph = ModelGraph(loaded.module, (1, 3, 16, 16))
+    assert graph.logits_classes() == 10
+    with pytest.raises(ValueError, match=r"pass the module it wraps \(model._orig_mod\)"):
+        ModelGraph(torch.compile(loaded.module), (1, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("convert", "says"),
+    [
+        (lambda m: m.half(), "float32 input .* should be the same .the services feed float32 images: serve a float32"),
+        (lambda m: m.to(torch.bfloat16), "serve a float32 model"),
+        (lambda m: nn.Sequential(nn.Conv2d(1, 3, 1), m), "to have 1 channels, .* feed 3-channel RGB images"),
+    ],
+)
+def test_a_model_for_other_inputs_is_told_what_the_services_feed(convert: object, says: str) -> None:
+    model = convert(NormalizesInside()).eval()  # type: ignore[operator]
+    with pytest.raises(ValueError, match=says) as raised:
+        ModelGraph(model, (1, 3, 16, 16))
+    assert "While executing" not in str(raised.value)  # torch.fx's own trailer, which points at its logs
