@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from shared.flops import flop_counter
@@ -165,6 +166,8 @@ class _Profiler(fx.Interpreter):
         """The address of each tensor's storage (two tensors alive at once with the same one share memory)."""
         self.mutated: dict[str, set[int]] = {}
         """For each node that wrote in place into a tensor it was given: the storages it wrote into."""
+        self.returned: Any = None
+        """What the graph returned."""
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
@@ -186,6 +189,36 @@ class _Profiler(fx.Interpreter):
             # NOTE: absolute values, so that rows summing to about zero (after a norm) still compare.
             self.rows[n.name] = result.detach().reshape(result.shape[0], -1).double().abs().sum(1)
         return result
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    """Whether two outputs (tensors, or tuples/lists/dicts of them) agree to float32 rounding."""
+    # NOTE: leaves only: torch.fx returns its own immutable_dict/immutable_list where forward built a dict/list.
+    leaves_a, leaves_b = tree_flatten(a)[0], tree_flatten(b)[0]
+    if len(leaves_a) != len(leaves_b):
+        return False
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            if x.is_floating_point() and not torch.allclose(x, y, rtol=1e-4, atol=1e-5, equal_nan=True):
+                return False
+            if not x.is_floating_point() and not torch.equal(x, y):
+                return False
+        elif type(x) is not type(y) or (not isinstance(x, torch.Tensor) and x != y):
+            return False
+    return True
+
+
+def _difference(a: Any, b: Any) -> str:
+    """The largest difference between two outputs, in words."""
+    pairs = zip(tree_flatten(a)[0], tree_flatten(b)[0], strict=False)
+    gaps = [
+        float((x.double() - y.double()).abs().max())
+        for x, y in pairs
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and x.numel()
+    ]
+    return f"max difference {max(gaps):.3g}" if gaps else "different results"
 
 
 def _input_hint(cause: str) -> str:
@@ -299,10 +332,10 @@ class ModelGraph:
         try:
             with torch.no_grad():
                 if counter is None:
-                    profiler.run(example)
+                    profiler.returned = profiler.run(example)
                 else:
                     with counter:
-                        profiler.run(example)
+                        profiler.returned = profiler.run(example)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             # NOTE: the first line only: torch.fx appends the node it was executing and a pointer to its logs.
             cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
@@ -319,6 +352,7 @@ class ModelGraph:
 
         Also returns the names of the nodes whose output is a tensor (batch-first or not)."""
         first = self._run(1, flop_counter())
+        self._check_graph_is_the_model(first.returned)
         runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
         others = [(b, run.values) for b, run in runs]
         tensors: dict[str, TensorSpec] = {}
@@ -354,6 +388,35 @@ class ModelGraph:
         )
         self._storages, self._mutated = first.storages, first.mutated
         return tensors, values, first.flops, tensor_nodes
+
+    def _eager(self) -> Any:
+        """The model itself (not its graph) on the batch-1 example."""
+        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(example)
+        finally:
+            self.model.train(was_training)
+
+    def _check_graph_is_the_model(self, traced: Any) -> None:
+        """The traced graph must compute what the model's forward does: tracing records tensor operations
+        only, so a context manager around some of them (``torch.autocast``), Python-side state, or a branch on
+        ``torch.fx``'s tracing flag would make every cut (``input`` and ``output`` too) silently differ from
+        the model. A forward that differs from itself (random) is left to :meth:`logits_classes`."""
+        eager = self._eager()
+        if _same_outputs(traced, eager):
+            return
+        if not _same_outputs(eager, self._eager()):
+            return
+        raise ValueError(
+            f"{type(self.model).__name__} cannot be split: its torch.fx graph does not compute what its forward "
+            f"does ({_difference(traced, eager)} on the same input): forward does something tracing cannot "
+            "record, such as a torch.autocast (or other) context manager, Python-side state, or a branch on "
+            "torch.fx's tracing flag. Move that code into a module traced as a leaf (leaf_modules / "
+            "LEAF_MODULES) or out of forward"
+        )
 
     def _find_module_ends(self) -> dict[str, int]:
         """For every module that owns at least one compute node: the position right after its last node."""

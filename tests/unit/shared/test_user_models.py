@@ -231,3 +231,57 @@ def test_a_model_for_other_inputs_is_told_what_the_services_feed(convert: object
     with pytest.raises(ValueError, match=says) as raised:
         ModelGraph(model, (1, 3, 16, 16))
     assert "While executing" not in str(raised.value)  # torch.fx's own trailer, which points at its logs
+
+
+class AutocastBlock(nn.Module):
+    """A block run under ``torch.autocast`` inside forward: torch.fx records the block, not the context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = nn.Sequential(nn.Linear(8, 64), nn.GELU(), nn.Linear(64, 8))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).mean((2, 3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = self.block(x)
+        return self.fc(x.float())
+
+
+class AutocastLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(8, 64), nn.GELU(), nn.Linear(64, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.block(x).float()
+
+
+class AutocastInLeaf(AutocastBlock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = AutocastLeaf()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.conv(x).mean((2, 3))))
+
+
+def test_a_forward_that_tracing_cannot_record_is_refused() -> None:
+    """Found in session 14: with a torch.autocast block inside forward, every cut (input and output too)
+    computed the block in float32, silently unlike the model. The graph is now checked against the model."""
+    model = AutocastBlock().eval()
+    with pytest.raises(ValueError, match=r"its torch\.fx graph does not compute what its forward does"):
+        ModelGraph(model, (1, 3, 16, 16))
+    # As a leaf module the block runs as itself, context included.
+    from shared.tracing import TraceOptions
+
+    leafy = AutocastInLeaf().eval()
+    graph = ModelGraph(leafy, (1, 3, 16, 16), TraceOptions(leaf_modules=(AutocastLeaf,)))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = leafy(x)
+        for cut in graph.cuts:
+            head, tail = graph.split(cut)
+            assert torch.equal(tail(*head(x)), reference), cut.name
