@@ -59,6 +59,7 @@ __all__ = [
 MAX_VALUES_PER_CUT = MAX_VALUES
 """Most non-tensor values a cut may carry."""
 _PROBE_BATCHES = (2, 3)
+_NOT_CALLED = object()
 
 INPUT_CUT = "input"
 DEFAULT_CUT = "default"
@@ -390,13 +391,16 @@ class ModelGraph:
         return tensors, values, first.flops, tensor_nodes
 
     def _eager(self) -> Any:
-        """The model itself (not its graph) on the batch-1 example."""
+        """The model itself (not its graph) on the batch-1 example, with the arguments bound for tracing;
+        ``_NOT_CALLED`` when it cannot be called so (an input only passed by keyword)."""
         example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                return self.model(example)
+                return self.model(example, **self.options.concrete_args)
+        except TypeError:
+            return _NOT_CALLED
         finally:
             self.model.train(was_training)
 
@@ -406,7 +410,7 @@ class ModelGraph:
         ``torch.fx``'s tracing flag would make every cut (``input`` and ``output`` too) silently differ from
         the model. A forward that differs from itself (random) is left to :meth:`logits_classes`."""
         eager = self._eager()
-        if _same_outputs(traced, eager):
+        if eager is _NOT_CALLED or _same_outputs(traced, eager):
             return
         if not _same_outputs(eager, self._eager()):
             return
