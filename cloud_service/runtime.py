@@ -120,6 +120,8 @@ class CloudModel:
         self.graph = loaded.graph()
         self.cuts_digest = self.graph.cuts_digest()
         self.channels_last = channels_last
+        # NOTE: before the model moves: a refusal reruns the traced graph on the CPU to say why.
+        self.num_classes = self.graph.logits_classes()
         self.autocast = autocast
         self.compile_tails = compile_tails
         loaded.module.to(self.device)
@@ -128,7 +130,6 @@ class CloudModel:
         self.expected: dict[str, list[ExpectedTensor | ValueSpec]] = {
             cut.name: expected_for_cut(cut) for cut in self.graph.cuts if cut.name != INPUT_CUT
         }
-        self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
         check_labels(loaded.labels, self.num_classes)  # NOTE: unused here, but a wrong file is the user's mistake
         # NOTE: a tail is built when its cut is first asked for (any edge's client can pin any cut): the
         # tails already built are served meanwhile

@@ -90,7 +90,7 @@ class EdgeModel:
         self.graph = loaded.graph()
         self.cuts_digest = self.graph.cuts_digest()
         self.image_limits = image_limits
-        self.num_classes = int(self.graph.cuts[-1].tensors[0].shape[-1])
+        self.num_classes = self.graph.logits_classes()
         check_labels(loaded.labels, self.num_classes)
         # NOTE: built when a cut is first asked for (any client can pin any cut): the built ones run meanwhile
         self._splits: BuiltOnce[str, tuple[Callable[..., Any], Callable[..., Any]]] = BuiltOnce(self._build_split)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import inspect
 import logging
 import os
 import warnings
@@ -162,6 +163,42 @@ def resolve_factory(name: str) -> Any:
     return factory
 
 
+def _call_factory(name: str) -> nn.Module:
+    """Call the factory ``name`` with no arguments; whatever goes wrong is a ValueError that says so."""
+    factory = resolve_factory(name)
+    try:
+        required = [
+            p.name
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # NOTE: some builtins and C callables have no signature: just call them
+        required = []
+    if required:
+        raise ValueError(
+            f"model factory {name!r} requires argument(s) {', '.join(required)}; it is called with none: give them "
+            "defaults, or name a function that calls it with the values you want"
+        )
+    try:
+        module = factory()
+    except Exception as exc:  # NOTE: the user's code: any failure is the model's, reported in one line
+        raise ValueError(f"model factory {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError(
+            f"model factory {name!r} returned a TorchScript module, which torch.fx cannot split: return the "
+            "nn.Module itself (before torch.jit.script or torch.jit.trace)"
+        )
+    original = getattr(module, "_orig_mod", None)
+    if type(module).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        # NOTE: torch.compile wraps the module and shares its parameters: split the module itself (the cloud's
+        # COMPILE setting compiles the tails it runs).
+        logger.info("%s returned a torch.compile'd module: splitting the module it wraps", name)
+        module = original
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"model factory {name!r} returned {type(module).__name__}, not an nn.Module")
+    return module
+
+
 def _torchvision_weights(name: str) -> Any | None:
     from torchvision import models
 
@@ -219,11 +256,10 @@ def _build(name: str, pretrained: bool) -> _Built:
         return _build_lite0(pretrained)
     if ":" in name:
         if pretrained:
-            raise ValueError(f"DEFAULT weights do not exist for {name!r}; pass a state_dict file")
-        module = resolve_factory(name)()
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"model factory {name!r} returned {type(module).__name__}, not an nn.Module")
-        return _Built(module, ImagePreprocessor(), (), "random")
+            raise ValueError(
+                f"DEFAULT weights do not exist for {name!r}; pass a state_dict file (or none: random weights)"
+            )
+        return _Built(_call_factory(name), ImagePreprocessor(), (), "random")
     from torchvision import models
 
     known = models.list_models(module=models)

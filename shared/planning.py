@@ -404,6 +404,7 @@ def profile_model(
         raise ValueError("profile_model needs at least one image (or None: generated pictures)")
     watch = _Stopwatch(quota)
     graph = loaded.graph()
+    graph.logits_classes()  # NOTE: a model the services would refuse is refused here, saying why
     target = torch.device(device)
     loaded.module.to(target)
     resize_size = loaded.preprocessor.resize_size

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from shared.flops import flop_counter
@@ -58,6 +59,7 @@ __all__ = [
 MAX_VALUES_PER_CUT = MAX_VALUES
 """Most non-tensor values a cut may carry."""
 _PROBE_BATCHES = (2, 3)
+_NOT_CALLED = object()
 
 INPUT_CUT = "input"
 DEFAULT_CUT = "default"
@@ -147,6 +149,8 @@ class Cut:
 class _Position:
     alive: list[fx.Node]
     blocking: list[str] = field(default_factory=list)
+    reason: str = ""
+    """Why the values in ``blocking`` cannot cross (empty: they are not batch-first tensors or shape integers)."""
 
 
 class _Profiler(fx.Interpreter):
@@ -159,10 +163,26 @@ class _Profiler(fx.Interpreter):
         self.flops: dict[str, int] = {}
         self.rows: dict[str, torch.Tensor] = {}
         """A fingerprint of each tensor's rows along its first dimension (sums of absolute values, float64)."""
+        self.storages: dict[str, int] = {}
+        """The address of each tensor's storage (two tensors alive at once with the same one share memory)."""
+        self.mutated: dict[str, set[int]] = {}
+        """For each node that wrote in place into a tensor it was given: the storages it wrote into."""
+        self.returned: Any = None
+        """What the graph returned."""
 
     def run_node(self, n: fx.Node) -> Any:
         before = self.counter.get_total_flops() if self.counter is not None else 0
+        # NOTE: an in-place write bumps the version counter that a tensor shares with all its views.
+        given = [v for v in (self.env.get(i) for i in n.all_input_nodes) if isinstance(v, torch.Tensor)]
+        versions = [t._version for t in given]
         result = super().run_node(n)
+        written = {_storage(t) for t, v in zip(given, versions, strict=True) if t._version != v}
+        written.discard(None)
+        if written:
+            self.mutated[n.name] = written  # type: ignore[assignment]
+        address = _storage(result) if isinstance(result, torch.Tensor) else None
+        if address is not None:
+            self.storages[n.name] = address
         if self.counter is not None:
             self.flops[n.name] = self.counter.get_total_flops() - before
         self.values[n.name] = _summary(result)
@@ -170,6 +190,60 @@ class _Profiler(fx.Interpreter):
             # NOTE: absolute values, so that rows summing to about zero (after a norm) still compare.
             self.rows[n.name] = result.detach().reshape(result.shape[0], -1).double().abs().sum(1)
         return result
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    """Whether two outputs (tensors, or tuples/lists/dicts of them) agree to float32 rounding."""
+    # NOTE: leaves only: torch.fx returns its own immutable_dict/immutable_list where forward built a dict/list.
+    leaves_a, leaves_b = tree_flatten(a)[0], tree_flatten(b)[0]
+    if len(leaves_a) != len(leaves_b):
+        return False
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            if x.is_floating_point() and not torch.allclose(x, y, rtol=1e-4, atol=1e-5, equal_nan=True):
+                return False
+            if not x.is_floating_point() and not torch.equal(x, y):
+                return False
+        elif type(x) is not type(y) or (not isinstance(x, torch.Tensor) and x != y):
+            return False
+    return True
+
+
+def _difference(a: Any, b: Any) -> str:
+    """The largest difference between two outputs, in words."""
+    pairs = zip(tree_flatten(a)[0], tree_flatten(b)[0], strict=False)
+    gaps = [
+        float((x.double() - y.double()).abs().max())
+        for x, y in pairs
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and x.numel()
+    ]
+    return f"max difference {max(gaps):.3g}" if gaps else "different results"
+
+
+def _input_hint(cause: str) -> str:
+    """What to change when the model cannot run on the input the services would give it."""
+    if "channels" in cause:
+        return (
+            "the services feed 3-channel RGB images: a model for another number of channels needs a first "
+            "layer (or a wrapper) that takes 3"
+        )
+    if "should be the same" in cause or "dtype" in cause.lower() or "scalar type" in cause.lower():
+        return (
+            "the services feed float32 images: serve a float32 model (model.float()); the cloud's AUTOCAST=bf16 "
+            "runs its tails in bfloat16"
+        )
+    return "is the input size the model's? see INPUT_SIZE / --input-size"
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    """The address of a tensor's storage; ``None`` for an empty one (or none at all)."""
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # NOTE: tensors without storage (sparse, nested...)
+        return None
+    return storage.data_ptr() if storage.nbytes() else None
 
 
 _Summary = tuple[str, tuple[int, ...], torch.dtype | None] | None
@@ -259,14 +333,16 @@ class ModelGraph:
         try:
             with torch.no_grad():
                 if counter is None:
-                    profiler.run(example)
+                    profiler.returned = profiler.run(example)
                 else:
                     with counter:
-                        profiler.run(example)
+                        profiler.returned = profiler.run(example)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            # NOTE: the first line only: torch.fx appends the node it was executing and a pointer to its logs.
+            cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise ValueError(
-                f"{type(self.model).__name__} cannot run on an input of shape {list(shape)}: {exc} "
-                "(is the input size the model's? see INPUT_SIZE / --input-size)"
+                f"{type(self.model).__name__} cannot run on a float32 input of shape {list(shape)}: {cause} "
+                f"({_input_hint(cause)})"
             ) from exc
         finally:
             self.model.train(was_training)
@@ -277,6 +353,7 @@ class ModelGraph:
 
         Also returns the names of the nodes whose output is a tensor (batch-first or not)."""
         first = self._run(1, flop_counter())
+        self._check_graph_is_the_model(first.returned)
         runs = [(b, self._run(b, None)) for b in _PROBE_BATCHES]
         others = [(b, run.values) for b, run in runs]
         tensors: dict[str, TensorSpec] = {}
@@ -310,7 +387,40 @@ class ModelGraph:
         tensor_nodes = frozenset(
             n for n, summary in first.values.items() if summary is not None and summary[0] == "tensor"
         )
+        self._storages, self._mutated = first.storages, first.mutated
         return tensors, values, first.flops, tensor_nodes
+
+    def _eager(self) -> Any:
+        """The model itself (not its graph) on the batch-1 example, with the arguments bound for tracing;
+        ``_NOT_CALLED`` when it cannot be called so (an input only passed by keyword)."""
+        example = torch.randn(self.input_shape, generator=torch.Generator().manual_seed(0))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(example, **self.options.concrete_args)
+        except TypeError:
+            return _NOT_CALLED
+        finally:
+            self.model.train(was_training)
+
+    def _check_graph_is_the_model(self, traced: Any) -> None:
+        """The traced graph must compute what the model's forward does: tracing records tensor operations
+        only, so a context manager around some of them (``torch.autocast``), Python-side state, or a branch on
+        ``torch.fx``'s tracing flag would make every cut (``input`` and ``output`` too) silently differ from
+        the model. A forward that differs from itself (random) is left to :meth:`logits_classes`."""
+        eager = self._eager()
+        if eager is _NOT_CALLED or _same_outputs(traced, eager):
+            return
+        if not _same_outputs(eager, self._eager()):
+            return
+        raise ValueError(
+            f"{type(self.model).__name__} cannot be split: its torch.fx graph does not compute what its forward "
+            f"does ({_difference(traced, eager)} on the same input): forward does something tracing cannot "
+            "record, such as a torch.autocast (or other) context manager, Python-side state, or a branch on "
+            "torch.fx's tracing flag. Move that code into a module traced as a leaf (leaf_modules / "
+            "LEAF_MODULES) or out of forward"
+        )
 
     def _find_module_ends(self) -> dict[str, int]:
         """For every module that owns at least one compute node: the position right after its last node."""
@@ -340,8 +450,36 @@ class ModelGraph:
             if not blocking and (n_values > MAX_VALUES_PER_CUT or n_values == len(alive)):
                 # NOTE: a cut needs a tensor to tell the batch size, and a bounded number of values.
                 blocking = [v.name for v in alive if v.name in self._value_specs]
-            positions.append(_Position(alive, blocking))
+            position = _Position(alive, blocking)
+            if not blocking:
+                position = self._written_aliases(position, k, last_use)
+            positions.append(position)
         return positions
+
+    def _written_aliases(self, position: _Position, k: int, last_use: dict[fx.Node, int]) -> _Position:
+        """Block a position where two tensors alive across it share memory (a view and its base, a module's
+        in-place output and its input) and the tail writes into that memory in place while either is still
+        used: in one process the write shows through both, but each crosses the wire (and the cloud's
+        batching) as its own copy, so the tail would read a stale one and silently compute something else."""
+        shared: dict[int, list[fx.Node]] = {}
+        for value in position.alive:
+            address = self._storages.get(value.name)
+            if address is not None:
+                shared.setdefault(address, []).append(value)
+        for address, values in shared.items():
+            if len(values) < 2:
+                continue
+            # NOTE: up to the last use of these values their memory is alive, so no other tensor reuses the address.
+            end = max(last_use[v] for v in values)
+            writer = next((n for n in self._compute[k : end + 1] if address in self._mutated.get(n.name, ())), None)
+            if writer is not None:
+                names = ", ".join(v.name for v in values)
+                reason = (
+                    f"{names} share memory and {writer.name!r} (after the cut) writes into it in place, which "
+                    "copies sent over the wire would not see"
+                )
+                return _Position(position.alive, [v.name for v in values], reason)
+        return position
 
     def _name_cuts(self) -> tuple[list[Cut], dict[int, int]]:
         """The cuts in execution order, and for every valid position the index of the cut that splits
@@ -500,6 +638,65 @@ class ModelGraph:
         # NOTE: among equal shares, the outermost module (a block rather than its last layer).
         return min(ties, key=lambda c: (c.name.count("."), c.index))
 
+    def logits_classes(self) -> int:
+        """How many classes the model's logits have, checking that ``forward`` returns what the services
+        serve: one floating-point tensor of shape ``(batch, classes)`` that depends only on each image and
+        not on chance. A ``ValueError`` says what it returns instead (a tuple of auxiliary logits, a dict,
+        ``1x10x1x1`` logits, a ``squeeze()`` that drops the batch dimension, a dropout left on)."""
+        model = type(self.model).__name__
+        returned = self._output.args[0]
+        if not isinstance(returned, fx.Node):
+            kind = type(returned).__name__.removeprefix("immutable_")
+            fix = "out['logits']" if isinstance(returned, dict) else "out[0]"
+            raise ValueError(
+                f"{model}.forward returns a {kind} of {len(returned)} values (auxiliary outputs?); serving needs "
+                f"the logits alone: wrap the model in a module whose forward returns them ({fix})"
+            )
+        if returned.op == "placeholder" or returned.name not in self._tensor_nodes:
+            raise ValueError(
+                f"{model}.forward returns {self._described(returned)}, not a tensor of logits; serving needs the "
+                "logits alone: wrap the model in a module whose forward returns them"
+            )
+        spec = self._tensor_specs.get(returned.name)
+        if spec is None:
+            raise ValueError(f"{model}.forward's logits {self._why_not_batch_first(returned)}")
+        if spec.per_item != 1 or len(spec.shape) != 2 or not spec.dtype.is_floating_point:
+            shape = "x".join(str(d) for d in spec.shape)
+            dtype = str(spec.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{model}.forward returns a {dtype} tensor of shape {shape} for one image; serving needs float "
+                "logits of shape (batch, classes): flatten them in forward (torch.flatten(x, 1))"
+            )
+        return spec.shape[1]
+
+    def _described(self, node: fx.Node) -> str:
+        if node.op == "placeholder":
+            return "its input"
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        return f"the result of {target or node.name!r}"
+
+    def _why_not_batch_first(self, node: fx.Node) -> str:
+        """Why a tensor is not batch-first: chance (two runs on one input differ), its shape, or its rows."""
+        first, again, pair = self._run(1, None), self._run(1, None), self._run(2, None)
+        for name in (n.name for n in self._compute):
+            if name in first.rows and name in again.rows and not torch.equal(first.rows[name], again.rows[name]):
+                return (
+                    f"are random: {name!r} differs between two runs on the same input in eval mode (dropout "
+                    "with training=True, torch.rand...), so no answer can be checked against the model. "
+                    "Make forward deterministic in eval mode"
+                )
+        one, two = first.values.get(node.name), pair.values.get(node.name)
+        shapes = [list(v[1]) if v is not None else None for v in (one, two)]
+        if not shapes[0] or not shapes[1] or shapes[1][0] != 2 * shapes[0][0]:
+            return (
+                f"do not have a batch dimension (shape {shapes[0]} for one image, {shapes[1]} for two: a squeeze()?); "
+                "serving needs shape (batch, classes)"
+            )
+        return (
+            "of one image change when other images share its batch (rows mix across the batch dimension); "
+            "serving needs each image's logits to depend on that image alone"
+        )
+
     def cut(self, cut: str | int | Cut) -> Cut:
         """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into
         :attr:`cuts`."""
@@ -523,13 +720,15 @@ class ModelGraph:
                 f"unknown cut {cut!r} for {type(self.model).__name__}.{hint} "
                 "List the valid cuts with list_cuts() or `splitinfer cuts MODEL`."
             )
-        blocking = self._positions[position].blocking
+        blocking, reason = self._positions[position].blocking, self._positions[position].reason
         if blocking:
             nearby = self._nearest_valid(position)
+            why = reason or (
+                f"value(s) {', '.join(blocking)} alive across it are neither batch-first tensors nor "
+                "shape-derived integers"
+            )
             raise ValueError(
-                f"cut {cut!r} cannot be split: value(s) {', '.join(blocking)} alive across it are neither "
-                "batch-first tensors nor shape-derived integers. "
-                f"Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
+                f"cut {cut!r} cannot be split: {why}. Nearest valid cuts: {', '.join(repr(c.name) for c in nearby)}."
             )
         return self.cuts[self._cut_at[position]]
 
@@ -582,7 +781,10 @@ class ModelGraph:
         else:
             graph.output(tuple(lookup(v) for v in outputs))
         graph.lint()
-        module = fx.GraphModule(self.traced.graph_module, graph, class_name)
+        # NOTE: parameters and buffers are taken from the model as it is now, not from the traced copy: a
+        # GraphModule keeps the buffer tensors it was built with, and model.to(device) replaces buffers (the
+        # cloud moves the model after tracing it; a tail holding the old CPU buffer fails on a GPU).
+        module = fx.GraphModule(self.model, graph, class_name)
         module.train(self.model.training)
         return module
 

@@ -149,7 +149,9 @@ def _bound_defaults(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given
     ]
     if not positional:
-        raise ValueError(f"{type(model).__name__}.forward takes no tensor input")
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        hint = ": it takes only *args; name its input (forward(self, x))" if varargs else ""
+        raise ValueError(f"{type(model).__name__}.forward takes no tensor input{hint}")
     concrete = dict(given)
     for p in positional[1:]:
         if p.default is p.empty:
@@ -189,6 +191,13 @@ def trace_model(model: nn.Module, options: TraceOptions | None = None) -> Traced
     The model's training flag is restored afterwards.
     """
     options = options or TraceOptions()
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            f"{type(model).__name__} is a TorchScript module, which torch.fx cannot split: pass the nn.Module itself "
+            "(before torch.jit.script or torch.jit.trace)"
+        )
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        raise ValueError("a torch.compile'd module cannot be split: pass the module it wraps (model._orig_mod)")
     leaves, functions = list(options.leaf_modules), list(options.autowrap_functions)
     if options.timm_notrace and _uses_timm(model):
         timm_leaves, timm_functions = _timm_notrace()

@@ -74,6 +74,7 @@ def codec_report(
     With ``autocast="bf16"`` the tail runs under bf16 autocast, as the cloud's ``--autocast bf16`` does,
     so the errors include that change too.
     """
+    graph.logits_classes()  # NOTE: a model the services would refuse is refused here, saying why
     cut = graph.cut(cut_name)
     head, tail = graph.split(cut)
     images = [decode_image(blob, resize_size=loaded.preprocessor.resize_size) for blob in jpegs]

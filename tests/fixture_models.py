@@ -46,3 +46,39 @@ class Custom256(nn.Module):
 
 def custom_256() -> nn.Module:
     return Custom256()
+
+
+class WithAuxLogits(nn.Module):
+    """Returns ``(logits, aux_logits)`` in eval mode too, as many training-oriented models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+        self.fc = nn.Linear(8, 5)
+        self.aux = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.stem(x).mean((2, 3))
+        return self.fc(features), self.aux(features)
+
+
+def with_aux_logits() -> nn.Module:
+    return WithAuxLogits()
+
+
+def needs_arguments(num_classes: int) -> nn.Module:
+    return TinyCNN(num_classes)
+
+
+def broken() -> nn.Module:
+    raise RuntimeError("checkpoint directory missing")
+
+
+def scripted_tiny_cnn() -> nn.Module:
+    scripted: nn.Module = torch.jit.script(TinyCNN())
+    return scripted
+
+
+def compiled_tiny_cnn() -> nn.Module:
+    compiled: nn.Module = torch.compile(TinyCNN())  # type: ignore[assignment]  # NOTE: compiles lazily, never here
+    return compiled
