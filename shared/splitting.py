@@ -60,6 +60,10 @@ MAX_VALUES_PER_CUT = MAX_VALUES
 """Most non-tensor values a cut may carry."""
 _PROBE_BATCHES = (2, 3)
 _NOT_CALLED = object()
+_MIXED_ROWS = (
+    "of one image change when other images share its batch (rows mix across the batch dimension); serving "
+    "needs each image's logits to depend on that image alone (the services batch requests together)"
+)
 
 INPUT_CUT = "input"
 DEFAULT_CUT = "default"
@@ -667,7 +671,27 @@ class ModelGraph:
                 f"{model}.forward returns a {dtype} tensor of shape {shape} for one image; serving needs float "
                 "logits of shape (batch, classes): flatten them in forward (torch.flatten(x, 1))"
             )
+        if self._mixes_images():
+            raise ValueError(f"{model}.forward's logits {_MIXED_ROWS}")
         return spec.shape[1]
+
+    def _mixes_images(self) -> bool:
+        """Whether an image's logits change when another image shares its batch. The profile's batches repeat
+        one image, which hides a forward that mixes them (``x - x.mean(0)``); the services batch requests
+        together, so such a model would answer each client according to the others. One image is run beside
+        two others in turn, at the same batch size: the same kernels, so its row comes out the same unless
+        the model mixes rows (one image alone against a batch of two is not: kernels for another batch size
+        round differently, and a deep model with random weights grows that past any fixed tolerance)."""
+        generator = torch.Generator().manual_seed(1)
+        image, *others = (torch.randn(self.input_shape, generator=generator) for _ in range(3))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                rows = [self.traced.graph_module(torch.cat([image, other]))[:1] for other in others]
+        finally:
+            self.model.train(was_training)
+        return not torch.allclose(rows[0], rows[1], rtol=1e-4, atol=1e-5)
 
     def _described(self, node: fx.Node) -> str:
         if node.op == "placeholder":
@@ -692,10 +716,7 @@ class ModelGraph:
                 f"do not have a batch dimension (shape {shapes[0]} for one image, {shapes[1]} for two: a squeeze()?); "
                 "serving needs shape (batch, classes)"
             )
-        return (
-            "of one image change when other images share its batch (rows mix across the batch dimension); "
-            "serving needs each image's logits to depend on that image alone"
-        )
+        return _MIXED_ROWS
 
     def cut(self, cut: str | int | Cut) -> Cut:
         """Resolve a cut by name (cut name, module, node, ``input``/``output``, ``default``) or by index into

@@ -147,9 +147,18 @@ class Argmax(Features):
         return self.features(x).flatten(1).argmax(1, keepdim=True)
 
 
+class CentredOnTheBatch(Features):
+    """Each image's features less the batch's mean: an image's logits depend on the others batched with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x).flatten(1)
+        return features - features.mean(0, keepdim=True)
+
+
 @pytest.mark.parametrize(
     ("model_class", "says"),
     [
+        (CentredOnTheBatch, "of one image change when other images share its batch"),
         (Pooled4d, "returns a float32 tensor of shape 1x5x1x1 for one image; serving needs float logits of shape"),
         (Squeezed, r"do not have a batch dimension \(shape \[5\] for one image, \[2, 5\] for two: a squeeze\(\)\?\)"),
         (DropoutAlwaysOn, "are random: 'dropout' differs between two runs on the same input in eval mode"),
