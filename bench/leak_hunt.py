@@ -1,0 +1,242 @@
+"""Leak hunt: end requests every way they can end, many times, then check that the services are whole.
+
+    PYTHONPATH=. .venv/bin/python bench/leak_hunt.py [ROUNDS]
+
+Starts a cloud and an edge (tests.fixture_models:tiny_cnn, cut block) with bounds set so that any leaked
+reservation shows: the edge admits exactly one largest upload at once (MAX_BODY_BYTES_IN_FLIGHT =
+MAX_UPLOAD_BYTES) and a decode budget of one byte (a request alone is always admitted, so anything still held
+makes the next one 503), the cloud the same for its payloads. After each way of ending a request (ROUNDS
+times, default 200) it checks: a padded upload of the largest size gets 200, MAX_CONCURRENT_REQUESTS slow
+uploads are all admitted together, the cloud admits a payload of its bound, and the processes' open file
+descriptors, threads and RSS. Prints one line per stage; exits 1 when a stage left the service unwhole.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from shared.protocol import encode_images
+from shared.samples import encode_image, synthetic_image
+from splitinfer.processes import Service, rss_kib, start_service, wait_until
+
+TINY = ["--model", "tests.fixture_models:tiny_cnn", "--weights", "none"]
+MAX_UPLOAD = 1024 * 1024
+SLOTS = 4
+JPEG = encode_image(synthetic_image(seed=5))
+# NOTE: a JPEG followed by padding decodes as the JPEG: the largest upload the edge takes
+PADDED = JPEG + b"\0" * (MAX_UPLOAD - len(JPEG))
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # NOTE: close = reset, fast
+    return sock
+
+
+def _head(path: str, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _read_status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def raw(port: int, data: bytes, *, answer: bool = True, pause_s: float = 0.0) -> int:
+    """Send ``data``; the status of the answer (0: closed without one), or -1 when not waited for."""
+    with _connect(port) as sock:
+        sock.sendall(data)
+        if pause_s:
+            time.sleep(pause_s)
+        if not answer:
+            return -1
+        try:
+            return _read_status(sock)
+        except OSError:
+            return 0
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class Hunt:
+    def __init__(self, edge: Service, cloud: Service, cloud_payload: bytes, cloud_bound: int) -> None:
+        self.edge, self.cloud = edge, cloud
+        self.payload, self.cloud_bound = cloud_payload, cloud_bound
+        self.failed = False
+
+    def whole(self) -> list[str]:
+        problems = []
+        for _ in range(3):  # NOTE: work abandoned by its client may still be finishing
+            problems = self._check()
+            if not problems:
+                return []
+            time.sleep(1)
+        return problems
+
+    def _check(self) -> list[str]:
+        problems = []
+        response = httpx.post(
+            f"{self.edge.url}/v1/classify", content=PADDED, headers={"content-type": "image/jpeg"}, timeout=30
+        )
+        if response.status_code != 200:
+            problems.append(f"edge largest upload: {response.status_code} {response.text[:200]}")
+        # NOTE: SLOTS uploads held open together (each admitted at its head), then finished: each must be admitted
+        socks = [_connect(self.edge.port) for _ in range(SLOTS)]
+        try:
+            head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
+            for sock in socks:
+                sock.sendall(head + JPEG[:100])
+            time.sleep(0.2)
+            statuses = []
+            for sock in socks:  # NOTE: one after the other: the decode budget of one byte admits one at once
+                sock.sendall(JPEG[100:])
+                statuses.append(_read_status(sock))
+        finally:
+            for sock in socks:
+                sock.close()
+        if statuses != [200] * SLOTS:
+            problems.append(f"edge {SLOTS} slots: {statuses}")
+        response = httpx.post(
+            f"{self.cloud.url}/v1/tail", content=self.payload, headers={"content-type": "application/octet-stream"}
+        )
+        if response.status_code != 200:
+            problems.append(f"cloud payload: {response.status_code} {response.text[:200]}")
+        garbage = b"x" * self.cloud_bound
+        response = httpx.post(
+            f"{self.cloud.url}/v1/tail", content=garbage, headers={"content-type": "application/octet-stream"}
+        )
+        if response.status_code == 503:
+            problems.append(f"cloud body bound: {response.status_code} {response.text[:200]}")
+        info = httpx.get(f"{self.edge.url}/v1/info").json()
+        if info["in_flight"] != 0:
+            problems.append(f"edge in_flight {info['in_flight']}")
+        return problems
+
+    def snapshot(self) -> dict[str, int]:
+        out = {}
+        for service in (self.edge, self.cloud):
+            pid = service.process.pid
+            out[f"{service.name}_fds"] = fds(pid)
+            out[f"{service.name}_threads"] = threads(pid)
+            out[f"{service.name}_rss"] = rss_kib(pid)
+        return out
+
+    def stage(self, name: str, rounds: int, action: Callable[[int], object], workers: int = 1) -> None:
+        started = time.monotonic()
+        results: dict[object, int] = {}
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for result in pool.map(action, range(rounds)):
+                results[result] = results.get(result, 0) + 1
+        problems = self.whole()
+        self.failed |= bool(problems)
+        print(
+            f"{name:28s} {time.monotonic() - started:6.1f}s results={results} {self.snapshot()} "
+            f"{'OK' if not problems else 'LEAK ' + '; '.join(problems)}",
+            flush=True,
+        )
+
+
+def main() -> int:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    logs = Path(tempfile.mkdtemp(prefix="leak-hunt-"))
+    cloud_env = {
+        "SPLITINFER_MAX_DECODED_BYTES_IN_FLIGHT": "1",
+        "SPLITINFER_BODY_TIMEOUT_S": "1",
+        "SPLITINFER_MAX_BATCH_SIZE": "2",
+        "SPLITINFER_MAX_QUEUE": "8",
+    }
+    cloud = start_service("cloud", TINY, logs, env=cloud_env)
+    services = [cloud]
+    try:
+        wait_until(cloud)
+        info = httpx.get(f"{cloud.url}/v1/info").json()
+        bound = info["max_payload_bytes"]
+        cloud.stop(signal.SIGTERM)
+        cloud = start_service(
+            "cloud", TINY, logs, port=cloud.port, env={**cloud_env, "SPLITINFER_MAX_BODY_BYTES_IN_FLIGHT": str(bound)}
+        )
+        services = [cloud]
+        edge_env = {
+            "SPLITINFER_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+            "SPLITINFER_MAX_BODY_BYTES_IN_FLIGHT": str(MAX_UPLOAD),
+            "SPLITINFER_MAX_DECODED_BYTES_IN_FLIGHT": "1",
+            "SPLITINFER_MAX_CONCURRENT_REQUESTS": str(SLOTS),
+            "SPLITINFER_BODY_TIMEOUT_S": "1",
+        }
+        edge = start_service("edge", [*TINY, "--cut", "block", "--cloud-url", cloud.url], logs, env=edge_env)
+        services.append(edge)
+        wait_until(cloud)
+        wait_until(edge)
+        payload = encode_images([JPEG], [], None, model=info["model"], weights=info["weights_digest"], codec="image")  # type: ignore[arg-type]
+        hunt = Hunt(edge, cloud, payload, bound)
+        run_stages(hunt, rounds)
+        return 1 if hunt.failed else 0
+    finally:
+        for service in services:
+            service.stop(signal.SIGKILL)
+        print(f"logs in {logs}")
+
+
+def run_stages(hunt: Hunt, rounds: int) -> None:
+    e, c = hunt.edge.port, hunt.cloud.port
+    jpeg_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
+    big_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD)})
+    chunked = _head("/v1/classify", {"content-type": "image/jpeg", "transfer-encoding": "chunked"})
+    tail_head = _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": str(len(hunt.payload))})
+    tail_big = _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": str(hunt.cloud_bound)})
+    tail_chunked = _head("/v1/tail", {"content-type": "application/octet-stream", "transfer-encoding": "chunked"})
+    block = b"\0" * 200_000
+    chunk = f"{len(block):x}\r\n".encode() + block + b"\r\n"
+
+    hunt.stage("warm-up", 20, lambda i: raw(e, jpeg_head + JPEG))
+    print("baseline", hunt.snapshot(), flush=True)
+    hunt.stage("edge ok", rounds, lambda i: raw(e, jpeg_head + JPEG), workers=2)
+    hunt.stage("edge 415", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "text/plain", "content-length": "3"}) + b"abc"))
+    hunt.stage("edge 422 undecodable", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "3"}) + b"abc"))
+    hunt.stage("edge 413 declared", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD + 1)})))
+    hunt.stage("edge 413 chunked", rounds // 4, lambda i: raw(e, chunked + chunk * 6 + b"0\r\n\r\n"))
+    hunt.stage("edge 422 bad cut", rounds, lambda i: raw(e, _head("/v1/classify?cut=nope", {"content-type": "image/jpeg", "content-length": str(len(JPEG))}) + JPEG))
+    hunt.stage("edge 400 length", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "1x"})))
+    hunt.stage("edge close in head", rounds, lambda i: raw(e, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Le", answer=False))
+    hunt.stage("edge close mid-body", rounds, lambda i: raw(e, big_head + block, answer=False, pause_s=0.02), workers=2)
+    hunt.stage("edge close mid-chunked", rounds, lambda i: raw(e, chunked + chunk * 2, answer=False, pause_s=0.02), workers=2)
+    hunt.stage("edge close after body", rounds, lambda i: raw(e, jpeg_head + JPEG, answer=False), workers=2)
+    hunt.stage("edge close after body+", rounds, lambda i: raw(e, jpeg_head + JPEG, answer=False, pause_s=0.005 * (i % 10)), workers=2)
+    hunt.stage("edge 408 body timeout", max(8, rounds // 10), lambda i: raw(e, big_head + block), workers=4)
+    hunt.stage("edge 408 chunked timeout", max(8, rounds // 10), lambda i: raw(e, chunked + chunk), workers=4)
+    hunt.stage("edge 503 over slots", max(8, rounds // 10), lambda i: raw(e, big_head + block[:1000]), workers=8)
+    hunt.stage("edge pipelined+close", rounds, lambda i: raw(e, (jpeg_head + JPEG) * 3, answer=False, pause_s=0.01), workers=2)
+    hunt.stage("cloud ok", rounds, lambda i: raw(c, tail_head + hunt.payload), workers=2)
+    hunt.stage("cloud 400 garbage", rounds, lambda i: raw(c, _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": "5"}) + b"hello"))
+    hunt.stage("cloud 415", rounds, lambda i: raw(c, _head("/v1/tail", {"content-type": "text/plain", "content-length": "5"}) + b"hello"))
+    hunt.stage("cloud close mid-body", rounds, lambda i: raw(c, tail_big + block, answer=False, pause_s=0.02), workers=2)
+    hunt.stage("cloud close mid-chunked", rounds, lambda i: raw(c, tail_chunked + chunk * 2, answer=False, pause_s=0.02), workers=2)
+    hunt.stage("cloud close after body", rounds, lambda i: raw(c, tail_head + hunt.payload, answer=False), workers=4)
+    hunt.stage("cloud 408 body timeout", max(8, rounds // 10), lambda i: raw(c, tail_big + block), workers=4)
+    hunt.stage("edge ok again", rounds, lambda i: raw(e, jpeg_head + JPEG), workers=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
