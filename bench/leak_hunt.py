@@ -8,7 +8,8 @@ MAX_UPLOAD_BYTES) and a decode budget of one byte (a request alone is always adm
 makes the next one 503), the cloud the same for its payloads. After each way of ending a request (ROUNDS
 times, default 200) it checks: a padded upload of the largest size gets 200, MAX_CONCURRENT_REQUESTS slow
 uploads are all admitted together, the cloud admits a payload of its bound, and the processes' open file
-descriptors, threads and RSS. Prints one line per stage; exits 1 when a stage left the service unwhole.
+descriptors, threads and RSS. Prints one line per stage; exits 1 when a stage left the service unwhole or a
+service logged a traceback.
 """
 
 from __future__ import annotations
@@ -192,6 +193,10 @@ def main() -> int:
         payload = encode_images([JPEG], [], None, model=info["model"], weights=info["weights_digest"], codec="image")  # type: ignore[arg-type]
         hunt = Hunt(edge, cloud, payload, bound)
         run_stages(hunt, rounds)
+        for service in services:
+            tracebacks = service.output().count("Traceback")
+            print(f"{service.name}: {tracebacks} tracebacks in its log", flush=True)
+            hunt.failed |= tracebacks > 0
         return 1 if hunt.failed else 0
     finally:
         for service in services:
@@ -204,7 +209,9 @@ def run_stages(hunt: Hunt, rounds: int) -> None:
     jpeg_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
     big_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD)})
     chunked = _head("/v1/classify", {"content-type": "image/jpeg", "transfer-encoding": "chunked"})
-    tail_head = _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": str(len(hunt.payload))})
+    tail_head = _head(
+        "/v1/tail", {"content-type": "application/octet-stream", "content-length": str(len(hunt.payload))}
+    )
     tail_big = _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": str(hunt.cloud_bound)})
     tail_chunked = _head("/v1/tail", {"content-type": "application/octet-stream", "transfer-encoding": "chunked"})
     block = b"\0" * 200_000
@@ -213,26 +220,78 @@ def run_stages(hunt: Hunt, rounds: int) -> None:
     hunt.stage("warm-up", 20, lambda i: raw(e, jpeg_head + JPEG))
     print("baseline", hunt.snapshot(), flush=True)
     hunt.stage("edge ok", rounds, lambda i: raw(e, jpeg_head + JPEG), workers=2)
-    hunt.stage("edge 415", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "text/plain", "content-length": "3"}) + b"abc"))
-    hunt.stage("edge 422 undecodable", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "3"}) + b"abc"))
-    hunt.stage("edge 413 declared", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD + 1)})))
+    hunt.stage(
+        "edge 415",
+        rounds,
+        lambda i: raw(e, _head("/v1/classify", {"content-type": "text/plain", "content-length": "3"}) + b"abc"),
+    )
+    hunt.stage(
+        "edge 422 undecodable",
+        rounds,
+        lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "3"}) + b"abc"),
+    )
+    hunt.stage(
+        "edge 413 declared",
+        rounds,
+        lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD + 1)})),
+    )
     hunt.stage("edge 413 chunked", rounds // 4, lambda i: raw(e, chunked + chunk * 6 + b"0\r\n\r\n"))
-    hunt.stage("edge 422 bad cut", rounds, lambda i: raw(e, _head("/v1/classify?cut=nope", {"content-type": "image/jpeg", "content-length": str(len(JPEG))}) + JPEG))
-    hunt.stage("edge 400 length", rounds, lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "1x"})))
-    hunt.stage("edge close in head", rounds, lambda i: raw(e, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Le", answer=False))
+    hunt.stage(
+        "edge 422 bad cut",
+        rounds,
+        lambda i: raw(
+            e, _head("/v1/classify?cut=nope", {"content-type": "image/jpeg", "content-length": str(len(JPEG))}) + JPEG
+        ),
+    )
+    hunt.stage(
+        "edge 400 length",
+        rounds,
+        lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "1x"})),
+    )
+    hunt.stage(
+        "edge close in head",
+        rounds,
+        lambda i: raw(e, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Le", answer=False),
+    )
     hunt.stage("edge close mid-body", rounds, lambda i: raw(e, big_head + block, answer=False, pause_s=0.02), workers=2)
-    hunt.stage("edge close mid-chunked", rounds, lambda i: raw(e, chunked + chunk * 2, answer=False, pause_s=0.02), workers=2)
+    hunt.stage(
+        "edge close mid-chunked", rounds, lambda i: raw(e, chunked + chunk * 2, answer=False, pause_s=0.02), workers=2
+    )
     hunt.stage("edge close after body", rounds, lambda i: raw(e, jpeg_head + JPEG, answer=False), workers=2)
-    hunt.stage("edge close after body+", rounds, lambda i: raw(e, jpeg_head + JPEG, answer=False, pause_s=0.005 * (i % 10)), workers=2)
+    hunt.stage(
+        "edge close after body+",
+        rounds,
+        lambda i: raw(e, jpeg_head + JPEG, answer=False, pause_s=0.005 * (i % 10)),
+        workers=2,
+    )
     hunt.stage("edge 408 body timeout", max(8, rounds // 10), lambda i: raw(e, big_head + block), workers=4)
     hunt.stage("edge 408 chunked timeout", max(8, rounds // 10), lambda i: raw(e, chunked + chunk), workers=4)
     hunt.stage("edge 503 over slots", max(8, rounds // 10), lambda i: raw(e, big_head + block[:1000]), workers=8)
-    hunt.stage("edge pipelined+close", rounds, lambda i: raw(e, (jpeg_head + JPEG) * 3, answer=False, pause_s=0.01), workers=2)
+    hunt.stage(
+        "edge pipelined+close", rounds, lambda i: raw(e, (jpeg_head + JPEG) * 3, answer=False, pause_s=0.01), workers=2
+    )
     hunt.stage("cloud ok", rounds, lambda i: raw(c, tail_head + hunt.payload), workers=2)
-    hunt.stage("cloud 400 garbage", rounds, lambda i: raw(c, _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": "5"}) + b"hello"))
-    hunt.stage("cloud 415", rounds, lambda i: raw(c, _head("/v1/tail", {"content-type": "text/plain", "content-length": "5"}) + b"hello"))
-    hunt.stage("cloud close mid-body", rounds, lambda i: raw(c, tail_big + block, answer=False, pause_s=0.02), workers=2)
-    hunt.stage("cloud close mid-chunked", rounds, lambda i: raw(c, tail_chunked + chunk * 2, answer=False, pause_s=0.02), workers=2)
+    hunt.stage(
+        "cloud 400 garbage",
+        rounds,
+        lambda i: raw(
+            c, _head("/v1/tail", {"content-type": "application/octet-stream", "content-length": "5"}) + b"hello"
+        ),
+    )
+    hunt.stage(
+        "cloud 415",
+        rounds,
+        lambda i: raw(c, _head("/v1/tail", {"content-type": "text/plain", "content-length": "5"}) + b"hello"),
+    )
+    hunt.stage(
+        "cloud close mid-body", rounds, lambda i: raw(c, tail_big + block, answer=False, pause_s=0.02), workers=2
+    )
+    hunt.stage(
+        "cloud close mid-chunked",
+        rounds,
+        lambda i: raw(c, tail_chunked + chunk * 2, answer=False, pause_s=0.02),
+        workers=2,
+    )
     hunt.stage("cloud close after body", rounds, lambda i: raw(c, tail_head + hunt.payload, answer=False), workers=4)
     hunt.stage("cloud 408 body timeout", max(8, rounds // 10), lambda i: raw(c, tail_big + block), workers=4)
     hunt.stage("edge ok again", rounds, lambda i: raw(e, jpeg_head + JPEG), workers=2)

@@ -10,6 +10,8 @@ import contextlib
 import json
 import re
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -441,3 +443,48 @@ def test_a_request_refused_by_the_connection_limit_is_answered_without_a_reset(p
             status_line, _, body = reply.partition(b"\r\n\r\n")
             assert status_line.startswith(b"HTTP/1.1 503"), reply
             assert json.loads(body)["status"] == 503
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_a_pipelined_request_in_progress_sees_its_client_disconnect(parser: str) -> None:
+    """A client that pipelines requests and resets the connection while the first is being served: that first
+    request (not only the newest, which is queued behind it) sees ``http.disconnect``, and its answer is
+    dropped rather than written to the closed transport (uvicorn marked only the newest request disconnected:
+    the first waited for a disconnect for ever, and answering it raised a RuntimeError on uvloop, a 500
+    and two tracebacks in the log per such client)."""
+    seen: list[str] = []
+    started = threading.Event()
+    done = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/first":
+            await receive()  # NOTE: the (empty) body
+            started.set()
+            try:
+                seen.append((await asyncio.wait_for(receive(), 3.0))["type"])
+            except TimeoutError:
+                seen.append("no disconnect")
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+                await send({"type": "http.response.body", "body": b"ok"})
+                seen.append("answer dropped")
+            except Exception as exc:  # NOTE: what the server raised at the app
+                seen.append(f"send raised {type(exc).__name__}")
+            done.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    settings = EdgeSettings(port=0, keep_alive_s=60.0)
+    options = {} if parser == "auto" else {"http": service_protocol(H11Protocol)}
+    with served_in_thread(app, settings, **options) as (_, port):
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # NOTE: close = reset
+        conn.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        assert started.wait(_GRACE_S)
+        time.sleep(0.2)  # NOTE: the pipelined heads are parsed by now
+        conn.close()
+        assert done.wait(_GRACE_S)
+    assert seen == ["http.disconnect", "answer dropped"]
