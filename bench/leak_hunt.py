@@ -82,8 +82,16 @@ def threads(pid: int) -> int:
 
 
 class Hunt:
-    def __init__(self, edge: Service, cloud: Service, cloud_payload: bytes, cloud_bound: int) -> None:
+    def __init__(
+        self,
+        edge: Service,
+        cloud: Service,
+        cloud_payload: bytes,
+        cloud_bound: int,
+        restart_cloud: Callable[[], Service],
+    ) -> None:
         self.edge, self.cloud = edge, cloud
+        self.restart_cloud = restart_cloud
         self.payload, self.cloud_bound = cloud_payload, cloud_bound
         self.failed = False
 
@@ -158,9 +166,62 @@ class Hunt:
             flush=True,
         )
 
+    def cloud_killed(self, times: int) -> None:
+        """The cloud killed (SIGKILL) while the edge sends it requests, then started again, ``times`` times."""
+        started = time.monotonic()
+        results: dict[object, int] = {}
+        head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
+        for _ in range(times):
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                sent = [pool.submit(raw, self.edge.port, head + JPEG) for _ in range(40)]
+                time.sleep(0.3)
+                self.cloud.stop(signal.SIGKILL)
+                for future in sent:
+                    results[future.result()] = results.get(future.result(), 0) + 1
+            self.cloud = self.restart_cloud()
+            wait_until(self.cloud)
+            wait_until(self.edge)
+        problems = self.whole()
+        self.failed |= bool(problems)
+        print(
+            f"{'cloud killed mid-request':28s} {time.monotonic() - started:6.1f}s results={results} "
+            f"{self.snapshot()} {'OK' if not problems else 'LEAK ' + '; '.join(problems)}",
+            flush=True,
+        )
+
+    def mixed(self, seconds: float, hostile: list[Callable[[int], object]]) -> None:
+        """Honest clients (two) and a hostile one together for ``seconds``, both services' RSS sampled."""
+        deadline = time.monotonic() + seconds
+        head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
+        counts = {"honest": 0, "hostile": 0}
+
+        def honest() -> None:
+            while time.monotonic() < deadline:
+                raw(self.edge.port, head + JPEG)
+                counts["honest"] += 1
+
+        def attacker() -> None:
+            i = 0
+            while time.monotonic() < deadline:
+                hostile[i % len(hostile)](i)
+                i += 1
+                counts["hostile"] += 1
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            running = [pool.submit(honest), pool.submit(honest), pool.submit(attacker)]
+            while not all(f.done() for f in running):
+                print(f"mixed t={seconds - (deadline - time.monotonic()):5.0f}s {counts} {self.snapshot()}", flush=True)
+                time.sleep(min(15.0, max(0.1, deadline - time.monotonic())))
+            for future in running:
+                future.result()
+        problems = self.whole()
+        self.failed |= bool(problems)
+        print(f"mixed done {counts} {self.snapshot()} {'OK' if not problems else 'LEAK ' + '; '.join(problems)}")
+
 
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    mixed_s = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     logs = Path(tempfile.mkdtemp(prefix="leak-hunt-"))
     cloud_env = {
         "SPLITINFER_MAX_DECODED_BYTES_IN_FLIGHT": "1",
@@ -185,14 +246,25 @@ def main() -> int:
             "SPLITINFER_MAX_DECODED_BYTES_IN_FLIGHT": "1",
             "SPLITINFER_MAX_CONCURRENT_REQUESTS": str(SLOTS),
             "SPLITINFER_BODY_TIMEOUT_S": "1",
+            "SPLITINFER_BREAKER_RESET_S": "1",
         }
         edge = start_service("edge", [*TINY, "--cut", "block", "--cloud-url", cloud.url], logs, env=edge_env)
         services.append(edge)
         wait_until(cloud)
         wait_until(edge)
         payload = encode_images([JPEG], [], None, model=info["model"], weights=info["weights_digest"], codec="image")  # type: ignore[arg-type]
-        hunt = Hunt(edge, cloud, payload, bound)
-        run_stages(hunt, rounds)
+
+        def restart_cloud() -> Service:
+            started = start_service("cloud", TINY, logs, port=cloud.port, env=cloud_env)
+            services.append(started)
+            return started
+
+        cloud_env["SPLITINFER_MAX_BODY_BYTES_IN_FLIGHT"] = str(bound)
+        hunt = Hunt(edge, cloud, payload, bound, restart_cloud)
+        if mixed_s:
+            run_mixed(hunt, mixed_s)
+        else:
+            run_stages(hunt, rounds)
         for service in services:
             tracebacks = service.output().count("Traceback")
             print(f"{service.name}: {tracebacks} tracebacks in its log", flush=True)
@@ -294,7 +366,24 @@ def run_stages(hunt: Hunt, rounds: int) -> None:
     )
     hunt.stage("cloud close after body", rounds, lambda i: raw(c, tail_head + hunt.payload, answer=False), workers=4)
     hunt.stage("cloud 408 body timeout", max(8, rounds // 10), lambda i: raw(c, tail_big + block), workers=4)
+    hunt.cloud_killed(max(3, rounds // 40))
     hunt.stage("edge ok again", rounds, lambda i: raw(e, jpeg_head + JPEG), workers=2)
+
+
+def run_mixed(hunt: Hunt, seconds: float) -> None:
+    e = hunt.edge.port
+    big_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(MAX_UPLOAD)})
+    jpeg_head = _head("/v1/classify", {"content-type": "image/jpeg", "content-length": str(len(JPEG))})
+    block = b"\0" * 200_000
+    hostile: list[Callable[[int], object]] = [
+        lambda i: raw(e, big_head + block, answer=False, pause_s=0.02),
+        lambda i: raw(e, jpeg_head + JPEG, answer=False),
+        lambda i: raw(e, (jpeg_head + JPEG) * 3, answer=False, pause_s=0.01),
+        lambda i: raw(e, _head("/v1/classify", {"content-type": "image/jpeg", "content-length": "3"}) + b"abc"),
+        lambda i: raw(e, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Le", answer=False),
+    ]
+    hunt.stage("warm-up", 200, lambda i: raw(e, jpeg_head + JPEG))
+    hunt.mixed(seconds, hostile)
 
 
 if __name__ == "__main__":
