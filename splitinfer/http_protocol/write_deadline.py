@@ -10,6 +10,11 @@ Here, once bytes wait to be sent (the transport asked to pause writing, or an an
 sent), the connection must make progress within :data:`WRITE_DEADLINE_S`, as nginx's ``send_timeout``: the
 transport drains below its low-water mark, or what waits shrinks. Otherwise the connection is aborted: the
 client is gone, and what its requests held is released.
+
+Over TLS the deadline sees what asyncio's TLS layer holds, not the TCP transport under it, into which that
+layer moves an answer as fast as it encrypts it: a request waiting to write (the TLS layer paused) is
+bounded here, while an idle connection whose answer waits in the TCP transport is closed by the request-head
+deadline and then aborted by asyncio's TLS shutdown timeout (``tls_handshake``: at most 30 s).
 """
 
 from __future__ import annotations
