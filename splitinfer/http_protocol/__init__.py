@@ -12,6 +12,11 @@ refusals in problem+json. Each wrapper is a module of its own:
 - :mod:`~splitinfer.http_protocol.lingering`: after a refusal, the connection closes lingering, so that the
   client reads the answer instead of a reset
   (:func:`~splitinfer.http_protocol.lingering.with_lingering_close`, which the three above apply);
+- :mod:`~splitinfer.http_protocol.pipelined`: a lost connection is seen by every request it has in progress,
+  those pipelined behind another too (:func:`~splitinfer.http_protocol.pipelined.with_pipelined_disconnect`);
+- :mod:`~splitinfer.http_protocol.write_deadline`: a client that stops reading its answers is dropped once
+  they wait :data:`~splitinfer.http_protocol.write_deadline.WRITE_DEADLINE_S` without progress
+  (:func:`~splitinfer.http_protocol.write_deadline.with_write_deadline`);
 - :mod:`~splitinfer.http_protocol.tls_handshake`: TLS started by the protocol, its handshake counted and
   bounded (:func:`~splitinfer.http_protocol.tls_handshake.with_tls_handshake`, applied by
   :func:`splitinfer.serve.uvicorn_config` when a certificate is set).
@@ -28,14 +33,20 @@ from typing import Any
 from splitinfer.http_protocol.connection_limit import RefusalCounter, with_connection_limit
 from splitinfer.http_protocol.framing import with_framing_limits
 from splitinfer.http_protocol.head_deadline import with_head_deadline
+from splitinfer.http_protocol.pipelined import with_pipelined_disconnect
+from splitinfer.http_protocol.write_deadline import WRITE_DEADLINE_S, with_write_deadline
 
 __all__ = ["http_protocol", "service_protocol"]
 
 
-def service_protocol(base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:
-    """``base`` with everything the services add: the connection limit, the request-head deadline and the
-    bounds on a request's framing (head size, chunk count)."""
-    return with_connection_limit(with_head_deadline(with_framing_limits(base)), on_refused)
+def service_protocol(
+    base: type[asyncio.Protocol], on_refused: RefusalCounter | None = None, write_deadline_s: float = WRITE_DEADLINE_S
+) -> type[asyncio.Protocol]:
+    """``base`` with everything the services add: the connection limit, the request-head deadline, the
+    bounds on a request's framing (head size, chunk count), a lost connection seen by all its requests, and
+    the deadline on writing to a client that stops reading (``write_deadline_s``)."""
+    inner = with_write_deadline(with_pipelined_disconnect(base), write_deadline_s)
+    return with_connection_limit(with_head_deadline(with_framing_limits(inner)), on_refused)
 
 
 def http_protocol(on_refused: RefusalCounter | None = None) -> type[asyncio.Protocol]:

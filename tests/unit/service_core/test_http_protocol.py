@@ -10,6 +10,8 @@ import contextlib
 import json
 import re
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -441,3 +443,117 @@ def test_a_request_refused_by_the_connection_limit_is_answered_without_a_reset(p
             status_line, _, body = reply.partition(b"\r\n\r\n")
             assert status_line.startswith(b"HTTP/1.1 503"), reply
             assert json.loads(body)["status"] == 503
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+def test_a_pipelined_request_in_progress_sees_its_client_disconnect(parser: str) -> None:
+    """A client that pipelines requests and resets the connection while the first is being served: that first
+    request (not only the newest, which is queued behind it) sees ``http.disconnect``, and its answer is
+    dropped rather than written to the closed transport (uvicorn marked only the newest request disconnected:
+    the first waited for a disconnect for ever, and answering it raised a RuntimeError on uvloop, a 500
+    and two tracebacks in the log per such client)."""
+    seen: list[str] = []
+    started = threading.Event()
+    done = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/first":
+            await receive()  # NOTE: the (empty) body
+            started.set()
+            try:
+                seen.append((await asyncio.wait_for(receive(), 3.0))["type"])
+            except TimeoutError:
+                seen.append("no disconnect")
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+                await send({"type": "http.response.body", "body": b"ok"})
+                seen.append("answer dropped")
+            except Exception as exc:  # NOTE: what the server raised at the app
+                seen.append(f"send raised {type(exc).__name__}")
+            done.set()
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    settings = EdgeSettings(port=0, keep_alive_s=60.0)
+    options = {} if parser == "auto" else {"http": service_protocol(H11Protocol)}
+    with served_in_thread(app, settings, **options) as (_, port):
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # NOTE: close = reset
+        conn.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        assert started.wait(_GRACE_S)
+        time.sleep(0.2)  # NOTE: the pipelined heads are parsed by now
+        conn.close()
+        assert done.wait(_GRACE_S)
+    assert seen == ["http.disconnect", "answer dropped"]
+
+
+_BIG = 16 * 1024 * 1024  # NOTE: more than loopback's socket buffers hold
+
+
+@pytest.mark.parametrize("parser", ["auto", "h11"])
+@pytest.mark.parametrize("pipelined", [1, 2], ids=["one request", "two pipelined"])
+def test_a_client_that_stops_reading_its_answers_is_dropped(parser: str, pipelined: int) -> None:
+    """A client that asks for a large answer and never reads it: its connection is aborted once writing has
+    made no progress for the write deadline, and a request of it that waits to write its answer ends (before:
+    the connection, the answer's bytes and a request pipelined behind it, with its admission slot and body
+    bytes, were held for as long as the client kept the connection open)."""
+    ended: list[str] = []
+    answering = threading.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        answering.set()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(_BIG).encode())]})
+        await send({"type": "http.response.body", "body": b"x" * _BIG})
+        ended.append(scope["path"])
+
+    settings = EdgeSettings(port=0, keep_alive_s=60.0)  # NOTE: no other timer closes the connection
+    base = HttpToolsProtocol if parser == "auto" else H11Protocol
+    protocol = service_protocol(base, write_deadline_s=1.0)
+    with served_in_thread(app, settings, http=protocol) as (server, port):
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", port))
+        with conn:
+            conn.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * pipelined)
+            assert answering.wait(_GRACE_S)
+            assert _open_connections(server, 4 * _GRACE_S) == 0, "the connection is still open"
+        deadline = time.monotonic() + _GRACE_S
+        while len(ended) < pipelined and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ended) == pipelined
+
+
+def test_a_client_reading_slowly_gets_its_whole_answer() -> None:
+    """The write deadline bounds a stall, not an answer's time: a client that reads a little at a time, each
+    read well within the deadline, gets all of an answer that takes several deadlines to send."""
+    size = 4 * 1024 * 1024  # NOTE: more than the socket buffers take: most of it waits in the transport
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
+        await send({"type": "http.response.body", "body": b"x" * size})
+
+    settings = EdgeSettings(port=0, keep_alive_s=60.0)
+    with served_in_thread(app, settings, http=service_protocol(HttpToolsProtocol, write_deadline_s=0.5)) as (_, port):
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", port))
+        with conn:
+            conn.settimeout(_GRACE_S)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = 0
+            while received < size:
+                time.sleep(0.1)  # NOTE: a fifth of the deadline between reads of 256 KiB: 16 of them, 3 deadlines
+                chunk = b""
+                while len(chunk) < 256 * 1024 and received + len(chunk) < size:
+                    piece = conn.recv(256 * 1024)
+                    assert piece, f"closed after {received + len(chunk)} bytes"
+                    chunk += piece
+                received += len(chunk)
+    assert received >= size

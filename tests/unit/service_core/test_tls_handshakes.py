@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from edge_service.settings import EdgeSettings
 from service_core.connections import connection_ceiling
+from splitinfer.http_protocol import service_protocol
 from splitinfer.http_protocol.tls_handshake import with_tls_handshake
 from splitinfer.serve import _DrainingServer, uvicorn_config
 from tests.support.raw_http import exchange, served_in_thread
@@ -229,3 +230,34 @@ def test_plain_http_sent_to_the_tls_port_is_named_in_the_log(
         time.sleep(0.02)
     messages = [r.getMessage() for r in caplog.records]
     assert any("plain HTTP" in m and "https://" in m for m in messages), messages
+
+
+def test_a_tls_client_that_stops_reading_is_dropped(certificate: tuple[Path, Path]) -> None:
+    """The write deadline over TLS: three answers larger than the socket buffers pipelined to a client that never
+    reads them. The TLS layer pauses writing, the deadline passes, the connection is aborted and every request
+    ends (without the deadline the third waited to write for as long as the client kept the connection)."""
+    size = 16 * 1024 * 1024
+    ended: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(size).encode())]})
+        await send({"type": "http.response.body", "body": b"x" * size})
+        ended.append(scope["path"])
+
+    cert, key = certificate
+    settings = EdgeSettings(port=0, keep_alive_s=60.0, ssl_certfile=cert, ssl_keyfile=key)
+    protocol = service_protocol(HttpToolsProtocol, write_deadline_s=1.0)
+    context = ssl.create_default_context(cafile=str(cert))
+    with served_in_thread(app, settings, http=protocol) as (server, port):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", port))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            deadline = time.monotonic() + 20
+            while (len(ended) < 3 or server.server_state.connections) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(ended) == 3
+            assert not server.server_state.connections, "the connection is still open"
