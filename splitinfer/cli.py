@@ -190,12 +190,29 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     threads = pair_threads_env(os.environ)
     processes: list[subprocess.Popen[bytes]] = []  # NOTE: stopped in this order: the edge first
     stopping = False
+    starting = False
 
     def stop(signum: int, _: object) -> None:
         nonlocal stopping
         if not stopping:  # NOTE: the first one interrupts whatever `up` waits on (models loading included)
             stopping = True
+            if not starting:  # NOTE: else once the service being started is in `processes` (start below)
+                raise _StopRequested
+
+    def start(kind: str, arguments: list[str]) -> subprocess.Popen[bytes]:
+        """Spawn one service and add it to ``processes`` (the edge first), a stop signal held off meanwhile:
+        raised inside ``spawn``, it left a started service out of the processes stopped below (it died of its
+        parent-death signal only after `up` had exited)."""
+        nonlocal starting
+        starting = True
+        try:
+            process = spawn([*launch, kind, *common, *arguments], env=threads, die_with_parent=True)
+            processes.insert(0 if kind == "edge" else len(processes), process)
+        finally:
+            starting = False
+        if stopping:
             raise _StopRequested
+        return process
 
     # NOTE: SIGHUP too (the terminal closed): the children run in sessions of their own, so nothing else
     # stops them, and `up` killed by it left both serving.
@@ -203,10 +220,8 @@ def _run_pair(args: argparse.Namespace, after_ready: Any = None) -> int:
     signal.signal(signal.SIGHUP, stop)
     try:
         # NOTE: both die with `up`, even of SIGKILL (they run in sessions of their own; both were left serving).
-        cloud = spawn([*launch, "cloud", *common, *cloud_args], env=threads, die_with_parent=True)
-        processes.append(cloud)
-        edge = spawn([*launch, "edge", *common, *edge_args], env=threads, die_with_parent=True)
-        processes.insert(0, edge)
+        cloud = start("cloud", cloud_args)
+        edge = start("edge", edge_args)
         try:
             wait_ready(f"http://127.0.0.1:{args.edge_port}/readyz", args.ready_timeout, processes)
         except (RuntimeError, TimeoutError) as exc:
