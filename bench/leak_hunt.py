@@ -160,6 +160,10 @@ class Hunt:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for result in pool.map(action, range(rounds)):
                 results[result] = results.get(result, 0) + 1
+        self.report(name, started, results)
+
+    def report(self, name: str, started: float, results: dict[object, int]) -> None:
+        """One stage's line: its time and outcomes, and whether both services are whole after it."""
         problems = self.whole()
         self.failed |= bool(problems)
         print(
@@ -183,13 +187,7 @@ class Hunt:
             self.cloud = self.restart_cloud()
             wait_until(self.cloud)
             wait_until(self.edge)
-        problems = self.whole()
-        self.failed |= bool(problems)
-        print(
-            f"{'cloud killed mid-request':28s} {time.monotonic() - started:6.1f}s results={results} "
-            f"{self.snapshot()} {'OK' if not problems else 'LEAK ' + '; '.join(problems)}",
-            flush=True,
-        )
+        self.report("cloud killed mid-request", started, results)
 
     def mixed(self, seconds: float, hostile: list[Callable[[int], object]]) -> None:
         """Honest clients (two) and a hostile one together for ``seconds``, both services' RSS sampled."""
